@@ -1,0 +1,3 @@
+from aura_node.cli import main
+
+raise SystemExit(main())

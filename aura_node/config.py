@@ -1,0 +1,317 @@
+"""Node home and configuration.
+
+A node home is one directory::
+
+    HOME/config.toml    this file's schema (below); peers are pinned here
+    HOME/device.key     Ed25519 device key, PEM PKCS#8, mode 0600
+    HOME/journal/       the append-only signed journal (segments)
+    HOME/control.sock   the control socket while the node runs (mode 0600)
+    HOME/node.pid       pid of the running node (advisory; the socket is the truth)
+
+``--home`` defaults to ``$AURA_HOME`` in every command. Loading checks what a person can get
+wrong and says how to fix it: malformed TOML (line and column), unknown keys (named, with the
+section), wrong types, bad addresses, a missing or group-readable key file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from aura_node.errors import ConfigError, HomeError
+
+ENV_HOME = "AURA_HOME"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+Role = Literal["device", "guardian"]
+LogFormat = Literal["auto", "json", "console"]
+
+
+def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6). Port 0 means "pick a free one"."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{what} port must be a number, got {port_text!r} in {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what} port must be 0..65535, got {port}")
+    return host, port
+
+
+def check_name(name: str, *, what: str = "name") -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"{what} must be 1-32 characters of a-z, 0-9, '-' or '_' "
+            f"(starting with a letter or digit), got {name!r}"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSection:
+    name: str
+    role: Role = "device"
+    listen: str = "127.0.0.1:0"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalSection:
+    #: records per group commit at most (one write + one fdatasync + one signature per batch)
+    max_batch: int = 512
+    #: a new segment file is started when the current one passes this size
+    segment_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportSection:
+    max_frame_bytes: int = 1024 * 1024
+    connect_timeout_seconds: float = 5.0
+    handshake_timeout_seconds: float = 5.0
+    reconnect_max_seconds: float = 10.0
+    #: frames queued per peer before senders wait (backpressure)
+    peer_queue_frames: int = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolSection:
+    recovery_cooldown_seconds: float = 86400.0
+    dkd_timeout_seconds: float = 30.0
+    ping_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogSection:
+    level: str = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    name: str
+    public_key: str
+    address: str
+    role: Role = "device"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    node: NodeSection
+    journal: JournalSection = field(default_factory=JournalSection)
+    transport: TransportSection = field(default_factory=TransportSection)
+    protocols: ProtocolSection = field(default_factory=ProtocolSection)
+    log: LogSection = field(default_factory=LogSection)
+    peers: tuple[PeerConfig, ...] = ()
+
+    def peer(self, name: str) -> PeerConfig:
+        for p in self.peers:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.peers) or "none"
+        raise ConfigError(f"no pinned peer named {name!r} (pinned: {known})")
+
+    def with_peers(self, peers: tuple[PeerConfig, ...]) -> NodeConfig:
+        return replace(self, peers=peers)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "node": NodeSection,
+    "journal": JournalSection,
+    "transport": TransportSection,
+    "protocols": ProtocolSection,
+    "log": LogSection,
+}
+_ALLOWED: dict[str, tuple[object, ...]] = {
+    "role": ("device", "guardian"),
+    "format": ("auto", "json", "console"),
+    "level": ("debug", "info", "warning", "error"),
+}
+
+
+def _build(cls: type[Any], table: object, where: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{where}] must be a table, got {type(table).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{where}]: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        default = _default_of(cls, name)
+        expected: type[Any] | tuple[type[Any], ...]
+        expected = (int, float) if isinstance(default, float) else type(default)
+        if default is None or default is _REQUIRED:
+            expected = str
+        if isinstance(value, bool) and expected is not bool:
+            raise ConfigError(f"[{where}] {name} must be {_tname(expected)}, got a boolean")
+        if not isinstance(value, expected):
+            raise ConfigError(
+                f"[{where}] {name} must be {_tname(expected)}, got {type(value).__name__} "
+                f"{value!r}"
+            )
+        if name in _ALLOWED and value not in _ALLOWED[name]:
+            allowed = ", ".join(map(str, _ALLOWED[name]))
+            raise ConfigError(f"[{where}] {name} must be one of {allowed}, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"[{where}] {name} must not be negative, got {value}")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        values[name] = value
+    missing = [n for n in known if _default_of(cls, n) is _REQUIRED and n not in values]
+    if missing:
+        raise ConfigError(f"[{where}] is missing required key(s): {', '.join(missing)}")
+    return cls(**values)
+
+
+_REQUIRED = object()
+
+
+def _default_of(cls: type[Any], name: str) -> object:
+    for f in fields(cls):
+        if f.name == name:
+            return _REQUIRED if f.default is MISSING else f.default
+    return _REQUIRED
+
+
+def _tname(t: type[Any] | tuple[type[Any], ...]) -> str:
+    if isinstance(t, tuple):
+        return "a number"
+    return {"str": "a string", "int": "an integer", "bool": "true or false"}.get(
+        t.__name__, t.__name__
+    )
+
+
+def parse_config(text: str, *, source: str = "config.toml") -> NodeConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's message ends with "(at line L, column C)".
+        raise ConfigError(f"{source}: malformed TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_SECTIONS) - {"peers"})
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section(s): {', '.join(unknown)} "
+            f"(known: {', '.join([*sorted(_SECTIONS), 'peers'])})"
+        )
+    if "node" not in data:
+        raise ConfigError(f"{source}: missing the [node] section")
+    try:
+        sections = {k: _build(cls, data[k], k) for k, cls in _SECTIONS.items() if k in data}
+        raw_peers = data.get("peers", [])
+        if not isinstance(raw_peers, list):
+            raise ConfigError("peers must be an array of tables ([[peers]])")
+        peers = tuple(_build(PeerConfig, p, f"peers.{i}") for i, p in enumerate(raw_peers))
+        node: NodeSection = sections["node"]
+        check_name(node.name, what="[node] name")
+        parse_address(node.listen, what="[node] listen")
+        seen: set[str] = set()
+        for p in peers:
+            check_name(p.name, what="peer name")
+            parse_address(p.address, what=f"peer {p.name} address")
+            if len(p.public_key) != 64 or not all(c in "0123456789abcdef" for c in p.public_key):
+                raise ConfigError(f"peer {p.name} public_key must be 64 lowercase hex digits")
+            if p.name in seen or p.name == node.name:
+                raise ConfigError(f"peer name {p.name!r} is used twice")
+            seen.add(p.name)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+    return NodeConfig(peers=peers, **sections)
+
+
+def render_config(cfg: NodeConfig) -> str:
+    """TOML text for ``cfg`` (stable key order; round-trips through ``parse_config``)."""
+    out = ["# aura-node configuration; every key is documented in config/example.toml", ""]
+    for section, _cls in _SECTIONS.items():
+        out.append(f"[{section}]")
+        obj = getattr(cfg, section)
+        out.extend(f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in fields(obj))
+        out.append("")
+    for p in cfg.peers:
+        out.append("[[peers]]")
+        out.extend(f"{f.name} = {_toml_value(getattr(p, f.name))}" for f in fields(p))
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot render {type(v).__name__} as TOML")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHome:
+    """Paths of one node home."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None) -> NodeHome:
+        if home is None:
+            env = os.environ.get(ENV_HOME)
+            if not env:
+                raise HomeError(f"no node home: pass --home DIR or set ${ENV_HOME}")
+            home = env
+        return cls(Path(home).expanduser().absolute())
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "device.key"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.root / "journal"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.root / "node.pid"
+
+    def require_exists(self) -> None:
+        if not self.config_path.exists():
+            raise HomeError(
+                f"{self.root} is not a node home (no config.toml); create one with "
+                f"`aura-node init --home {self.root} --name NAME`"
+            )
+
+    def load_config(self) -> NodeConfig:
+        self.require_exists()
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.config_path}: {exc}") from None
+        return parse_config(text, source=str(self.config_path))
+
+    def save_config(self, cfg: NodeConfig) -> None:
+        """Atomically replace config.toml (write temp, fsync, rename)."""
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        data = render_config(cfg).encode("utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.config_path)

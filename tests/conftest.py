@@ -1,0 +1,23 @@
+"""Shared pytest set-up.
+
+`--full` (or AURA_FULL_TESTS=1) turns on the long trial counts of tests marked ``full`` (crash
+loops, chaos, soak); without it those tests run a bounded version suitable for CI.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full", action="store_true", default=False, help="run long trial counts (soak)"
+    )
+
+
+@pytest.fixture
+def full_run(request: pytest.FixtureRequest) -> bool:
+    """True when the long versions of crash/chaos/soak tests were asked for."""
+    return bool(request.config.getoption("--full")) or os.environ.get("AURA_FULL_TESTS") == "1"

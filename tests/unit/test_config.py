@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from aura_node.cli import main
+from aura_node.config import NodeHome, parse_config, render_config
+from aura_node.errors import ConfigError, HomeError, KeyFileError
+
+GOOD = """
+[node]
+name = "alpha"
+listen = "127.0.0.1:7001"
+
+[[peers]]
+name = "beta"
+public_key = "%s"
+address = "127.0.0.1:7002"
+""" % ("ab" * 32)
+
+
+def test_parse_and_render_roundtrip() -> None:
+    cfg = parse_config(GOOD)
+    assert cfg.node.name == "alpha" and cfg.peers[0].name == "beta"
+    assert parse_config(render_config(cfg)) == cfg
+
+
+def test_malformed_toml_names_line_and_column() -> None:
+    with pytest.raises(ConfigError, match=r"malformed TOML.*line 3, column"):
+        parse_config('[node]\nname = "a"\nlisten = = 3\n')
+
+
+def test_unknown_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[node\]: colour"):
+        parse_config('[node]\nname = "a"\ncolour = "red"\n')
+    with pytest.raises(ConfigError, match=r"unknown section\(s\): nodes"):
+        parse_config('[nodes]\nname = "a"\n')
+
+
+def test_wrong_types_and_values() -> None:
+    with pytest.raises(ConfigError, match=r"\[journal\] max_batch must be an integer"):
+        parse_config('[node]\nname = "a"\n[journal]\nmax_batch = "lots"\n')
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        parse_config('[node]\nname = "a"\nlisten = "nowhere"\n')
+    with pytest.raises(ConfigError, match="missing required key"):
+        parse_config("[node]\n")
+    with pytest.raises(ConfigError, match="role must be one of"):
+        parse_config('[node]\nname = "a"\nrole = "king"\n')
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_init_creates_home_and_refuses_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "h"
+    rc, out, _ = run_cli(capsys, "init", "--home", str(home), "--name", "alpha",
+                         "--listen", "127.0.0.1:7001")
+    assert rc == 0
+    info = json.loads(out)
+    assert info["name"] == "alpha" and len(info["public_key"]) == 64
+    assert info["listen"] == "127.0.0.1:7001" and len(info["device_id"]) == 32
+    assert os.stat(home / "device.key").st_mode & 0o777 == 0o600
+    assert (home / "journal").is_dir()
+    rc, _, err = run_cli(capsys, "init", "--home", str(home), "--name", "alpha")
+    assert rc == 1 and "refusing to overwrite" in err
+
+
+def test_aura_home_env_is_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AURA_HOME", str(tmp_path / "envhome"))
+    rc, out, _ = run_cli(capsys, "init", "--name", "gamma")
+    assert rc == 0 and json.loads(out)["name"] == "gamma"
+    assert NodeHome.resolve(None).load_config().node.name == "gamma"
+    monkeypatch.delenv("AURA_HOME")
+    with pytest.raises(HomeError, match="AURA_HOME"):
+        NodeHome.resolve(None)
+
+
+def test_peer_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = str(tmp_path / "h")
+    assert run_cli(capsys, "init", "--home", home, "--name", "alpha")[0] == 0
+    pk = "cd" * 32
+    rc, out, _ = run_cli(capsys, "peer", "add", "--home", home, "--name", "beta",
+                         "--public-key", pk, "--address", "127.0.0.1:9")
+    assert rc == 0 and json.loads(out)["added"]["name"] == "beta"
+    rc, _, err = run_cli(capsys, "peer", "add", "--home", home, "--name", "beta2",
+                         "--public-key", pk, "--address", "127.0.0.1:9")
+    assert rc == 1 and "already pinned" in err
+    rc, out, _ = run_cli(capsys, "peer", "list", "--home", home)
+    assert [p["name"] for p in json.loads(out)["peers"]] == ["beta"]
+    rc, out, _ = run_cli(capsys, "peer", "remove", "--home", home, "--name", "beta")
+    assert rc == 0
+    rc, _, err = run_cli(capsys, "peer", "remove", "--home", home, "--name", "beta")
+    assert rc == 1 and "no pinned peer named 'beta'" in err
+
+
+def test_loading_home_checks_key_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aura_node.crypto.keys import DeviceKey
+
+    home = tmp_path / "h"
+    assert run_cli(capsys, "init", "--home", str(home), "--name", "alpha")[0] == 0
+    os.chmod(home / "device.key", 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        DeviceKey.load(NodeHome(home).key_path)
