@@ -1,0 +1,2 @@
+"""Protocols: one package per choreography (declaration, role drivers, rehydration), plus the
+signed message envelope and the engine interface that plugs drivers into the node runtime."""
