@@ -120,7 +120,7 @@ class SessionEntry:
     started: float
     driver: eng.ProtocolDriver | None
     monitor: RoleMonitor | None
-    state: str = "active"  # active | completed | failed
+    outcome: str = "active"  # active | completed | failed
     ended: float | None = None
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
@@ -136,23 +136,31 @@ class SessionEntry:
 
     @property
     def active(self) -> bool:
-        return self.state == "active"
+        return self.outcome == "active"
+
+    @property
+    def state(self) -> str:
+        """The local state name (the driver's phase); ``Completed``/``Failed`` when the
+        driver is gone (a session that ended before the last restart)."""
+        if self.driver is not None:
+            try:
+                phase = self.driver.status().get("phase")
+            except Exception:  # a status bug must not break listing
+                phase = None
+            if isinstance(phase, str):
+                return phase
+        return {"active": "Active", "completed": "Completed", "failed": "Failed"}[self.outcome]
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        return {
             "session": self.id,
-            "choreography": self.choreography,
+            "protocol": self.choreography,
             "role": self.role,
             "state": self.state,
+            "outcome": self.outcome,
             "started": self.started,
             "ended": self.ended,
         }
-        if self.driver is not None:
-            try:
-                out["phase"] = self.driver.status().get("phase")
-            except Exception:  # a status bug must not break listing
-                out["phase"] = None
-        return out
 
     def detail(self) -> dict[str, Any]:
         out = self.summary()
@@ -227,7 +235,7 @@ class SessionRuntime:
     def counts(self) -> dict[str, int]:
         out = {"active": 0, "completed": 0, "failed": 0}
         for e in self.sessions.values():
-            out[e.state] = out.get(e.state, 0) + 1
+            out[e.outcome] = out.get(e.state, 0) + 1
         return out
 
     def get(self, session: str) -> SessionEntry:
@@ -282,7 +290,7 @@ class SessionRuntime:
         self._log.info("session_start", session=entry.id, choreography=entry.choreography,
                        role=entry.role, roles=dict(cmd.roles))
         step = self._run(entry, driver.start, start, [_start_record(start)], now)
-        if entry.state == "failed" and entry.error is not None:
+        if entry.outcome == "failed" and entry.error is not None:
             # the start itself failed: the operator hears the reason, not just an id
             step.actions.append(Resolve(outcome=cmd.reply, error=SessionFailedError(
                 f"session {entry.id} failed at start: {entry.error['reason']}",
@@ -294,7 +302,7 @@ class SessionRuntime:
     def _control(self, cmd: SessionControl) -> Step | None:
         entry = self.sessions.get(cmd.session)
         if entry is None or entry.driver is None or not entry.active:
-            what = "no session" if entry is None else f"session is {entry.state}:"
+            what = "no session" if entry is None else f"session is {entry.outcome}:"
             cmd.reply.fail(UnknownSessionError(
                 f"cannot {cmd.action} {cmd.session!r}: {what} (active sessions only)"))
             return None
@@ -304,7 +312,7 @@ class SessionRuntime:
             eng.ControlBody(action=cmd.action, args=dict(cmd.args), now=now)))
         step = self._run(entry, entry.driver.on_control, inp, [rec], now, reply=cmd.reply)
         if not any(isinstance(a, Resolve) and a.outcome is cmd.reply for a in step.actions):
-            if entry.state == "failed" and entry.error is not None:
+            if entry.outcome == "failed" and entry.error is not None:
                 step.actions.append(Resolve(outcome=cmd.reply, error=SessionFailedError(
                     entry.error["reason"], failure_code=entry.error["code"])))
             else:
@@ -378,7 +386,7 @@ class SessionRuntime:
         if entry.driver is None or not entry.active:
             self.rejected += 1
             self._log.info("session_closed", session=entry.id, peer=peer, step=env.step,
-                           state=entry.state)
+                           state=entry.outcome)
             return None
         return self._deliver(entry, peer, opened.message, env, now, [])
 
@@ -539,12 +547,12 @@ class SessionRuntime:
         entry.timers.clear()
         entry.ended = now
         if error is None:
-            entry.state, entry.result = "completed", result or {}
+            entry.outcome, entry.result = "completed", result or {}
             step.actions.append(Resolve(outcome=entry.final, value=entry.result))
             self._log.info("session_completed", session=entry.id,
                            choreography=entry.choreography)
         else:
-            entry.state, entry.error = "failed", error
+            entry.outcome, entry.error = "failed", error
             step.actions.append(Resolve(outcome=entry.final, error=SessionFailedError(
                 f"session {entry.id} failed: {error['code']}: {error['reason']}",
                 failure_code=error["code"])))
@@ -620,10 +628,10 @@ class SessionRuntime:
         if end is not None:
             entry.ended = records[-1].ts
             if end.ok:
-                entry.state, entry.result = "completed", dict(end.result)
+                entry.outcome, entry.result = "completed", dict(end.result)
                 entry.final.set(entry.result)
             else:
-                entry.state, entry.error = "failed", {"code": end.code, "reason": end.reason}
+                entry.outcome, entry.error = "failed", {"code": end.code, "reason": end.reason}
                 entry.final.fail(SessionFailedError(end.reason, failure_code=end.code))
             if entry.last_activity >= now - self._resend_horizon:
                 self._resend(entry, step)
