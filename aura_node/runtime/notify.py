@@ -26,7 +26,7 @@ def sd_notify(state: str, *, env: dict[str, str] | None = None) -> bool | None:
     value = (os.environ if env is None else env).get(ENV)
     if not value:
         return None
-    if not (value.startswith("/") or value.startswith("@")):
+    if not value.startswith(("/", "@")):
         return False  # vsock and other schemes are not supported
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
