@@ -185,7 +185,8 @@ def test_bad_signature_is_rejected() -> None:
     tampered = dataclasses.replace(good, payload=b"no")
     with pytest.raises(WitnessError, match=f"item 1: .*from {KEYS[1].device_id}.*does not verify"):
         verify([stmt(KEYS[0]), tampered, stmt(KEYS[2])])
-    flipped = dataclasses.replace(good, signature=bytes([good.signature[0] ^ 1]) + good.signature[1:])
+    sig = good.signature
+    flipped = dataclasses.replace(good, signature=bytes([sig[0] ^ 1]) + sig[1:])
     with pytest.raises(WitnessError, match="does not verify: bad"):
         verify([stmt(KEYS[0]), flipped, stmt(KEYS[2])])
     short = dataclasses.replace(good, signature=good.signature[:10])
