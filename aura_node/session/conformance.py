@@ -156,10 +156,12 @@ def _bfs_phases(initial: str, edges: Sequence[PhaseEdge]) -> list[str]:
     return order
 
 
-def check_conformance(cls: type[ChoreographicProtocol[Any, Any]], local_type: Any) -> None:
+def check_conformance(
+    cls: type[ChoreographicProtocol[Any, Any]], local_type: LocalTypeView
+) -> None:
     """Raise :class:`ConformanceError` at the first difference between ``cls``'s declared
     transitions and ``local_type`` (any object with the :class:`LocalTypeView` attributes)."""
-    local: LocalTypeView = local_type
+    local = local_type
     who = f"{cls.__qualname__} vs local type {local.choreography}/{local.role}"
     if (cls.choreography, cls.role) != (local.choreography, local.role):
         raise ConformanceError(

@@ -15,6 +15,7 @@ from aura_node.session.example import (
     ToyCoordinator,
 )
 from aura_node.session.witness import QuorumOfSignedStatements, SignedStatement
+from tests.unit._fake_local import LocalType  # same shapes as aura_node.choreo.local
 
 
 def run(keys: list[DeviceKey]) -> bytes:
@@ -44,3 +45,13 @@ def run(keys: list[DeviceKey]) -> bytes:
 
 def give_up() -> ToyCoordinator[Aborted]:
     return ToyCoordinator(session_id="s", threshold=1).time_out()
+
+
+def introspect(local: LocalType) -> int:
+    from aura_node.session.conformance import check_conformance
+    from aura_node.session.typestate import TransitionDecl, declared_transitions
+
+    decls = declared_transitions(ToyCoordinator)
+    assert_type(decls, tuple[TransitionDecl, ...])
+    check_conformance(ToyCoordinator, local)
+    return len(decls)
