@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import threading
+import time
 from typing import Any, TypeVar, cast, final
 
 import pytest
@@ -411,3 +412,77 @@ def test_declared_transitions_in_definition_order() -> None:
 def test_repr_hides_field_values() -> None:
     s = ToyCoordinator(session_id="secret-session", threshold=3)
     assert repr(s) == "<ToyCoordinator[Collecting] live>"
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+
+_ALIASES: dict[type[Phase], Any] = {
+    Collecting: ToyCoordinator[Collecting],
+    Deciding: ToyCoordinator[Deciding],
+    Decided: ToyCoordinator[Decided],
+    Aborted: ToyCoordinator[Aborted],
+}
+_CALLS: dict[str, tuple[Any, ...]] = {"collect": (None,), "decide": (), "time_out": ()}
+
+
+@pytest.mark.parametrize("phase", list(_ALIASES))
+@pytest.mark.parametrize("method", sorted(_CALLS))
+def test_phase_by_transition_sweep(phase: type[Phase], method: str) -> None:
+    """Every (phase, transition) pair: the declared one moves to its target and consumes;
+    every other one raises WrongPhaseError and leaves the value live and unchanged."""
+    value: Any = ToyCoordinator._restore(
+        _ALIASES[phase], session_id="s1", threshold=3, votes=(b"a",), outcome=b""
+    )
+    (decl,) = [d for d in declared_transitions(ToyCoordinator) if d.method == method]
+    args = tuple(quorum() if a is None else a for a in _CALLS[method])
+    if decl.source is phase:
+        result = getattr(value, method)(*args)
+        successor = result[0] if isinstance(result, tuple) else result
+        assert phase_of(successor) is decl.target
+        with pytest.raises(ConsumedStateError):
+            getattr(value, method)(*args)
+    else:
+        with pytest.raises(WrongPhaseError, match=f"needs phase {decl.source.__name__}, but "
+                           f"this value is in phase {phase.__name__}"):
+            getattr(value, method)(*args)
+        assert phase_of(value) is phase and value.session_id == "s1"
+
+
+@final
+class _Sleepy(ChoreographicProtocol[_M, S], choreography="sleepy", role="r", initial=_Start):
+    def __init__(self: _Sleepy[_Start]) -> None:
+        self._begin()
+
+    @transition(source=_Start, target=_End, action="local")
+    def go(self: _Sleepy[_Start]) -> _Sleepy[_End]:
+        time.sleep(0.002)  # hold the claim long enough that the other threads collide with it
+        return self._advance(_Sleepy[_End])
+
+
+def test_concurrent_slow_transitions_exactly_one_wins() -> None:
+    n = 12
+    for _ in range(5):
+        value = _Sleepy()
+        barrier = threading.Barrier(n)
+        outcomes: list[object] = []
+
+        def attempt(
+            v: _Sleepy[_Start] = value,
+            b: threading.Barrier = barrier,
+            out: list[object] = outcomes,
+        ) -> None:
+            b.wait()
+            try:
+                out.append(v.go())
+            except ConsumedStateError as exc:
+                out.append(exc)
+
+        threads = [threading.Thread(target=attempt) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(outcomes) == n and len(winners) == 1
+        assert phase_of(cast(Any, winners[0])) is _End
+        assert any("being consumed by transition go" in str(o) for o in outcomes)
