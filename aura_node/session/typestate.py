@@ -15,6 +15,13 @@ A role of a choreography is implemented as one ``@final`` class generic in its p
         def close(self: ToySession[Collecting], quorum: QuorumOfSignedStatements
                   ) -> ToySession[Done]:
             return self._advance(ToySession[Done])
+        @requires(Done)                          # a non-consuming, phase-restricted query
+        def outcome(self: ToySession[Done]) -> bytes: ...
+
+The concrete class binds ``C`` (the choreography marker) and stays generic in ``S`` only, so
+annotations name just the phase: ``ToySession[Collecting]``. State fields are the class's
+annotations; ``_begin(**fields)`` sets all of them, ``_advance(Cls[Phase], **changes)`` copies
+them into the successor with changes.
 
 What makes ``mypy --strict`` hold code to the phases:
 
