@@ -18,7 +18,9 @@ import structlog
 import trio
 
 from aura_node.control.protocol import (
+    ControlConnectionError,
     ControlReplyError,
+    ControlTimeoutError,
     NodeAlreadyRunningError,
     NotFoundError,
 )
@@ -488,3 +490,36 @@ def make_stale_socket_long(path: str) -> None:
     with s, UnixAddress(path) as address:
         s.bind(address)
     assert os.path.exists(path)
+
+
+async def test_client_gives_up_after_its_timeout_and_the_server_lives_on() -> None:
+    release = trio.Event()
+
+    async def slow(_args: dict[str, Any]) -> dict[str, Any]:
+        await release.wait()
+        return {}
+
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"slow": slow, "status": _status}):
+            with pytest.raises(ControlTimeoutError, match="no reply to 'slow'"):
+                await acall(path, "slow", timeout=0.3)
+            release.set()
+            assert (await acall(path, "status"))["name"] == "alpha"
+
+
+async def test_client_reports_a_connection_closed_without_reply() -> None:
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as rude:
+            rude.bind(path)
+            rude.listen()
+
+            async def accept_and_close() -> None:
+                conn, _ = await trio.to_thread.run_sync(rude.accept)
+                conn.close()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_and_close)
+                with pytest.raises(ControlConnectionError, match="closed the connection"):
+                    await acall(path, "status")

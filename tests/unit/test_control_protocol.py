@@ -196,3 +196,14 @@ def test_fault_codes_are_distinct_snake_case() -> None:
     values = [f.value for f in Fault]
     assert len(set(values)) == len(values)
     assert all(v.replace("_", "").isalpha() and v.islower() for v in values)
+
+
+@given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_decode_request_only_ever_raises_bad_request(line: bytes) -> None:
+    try:
+        request = decode_request(line)
+    except BadRequestError as exc:
+        assert exc.message and exc.code == "bad_request"
+    else:
+        assert isinstance(request.cmd, str) and request.cmd
+        assert isinstance(request.args, dict)
