@@ -43,7 +43,8 @@ phase than the evidence proves; on ambiguity pick the earlier/safer state or giv
 :func:`parse_evidence` turns raw records into typed :data:`Evidence` so drivers don't decode
 runtime record bodies by hand. Messages the driver had sent are *not* re-sent by the driver:
 the runtime re-sends the journaled envelopes itself (never regenerated, so no equivocation),
-and re-arms journaled timers.
+and re-arms journaled timers; then it calls ``driver.resume(now)`` for work the evidence shows
+was due but never journaled.
 
 :data:`PROTOCOLS` maps a choreography name to its :class:`ProtocolSpec`; later protocols
 (genesis, DKD, recovery) register theirs with :func:`register_protocol`.
@@ -425,6 +426,13 @@ class ProtocolDriver(ABC):
         """Default: any timer is the session deadline; abort."""
         return [Fail(code="timeout", reason=f"timer {inp.name!r} expired")]
 
+    def resume(self, now: float) -> list[Effect]:
+        """Called once after :meth:`rehydrate` (and after the runtime re-sent the journaled
+        envelopes and re-armed the journaled timers): the effects of work the evidence shows
+        was due but not yet journaled (e.g. a reply computed but not durably sent). Must not
+        produce anything the journal already holds a different version of. Default: none."""
+        return []
+
     def on_control(self, inp: ControlAction) -> list[Effect]:
         raise LocalProtocolError(
             f"{self.choreography}/{self.role} has no control action {inp.action!r}"
@@ -453,6 +461,10 @@ class Opener:
     role: str
 
 
+def _no_bindings(start: Start, opening: msgspec.Struct | None) -> dict[str, int]:
+    return {}
+
+
 def _no_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if params:
         raise ParamsError(f"this protocol takes no parameters, got {sorted(params)}")
@@ -474,6 +486,10 @@ class ProtocolSpec:
     initiator_role: str = ""
     #: checks and normalises operator parameters; raises :class:`ParamsError`
     validate_params: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_params
+    #: role-set sizes / thresholds to project this session's local type with (the choreo
+    #: ``project(role, bindings)``), from the start input and, for a responder, the opening
+    #: message
+    bindings: Callable[[Start, msgspec.Struct | None], dict[str, int]] = _no_bindings
 
     def __post_init__(self) -> None:
         for role, cls in self.drivers.items():

@@ -91,14 +91,23 @@ class UnknownSessionError(LocalProtocolError):
 
 
 class RoleMonitor(Protocol):
-    """The choreography monitor of one role in one session (see ``runtime.monitors``)."""
+    """The choreography monitor of one role in one session (``runtime.monitors``)."""
 
-    def check_inbound(self, sender_role: str, message: msgspec.Struct) -> None: ...
+    def check_inbound(self, sender_role: str, message: msgspec.Struct, *, member: str
+                      ) -> None: ...
     def check_outbound(self, receiver_role: str, message: msgspec.Struct) -> None: ...
+    def on_timeout(self) -> None: ...
+    def on_abort(self) -> None: ...
+    def is_abort(self, message: object) -> bool: ...
+    def abort_message(self, reason: str) -> msgspec.Struct | None: ...
     def state(self) -> str: ...
 
 
-MonitorFactory = Callable[[str, str], RoleMonitor]
+#: (choreography, role, bindings of role-set sizes/thresholds) -> a fresh monitor
+MonitorFactory = Callable[[str, str, Mapping[str, int]], RoleMonitor]
+
+#: early messages buffered per session until the monitor reaches their state
+MAX_EARLY = 256
 
 
 class InboundPayload(Protocol):
@@ -130,6 +139,8 @@ class SessionEntry:
     #: our journaled envelopes (recipients, envelope), re-sent after restarts and on replays
     sent: list[tuple[tuple[str, ...], Envelope]] = field(default_factory=list)
     timers: dict[str, int] = field(default_factory=dict)
+    #: messages the monitor called early (allowed in a later state), retried after each step
+    early: list[tuple[str, msgspec.Struct, Envelope]] = field(default_factory=list)
     last_activity: float = 0.0
     #: resolved (by the executor, after the fsync) when the session ends
     final: Outcome = field(default_factory=Outcome)
@@ -273,16 +284,17 @@ class SessionRuntime:
                 )
             if cmd.session in self.sessions:
                 raise eng.ParamsError(f"session {cmd.session} exists already")
+            start = eng.Start(
+                session=cmd.session, choreography=cmd.choreography, role=spec.initiator_role,
+                self_name=self.self_name, roles=dict(cmd.roles), params=params, now=now,
+                entropy=cmd.entropy,
+            )
             driver = spec.driver_class(spec.initiator_role)()
-            monitor = self._monitor_for(cmd.choreography, spec.initiator_role)
+            monitor = self._monitor_for(cmd.choreography, spec.initiator_role,
+                                        spec.bindings(start, None))
         except AuraError as exc:
             cmd.reply.fail(exc)
             return None
-        start = eng.Start(
-            session=cmd.session, choreography=cmd.choreography, role=spec.initiator_role,
-            self_name=self.self_name, roles=dict(cmd.roles), params=params, now=now,
-            entropy=cmd.entropy,
-        )
         entry = SessionEntry(id=cmd.session, choreography=cmd.choreography,
                              role=spec.initiator_role, started=now, driver=driver,
                              monitor=monitor, last_activity=now)
@@ -329,6 +341,11 @@ class SessionRuntime:
         now = self._clock()
         self._log.info("timer_fired", session=entry.id, timer=cmd.name)
         rec = (eng.KIND_TIMER_FIRED, eng.encode_body(eng.TimerBody(name=cmd.name, deadline=now)))
+        assert entry.monitor is not None
+        try:
+            entry.monitor.on_timeout()
+        except AuraError as exc:
+            return self._abort(entry, [rec], exc, now)
         return self._run(entry, entry.driver.on_timer, eng.TimerFired(name=cmd.name, now=now),
                          [rec], now)
 
@@ -394,19 +411,20 @@ class SessionRuntime:
         self, spec: eng.ProtocolSpec, opener: eng.Opener, peer: str,
         message: msgspec.Struct, env: Envelope, now: float,
     ) -> Step | None:
-        try:
-            driver = spec.driver_class(opener.role)()
-            monitor = self._monitor_for(spec.choreography, opener.role)
-        except AuraError as exc:
-            self._log.error("responder_open_failed", session=env.session, code=exc.code,
-                            reason=exc.message)
-            return None
         start = eng.Start(
             session=env.session, choreography=spec.choreography, role=opener.role,
             self_name=self.self_name, roles={self.self_name: opener.role,
                                              peer: opener.sender_role},
             params={}, now=now, entropy=self._entropy(32), opened_by=peer,
         )
+        try:
+            driver = spec.driver_class(opener.role)()
+            monitor = self._monitor_for(spec.choreography, opener.role,
+                                        spec.bindings(start, message))
+        except AuraError as exc:
+            self._log.error("responder_open_failed", session=env.session, code=exc.code,
+                            reason=exc.message)
+            return None
         entry = SessionEntry(id=env.session, choreography=spec.choreography, role=opener.role,
                              started=now, driver=driver, monitor=monitor, opened_by=peer,
                              last_activity=now)
@@ -426,39 +444,73 @@ class SessionRuntime:
         self, entry: SessionEntry, peer: str, message: msgspec.Struct, env: Envelope,
         now: float, pre: list[tuple[str, bytes]], pre_actions: Sequence[Any] = (),
     ) -> Step:
+        step = Step(session=entry.id, ts=now, records=list(pre), actions=list(pre_actions))
+        if self._deliver_one(entry, peer, message, env, now, step):
+            # the session advanced: early messages may fit now (in arrival order)
+            progress = True
+            while progress and entry.early and entry.active:
+                progress = False
+                for item in list(entry.early):
+                    entry.early.remove(item)
+                    if self._deliver_one(entry, *item, now, step):
+                        progress = True
+                        break
+        return step
+
+    def _deliver_one(
+        self, entry: SessionEntry, peer: str, message: msgspec.Struct, env: Envelope,
+        now: float, step: Step,
+    ) -> bool:
+        """Monitor-check and hand one message to the driver, adding to ``step``. True when the
+        message was accepted (the session advanced)."""
         assert entry.driver is not None and entry.monitor is not None
+        if not entry.active:
+            return False
         sender_role = entry.driver.roles.get(peer)
         try:
             if sender_role is None:
                 raise RemoteProtocolError(
                     f"{peer!r} has no role in session {entry.id} "
                     f"(roles: {dict(entry.driver.roles)})")
-            entry.monitor.check_inbound(sender_role, message)
+            entry.monitor.check_inbound(sender_role, message, member=peer)
         except RemoteProtocolError as exc:
+            if exc.code == "early_message" and len(entry.early) < MAX_EARLY:
+                entry.early.append((peer, message, env))
+                self._log.debug("message_early", session=entry.id, peer=peer, step=env.step)
+                return False
             self.rejected += 1
             self._log.warning("misbehaviour", session=entry.id, peer=peer, code=exc.code,
                               reason=exc.message, step=env.step)
             body = eng.MisbehaviourBody(peer=peer, code=exc.code, reason=exc.message,
                                         envelope=encode_envelope(env))
-            step = Step(session=entry.id, ts=now, records=[
-                *pre, (eng.KIND_MISBEHAVIOUR, eng.encode_body(body))])
-            step.actions.extend(pre_actions)
-            return step
+            step.records.append((eng.KIND_MISBEHAVIOUR, eng.encode_body(body)))
+            return False
         entry.seen.add(env.digest)
         self.accepted += 1
         entry.last_activity = now
         rec = (eng.KIND_IN, eng.encode_body(eng.InBody(
             sender=peer, sender_role=sender_role, envelope=encode_envelope(env), now=now)))
+        if entry.monitor.is_abort(message):
+            # the choreography's abort message: the session ends everywhere
+            reason = str(getattr(message, "reason", "")) or "no reason given"
+            step.records.append(rec)
+            step.records.append((eng.KIND_FAIL, eng.encode_body(eng.FailBody(
+                code="aborted_by_peer", reason=f"{peer} aborted: {reason}"))))
+            self._finish(entry, step, now, error={"code": "aborted_by_peer",
+                                                  "reason": f"{peer} aborted: {reason}"},
+                         notify_peers=False)
+            return True
         inp = eng.MessageIn(sender=peer, sender_role=sender_role, message=message,
                             envelope=env, now=now)
-        step = self._run(entry, entry.driver.on_message, inp, [*pre, rec], now)
-        step.actions[:0] = pre_actions
-        return step
+        sub = self._run(entry, entry.driver.on_message, inp, [rec], now)
+        step.records.extend(sub.records)
+        step.actions.extend(sub.actions)
+        return True
 
     # --- running a driver -----------------------------------------------------------------------
 
     def _run(
-        self, entry: SessionEntry, fn: Callable[[Any], list[eng.Effect]], inp: eng.Input,
+        self, entry: SessionEntry, fn: Callable[[Any], list[eng.Effect]], inp: object,
         pre: list[tuple[str, bytes]], now: float, *, reply: Outcome | None = None,
     ) -> Step:
         scratch = Step(session=entry.id, ts=now, records=list(pre))
@@ -541,23 +593,54 @@ class SessionRuntime:
     def _finish(
         self, entry: SessionEntry, step: Step, now: float, *,
         result: dict[str, Any] | None = None, error: dict[str, str] | None = None,
+        notify_peers: bool = True,
     ) -> None:
         for name in list(entry.timers):
             step.actions.append(Disarm(session=entry.id, name=name))
         entry.timers.clear()
+        entry.early.clear()
         entry.ended = now
         if error is None:
             entry.outcome, entry.result = "completed", result or {}
             step.actions.append(Resolve(outcome=entry.final, value=entry.result))
             self._log.info("session_completed", session=entry.id,
                            choreography=entry.choreography)
-        else:
-            entry.outcome, entry.error = "failed", error
-            step.actions.append(Resolve(outcome=entry.final, error=SessionFailedError(
-                f"session {entry.id} failed: {error['code']}: {error['reason']}",
-                failure_code=error["code"])))
-            self._log.warning("session_failed", session=entry.id,
-                              choreography=entry.choreography, **error)
+            return
+        if notify_peers:
+            self._fan_out_abort(entry, step, f"{error['code']}: {error['reason']}")
+        entry.outcome, entry.error = "failed", error
+        step.actions.append(Resolve(outcome=entry.final, error=SessionFailedError(
+            f"session {entry.id} failed: {error['code']}: {error['reason']}",
+            failure_code=error["code"])))
+        self._log.warning("session_failed", session=entry.id,
+                          choreography=entry.choreography, **error)
+
+    def _fan_out_abort(self, entry: SessionEntry, step: Step, reason: str) -> None:
+        """Tell every other role the session is over, with the choreography's abort message
+        (journaled, then sent, like any message)."""
+        if entry.monitor is None or entry.driver is None:
+            return
+        try:
+            message = entry.monitor.abort_message(reason)
+            if message is None:
+                return
+            entry.monitor.on_abort()
+            roles = dict(entry.driver.roles)
+            to = tuple(n for n in roles if n != self.self_name and n in self.peers)
+            for name in to:
+                entry.monitor.check_outbound(roles[name], message)
+        except Exception as exc:  # already final, or a broken driver: nothing to tell
+            self._log.info("abort_not_sent", session=entry.id, reason=repr(exc))
+            return
+        if not to:
+            return
+        env = seal(self.key, choreography=entry.choreography, session=entry.id,
+                   message=message)
+        step.records.append((eng.KIND_OUT, eng.encode_body(
+            eng.OutBody(to=list(to), envelope=encode_envelope(env)))))
+        payload = encode_wire(env)
+        step.actions.extend(Transmit(peer=name, payload=payload) for name in to)
+        entry.sent.append((to, env))
 
     def _abort(self, entry: SessionEntry, pre: list[tuple[str, bytes]], exc: BaseException,
                now: float) -> Step:
@@ -644,13 +727,22 @@ class SessionRuntime:
             driver = spec.driver_class(start.role).rehydrate(records)
             if driver is None:
                 raise eng.DriverError("the journal does not prove enough to continue")
-            monitor = self._monitor_for(start.choreography, start.role)
+            opening = next((_decode(spec, e.envelope) for e in evidence
+                            if isinstance(e, eng.Received)), None) if start.opened_by else None
+            monitor = self._monitor_for(start.choreography, start.role,
+                                        spec.bindings(start, opening))
             for e in evidence:  # bring the monitor to the state the journal proves
                 if isinstance(e, eng.Received):
-                    monitor.check_inbound(e.sender_role, _decode(spec, e.envelope))
+                    monitor.check_inbound(e.sender_role, _decode(spec, e.envelope),
+                                          member=e.sender)
                 elif isinstance(e, eng.Sent):
+                    msg = _decode(spec, e.envelope)
+                    if monitor.is_abort(msg):
+                        monitor.on_abort()
                     for name in e.to:
-                        monitor.check_outbound(driver.roles[name], _decode(spec, e.envelope))
+                        monitor.check_outbound(driver.roles[name], msg)
+                elif isinstance(e, eng.TimerEvent) and e.event == "fired":
+                    monitor.on_timeout()
         except Exception as exc:
             entry.driver = None
             self._log.warning("rehydrate_abort", session=sid, reason=repr(exc))
@@ -664,7 +756,10 @@ class SessionRuntime:
             entry.timers[name] = gen
             step.actions.append(Arm(session=sid, name=name, deadline=deadline, generation=gen))
         self._resend(entry, step)
-        return step if step.actions else None
+        resumed = self._run(entry, driver.resume, now, [], now)
+        step.records.extend(resumed.records)
+        step.actions.extend(resumed.actions)
+        return step if step.actions or step.records else None
 
     def _resend(self, entry: SessionEntry, step: Step) -> None:
         for to, env in entry.sent:
