@@ -272,6 +272,9 @@ class Point:
         """``scalar · self`` without clamping."""
         if scalar.is_zero() or self.is_identity():
             return Point(_IDENTITY_BYTES)
+        if self._b == _BASE_BYTES:
+            # Same result, about 4x faster (libsodium's precomputed base-point tables).
+            return Point.base_mul(scalar)
         try:
             return Point(sodium.crypto_scalarmult_ed25519_noclamp(scalar.to_bytes(), self._b))
         except nacl.exceptions.RuntimeError:  # pragma: no cover - impossible for our inputs
@@ -301,7 +304,8 @@ class Point:
         return f"Point({self._b.hex()})"
 
 
-_BASE: Final = Point(sodium.crypto_scalarmult_ed25519_base_noclamp((1).to_bytes(32, "little")))
+_BASE_BYTES: Final = sodium.crypto_scalarmult_ed25519_base_noclamp((1).to_bytes(32, "little"))
+_BASE: Final = Point(_BASE_BYTES)
 
 
 def hash_to_scalar(domain: str, *parts: Part) -> Scalar:
