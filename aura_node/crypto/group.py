@@ -81,6 +81,8 @@ _IDENTITY_BYTES: Final = b"\x01" + bytes(31)
 _ZERO_BYTES: Final = bytes(32)
 
 Rng = Callable[[int], bytes]
+#: Only this module wraps raw bytes without validation (see ``Scalar._trusted``).
+_TRUSTED: Final = object()
 
 
 def default_rng(n: int) -> bytes:
@@ -109,9 +111,15 @@ class Scalar:
     __slots__ = ("_b",)
     _b: bytes
 
-    def __init__(self, _canonical: bytes) -> None:
-        # Private: use from_bytes / from_int / random / hash_to_scalar.
-        self._b = _canonical
+    def __init__(self, canonical: bytes, *, _token: object = None) -> None:
+        if _token is not _TRUSTED:
+            raise TypeError("use Scalar.from_bytes/from_int/random or hash_to_scalar")
+        self._b = canonical
+
+    @classmethod
+    def _trusted(cls, canonical: bytes) -> Scalar:
+        """Wrap bytes already known to be canonical (libsodium outputs, checked inputs)."""
+        return cls(canonical, _token=_TRUSTED)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -126,18 +134,18 @@ class Scalar:
                 "non-canonical scalar: encodes an integer >= the group order L "
                 f"(bytes {data.hex()})"
             )
-        return cls(data)
+        return cls._trusted(data)
 
     @classmethod
     def from_int(cls, value: int) -> Scalar:
         """The scalar ``value`` for ``0 <= value < L`` (indices, small constants)."""
         if not 0 <= value < L:
             raise ScalarEncodingError(f"scalar integer must be in [0, L), got {value}")
-        return cls(value.to_bytes(SCALAR_BYTES, "little"))
+        return cls._trusted(value.to_bytes(SCALAR_BYTES, "little"))
 
     @classmethod
     def zero(cls) -> Scalar:
-        return cls(_ZERO_BYTES)
+        return cls._trusted(_ZERO_BYTES)
 
     @classmethod
     def one(cls) -> Scalar:
@@ -148,7 +156,7 @@ class Scalar:
         """Reduce 64 bytes (little-endian) mod L: uniform when ``data`` is uniform."""
         if len(data) != 64:
             raise ValueError(f"wide reduction needs 64 bytes, got {len(data)}")
-        return cls(sodium.crypto_core_ed25519_scalar_reduce(data))
+        return cls._trusted(sodium.crypto_core_ed25519_scalar_reduce(data))
 
     @classmethod
     def random(cls, rng: Rng | None = None) -> Scalar:
@@ -188,13 +196,13 @@ class Scalar:
     # --- arithmetic (libsodium) -----------------------------------------------------------
 
     def __add__(self, other: Scalar) -> Scalar:
-        return Scalar(sodium.crypto_core_ed25519_scalar_add(self._b, other._b))
+        return Scalar._trusted(sodium.crypto_core_ed25519_scalar_add(self._b, other._b))
 
     def __sub__(self, other: Scalar) -> Scalar:
-        return Scalar(sodium.crypto_core_ed25519_scalar_sub(self._b, other._b))
+        return Scalar._trusted(sodium.crypto_core_ed25519_scalar_sub(self._b, other._b))
 
     def __neg__(self) -> Scalar:
-        return Scalar(sodium.crypto_core_ed25519_scalar_negate(self._b))
+        return Scalar._trusted(sodium.crypto_core_ed25519_scalar_negate(self._b))
 
     @overload
     def __mul__(self, other: Scalar) -> Scalar: ...
@@ -203,13 +211,13 @@ class Scalar:
     def __mul__(self, other: Scalar | Point) -> Scalar | Point:
         if isinstance(other, Point):
             return other.mul(self)
-        return Scalar(sodium.crypto_core_ed25519_scalar_mul(self._b, other._b))
+        return Scalar._trusted(sodium.crypto_core_ed25519_scalar_mul(self._b, other._b))
 
     def invert(self) -> Scalar:
         """The multiplicative inverse mod L; ``ScalarEncodingError`` for zero."""
         if self.is_zero():
             raise ScalarEncodingError("zero has no inverse mod L")
-        return Scalar(sodium.crypto_core_ed25519_scalar_invert(self._b))
+        return Scalar._trusted(sodium.crypto_core_ed25519_scalar_invert(self._b))
 
 
 class Point:
@@ -218,9 +226,15 @@ class Point:
     __slots__ = ("_b",)
     _b: bytes
 
-    def __init__(self, _canonical: bytes) -> None:
-        # Private: use from_bytes / base / identity / hash_to_group or arithmetic.
-        self._b = _canonical
+    def __init__(self, canonical: bytes, *, _token: object = None) -> None:
+        if _token is not _TRUSTED:
+            raise TypeError("use Point.from_bytes/base/identity/base_mul or hash_to_group")
+        self._b = canonical
+
+    @classmethod
+    def _trusted(cls, canonical: bytes) -> Point:
+        """Wrap bytes already known to encode a subgroup element (libsodium outputs)."""
+        return cls(canonical, _token=_TRUSTED)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, allow_identity: bool = False) -> Point:
@@ -232,7 +246,7 @@ class Point:
             raise PointEncodingError(f"a point is {POINT_BYTES} bytes, got {got}")
         if data == _IDENTITY_BYTES:
             if allow_identity:
-                return cls(data)
+                return cls._trusted(data)
             raise PointEncodingError("the identity point is not acceptable here")
         if not sodium.crypto_core_ed25519_is_valid_point(data):
             raise PointEncodingError(
@@ -241,11 +255,11 @@ class Point:
             )
         if sodium.crypto_core_ed25519_add(data, _IDENTITY_BYTES) != data:
             raise PointEncodingError(f"non-canonical point encoding: {data.hex()}")
-        return cls(data)
+        return cls._trusted(data)
 
     @classmethod
     def identity(cls) -> Point:
-        return cls(_IDENTITY_BYTES)
+        return cls._trusted(_IDENTITY_BYTES)
 
     @classmethod
     def base(cls) -> Point:
@@ -256,8 +270,8 @@ class Point:
     def base_mul(cls, scalar: Scalar) -> Point:
         """``scalar · G``."""
         if scalar.is_zero():
-            return cls(_IDENTITY_BYTES)
-        return cls(sodium.crypto_scalarmult_ed25519_base_noclamp(scalar.to_bytes()))
+            return cls._trusted(_IDENTITY_BYTES)
+        return cls._trusted(sodium.crypto_scalarmult_ed25519_base_noclamp(scalar.to_bytes()))
 
     def to_bytes(self) -> bytes:
         return self._b
@@ -271,23 +285,25 @@ class Point:
     def mul(self, scalar: Scalar) -> Point:
         """``scalar · self`` without clamping."""
         if scalar.is_zero() or self.is_identity():
-            return Point(_IDENTITY_BYTES)
+            return Point._trusted(_IDENTITY_BYTES)
         if self._b == _BASE_BYTES:
             # Same result, about 4x faster (libsodium's precomputed base-point tables).
             return Point.base_mul(scalar)
         try:
-            return Point(sodium.crypto_scalarmult_ed25519_noclamp(scalar.to_bytes(), self._b))
+            return Point._trusted(
+                sodium.crypto_scalarmult_ed25519_noclamp(scalar.to_bytes(), self._b)
+            )
         except nacl.exceptions.RuntimeError:  # pragma: no cover - impossible for our inputs
             raise PointEncodingError("scalar multiplication refused its input") from None
 
     def __add__(self, other: Point) -> Point:
-        return Point(sodium.crypto_core_ed25519_add(self._b, other._b))
+        return Point._trusted(sodium.crypto_core_ed25519_add(self._b, other._b))
 
     def __sub__(self, other: Point) -> Point:
-        return Point(sodium.crypto_core_ed25519_sub(self._b, other._b))
+        return Point._trusted(sodium.crypto_core_ed25519_sub(self._b, other._b))
 
     def __neg__(self) -> Point:
-        return Point(sodium.crypto_core_ed25519_sub(_IDENTITY_BYTES, self._b))
+        return Point._trusted(sodium.crypto_core_ed25519_sub(_IDENTITY_BYTES, self._b))
 
     def __rmul__(self, scalar: Scalar) -> Point:
         return self.mul(scalar)
@@ -305,7 +321,7 @@ class Point:
 
 
 _BASE_BYTES: Final = sodium.crypto_scalarmult_ed25519_base_noclamp((1).to_bytes(32, "little"))
-_BASE: Final = Point(_BASE_BYTES)
+_BASE: Final = Point._trusted(_BASE_BYTES)
 
 
 def hash_to_scalar(domain: str, *parts: Part) -> Scalar:
@@ -316,7 +332,7 @@ def hash_to_scalar(domain: str, *parts: Part) -> Scalar:
 def hash_to_group(domain: str, *parts: Part) -> Point:
     """A point with unknown discrete log: two Elligator 2 maps of a SHA-512 output, added."""
     h = hashlib.sha512(transcript(domain, *parts)).digest()
-    p = Point(sodium.crypto_core_ed25519_from_uniform(h[:32])) + Point(
+    p = Point._trusted(sodium.crypto_core_ed25519_from_uniform(h[:32])) + Point._trusted(
         sodium.crypto_core_ed25519_from_uniform(h[32:])
     )
     if p.is_identity():  # pragma: no cover - probability about 2^-252

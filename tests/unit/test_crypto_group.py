@@ -350,5 +350,12 @@ def test_seeded_rng_is_deterministic() -> None:
     assert first(16) != first(16)
 
 
+def test_no_unvalidated_construction() -> None:
+    with pytest.raises(TypeError, match="from_bytes"):
+        Point(bytes(32))
+    with pytest.raises(TypeError, match="from_bytes"):
+        Scalar(b"\xff" * 32)
+
+
 KAT_H2G = "4ceaaa59ecbe7153fa35f00e3ff3bafe28a9f4bdc191ca193e21f42ac92b62d1"
 KAT_H2S = "686b831af7cdb9f3c197fdc608b61e3a368b2b8c7f07b960e64efe25a5791507"
