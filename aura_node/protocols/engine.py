@@ -63,6 +63,7 @@ import msgspec
 
 from aura_node.errors import LocalProtocolError, ProtocolError
 from aura_node.protocols.envelope import Envelope, decode_envelope
+from aura_node.protocols.services import NodeServices
 
 # --- journal record kinds written by the runtime ------------------------------------------------
 
@@ -410,6 +411,11 @@ class ProtocolDriver(ABC):
     choreography: ClassVar[str]
     role: ClassVar[str]
 
+    def __init__(self, services: NodeServices) -> None:
+        #: this node's key, pinned peers, accounts and protocol settings (never mutate
+        #: ``services.accounts`` before the evidence that justifies it is durable)
+        self.services = services
+
     @property
     @abstractmethod
     def roles(self) -> Mapping[str, str]:
@@ -433,6 +439,13 @@ class ProtocolDriver(ABC):
         produce anything the journal already holds a different version of. Default: none."""
         return []
 
+    def on_abort(self, reason: str, *, by_peer: str | None) -> None:
+        """The session is being aborted by the runtime (``by_peer`` None: a deadline, a
+        ``Fail`` effect's fan-out, or a step that raised) or by a peer's abort message
+        (``by_peer`` its name). The runtime journals and sends everything itself; a driver
+        only moves its typestate to the abort phase. Must not raise. Default: nothing."""
+        return None
+
     def on_control(self, inp: ControlAction) -> list[Effect]:
         raise LocalProtocolError(
             f"{self.choreography}/{self.role} has no control action {inp.action!r}"
@@ -448,7 +461,8 @@ class ProtocolDriver(ABC):
 
     @classmethod
     @abstractmethod
-    def rehydrate(cls, evidence: Sequence[EvidenceRecord]) -> Self | None:
+    def rehydrate(cls, evidence: Sequence[EvidenceRecord], services: NodeServices
+                  ) -> Self | None:
         """Rebuild from the session's journal records (pure, conservative); ``None`` when the
         evidence proves too little to continue (the runtime then aborts the session)."""
 

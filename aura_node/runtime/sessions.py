@@ -62,6 +62,7 @@ from aura_node.protocols.envelope import (
     open_envelope,
     seal,
 )
+from aura_node.protocols.services import NodeServices
 from aura_node.runtime.steps import (
     Arm,
     Command,
@@ -158,7 +159,7 @@ class SessionEntry:
                 phase = self.driver.status().get("phase")
             except Exception:  # a status bug must not break listing
                 phase = None
-            if isinstance(phase, str):
+            if isinstance(phase, str) and (self.outcome == "active" or self.driver.is_final):
                 return phase
         return {"active": "Active", "completed": "Completed", "failed": "Failed"}[self.outcome]
 
@@ -222,6 +223,7 @@ class SessionRuntime:
         peers: PeerDirectory,
         protocols: Mapping[str, eng.ProtocolSpec],
         monitor_for: MonitorFactory,
+        services: NodeServices,
         clock: Callable[[], float] = time.time,
         entropy: Callable[[int], bytes] = os.urandom,
         resend_horizon: float = 60.0,
@@ -231,6 +233,7 @@ class SessionRuntime:
         self.peers = peers
         self.protocols = protocols
         self._monitor_for = monitor_for
+        self.services = services
         self._clock = clock
         self._entropy = entropy
         self._resend_horizon = resend_horizon
@@ -244,9 +247,17 @@ class SessionRuntime:
     # --- queries (read-only, safe from any task: single-threaded) -----------------------------
 
     def counts(self) -> dict[str, int]:
+        """Sessions by outcome: active, completed, failed."""
         out = {"active": 0, "completed": 0, "failed": 0}
         for e in self.sessions.values():
-            out[e.outcome] = out.get(e.state, 0) + 1
+            out[e.outcome] += 1
+        return out
+
+    def states(self) -> dict[str, int]:
+        """Sessions by local state name (``ctl status``)."""
+        out: dict[str, int] = {}
+        for e in self.sessions.values():
+            out[e.state] = out.get(e.state, 0) + 1
         return out
 
     def get(self, session: str) -> SessionEntry:
@@ -289,7 +300,7 @@ class SessionRuntime:
                 self_name=self.self_name, roles=dict(cmd.roles), params=params, now=now,
                 entropy=cmd.entropy,
             )
-            driver = spec.driver_class(spec.initiator_role)()
+            driver = spec.driver_class(spec.initiator_role)(self.services)
             monitor = self._monitor_for(cmd.choreography, spec.initiator_role,
                                         spec.bindings(start, None))
         except AuraError as exc:
@@ -418,7 +429,7 @@ class SessionRuntime:
             params={}, now=now, entropy=self._entropy(32), opened_by=peer,
         )
         try:
-            driver = spec.driver_class(opener.role)()
+            driver = spec.driver_class(opener.role)(self.services)
             monitor = self._monitor_for(spec.choreography, opener.role,
                                         spec.bindings(start, message))
         except AuraError as exc:
@@ -498,7 +509,7 @@ class SessionRuntime:
                 code="aborted_by_peer", reason=f"{peer} aborted: {reason}"))))
             self._finish(entry, step, now, error={"code": "aborted_by_peer",
                                                   "reason": f"{peer} aborted: {reason}"},
-                         notify_peers=False)
+                         by_peer=peer)
             return True
         inp = eng.MessageIn(sender=peer, sender_role=sender_role, message=message,
                             envelope=env, now=now)
@@ -593,7 +604,7 @@ class SessionRuntime:
     def _finish(
         self, entry: SessionEntry, step: Step, now: float, *,
         result: dict[str, Any] | None = None, error: dict[str, str] | None = None,
-        notify_peers: bool = True,
+        by_peer: str | None = None,
     ) -> None:
         for name in list(entry.timers):
             step.actions.append(Disarm(session=entry.id, name=name))
@@ -606,7 +617,12 @@ class SessionRuntime:
             self._log.info("session_completed", session=entry.id,
                            choreography=entry.choreography)
             return
-        if notify_peers:
+        if entry.driver is not None:
+            try:
+                entry.driver.on_abort(error["reason"], by_peer=by_peer)
+            except Exception as exc:  # the session is over either way
+                self._log.warning("driver_on_abort_raised", session=entry.id, reason=repr(exc))
+        if by_peer is None:
             self._fan_out_abort(entry, step, f"{error['code']}: {error['reason']}")
         entry.outcome, entry.error = "failed", error
         step.actions.append(Resolve(outcome=entry.final, error=SessionFailedError(
@@ -724,7 +740,7 @@ class SessionRuntime:
         try:
             if spec is None:
                 raise eng.DriverError(f"protocol {start.choreography!r} is not on this node")
-            driver = spec.driver_class(start.role).rehydrate(records)
+            driver = spec.driver_class(start.role).rehydrate(records, self.services)
             if driver is None:
                 raise eng.DriverError("the journal does not prove enough to continue")
             opening = next((_decode(spec, e.envelope) for e in evidence
