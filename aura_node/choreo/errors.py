@@ -38,7 +38,9 @@ class ChoreographyErrors(ChoreographyError):
         self.choreography = name
         self.errors = tuple(errors)
         body = "\n".join(e.message for e in self.errors)
-        super().__init__(f"choreography {name!r} is ill formed ({len(self.errors)} errors):\n{body}")
+        super().__init__(
+            f"choreography {name!r} is ill formed ({len(self.errors)} errors):\n{body}"
+        )
 
 
 class BindingError(ChoreographyError):

@@ -52,6 +52,7 @@ class Monitor:
         "_abort_state",
         "_counting",
         "_final",
+        "_gathers",
         "_in",
         "_later",
         "_messages",
@@ -81,11 +82,15 @@ class Monitor:
             elif t.action == "timeout":
                 self._timeout[t.source] = t
         self._later = self._later_inputs(lt)
+        self._gathers: dict[str, list[tuple[str, type]]] = {}
+        for t in lt.transitions:
+            if t.action == "gather" and t.message is not None:
+                self._gathers.setdefault(t.source, []).append((t.peer, t.message))
         # gather in progress: (peer, message) -> members counted so far
         self._counting: dict[tuple[str, type], set[Hashable]] = {}
         # closed gathers: (peer, message) -> [members already heard, stragglers still allowed]
         self._stragglers: dict[tuple[str, type], tuple[set[Hashable], list[int]]] = {}
-        self.state = lt.initial
+        self.state = ""  # _enter records nothing when leaving ""
         self._enter(lt.initial)
 
     @staticmethod
@@ -122,6 +127,11 @@ class Monitor:
     @property
     def phase(self) -> str | None:
         return self.local_type.phases.get(self.state)
+
+    @property
+    def can_time_out(self) -> bool:
+        """True when a deadline runs in the current state (the runtime arms its timer)."""
+        return self.state in self._timeout
 
     def expected_inbound(self) -> tuple[LocalTransition, ...]:
         return tuple(
@@ -219,10 +229,12 @@ class Monitor:
     # -- internals
 
     def _enter(self, state: str) -> None:
-        for key, counted in self._counting.items():
-            n = self.local_type.set_sizes.get(key[0], len(counted))
-            self._stragglers[key] = (counted, [max(n - len(counted), 0)])
-        self._counting = {}
+        if self.state in self._gathers:
+            for key in self._gathers[self.state]:
+                counted = self._counting.get(key, set())
+                n = self.local_type.set_sizes.get(key[0], len(counted))
+                self._stragglers[key] = (counted, [max(n - len(counted), 0)])
+            self._counting = {}
         self.state = state
         # a gather over an empty role set (k = all, n = 0) is complete on arrival
         for t in self.local_type.outgoing(state):
@@ -236,9 +248,7 @@ class Monitor:
             assert t.message is not None
             if t.action == "gather":
                 got = self.gathered(t.peer, t.message)
-                parts.append(
-                    f"{t.message.__name__} from {t.peer} (gather {got}/{t.threshold})"
-                )
+                parts.append(f"{t.message.__name__} from {t.peer} (gather {got}/{t.threshold})")
             else:
                 parts.append(f"{t.message.__name__} from {t.peer}")
         return " or ".join(parts) or "no message"

@@ -37,9 +37,9 @@ from aura_node.choreo.errors import BindingError, IllFormedChoreography
 from aura_node.choreo.local import Action, LocalTransition, LocalType
 from aura_node.choreo.syntax import (
     Abort,
+    Again,
     AllMembers,
     AllToAll,
-    Again,
     Block,
     Choice,
     Choreography,
@@ -199,14 +199,14 @@ def merge(a: LNode, b: LNode) -> LNode:
             elif x.threshold != y.threshold:
                 raise _Conflict(a, b)
             else:
-                branches[key] = LBranch(x.peer, x.message, x.threshold, merge(x.cont, y.cont), x.where)
+                branches[key] = LBranch(
+                    x.peer, x.message, x.threshold, merge(x.cont, y.cont), x.where
+                )
         return LIn(tuple(branches.values()), timeout, phase)
-    if (
-        isinstance(a, LSend)
-        and isinstance(b, LSend)
-        and (a.peer, a.message) == (b.peer, b.message)
-    ):
-        return LSend(a.peer, a.message, merge(a.cont, b.cont), _merge_phase(a.phase, b.phase, a, b), a.where)
+    if isinstance(a, LSend) and isinstance(b, LSend) and (a.peer, a.message) == (b.peer, b.message):
+        return LSend(
+            a.peer, a.message, merge(a.cont, b.cont), _merge_phase(a.phase, b.phase, a, b), a.where
+        )
     if isinstance(a, LRec) and isinstance(b, LRec) and a.label == b.label:
         return LRec(a.label, merge(a.body, b.body))
     raise _Conflict(a, b)
@@ -345,8 +345,12 @@ class Projector:
                     s.on_timeout, 0, ph, (*tr2, f"{s.receiver} times out ({s.deadline})"), rest
                 )
             if me == s.receiver:
-                timeout = None if timed_out is None else LTimeout(s.deadline or "", timed_out, s.where)
-                return LIn((LBranch(s.sender, s.message, None, rest(ph, tr2), s.where),), timeout, cur)
+                timeout = (
+                    None if timed_out is None else LTimeout(s.deadline or "", timed_out, s.where)
+                )
+                return LIn(
+                    (LBranch(s.sender, s.message, None, rest(ph, tr2), s.where),), timeout, cur
+                )
             if timed_out is not None:
                 return self.merge_at(
                     s.where,
@@ -367,10 +371,10 @@ class Projector:
                 s.on_timeout, 0, ph, (*tr2, f"{s.receiver} times out ({s.deadline})"), rest
             )
             if me == s.receiver:
-                timeout = (
-                    None if s.deadline is None else LTimeout(s.deadline, timed_out, s.where)
+                timeout = None if s.deadline is None else LTimeout(s.deadline, timed_out, s.where)
+                return LIn(
+                    (LBranch(s.senders, s.message, s.threshold, quorum, s.where),), timeout, cur
                 )
-                return LIn((LBranch(s.senders, s.message, s.threshold, quorum, s.where),), timeout, cur)
             outcome = self.merge_at(
                 s.where,
                 f"outcome of the gather by {s.receiver} (quorum or timeout)",
@@ -390,11 +394,16 @@ class Projector:
             if me != s.group:
                 return rest(ph, tr2)
             timeout = None if s.deadline is None else LTimeout(s.deadline, LAbort(cur), s.where)
-            gather = LIn((LBranch(s.group, s.message, s.threshold, rest(ph, tr2), s.where),), timeout, cur)
+            gather = LIn(
+                (LBranch(s.group, s.message, s.threshold, rest(ph, tr2), s.where),), timeout, cur
+            )
             return LSend(s.group, s.message, gather, cur, s.where)
         if isinstance(s, Choice):
             alts = [
-                (br.label, self.block(br.body, 0, ph, (*tr, f"{s.decider} chooses {br.label!r}"), rest))
+                (
+                    br.label,
+                    self.block(br.body, 0, ph, (*tr, f"{s.decider} chooses {br.label!r}"), rest),
+                )
                 for br in s.branches
             ]
             if not alts:
@@ -451,7 +460,9 @@ class _State:
         self.phase = phase
         self.final = final
         # (action, peer, message, threshold expr, deadline, target, implicit, where)
-        self.trans: list[tuple[Action, str, type | None, ThresholdExpr | None, str | None, int, bool, str]] = []
+        self.trans: list[
+            tuple[Action, str, type | None, ThresholdExpr | None, str | None, int, bool, str]
+        ] = []
 
 
 def _msg_key(t: type | None) -> str:
@@ -496,19 +507,40 @@ class _MachineBuilder:
     def fill(self, sid: int, node: LNode, env: dict[str, int]) -> None:
         st = self.states[sid]
         if isinstance(node, LSend):
-            st.trans.append(("send", node.peer, node.message, None, None, self.build(node.cont, env), False, node.where))
+            st.trans.append(
+                (
+                    "send",
+                    node.peer,
+                    node.message,
+                    None,
+                    None,
+                    self.build(node.cont, env),
+                    False,
+                    node.where,
+                )
+            )
         elif isinstance(node, LIn):
             deadline = node.timeout.deadline if node.timeout is not None else None
             for b in node.branches:
                 action: Action = "recv" if b.threshold is None else "gather"
                 st.trans.append(
-                    (action, b.peer, b.message, b.threshold, deadline if action == "gather" else None,
-                     self.build(b.cont, env), False, b.where)
+                    (
+                        action,
+                        b.peer,
+                        b.message,
+                        b.threshold,
+                        deadline if action == "gather" else None,
+                        self.build(b.cont, env),
+                        False,
+                        b.where,
+                    )
                 )
             if node.timeout is not None:
                 cont = node.timeout.cont
                 target = self.abort_id if isinstance(cont, LAbort) else self.build(cont, env)
-                st.trans.append(("timeout", "", None, None, deadline, target, False, node.timeout.where))
+                st.trans.append(
+                    ("timeout", "", None, None, deadline, target, False, node.timeout.where)
+                )
         elif isinstance(node, LChoose):
             for alt in node.alts:
                 self.fill(sid, alt, env)
@@ -519,12 +551,15 @@ class _MachineBuilder:
         elif isinstance(node, LRec):
             self.fill(sid, node.body, {**env, node.label: sid})
         elif isinstance(node, LVar):
-            target = env.get(node.label)
-            if target is None or target == sid:
-                self.err("bad_loop", self.decl.where,
-                         f"role {self.role!r}: unguarded recursion on loop {node.label!r}")
+            head = env.get(node.label)
+            if head is None or head == sid:
+                self.err(
+                    "bad_loop",
+                    self.decl.where,
+                    f"role {self.role!r}: unguarded recursion on loop {node.label!r}",
+                )
             else:
-                self.aliases.append((sid, target))
+                self.aliases.append((sid, head))
         # LWaitAbort: only the implicit abort edges leave this state
 
     def resolve_aliases(self) -> None:
@@ -574,7 +609,11 @@ def _bind(
 
 
 def _threshold_value(
-    expr: ThresholdExpr, peer: str, values: dict[str, int], sizes: dict[str, int], roles: dict[str, Role]
+    expr: ThresholdExpr,
+    peer: str,
+    values: dict[str, int],
+    sizes: dict[str, int],
+    roles: dict[str, Role],
 ) -> tuple[int, str]:
     size_name = roles[peer].size if peer in roles and roles[peer].size else peer
     if isinstance(expr, AllMembers):
@@ -600,7 +639,7 @@ def build_machine(
     abort_msg = decl.abort_message
 
     # determinism: one transition per (input peer, message), per output, one timeout
-    for sid, st in enumerate(states):
+    for st in states:
         seen: dict[tuple[str, str, str], tuple[object, ...]] = {}
         unique = []
         for tr in st.trans:
@@ -643,10 +682,12 @@ def build_machine(
         sigs = [
             (
                 block[s],
-                tuple(sorted(
-                    (a, p, _msg_key(m), str(k), d or "", block[tg], imp)
-                    for a, p, m, k, d, tg, imp, _ in states[s].trans
-                )),
+                tuple(
+                    sorted(
+                        (a, p, _msg_key(m), str(k), d or "", block[tg], imp)
+                        for a, p, m, k, d, tg, imp, _ in states[s].trans
+                    )
+                ),
             )
             for s in range(len(states))
         ]
@@ -692,8 +733,10 @@ def build_machine(
     for b in sorted(order, key=lambda b: not states[rep[b]].final):
         st = states[rep[b]]
         label = st.phase or ("End" if st.final else "")
-        if label and label not in used and (
-            label_count[label] == 1 or (st.final and final_count[label] == 1)
+        if (
+            label
+            and label not in used
+            and (label_count[label] == 1 or (st.final and final_count[label] == 1))
         ):
             name = label
         elif label:
@@ -715,8 +758,15 @@ def build_machine(
                 threshold, expr = _threshold_value(k, p, values, sizes, roles)
             transitions.append(
                 LocalTransition(
-                    source=names[b], action=a, peer=p, message=m, target=names[block[tg]],
-                    threshold=threshold, threshold_expr=expr, deadline=d, implicit=imp,
+                    source=names[b],
+                    action=a,
+                    peer=p,
+                    message=m,
+                    target=names[block[tg]],
+                    threshold=threshold,
+                    threshold_expr=expr,
+                    deadline=d,
+                    implicit=imp,
                     where=where,
                 )
             )

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from aura_node.choreo.local import LocalTransition, LocalType
 from aura_node.choreo.syntax import (
     Abort,
+    Again,
     AllMembers,
     AllToAll,
-    Again,
     Block,
     Choice,
     Choreography,
@@ -202,12 +202,12 @@ def state_dot(lt: LocalType) -> str:
     out = [f"digraph {_dot_quote(lt.choreography + '/' + lt.role)} {{"]
     out.append("  rankdir=LR;")
     out.append('  node [shape=box, style=rounded, fontname="Helvetica"];')
-    out.append("  __start [shape=point, label=\"\"];")
+    out.append('  __start [shape=point, label=""];')
     for s in lt.states:
         phase = lt.phases.get(s)
         label = s if not phase or phase == s else f"{s}\\n({phase})"
         extra = ", peripheries=2" if s in lt.final else ""
-        out.append(f"  {_dot_quote(s)} [label=\"{label}\"{extra}];")
+        out.append(f'  {_dot_quote(s)} [label="{label}"{extra}];')
     out.append(f"  __start -> {_dot_quote(lt.initial)};")
     for t in lt.transitions:
         if t.implicit:
@@ -218,10 +218,8 @@ def state_dot(lt: LocalType) -> str:
             f"[label={_dot_quote(_label(t))}{style}];"
         )
     if lt.abort_message is not None:
-        note = (
-            f"from every non-final state:\\nabort or recv {lt.abort_message.__name__}"
-        )
-        out.append(f"  __abort_note [shape=note, label=\"{note}\"];")
+        note = f"from every non-final state:\\nabort or recv {lt.abort_message.__name__}"
+        out.append(f'  __abort_note [shape=note, label="{note}"];')
         out.append(f"  __abort_note -> {_dot_quote(lt.abort_state)} [style=dotted];")
     out.append("}")
     return "\n".join(out) + "\n"

@@ -66,9 +66,10 @@ _PROJECT_ROOT: Final = os.path.dirname(os.path.dirname(_CHOREO_DIR))
 def caller_where() -> str:
     """``file:line`` of the first frame outside this package: the protocol's own line."""
     frame = sys._getframe(1)
-    while frame is not None and os.path.dirname(
-        os.path.abspath(frame.f_code.co_filename)
-    ) == _CHOREO_DIR:
+    while (
+        frame is not None
+        and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _CHOREO_DIR
+    ):
         back = frame.f_back
         if back is None:
             break
@@ -612,9 +613,7 @@ def choreography(
 def is_message_type(t: object) -> bool:
     """A message must be a frozen msgspec Struct class (it becomes evidence: immutable)."""
     return (
-        isinstance(t, type)
-        and issubclass(t, msgspec.Struct)
-        and bool(t.__struct_config__.frozen)
+        isinstance(t, type) and issubclass(t, msgspec.Struct) and bool(t.__struct_config__.frozen)
     )
 
 

@@ -32,9 +32,9 @@ from aura_node.choreo.local import LocalType
 from aura_node.choreo.projection import LNode, Projector, build_machine, involved
 from aura_node.choreo.syntax import (
     Abort,
+    Again,
     AllMembers,
     AllToAll,
-    Again,
     Block,
     Choice,
     Choreography,
@@ -97,18 +97,30 @@ class _Syntax:
             self.thresholds[t.name] = t
             of = self.roles.get(t.of)
             if of is None or not of.is_set:
-                self.err("unknown_role", t.where, f"threshold {t.name!r} is over {t.of!r}, "
-                         "which is not a declared role set")
+                self.err(
+                    "unknown_role",
+                    t.where,
+                    f"threshold {t.name!r} is over {t.of!r}, which is not a declared role set",
+                )
             elif t.minimum < 1:
-                self.err("threshold_bounds", t.where,
-                         f"threshold {t.name!r} may be {t.minimum} (< 1): a gather of nothing")
+                self.err(
+                    "threshold_bounds",
+                    t.where,
+                    f"threshold {t.name!r} may be {t.minimum} (< 1): a gather of nothing",
+                )
             elif t.minimum > of.minimum:
-                self.err("threshold_bounds", t.where,
-                         f"threshold {t.name!r} >= {t.minimum} is larger than role set "
-                         f"{of.name!r}, which may have as few as {of.minimum} members")
+                self.err(
+                    "threshold_bounds",
+                    t.where,
+                    f"threshold {t.name!r} >= {t.minimum} is larger than role set "
+                    f"{of.name!r}, which may have as few as {of.minimum} members",
+                )
         if not is_message_type(d.abort_message):
-            self.err("bad_message", d.where,
-                     f"abort message {d.abort_message!r} is not a frozen msgspec Struct")
+            self.err(
+                "bad_message",
+                d.where,
+                f"abort message {d.abort_message!r} is not a frozen msgspec Struct",
+            )
         for m in d.declared_messages:
             if not is_message_type(m):
                 self.err("bad_message", d.where, f"message {m!r} is not a frozen msgspec Struct")
@@ -116,39 +128,61 @@ class _Syntax:
         used = set(used_messages(d.body))
         for m in d.declared_messages:
             if m not in used and m is not d.abort_message:
-                self.err("unused_message", d.where,
-                         f"message {getattr(m, '__name__', m)} is declared but never sent or "
-                         "received")
+                self.err(
+                    "unused_message",
+                    d.where,
+                    f"message {getattr(m, '__name__', m)} is declared but never sent or received",
+                )
         active = involved(d.body)
         for r in d.roles:
             if r.name not in active:
                 self.err("unused_role", r.where, f"role {r.name!r} takes part in no interaction")
 
-    def role(self, name: str, where: str, trace: tuple[str, ...], *, want: str | None) -> Role | None:
+    def role(
+        self, name: str, where: str, trace: tuple[str, ...], *, want: str | None
+    ) -> Role | None:
         r = self.roles.get(name)
         if r is None:
-            self.err("unknown_role", where,
-                     f"unknown role {name!r} (declared: {', '.join(self.roles) or 'none'})", trace)
+            self.err(
+                "unknown_role",
+                where,
+                f"unknown role {name!r} (declared: {', '.join(self.roles) or 'none'})",
+                trace,
+            )
             return None
         if want == "single" and r.is_set:
-            self.err("bad_role_use", where,
-                     f"{name!r} is a role set; only a single role can do this "
-                     "(use gather or all_to_all for a role set)", trace)
+            self.err(
+                "bad_role_use",
+                where,
+                f"{name!r} is a role set; only a single role can do this "
+                "(use gather or all_to_all for a role set)",
+                trace,
+            )
         if want == "set" and not r.is_set:
-            self.err("bad_role_use", where, f"{name!r} is a single role; a role set is needed",
-                     trace)
+            self.err(
+                "bad_role_use", where, f"{name!r} is a single role; a role set is needed", trace
+            )
         return r
 
     def message(self, m: type, where: str, trace: tuple[str, ...]) -> None:
         if not is_message_type(m):
             self.err("bad_message", where, f"message {m!r} is not a frozen msgspec Struct", trace)
         elif m is self.decl.abort_message:
-            self.err("bad_message", where,
-                     f"{m.__name__} is the abort message; abort() sends it, not send()", trace)
+            self.err(
+                "bad_message",
+                where,
+                f"{m.__name__} is the abort message; abort() sends it, not send()",
+                trace,
+            )
 
     def threshold(
-        self, k: ThresholdExpr, group: Role | None, where: str, trace: tuple[str, ...],
-        *, optional: bool,
+        self,
+        k: ThresholdExpr,
+        group: Role | None,
+        where: str,
+        trace: tuple[str, ...],
+        *,
+        optional: bool,
     ) -> None:
         if group is None or not group.is_set:
             return
@@ -159,31 +193,43 @@ class _Syntax:
             if declared is None:
                 self.err("unknown_role", where, f"threshold {k.name!r} is not declared", trace)
             elif declared.of != group.name:
-                self.err("threshold_bounds", where,
-                         f"threshold {k.name!r} is declared over {declared.of!r} but used over "
-                         f"{group.name!r}, so it may be larger than that role set", trace)
+                self.err(
+                    "threshold_bounds",
+                    where,
+                    f"threshold {k.name!r} is declared over {declared.of!r} but used over "
+                    f"{group.name!r}, so it may be larger than that role set",
+                    trace,
+                )
             return
         if not isinstance(k, int) or k < 1:
             self.err("threshold_bounds", where, f"threshold {k!r} is not an integer >= 1", trace)
         elif k > group.minimum and not optional:
-            self.err("threshold_bounds", where,
-                     f"threshold {k} is larger than role set {group.name!r}, which may have as "
-                     f"few as {group.minimum} members", trace)
+            self.err(
+                "threshold_bounds",
+                where,
+                f"threshold {k} is larger than role set {group.name!r}, which may have as "
+                f"few as {group.minimum} members",
+                trace,
+            )
 
     def block(self, block: Block, trace: tuple[str, ...], loops: list[str]) -> bool:
         """Check ``block``; returns True when it cannot fall through (ends or loops back)."""
         terminated: str | None = None
         for s in block:
             if terminated is not None:
-                self.err("unreachable", s.where,
-                         f"statement after {terminated} can never run", trace)
+                self.err(
+                    "unreachable", s.where, f"statement after {terminated} can never run", trace
+                )
                 return True
             if isinstance(s, Phase):
                 self.role(s.role, s.where, trace, want=None)
                 if not s.label:
                     self.err("phase_conflict", s.where, "empty phase label", trace)
             elif isinstance(s, Send):
-                trace = (*trace, f"{s.sender} -> {s.receiver}: {getattr(s.message, '__name__', s.message)}")
+                trace = (
+                    *trace,
+                    f"{s.sender} -> {s.receiver}: {getattr(s.message, '__name__', s.message)}",
+                )
                 self.role(s.sender, s.where, trace, want="single")
                 self.role(s.receiver, s.where, trace, want=None)
                 if s.sender == s.receiver:
@@ -192,42 +238,61 @@ class _Syntax:
                 if s.deadline is not None:
                     self.block(s.on_timeout, (*trace, f"{s.receiver} times out"), loops)
             elif isinstance(s, Gather):
-                trace = (*trace, f"{s.senders} -> {s.receiver}: "
-                         f"{getattr(s.message, '__name__', s.message)} [gather {s.threshold}]")
+                trace = (
+                    *trace,
+                    f"{s.senders} -> {s.receiver}: "
+                    f"{getattr(s.message, '__name__', s.message)} [gather {s.threshold}]",
+                )
                 group = self.role(s.senders, s.where, trace, want="set")
                 self.role(s.receiver, s.where, trace, want=None)
                 if s.senders == s.receiver:
-                    self.err("bad_role_use", s.where,
-                             f"{s.senders!r} gathers from itself; use all_to_all", trace)
+                    self.err(
+                        "bad_role_use",
+                        s.where,
+                        f"{s.senders!r} gathers from itself; use all_to_all",
+                        trace,
+                    )
                 self.message(s.message, s.where, trace)
                 self.threshold(s.threshold, group, s.where, trace, optional=s.optional)
                 if s.deadline is None:
-                    self.err("wait_forever", s.where,
-                             f"{s.receiver!r} gathers {s.message.__name__} from {s.senders!r} "
-                             "without a deadline: members that never answer make it wait forever",
-                             trace)
+                    self.err(
+                        "wait_forever",
+                        s.where,
+                        f"{s.receiver!r} gathers {s.message.__name__} from {s.senders!r} "
+                        "without a deadline: members that never answer make it wait forever",
+                        trace,
+                    )
                 q = self.block(s.on_quorum, (*trace, "quorum"), loops)
                 t = self.block(s.on_timeout, (*trace, f"{s.receiver} times out"), loops)
                 if q and t:
                     terminated = "a gather whose outcomes both end"
             elif isinstance(s, AllToAll):
-                trace = (*trace, f"{s.group} -> {s.group}: "
-                         f"{getattr(s.message, '__name__', s.message)} [all-to-all]")
+                trace = (
+                    *trace,
+                    f"{s.group} -> {s.group}: "
+                    f"{getattr(s.message, '__name__', s.message)} [all-to-all]",
+                )
                 group = self.role(s.group, s.where, trace, want="set")
                 self.message(s.message, s.where, trace)
                 self.threshold(s.threshold, group, s.where, trace, optional=False)
                 if s.deadline is None:
-                    self.err("wait_forever", s.where,
-                             f"all-to-all round of {s.message.__name__} in {s.group!r} without a "
-                             "deadline: members that never answer make the others wait forever",
-                             trace)
+                    self.err(
+                        "wait_forever",
+                        s.where,
+                        f"all-to-all round of {s.message.__name__} in {s.group!r} without a "
+                        "deadline: members that never answer make the others wait forever",
+                        trace,
+                    )
             elif isinstance(s, Choice):
                 self.role(s.decider, s.where, trace, want="single")
                 labels = [br.label for br in s.branches]
                 if len(labels) < 2:
-                    self.err("bad_choice", s.where,
-                             f"choice by {s.decider!r} has {len(labels)} branch(es); needs 2 or more",
-                             trace)
+                    self.err(
+                        "bad_choice",
+                        s.where,
+                        f"choice by {s.decider!r} has {len(labels)} branch(es); needs 2 or more",
+                        trace,
+                    )
                 if len(set(labels)) != len(labels):
                     self.err("bad_choice", s.where, f"duplicate branch labels {labels}", trace)
                 ends = [
@@ -244,8 +309,12 @@ class _Syntax:
                     terminated = f"loop {s.label!r}, which never exits"
             elif isinstance(s, Again):
                 if s.label not in loops:
-                    self.err("bad_loop", s.where,
-                             f"again({s.label!r}) is not inside loop {s.label!r}", trace)
+                    self.err(
+                        "bad_loop",
+                        s.where,
+                        f"again({s.label!r}) is not inside loop {s.label!r}",
+                        trace,
+                    )
                 terminated = f"again({s.label!r})"
             elif isinstance(s, End):
                 terminated = "end()"
@@ -278,9 +347,14 @@ def analyse(chor: Choreography) -> tuple[tuple[IllFormedChoreography, ...], dict
         try:
             machines[r.name] = build_machine(chor, r.name, trees[r.name], {}, errors)
         except BindingError as exc:
-            errors.append(IllFormedChoreography(
-                choreography=decl.name, kind="threshold_bounds", where=decl.where, what=exc.message
-            ))
+            errors.append(
+                IllFormedChoreography(
+                    choreography=decl.name,
+                    kind="threshold_bounds",
+                    where=decl.where,
+                    what=exc.message,
+                )
+            )
     if not errors:
         errors.extend(_no_sender(chor, machines))
     return _dedupe(errors), dict(trees)
@@ -299,9 +373,13 @@ def _no_sender(chor: Choreography, machines: dict[str, LocalType]) -> list[IllFo
             if t.implicit or t.action not in ("recv", "gather") or t.message is None:
                 continue
             if (t.peer, role, t.message) not in sends:
-                out.append(IllFormedChoreography(
-                    choreography=chor.name, kind="wait_forever", where=t.where or chor.decl.where,
-                    what=f"role {role!r} waits in state {t.source!r} for {t.message.__name__} "
-                    f"from {t.peer!r}, which never sends it to {role!r}",
-                ))
+                out.append(
+                    IllFormedChoreography(
+                        choreography=chor.name,
+                        kind="wait_forever",
+                        where=t.where or chor.decl.where,
+                        what=f"role {role!r} waits in state {t.source!r} for {t.message.__name__} "
+                        f"from {t.peer!r}, which never sends it to {role!r}",
+                    )
+                )
     return out

@@ -99,13 +99,21 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
 
     c.phase(new_device, "CollectingApprovals")
     c.gather(
-        guardians, new_device, GuardianApproval,
-        threshold=t_g, deadline="recovery_approval_timeout", optional=True,
+        guardians,
+        new_device,
+        GuardianApproval,
+        threshold=t_g,
+        deadline="recovery_approval_timeout",
+        optional=True,
     )
     c.send(new_device, devices, CooldownStarted)
     cooldown = c.gather(
-        devices, new_device, RecoveryVeto,
-        threshold=1, deadline="recovery_cooldown", optional=True,
+        devices,
+        new_device,
+        RecoveryVeto,
+        threshold=1,
+        deadline="recovery_cooldown",
+        optional=True,
     )
     with cooldown.on_quorum():
         c.phase(new_device, "Vetoed")
@@ -118,8 +126,12 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
     c.phase(new_device, "CollectingShares")
     c.send(new_device, guardians, ShareRequest)
     c.gather(
-        guardians, new_device, SealedRecoveryShare,
-        threshold=t_g, deadline="recovery_share_timeout", optional=True,
+        guardians,
+        new_device,
+        SealedRecoveryShare,
+        threshold=t_g,
+        deadline="recovery_share_timeout",
+        optional=True,
     )
 
     c.phase(new_device, "Reconstructing")
