@@ -12,9 +12,10 @@ class IllFormedChoreography(ChoreographyError):
     """One well-formedness error: what, where (``file:line``) and a counterexample trace.
 
     ``kind`` is stable and machine readable: ``unknown_role``, ``bad_message``,
-    ``unused_message``, ``knowledge_of_choice``, ``choice_not_initiated``,
-    ``ambiguous_choice``, ``unreachable``, ``wait_forever``, ``threshold_bounds``,
-    ``bad_role_use``, ``bad_loop``, ``phase_conflict``, ``nondeterministic``.
+    ``unused_message``, ``unused_role``, ``knowledge_of_choice``, ``choice_not_initiated``,
+    ``ambiguous_choice``, ``bad_choice``, ``unreachable``, ``wait_forever``,
+    ``threshold_bounds``, ``bad_role_use``, ``bad_loop``, ``phase_conflict``,
+    ``nondeterministic``.
     """
 
     def __init__(

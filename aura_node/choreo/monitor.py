@@ -64,7 +64,9 @@ class Monitor:
         "state",
     )
 
-    def __init__(self, local_type: LocalType) -> None:
+    def __init__(self, local_type: LocalType, *, state: str | None = None) -> None:
+        """Monitor ``local_type`` from its initial state, or from ``state`` (a session resumed
+        from the journal by rehydration)."""
         lt = local_type
         self.local_type = lt
         self._in: dict[_Key, LocalTransition] = {}
@@ -90,8 +92,13 @@ class Monitor:
         self._counting: dict[tuple[str, type], set[Hashable]] = {}
         # closed gathers: (peer, message) -> [members already heard, stragglers still allowed]
         self._stragglers: dict[tuple[str, type], tuple[set[Hashable], list[int]]] = {}
+        start = lt.initial if state is None else state
+        if start not in lt.states:
+            raise MonitorUsageError(
+                f"{lt.choreography}/{lt.role} has no state {start!r} (has: {lt.states})"
+            )
         self.state = ""  # _enter records nothing when leaving ""
-        self._enter(lt.initial)
+        self._enter(start)
 
     @staticmethod
     def _later_inputs(lt: LocalType) -> dict[str, frozenset[tuple[str, type]]]:

@@ -161,15 +161,16 @@ def describe(node: LNode) -> str:
 
 
 class _Conflict(Exception):
-    def __init__(self, left: LNode, right: LNode) -> None:
+    def __init__(self, left: LNode, right: LNode, *, phases: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.left = left
         self.right = right
+        self.phases = phases
 
 
 def _merge_phase(a: str | None, b: str | None, left: LNode, right: LNode) -> str | None:
     if a is not None and b is not None and a != b:
-        raise _Conflict(left, right)
+        raise _Conflict(left, right, phases=(a, b))
     return a if a is not None else b
 
 
@@ -308,6 +309,16 @@ class Projector:
             try:
                 acc = merge(acc, node)
             except _Conflict as c:
+                if c.phases is not None:
+                    self.err(
+                        "phase_conflict",
+                        where,
+                        f"role {self.role!r} would be in phase {c.phases[0]!r} after {label!r} "
+                        f"but in phase {c.phases[1]!r} after {other_label!r}, before it can "
+                        f"learn the {what}",
+                        trace,
+                    )
+                    return acc
                 self.err(
                     "knowledge_of_choice",
                     where,
