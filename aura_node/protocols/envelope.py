@@ -43,6 +43,7 @@ This module is pure: no I/O, no clock, no trio.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -106,6 +107,8 @@ class OpenedEnvelope:
 
     envelope: Envelope
     message: msgspec.Struct
+    #: :attr:`Envelope.digest`, computed from the same signed bytes the verify used
+    digest: bytes
 
 
 def signature_domain(choreography: str, step: str) -> str:
@@ -193,8 +196,11 @@ def decode_wire(payload: bytes) -> WireMessage:
     return wire
 
 
+_HEX = re.compile(r"[0-9a-f]*")
+
+
 def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
+    return _HEX.fullmatch(text) is not None
 
 
 def open_envelope(
@@ -223,8 +229,9 @@ def open_envelope(
             f"choreography {envelope.choreography!r} has no message {envelope.step[:40]!r} "
             f"(has: {known})"
         )
+    signed = envelope.signed_bytes  # built once: verify and digest share it
     try:
-        link_key.verify(envelope.domain, envelope.signed_bytes, envelope.signature)
+        link_key.verify(envelope.domain, signed, envelope.signature)
     except BadSignatureError as exc:
         raise BadSignatureError(
             f"{exc.message} on {envelope.choreography}/{envelope.step} in session "
@@ -237,7 +244,8 @@ def open_envelope(
             f"{envelope.choreography}/{envelope.step} body does not decode as "
             f"{message_type.__name__}: {exc}"
         ) from None
-    return OpenedEnvelope(envelope=envelope, message=message)
+    return OpenedEnvelope(envelope=envelope, message=message,
+                          digest=hashlib.sha256(signed).digest())
 
 
 def verify_journaled(envelope: Envelope, key: DevicePublicKey) -> None:

@@ -141,7 +141,7 @@ class SessionEntry:
     sent: list[tuple[tuple[str, ...], Envelope]] = field(default_factory=list)
     timers: dict[str, int] = field(default_factory=dict)
     #: messages the monitor called early (allowed in a later state), retried after each step
-    early: list[tuple[str, msgspec.Struct, Envelope]] = field(default_factory=list)
+    early: list[tuple[str, msgspec.Struct, Envelope, bytes]] = field(default_factory=list)
     last_activity: float = 0.0
     #: resolved (by the executor, after the fsync) when the session ends
     final: Outcome = field(default_factory=Outcome)
@@ -389,7 +389,8 @@ class SessionRuntime:
                 self._log.info("unknown_session", session=env.session, peer=peer,
                                step=env.step, choreography=env.choreography)
                 return None
-            return self._open_responder(spec, opener, peer, opened.message, env, now)
+            return self._open_responder(spec, opener, peer, opened.message, env,
+                                        opened.digest, now)
 
         if entry.choreography != env.choreography:
             self.rejected += 1
@@ -398,7 +399,7 @@ class SessionRuntime:
                               reason=f"session runs {entry.choreography}, "
                                      f"message is {env.choreography}/{env.step}")
             return None
-        digest = env.digest
+        digest = opened.digest
         if digest in entry.seen:
             self.duplicates += 1
             if not wire.replay:
@@ -416,11 +417,11 @@ class SessionRuntime:
             self._log.info("session_closed", session=entry.id, peer=peer, step=env.step,
                            state=entry.outcome)
             return None
-        return self._deliver(entry, peer, opened.message, env, now, [])
+        return self._deliver(entry, peer, opened.message, env, digest, now, [])
 
     def _open_responder(
         self, spec: eng.ProtocolSpec, opener: eng.Opener, peer: str,
-        message: msgspec.Struct, env: Envelope, now: float,
+        message: msgspec.Struct, env: Envelope, digest: bytes, now: float,
     ) -> Step | None:
         start = eng.Start(
             session=env.session, choreography=spec.choreography, role=opener.role,
@@ -449,14 +450,15 @@ class SessionRuntime:
             return self._abort(entry, scratch.records[:1], exc, now)
         if not entry.active:
             return scratch
-        return self._deliver(entry, peer, message, env, now, scratch.records, scratch.actions)
+        return self._deliver(entry, peer, message, env, digest, now, scratch.records,
+                             scratch.actions)
 
     def _deliver(
         self, entry: SessionEntry, peer: str, message: msgspec.Struct, env: Envelope,
-        now: float, pre: list[tuple[str, bytes]], pre_actions: Sequence[Any] = (),
+        digest: bytes, now: float, pre: list[tuple[str, bytes]], pre_actions: Sequence[Any] = (),
     ) -> Step:
         step = Step(session=entry.id, ts=now, records=list(pre), actions=list(pre_actions))
-        if self._deliver_one(entry, peer, message, env, now, step):
+        if self._deliver_one(entry, peer, message, env, digest, now, step):
             # the session advanced: early messages may fit now (in arrival order)
             progress = True
             while progress and entry.early and entry.active:
@@ -470,7 +472,7 @@ class SessionRuntime:
 
     def _deliver_one(
         self, entry: SessionEntry, peer: str, message: msgspec.Struct, env: Envelope,
-        now: float, step: Step,
+        digest: bytes, now: float, step: Step,
     ) -> bool:
         """Monitor-check and hand one message to the driver, adding to ``step``. True when the
         message was accepted (the session advanced)."""
@@ -486,7 +488,7 @@ class SessionRuntime:
             entry.monitor.check_inbound(sender_role, message, member=peer)
         except RemoteProtocolError as exc:
             if exc.code == "early_message" and len(entry.early) < MAX_EARLY:
-                entry.early.append((peer, message, env))
+                entry.early.append((peer, message, env, digest))
                 self._log.debug("message_early", session=entry.id, peer=peer, step=env.step)
                 return False
             self.rejected += 1
@@ -496,7 +498,7 @@ class SessionRuntime:
                                         envelope=encode_envelope(env))
             step.records.append((eng.KIND_MISBEHAVIOUR, eng.encode_body(body)))
             return False
-        entry.seen.add(env.digest)
+        entry.seen.add(digest)
         self.accepted += 1
         entry.last_activity = now
         rec = (eng.KIND_IN, eng.encode_body(eng.InBody(

@@ -1,0 +1,112 @@
+"""The runtime's view of the choreographies: the registry it runs and one monitor per session.
+
+:class:`SessionMonitor` wraps ``aura_node.choreo.Monitor`` (projected from this node's
+choreography for the session's role) and adds what the runtime needs around it: the
+choreography's abort message (built when a session fails, fanned out to every other role, and
+recognised when a peer sends it), and deadline handling that is a no-op in states without a
+deadline (drivers may run local timers, e.g. a recovery cooldown).
+
+The registry this node runs is ``aura_node.protocols.registry.REGISTRY`` plus the
+choreographies that ``aura-node run --plugin MODULE`` modules add with
+:func:`register_choreography` (experimental or site-specific protocols). Its hash (the same
+``hash_registry`` the shipped registry uses) goes into the transport hello, so a node with a
+different set of choreographies - a plugin, or simply another aura-node version - is refused
+by its peers with both hashes in the error instead of misunderstanding them mid-session.
+Projections are cached per (choreography, role, bindings); monitors are per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, cast
+
+import msgspec
+
+from aura_node.choreo import Choreography, LocalType, Monitor
+from aura_node.errors import ChoreographyError
+
+_EXTRA: dict[str, Choreography] = {}
+
+
+def register_choreography(chor: Choreography) -> Choreography:
+    """Add a (plugin) choreography to the registry this node runs; call at import time,
+    before the node starts. Checked for well-formedness like the shipped ones."""
+    from aura_node.protocols.registry import REGISTRY
+
+    chor.check_or_raise()
+    if chor.name in REGISTRY or _EXTRA.get(chor.name, chor) is not chor:
+        raise ChoreographyError(f"a choreography named {chor.name!r} is registered already")
+    _EXTRA[chor.name] = chor
+    _project.cache_clear()
+    return chor
+
+
+def node_registry() -> Mapping[str, Choreography]:
+    from aura_node.protocols.registry import REGISTRY
+
+    return {**REGISTRY, **_EXTRA}
+
+
+def registry_fingerprint() -> bytes:
+    """sha256 identifying every choreography this node runs (shipped + plugins)."""
+    from aura_node.protocols.registry import hash_registry
+
+    return hash_registry(node_registry())
+
+
+@lru_cache(maxsize=1024)
+def _project(choreography: str, role: str, bindings: tuple[tuple[str, int], ...]) -> LocalType:
+    chor = node_registry().get(choreography)
+    if chor is None:
+        raise ChoreographyError(f"choreography {choreography!r} is not in this node's registry")
+    return chor.project(role, dict(bindings) or None)
+
+
+class SessionMonitor:
+    __slots__ = ("_abort_type", "_monitor")
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+        self._abort_type = monitor.local_type.abort_message
+
+    def check_inbound(self, sender_role: str, message: msgspec.Struct, *, member: str) -> None:
+        self._monitor.check_inbound(sender_role, message, member=member)
+
+    def check_outbound(self, receiver_role: str, message: msgspec.Struct) -> None:
+        self._monitor.check_outbound(receiver_role, message)
+
+    def on_timeout(self) -> None:
+        """A driver timer fired: follow the state's deadline edge if it has one."""
+        lt = self._monitor.local_type
+        if any(t.action == "timeout" for t in lt.outgoing(self._monitor.state)):
+            self._monitor.timeout()
+
+    def on_abort(self) -> None:
+        """This side gives up (before the runtime fans the abort message out)."""
+        if not self._monitor.is_final:
+            self._monitor.abort()
+
+    def is_abort(self, message: object) -> bool:
+        return self._abort_type is not None and type(message) is self._abort_type
+
+    def abort_message(self, reason: str) -> msgspec.Struct | None:
+        t: Any = self._abort_type
+        if t is None:
+            return None
+        fields = {f.name for f in msgspec.structs.fields(t)}
+        return cast(msgspec.Struct, t(reason=reason[:500]) if "reason" in fields else t())
+
+    def state(self) -> str:
+        return str(self._monitor.state)
+
+    @property
+    def is_final(self) -> bool:
+        return bool(self._monitor.is_final)
+
+
+def choreography_monitor(
+    choreography: str, role: str, bindings: Mapping[str, int]
+) -> SessionMonitor:
+    """A fresh monitor for ``role`` of ``choreography`` (projected once per bindings)."""
+    return SessionMonitor(Monitor(_project(choreography, role, tuple(sorted(bindings.items())))))
