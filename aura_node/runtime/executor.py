@@ -37,7 +37,10 @@ AppendBatch = Callable[[Sequence[tuple[str, str, bytes]], float], Awaitable[None
 
 
 class PeerSender(Protocol):
+    """``aura_node.transport.PeerNetwork``'s sending side."""
+
     async def send(self, peer_name: str, payload: bytes) -> None: ...
+    def send_nowait(self, peer_name: str, payload: bytes) -> bool: ...
 
 
 class EffectExecutor:
@@ -49,6 +52,7 @@ class EffectExecutor:
         network: PeerSender,
         timers: TimerWheel,
         max_steps: int = 512,
+        send_wait: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._effects = effects
@@ -56,6 +60,7 @@ class EffectExecutor:
         self._network = network
         self._timers = timers
         self._max_steps = max_steps
+        self._send_wait = send_wait
         self._clock = clock
         self._log = get_logger("aura_node.runtime.executor")
         self.batches = 0
@@ -95,7 +100,17 @@ class EffectExecutor:
     async def _act(self, action: Transmit | Arm | Disarm | Resolve) -> None:
         if isinstance(action, Transmit):
             try:
-                await self._network.send(action.peer, action.payload)
+                if not self._network.send_nowait(action.peer, action.payload):
+                    # The peer's queue is full (slow or down). Wait a little (backpressure),
+                    # but never let one peer stall every session: the envelope is journaled,
+                    # and a restart or the peer's replay re-sends it.
+                    with trio.move_on_after(self._send_wait) as scope:
+                        await self._network.send(action.peer, action.payload)
+                    if scope.cancelled_caught:
+                        self.send_failures += 1
+                        self._log.warning("send_dropped", peer=action.peer,
+                                          reason=f"peer queue full for {self._send_wait:g} s")
+                        return
                 self.sent += 1
             except AuraError as exc:
                 # Journaled already: a restart or the peer's replay re-sends it.
