@@ -50,8 +50,10 @@ from functools import lru_cache
 from typing import Any
 
 import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aura_node.crypto.keys import DeviceKey, DevicePublicKey
+from aura_node.crypto.keys import DeviceKey, DevicePublicKey, signing_input
 from aura_node.errors import BadSignatureError, RemoteProtocolError
 
 SESSION_ID_HEX = 32
@@ -135,6 +137,14 @@ def signed_bytes(*, choreography: str, session: str, step: str, sender: str, bod
 _encoder = msgspec.msgpack.Encoder()
 _wire_decoder = msgspec.msgpack.Decoder(WireMessage)
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+@lru_cache(maxsize=1024)
+def _verifier(raw_public_key: bytes) -> Ed25519PublicKey:
+    """The parsed key of a pinned peer, kept: parsing costs ~7 us, a verify ~120 us, and every
+    inbound message needs one verify with one of a handful of keys. Same check as
+    ``DevicePublicKey.verify`` (domain-separated ``signing_input``)."""
+    return Ed25519PublicKey.from_public_bytes(raw_public_key)
 
 
 @lru_cache(maxsize=256)
@@ -231,11 +241,12 @@ def open_envelope(
         )
     signed = envelope.signed_bytes  # built once: verify and digest share it
     try:
-        link_key.verify(envelope.domain, signed, envelope.signature)
-    except BadSignatureError as exc:
+        _verifier(link_key.raw).verify(
+            envelope.signature, signing_input(envelope.domain, signed))
+    except (InvalidSignature, ValueError):
         raise BadSignatureError(
-            f"{exc.message} on {envelope.choreography}/{envelope.step} in session "
-            f"{envelope.session}"
+            f"bad {envelope.domain!r} signature for device {link_key.device_id} on "
+            f"{envelope.choreography}/{envelope.step} in session {envelope.session}"
         ) from None
     try:
         message = _body_decoder(message_type).decode(envelope.body)

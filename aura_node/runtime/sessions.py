@@ -135,6 +135,8 @@ class SessionEntry:
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     opened_by: str | None = None
+    #: the role assignment of the start input (drivers may learn more: ``driver.roles``)
+    roles: dict[str, str] = field(default_factory=dict)
     #: digests of inbound envelopes journaled (duplicates are idempotent)
     seen: set[bytes] = field(default_factory=set)
     #: our journaled envelopes (recipients, envelope), re-sent after restarts and on replays
@@ -238,6 +240,9 @@ class SessionRuntime:
         self._entropy = entropy
         self._resend_horizon = resend_horizon
         self.sessions: dict[str, SessionEntry] = {}
+        self._active: set[str] = set()
+        self._ended_outcomes = {"completed": 0, "failed": 0}
+        self._ended_states: dict[str, int] = {}
         self._gen = itertools.count(1)
         self._log = get_logger("aura_node.runtime.sessions", node=self_name)
         self.accepted = 0
@@ -248,17 +253,29 @@ class SessionRuntime:
 
     def counts(self) -> dict[str, int]:
         """Sessions by outcome: active, completed, failed."""
-        out = {"active": 0, "completed": 0, "failed": 0}
-        for e in self.sessions.values():
-            out[e.outcome] += 1
-        return out
+        return {"active": len(self._active), **self._ended_outcomes}
 
     def states(self) -> dict[str, int]:
-        """Sessions by local state name (``ctl status``)."""
-        out: dict[str, int] = {}
-        for e in self.sessions.values():
-            out[e.state] = out.get(e.state, 0) + 1
+        """Sessions by local state name (``ctl status``). Ended sessions are counted as they
+        end (a node may hold many); only the active ones are asked for their phase."""
+        out = dict(self._ended_states)
+        for sid in self._active:
+            state = self.sessions[sid].state
+            out[state] = out.get(state, 0) + 1
         return out
+
+    def active_sessions(self) -> list[SessionEntry]:
+        return [self.sessions[sid] for sid in self._active]
+
+    def _track(self, entry: SessionEntry) -> None:
+        """Account for ``entry`` (new or just ended) in the counters."""
+        if entry.active:
+            self._active.add(entry.id)
+            return
+        self._active.discard(entry.id)
+        self._ended_outcomes[entry.outcome] += 1
+        state = entry.state
+        self._ended_states[state] = self._ended_states.get(state, 0) + 1
 
     def get(self, session: str) -> SessionEntry:
         entry = self.sessions.get(session)
@@ -308,8 +325,9 @@ class SessionRuntime:
             return None
         entry = SessionEntry(id=cmd.session, choreography=cmd.choreography,
                              role=spec.initiator_role, started=now, driver=driver,
-                             monitor=monitor, last_activity=now)
+                             monitor=monitor, last_activity=now, roles=dict(start.roles))
         self.sessions[entry.id] = entry
+        self._active.add(entry.id)
         self._log.info("session_start", session=entry.id, choreography=entry.choreography,
                        role=entry.role, roles=dict(cmd.roles))
         step = self._run(entry, driver.start, start, [_start_record(start)], now)
@@ -439,8 +457,9 @@ class SessionRuntime:
             return None
         entry = SessionEntry(id=env.session, choreography=spec.choreography, role=opener.role,
                              started=now, driver=driver, monitor=monitor, opened_by=peer,
-                             last_activity=now)
+                             last_activity=now, roles=dict(start.roles))
         self.sessions[entry.id] = entry
+        self._active.add(entry.id)
         self._log.info("session_opened", session=entry.id, choreography=entry.choreography,
                        role=entry.role, peer=peer)
         scratch = Step(session=entry.id, ts=now, records=[_start_record(start)])
@@ -615,6 +634,7 @@ class SessionRuntime:
         entry.ended = now
         if error is None:
             entry.outcome, entry.result = "completed", result or {}
+            self._track(entry)
             step.actions.append(Resolve(outcome=entry.final, value=entry.result))
             self._log.info("session_completed", session=entry.id,
                            choreography=entry.choreography)
@@ -627,6 +647,7 @@ class SessionRuntime:
         if by_peer is None:
             self._fan_out_abort(entry, step, f"{error['code']}: {error['reason']}")
         entry.outcome, entry.error = "failed", error
+        self._track(entry)
         step.actions.append(Resolve(outcome=entry.final, error=SessionFailedError(
             f"session {entry.id} failed: {error['code']}: {error['reason']}",
             failure_code=error["code"])))
@@ -643,7 +664,7 @@ class SessionRuntime:
             if message is None:
                 return
             entry.monitor.on_abort()
-            roles = dict(entry.driver.roles)
+            roles = {**entry.roles, **entry.driver.roles}
             to = tuple(n for n in roles if n != self.self_name and n in self.peers)
             for name in to:
                 entry.monitor.check_outbound(roles[name], message)
@@ -711,7 +732,7 @@ class SessionRuntime:
         end = next((e for e in evidence if isinstance(e, eng.Ended)), None)
         entry = SessionEntry(id=sid, choreography=start.choreography, role=start.role,
                              started=start.now, driver=None, monitor=None,
-                             opened_by=start.opened_by,
+                             opened_by=start.opened_by, roles=dict(start.roles),
                              last_activity=max(r.ts for r in records))
         timers: dict[str, float] = {}
         for e in evidence:
@@ -734,6 +755,7 @@ class SessionRuntime:
             else:
                 entry.outcome, entry.error = "failed", {"code": end.code, "reason": end.reason}
                 entry.final.fail(SessionFailedError(end.reason, failure_code=end.code))
+            self._track(entry)
             if entry.last_activity >= now - self._resend_horizon:
                 self._resend(entry, step)
             return step if step.actions else None
@@ -766,6 +788,7 @@ class SessionRuntime:
             self._log.warning("rehydrate_abort", session=sid, reason=repr(exc))
             return self._abort(entry, [], eng.DriverError(f"rehydration failed: {exc}"), now)
         entry.driver, entry.monitor = driver, monitor
+        self._active.add(sid)
         self._log.info("session_rehydrated", session=sid, choreography=entry.choreography,
                        role=entry.role, phase=driver.status().get("phase"),
                        timers=sorted(timers))
