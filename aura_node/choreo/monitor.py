@@ -24,7 +24,7 @@ members may still deliver their message; those stragglers are accepted without e
 one per member that was not counted. Limitation: stragglers are keyed by (role set, message
 type); a protocol that gathers the same message type twice from the same set (a loop) must
 tell rounds apart in the payload. The abort state accepts (and drops) every message of the
-choreography; any state accepts the abort message.
+choreography this role could receive; any state accepts the abort message.
 
 Each check is one dict lookup on ``(state, peer, message type)``; messages are not copied.
 """
@@ -74,7 +74,12 @@ class Monitor:
         self._timeout: dict[str, LocalTransition] = {}
         self._final = lt.final
         self._abort_state = lt.abort_state
-        self._messages = frozenset(t.message for t in lt.transitions if t.message is not None)
+        # what the abort state drops: anything this role could ever have received
+        self._messages = frozenset(
+            (t.peer, t.message)
+            for t in lt.transitions
+            if t.message is not None and t.action in ("recv", "gather")
+        )
         self._peers = frozenset(t.peer for t in lt.transitions if t.peer)
         for t in lt.transitions:
             if t.message is not None and t.action in ("recv", "gather"):
@@ -186,7 +191,7 @@ class Monitor:
             late[1][0] -= 1
             return
         if sender_role in self._peers and (
-            (self.state == self._abort_state and mtype in self._messages)
+            (self.state == self._abort_state and (sender_role, mtype) in self._messages)
             or (mtype is self.local_type.abort_message and self.state in self._final)
         ):
             return  # dropped: the session is over for us
