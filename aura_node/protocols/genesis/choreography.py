@@ -14,7 +14,6 @@ from __future__ import annotations
 import msgspec
 
 from aura_node.choreo import ALL, ChoreographyBuilder, choreography
-from aura_node.protocols.account import AccountRecord
 
 
 class SealedShare(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,23 +24,23 @@ class SealedShare(msgspec.Struct, frozen=True, kw_only=True):
     The envelope's signature makes this the dealer's signed statement of the dealing.
     """
 
-    account: AccountRecord
+    account: bytes  # the AccountRecord, msgpack (aura_node.protocols.account)
     holder_set: str  # "devices" | "guardians": which dealing this share belongs to
     share_index: int
     sealed_share: bytes
-    #: how long the holder waits for the outcome after acknowledging (seconds)
-    timeout: float
+    #: how long the holder waits for the outcome after acknowledging (milliseconds)
+    timeout_ms: int
 
 
 class SealedGuardianShare(msgspec.Struct, frozen=True, kw_only=True):
     """The same as :class:`SealedShare` for a guardian (its own type, so the message that
     opens a holder's session says which role the holder plays)."""
 
-    account: AccountRecord
+    account: bytes
     holder_set: str
     share_index: int
     sealed_share: bytes
-    timeout: float
+    timeout_ms: int
 
 
 class ShareAck(msgspec.Struct, frozen=True, kw_only=True):

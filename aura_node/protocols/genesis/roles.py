@@ -286,6 +286,14 @@ def deal_shares(
 
 
 AnyShare = SealedShare | SealedGuardianShare
+_record_decoder = msgspec.msgpack.Decoder(AccountRecord)
+
+
+def decode_record(data: bytes) -> AccountRecord:
+    try:
+        return _record_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ShareRejectedError(f"account record does not decode: {exc}") from None
 
 # --- witnesses ------------------------------------------------------------------------------------
 
@@ -621,8 +629,9 @@ class GenesisDealerDriver(eng.ProtocolDriver):
                     continue  # kept in genesis.dealt, sealed to ourselves
                 kind = SealedShare if holder_set == "devices" else SealedGuardianShare
                 effects.append(eng.Send(to=(name,), message=kind(
-                    account=dealt.account, holder_set=hs, share_index=index,
-                    sealed_share=sealed, timeout=self._params.timeout)))
+                    account=msgspec.msgpack.encode(dealt.account), holder_set=hs,
+                    share_index=index, sealed_share=sealed,
+                    timeout_ms=round(self._params.timeout * 1000))))
         st1 = state.send_device_shares(dealt)
         self._state = st1.send_guardian_shares(dealt)
         effects.append(eng.ArmTimer(name=DEADLINE_TIMER, deadline=inp.now + self._params.timeout))
@@ -820,7 +829,7 @@ class _HolderDriver(eng.ProtocolDriver):
             if m.holder_set != self.holder_set:
                 raise ShareRejectedError(f"dealt a {m.holder_set} share to a "
                                          f"{self.holder_set} holder")
-            record = m.account
+            record = decode_record(m.account)
             record.check()
             holder = record.holder(self.holder_set, self.services.self_name)
             if holder.device_id != key.device_id or holder.index != m.share_index:
@@ -847,7 +856,7 @@ class _HolderDriver(eng.ProtocolDriver):
             eng.RecordEvidence(kind=KIND_ACCOUNT, body=encode_established(
                 AccountEstablished(account=record, shares=(held,)))),
             eng.Send(to=(self._dealer,), message=ack),
-            eng.ArmTimer(name=DEADLINE_TIMER, deadline=now + m.timeout),
+            eng.ArmTimer(name=DEADLINE_TIMER, deadline=now + m.timeout_ms / 1000),
         ]
 
     def resume(self, now: float) -> list[eng.Effect]:
@@ -905,7 +914,7 @@ class _HolderDriver(eng.ProtocolDriver):
             drv._state = cls.machine._restore(cls.machine[Verifying],
                                                 session_id=start.session, share=share)
             return drv  # resume() verifies and acknowledges (nothing was journaled)
-        if established.account != share.account:
+        if msgspec.msgpack.encode(established.account) != share.account:
             return None  # the journal contradicts itself: refuse to guess
         drv._account = established.account
         drv._state = cls.machine._restore(cls.machine[AwaitingCompletion],
@@ -934,7 +943,7 @@ class GenesisGuardianDriver(_HolderDriver):
 def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
     """Role-set sizes: the holders other than the dealer (from params or the opening share)."""
     if isinstance(opening, SealedShare | SealedGuardianShare):
-        acct = opening.account
+        acct = decode_record(opening.account)
         dealer = start.opened_by
         return {"n": sum(1 for h in acct.devices if h.name != dealer),
                 "g": sum(1 for h in acct.guardians if h.name != dealer)}
