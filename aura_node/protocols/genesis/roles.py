@@ -88,7 +88,6 @@ CHOREOGRAPHY = "genesis"
 KIND_DEALT = "genesis.dealt"
 KIND_REJECTED = "genesis.rejected"
 DEADLINE_TIMER = "deadline"
-DEFAULT_TIMEOUT = 30.0
 
 
 class GenesisError(RemoteProtocolError):
@@ -163,10 +162,12 @@ class GenesisParams:
     threshold: int
     guardians: tuple[str, ...]
     guardian_threshold: int
-    timeout: float
+    #: None: the node's ``protocols.genesis_timeout_seconds``
+    timeout: float | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.timeout is None else {"timeout": self.timeout}
+        return {**extra,
             "devices": list(self.devices), "threshold": self.threshold,
             "guardians": list(self.guardians), "guardian_threshold": self.guardian_threshold,
             "timeout": self.timeout,
@@ -218,7 +219,10 @@ def parse_params(params: Mapping[str, Any]) -> GenesisParams:
     overlap = sorted(set(devices) & set(guardians))
     if overlap:
         raise eng.ParamsError(f"a name cannot be both a device and a guardian: {overlap}")
-    timeout = params.get("timeout", DEFAULT_TIMEOUT)
+    timeout = params.get("timeout")
+    if timeout is None:
+        return GenesisParams(devices=devices, threshold=t, guardians=guardians,
+                             guardian_threshold=tg, timeout=None)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise eng.ParamsError(f"timeout must be a positive number, got {timeout!r}")
     return GenesisParams(devices=devices, threshold=t, guardians=guardians,
@@ -605,7 +609,11 @@ class GenesisDealerDriver(eng.ProtocolDriver):
         return [n for n in names if n != self.services.self_name]
 
     def _setup(self, inp: eng.Start) -> None:
-        self._params = parse_params(inp.params)
+        params = dict(inp.params)
+        if params.get("timeout") is None:
+            params["timeout"] = self.services.protocols.genesis_timeout_seconds
+        self._params = parse_params(params)
+        assert self._params.timeout is not None
         self._roles = {self.services.self_name: "dealer"}
         for n in self._others("devices"):
             self._roles[n] = "devices"
@@ -614,7 +622,8 @@ class GenesisDealerDriver(eng.ProtocolDriver):
 
     def start(self, inp: eng.Start) -> list[eng.Effect]:
         self._setup(inp)
-        assert self._params is not None
+        assert self._params is not None and self._params.timeout is not None
+        timeout = self._params.timeout
         dealt = deal_shares(self._params, self.services, inp.session, type(self).test_rng)
         self._dealt = dealt
         effects: list[eng.Effect] = [
@@ -631,10 +640,10 @@ class GenesisDealerDriver(eng.ProtocolDriver):
                 effects.append(eng.Send(to=(name,), message=kind(
                     account=msgspec.msgpack.encode(dealt.account), holder_set=hs,
                     share_index=index, sealed_share=sealed,
-                    timeout_ms=round(self._params.timeout * 1000))))
+                    timeout_ms=round(timeout * 1000))))
         st1 = state.send_device_shares(dealt)
         self._state = st1.send_guardian_shares(dealt)
-        effects.append(eng.ArmTimer(name=DEADLINE_TIMER, deadline=inp.now + self._params.timeout))
+        effects.append(eng.ArmTimer(name=DEADLINE_TIMER, deadline=inp.now + timeout))
         return effects + self._maybe_finish()
 
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
