@@ -14,10 +14,10 @@ grain:
    phase; an unlabelled intermediate state belongs to the phase of its nearest labelled
    predecessor (breadth-first from the initial state, transitions in declaration order, so the
    choice is deterministic). The initial state must be labelled.
-2. Each local transition becomes a phase edge ``(source phase, action, message, target
-   phase)``; each ``@transition`` declaration another. Self-loops count: a send inside a
-   phase must be declared too. Peers are shown in reports but not compared (role-set names
-   belong to the choreography). ``local`` declarations have no counterpart on the wire and are not compared;
+2. Each local transition becomes a phase edge ``(source phase, action, message, target phase)``;
+   each ``@transition`` declaration another. Self-loops count: a send inside a phase must be
+   declared too. Peers are shown in reports but not compared (role-set names belong to the
+   choreography). ``local`` declarations have no counterpart on the wire and are not compared;
    their phases must still exist in the local type. Transitions the projection marks
    ``implicit`` (the abort path it adds to every state) may be declared but need not be.
 3. Walk both phase graphs breadth-first from the initial phase, and at each phase compare the
