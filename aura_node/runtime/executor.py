@@ -95,9 +95,9 @@ class EffectExecutor:
             self.batches += 1
         for step in batch:
             for action in step.actions:
-                await self._act(action)
+                await self._act(action, step.session)
 
-    async def _act(self, action: Transmit | Arm | Disarm | Resolve) -> None:
+    async def _act(self, action: Transmit | Arm | Disarm | Resolve, session: str) -> None:
         if isinstance(action, Transmit):
             try:
                 if not self._network.send_nowait(action.peer, action.payload):
@@ -108,14 +108,15 @@ class EffectExecutor:
                         await self._network.send(action.peer, action.payload)
                     if scope.cancelled_caught:
                         self.send_failures += 1
-                        self._log.warning("send_dropped", peer=action.peer,
+                        self._log.warning("send_dropped", session=session, peer=action.peer,
                                           reason=f"peer queue full for {self._send_wait:g} s")
                         return
                 self.sent += 1
             except AuraError as exc:
                 # Journaled already: a restart or the peer's replay re-sends it.
                 self.send_failures += 1
-                self._log.warning("send_failed", peer=action.peer, code=exc.code,
+                self._log.warning("send_failed", session=session, peer=action.peer,
+                                  code=exc.code,
                                   reason=exc.message)
         elif isinstance(action, Arm):
             self._timers.arm(action.session, action.name, action.deadline, action.generation)
