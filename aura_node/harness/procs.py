@@ -234,18 +234,8 @@ class ManagedProcess:
         return self._report("sigkill", t0)
 
     def stop(self, grace: float = 5.0) -> ExitReport:
-        """SIGTERM (after SIGCONT, in case it is paused), then SIGKILL after ``grace`` seconds."""
-        t0 = time.monotonic()
-        if not self.alive():
-            self._reap()
-            return self._report("already_exited", t0)
-        self.signal(signal.SIGTERM)
-        self.signal(signal.SIGCONT)  # a stopped process only sees SIGTERM once continued
-        if self.wait_gone(grace):
-            return self._report("sigterm", t0)
-        self.signal(signal.SIGKILL)
-        self.wait_gone(10.0)
-        return self._report("sigkill", t0)
+        """SIGTERM (and SIGCONT, in case it is paused), then SIGKILL after ``grace`` seconds."""
+        return stop_many([self], grace)[0]
 
     def _report(self, how: StopHow, t0: float) -> ExitReport:
         return ExitReport(
@@ -255,3 +245,29 @@ class ManagedProcess:
             exit_code=self.exit_code,
             seconds=time.monotonic() - t0,
         )
+
+
+def stop_many(procs: Sequence[ManagedProcess], grace: float) -> list[ExitReport]:
+    """Stop several processes with overlapping grace periods (not one after the other)."""
+    t0 = time.monotonic()
+    reports: dict[int, ExitReport] = {}
+    running = []
+    for p in procs:
+        if p.alive():
+            running.append(p)
+        else:
+            p._reap()
+            reports[id(p)] = p._report("already_exited", t0)
+    for p in running:
+        p.signal(signal.SIGTERM)
+        p.signal(signal.SIGCONT)  # a stopped process only acts on SIGTERM once continued
+    deadline = t0 + grace
+    for p in running:
+        if p.wait_gone(max(0.0, deadline - time.monotonic())):
+            reports[id(p)] = p._report("sigterm", t0)
+    for p in running:
+        if id(p) not in reports:
+            p.signal(signal.SIGKILL)
+            p.wait_gone(10.0)
+            reports[id(p)] = p._report("sigkill", t0)
+    return [reports[id(p)] for p in procs]
