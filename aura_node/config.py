@@ -6,6 +6,7 @@ A node home is one directory::
     HOME/device.key     Ed25519 device key, PEM PKCS#8, mode 0600
     HOME/journal/       the append-only signed journal (segments)
     HOME/control.sock   the control socket while the node runs (mode 0600)
+    HOME/control.sock.lock  held (flock) by the running node: makes stale-socket checks atomic
     HOME/node.pid       pid of the running node (advisory; the socket is the truth)
 
 ``--home`` defaults to ``$AURA_HOME`` in every command. Loading checks what a person can get
