@@ -78,12 +78,9 @@ Tune = Callable[[NodeConfig], NodeConfig]
 
 def call_control(home: Path, cmd: str, args: Mapping[str, Any], timeout: float) -> dict[str, Any]:
     """One request on a node's control socket, through the control package's light client."""
-    import importlib
+    from aura_node.control.client import call
 
-    # TODO(harness): a plain import once aura_node.control lands in main
-    client: Any = importlib.import_module("aura_node.control.client")
-    reply = client.call(NodeHome(home).control_socket, cmd, dict(args), timeout)
-    return dict(reply)
+    return call(NodeHome(home).control_socket, cmd, dict(args), timeout)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -54,7 +54,7 @@ def test_create_pins_every_node_through_the_proxy(short_dir: Path) -> None:
 
 
 def test_a_node_that_cannot_start_is_named_with_its_log(short_dir: Path) -> None:
-    pytest.importorskip("aura_node.control.client")  # readiness is asked over the control socket
+    pytest.importorskip("aura_node.cli.run")  # until `aura-node run` is in main
     c = Cluster(short_dir, nodes=2, ready_timeout=20)
     c.create()
     NodeHome(c.node("d2").home).config_path.write_text("[node\nbroken = ")
