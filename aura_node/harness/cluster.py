@@ -105,9 +105,16 @@ class NodeHandle:
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
 
-    def ctl(self, cmd: str, *, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
-        """Call ``cmd`` on this node's control socket: ``node.ctl("ping", peer="d2")``."""
-        return call_control(self.home, cmd, args, timeout)
+    def ctl(self, cmd: str, /, *, wait: float | None = None, **args: Any) -> dict[str, Any]:
+        """Call ``cmd`` on this node's control socket: ``node.ctl("ping", peer="d2")``.
+
+        ``args`` are the command's arguments as the control protocol names them (so
+        ``timeout=`` is the command's own timeout); ``wait`` bounds the whole exchange on the
+        socket (default: the command's timeout plus 5 s, else 15 s).
+        """
+        if wait is None:
+            wait = float(args["timeout"]) + 5.0 if "timeout" in args else 15.0
+        return call_control(self.home, cmd, args, wait)
 
     def log_text(self) -> str:
         try:
@@ -383,7 +390,7 @@ class Cluster:
                         f"its log ends:\n{h.log_tail()}"
                     )
                 try:
-                    st = h.ctl("status", timeout=2.0)
+                    st = h.ctl("status", wait=2.0)
                 except AuraError as exc:
                     pending[name] = f"status failed: {exc.message}"
                     continue
@@ -587,7 +594,7 @@ class Cluster:
             }
             if h.alive():
                 try:
-                    entry["status"] = h.ctl("status", timeout=timeout)
+                    entry["status"] = h.ctl("status", wait=timeout)
                 except AuraError as exc:
                     entry["error"] = exc.to_json()
             nodes.append(entry)

@@ -45,7 +45,7 @@ def act_ping_ring(ctx: DemoContext) -> bool:
     for i, src in enumerate(devices):
         dst = devices[(i + 1) % len(devices)]
         try:
-            r = ctx.cluster.node(src).ctl("ping", peer=dst, timeout=15.0)
+            r = ctx.cluster.node(src).ctl("ping", peer=dst, timeout=10.0)
         except AuraError as exc:
             ctx.say(f"  ping {src} -> {dst}: FAILED ({exc.code}: {exc.message})")
             ctx.progress.incr("failed")
