@@ -84,9 +84,24 @@ class TransportSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProtocolSection:
+    """Deadlines of the shipped choreographies: a choreography's ``deadline="X"`` is
+    ``X_seconds`` here (see :meth:`deadline`)."""
+
     recovery_cooldown_seconds: float = 86400.0
     dkd_timeout_seconds: float = 30.0
     ping_timeout_seconds: float = 10.0
+    genesis_timeout_seconds: float = 60.0
+    #: how long a recovery waits for the guardians' approvals
+    recovery_approval_timeout_seconds: float = 7 * 86400.0
+    #: how long the new device waits for the guardians' shares after the cooldown
+    recovery_share_timeout_seconds: float = 300.0
+
+    def deadline(self, name: str) -> float:
+        """Seconds for the choreography deadline ``name`` (e.g. ``"dkd_timeout"``)."""
+        value = getattr(self, f"{name}_seconds", None)
+        if not isinstance(value, float):
+            raise ConfigError(f"no [protocols] setting for the deadline {name!r}")
+        return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,7 +18,8 @@ grain:
    each ``@transition`` declaration another. Self-loops count: a send inside a phase must be
    declared too. Peers are shown in reports but not compared (role-set names belong to the
    choreography). ``local`` declarations have no counterpart on the wire and are not compared;
-   their phases must still exist in the local type.
+   their phases must still exist in the local type. Transitions the projection marks
+   ``implicit`` (the abort path it adds to every state) may be declared but need not be.
 3. Walk both phase graphs breadth-first from the initial phase, and at each phase compare the
    outgoing edges. The first difference raises :class:`ConformanceError`, naming the phase,
    the edge, which side has it, and the local states or method behind it.
@@ -134,8 +135,16 @@ def local_phase_edges(local: LocalTypeView) -> dict[PhaseEdge, LocalTransitionVi
         if t.source not in phase:
             continue  # unreachable; the choreography's well-formedness check reports it
         edge = PhaseEdge(phase[t.source], t.action, t.message, phase[t.target])
-        edges.setdefault(edge, t)
+        # Keep an explicit transition in preference to an implicit one for the same edge.
+        if edge not in edges or (_implicit(edges[edge]) and not _implicit(t)):
+            edges[edge] = t
     return edges
+
+
+def _implicit(t: LocalTransitionView) -> bool:
+    """Transitions the projection adds to every non-final state (abort out, the abort message
+    in from every peer) are marked ``implicit``: a typestate may declare them, need not."""
+    return bool(getattr(t, "implicit", False))
 
 
 def _decl_edge(d: TransitionDecl) -> PhaseEdge:
@@ -193,7 +202,7 @@ def check_conformance(
     order = _bfs_phases(initial, [*local_edges, *typed])
     for here in order:
         for edge, t in local_edges.items():
-            if edge.source == here and edge not in typed:
+            if edge.source == here and edge not in typed and not _implicit(t):
                 raise ConformanceError(
                     f"{who}: in phase {here} the local type has {edge.describe()} "
                     f"({t.action} {_name(t.message)} with {t.peer}, states {t.source!r} -> "

@@ -111,3 +111,20 @@ def test_loading_home_checks_key_mode(tmp_path: Path, capsys: pytest.CaptureFixt
     os.chmod(home / "device.key", 0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
         DeviceKey.load(NodeHome(home).key_path)
+
+
+def test_every_choreography_deadline_has_a_setting() -> None:
+    from aura_node.config import ProtocolSection
+    from aura_node.protocols.registry import REGISTRY
+
+    names = set()
+    for c in REGISTRY.values():
+        for role in c.roles:
+            for t in c.project(role).transitions:
+                if getattr(t, "deadline", None):
+                    names.add(t.deadline)
+    assert names, "the shipped choreographies declare deadlines"
+    for name in names:
+        assert ProtocolSection().deadline(name) > 0
+    with pytest.raises(ConfigError, match="no \\[protocols\\] setting"):
+        ProtocolSection().deadline("nonsense")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar, final
 import msgspec
 import pytest
 
+from aura_node.choreo.local import LocalTransition, LocalType
 from aura_node.errors import LocalProtocolError
 from aura_node.session.conformance import (
     ConformanceError,
@@ -18,11 +19,6 @@ from aura_node.session.conformance import (
 )
 from aura_node.session.example import Decision, ToyCoordinator, Vote
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
-
-try:  # the real projection output once the choreography branch is merged
-    from aura_node.choreo.local import LocalTransition, LocalType
-except ImportError:  # pragma: no cover - until then, the same shapes by hand
-    from tests.unit._fake_local import LocalTransition, LocalType  # type: ignore[assignment]
 
 S = TypeVar("S")
 
@@ -74,6 +70,21 @@ def test_extra_local_transition_is_reported() -> None:
     )
     assert exc.value.code == "typestate_nonconformant"
     assert isinstance(exc.value, LocalProtocolError)
+
+
+def test_implicit_abort_transitions_need_not_be_declared() -> None:
+    class Abort(msgspec.Struct, frozen=True):
+        reason: str
+
+    implicit = LocalTransition(
+        source="d0", action="recv", peer="voters", message=Abort, target="ab", implicit=True
+    )
+    check_conformance(ToyCoordinator, toy_local(transitions=(*toy_local().transitions, implicit)))
+    explicit = replace(implicit, implicit=False)
+    with pytest.raises(ConformanceError, match="recv Abort"):
+        check_conformance(
+            ToyCoordinator, toy_local(transitions=(*toy_local().transitions, explicit))
+        )
 
 
 def test_undeclared_by_local_type_is_reported() -> None:

@@ -15,7 +15,7 @@ from aura_node.session.example import (
     ToyCoordinator,
 )
 from aura_node.session.witness import QuorumOfSignedStatements, SignedStatement
-from tests.unit._fake_local import LocalType  # same shapes as aura_node.choreo.local
+from aura_node.choreo.local import LocalType
 
 
 def run(keys: list[DeviceKey]) -> bytes:

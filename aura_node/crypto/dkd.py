@@ -1,0 +1,191 @@
+"""Threshold deterministic key derivation (DKD) maths.
+
+Theory of operation
+-------------------
+For an account with secret ``s`` (Shamir-shared, holder ``i`` has ``s_i`` and public share
+``Y_i = s_i·G``) and a context string ``c``:
+
+1. ``H = dkd_base(account_id, c) = hash_to_group("aura/dkd/h2g", account_id, c)``: a point
+   nobody knows the discrete log of.
+2. Participant ``i`` computes ``P_i = s_i·H`` and a DLEQ proof that ``log_G(Y_i) = log_H(P_i)``,
+   bound to ``proof_context(account, c, session, device)`` (``partial``). In the protocol it
+   first commits to ``partial_commitment(...)`` and reveals the partial later.
+3. Everyone checks each revealed partial against that holder's public share (``verify_partial``
+   turns a ``DkdPartial`` into a ``VerifiedPartial``; there is no other way to get one).
+4. ``K = Σ λ_i·P_i`` over any ``t`` verified partials equals ``s·H`` (``combine``; it refuses
+   fewer than ``t`` distinct holders or partials for different bases). Because ``K`` depends
+   only on ``s`` and ``H``, **any** ``t`` participants derive the same ``K``; fewer than ``t``
+   learn nothing about it.
+5. The key material is ``HKDF-SHA256(ikm = K, salt = "aura-node/v1/dkd", info =
+   transcript("aura/dkd/key", account_id, c))``, 32 bytes, used as an Ed25519 seed. Only its
+   public key and ``fingerprint`` (``SHA-256(transcript("aura/dkd/fingerprint", pk))``, first
+   16 bytes, hex) are ever published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from aura_node.crypto import dleq
+from aura_node.crypto.errors import ProofError, ShareError, ThresholdError
+from aura_node.crypto.group import Point, Rng, hash_to_group
+from aura_node.crypto.shamir import Share, check_index, check_threshold, interpolate_in_exponent
+from aura_node.crypto.transcript import transcript
+
+H2G_DOMAIN: Final = "aura/dkd/h2g"
+_PROOF_CONTEXT_DOMAIN: Final = "aura/dkd/proof-context"
+_COMMITMENT_DOMAIN: Final = "aura/dkd/commitment"
+_KEY_DOMAIN: Final = "aura/dkd/key"
+_FINGERPRINT_DOMAIN: Final = "aura/dkd/fingerprint"
+HKDF_SALT: Final = b"aura-node/v1/dkd"
+KEY_MATERIAL_BYTES: Final = 32
+
+
+def dkd_base(account_id: str, context: str) -> Point:
+    """``H = hash_to_group("aura/dkd/h2g", account_id, context)``."""
+    return hash_to_group(H2G_DOMAIN, account_id, context)
+
+
+def proof_context(*, account_id: str, context: str, session_id: str, device_id: str) -> bytes:
+    """The DLEQ context of one participant's partial in one DKD session."""
+    return transcript(_PROOF_CONTEXT_DOMAIN, account_id, context, session_id, device_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DkdPartial:
+    """Holder ``index``'s claimed ``P_i = s_i·H`` with its DLEQ proof (not yet verified)."""
+
+    index: int
+    point: Point
+    proof: dleq.DleqProof
+
+    def __post_init__(self) -> None:
+        check_index(self.index)
+
+
+def partial_commitment(p: DkdPartial, proof_ctx: bytes) -> bytes:
+    """32-byte hash commitment to a partial, bound to its proof context (session, device)."""
+    return hashlib.sha256(
+        transcript(_COMMITMENT_DOMAIN, proof_ctx, p.index, p.point.to_bytes(), p.proof.to_bytes())
+    ).digest()
+
+
+_VERIFIED: Final = object()
+
+
+class VerifiedPartial:
+    """A partial whose DLEQ proof verified against its holder's public share.
+
+    Only ``verify_partial`` makes these; ``combine`` accepts nothing else.
+    """
+
+    __slots__ = ("base", "index", "point")
+    index: int
+    point: Point
+    base: Point
+
+    def __init__(self, *, _token: object, index: int, point: Point, base: Point) -> None:
+        if _token is not _VERIFIED:
+            raise TypeError("VerifiedPartial has no public constructor; use verify_partial()")
+        self.index = index
+        self.point = point
+        self.base = base
+
+    def __repr__(self) -> str:
+        return f"VerifiedPartial(index={self.index}, point={self.point.hex()})"
+
+
+def partial(
+    *,
+    share: Share,
+    base: Point,
+    public_share: Point,
+    proof_ctx: bytes,
+    rng: Rng | None = None,
+) -> DkdPartial:
+    """``P_i = s_i·H`` with a proof that it uses the share behind ``public_share``.
+
+    Raises ``ShareError`` if ``share`` does not match ``public_share`` (the proof would fail).
+    """
+    y, p, proof = dleq.prove(share.value, Point.base(), base, proof_ctx, rng)
+    if y != public_share:
+        raise ShareError(
+            f"own share for holder {share.index} does not match its public share "
+            f"{public_share.hex()}"
+        )
+    return DkdPartial(index=share.index, point=p, proof=proof)
+
+
+def verify_partial(
+    p: DkdPartial, *, base: Point, public_share: Point, proof_ctx: bytes
+) -> VerifiedPartial:
+    """Check ``p``'s DLEQ proof against holder ``p.index``'s public share; ``ProofError`` if
+    it fails."""
+    try:
+        dleq.verify(p.proof, Point.base(), public_share, base, p.point, proof_ctx)
+    except ProofError as exc:
+        raise ProofError(f"DKD partial of holder {p.index}: {exc.message}") from None
+    return VerifiedPartial(_token=_VERIFIED, index=p.index, point=p.point, base=base)
+
+
+def combine(partials: Sequence[VerifiedPartial], *, threshold: int) -> Point:
+    """``K = Σ λ_i·P_i`` over the ``threshold`` lowest-indexed verified partials (= ``s·H``)."""
+    check_threshold(threshold)
+    if not partials:
+        raise ThresholdError(f"need {threshold} verified partials, got none")
+    base = partials[0].base
+    by_index: dict[int, Point] = {}
+    for vp in partials:
+        if not isinstance(vp, VerifiedPartial):
+            raise TypeError(f"combine() takes VerifiedPartial values, got {type(vp).__name__}")
+        if vp.base != base:
+            raise ShareError(f"partial of holder {vp.index} is for a different DKD base point")
+        if vp.index in by_index:
+            raise ShareError(f"two partials for holder index {vp.index}")
+        by_index[vp.index] = vp.point
+    return interpolate_in_exponent(by_index, threshold=threshold)
+
+
+def derive_key_material(k: Point, account_id: str, context: str) -> bytes:
+    """32 bytes of key material from ``K``, bound to the account and the context."""
+    if k.is_identity():
+        raise ShareError("DKD result K is the identity: refusing to derive a key from it")
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=KEY_MATERIAL_BYTES,
+        salt=HKDF_SALT,
+        info=transcript(_KEY_DOMAIN, account_id, context),
+    ).derive(k.to_bytes())
+
+
+def derived_public_key(material: bytes) -> bytes:
+    """The raw Ed25519 public key whose seed is ``material``."""
+    if len(material) != KEY_MATERIAL_BYTES:
+        raise ValueError(f"DKD key material is {KEY_MATERIAL_BYTES} bytes, got {len(material)}")
+    return Ed25519PrivateKey.from_private_bytes(material).public_key().public_bytes_raw()
+
+
+def fingerprint(public_key: bytes) -> str:
+    """Hex fingerprint (16 bytes) of a derived public key."""
+    return hashlib.sha256(transcript(_FINGERPRINT_DOMAIN, public_key)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DerivedKey:
+    """The publishable result of a DKD: never the key material itself."""
+
+    public_key: bytes
+    fingerprint: str
+
+
+def derive(k: Point, account_id: str, context: str) -> DerivedKey:
+    """``derive_key_material`` -> public key -> fingerprint, dropping the material."""
+    pk = derived_public_key(derive_key_material(k, account_id, context))
+    return DerivedKey(public_key=pk, fingerprint=fingerprint(pk))

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from aura_node.crypto.dealing import Holder, deal_account
+from aura_node.crypto.errors import SealError, ShareError
+from aura_node.crypto.keys import DeviceKey
+from aura_node.protocols.account import (
+    AccountError,
+    AccountEstablished,
+    AccountHolder,
+    AccountRecord,
+    AccountStore,
+    encode_established,
+    genesis_held_share,
+    open_held_share,
+)
+
+
+def _account() -> tuple[AccountRecord, list[DeviceKey], list[bytes]]:
+    keys = [DeviceKey.from_seed(bytes([i]) * 32) for i in range(1, 4)]
+    dealing = deal_account(
+        threshold=2,
+        holders=[Holder(index=i + 1, public_key=k.public) for i, k in enumerate(keys)],
+        session_id="s1",
+    )
+    record = AccountRecord(
+        account_id=dealing.account_id,
+        public_key=dealing.public_key.to_bytes(),
+        threshold=2,
+        devices=tuple(
+            AccountHolder(name=f"d{i + 1}", device_id=s.device_id, index=s.index,
+                          public_share=s.public_share.to_bytes())
+            for i, s in enumerate(dealing.shares)
+        ),
+        device_commitments=dealing.commitments.to_bytes(),
+    )
+    return record, keys, [s.sealed for s in dealing.shares]
+
+
+def test_record_checks_and_store_roundtrip() -> None:
+    record, keys, sealed = _account()
+    record.check()
+    bodies = [
+        encode_established(AccountEstablished(account=record, shares=(genesis_held_share(
+            holder_set="devices", index=i + 1, sealed=sealed[i], session_id="s1"),)))
+        for i in range(3)
+    ]
+    for i, body in enumerate(bodies):
+        store = AccountStore.from_bodies([body])
+        est = store.only()
+        share = open_held_share(est.account, est.shares[0], keys[i])
+        assert share.index == i + 1
+        assert store.held_share(record.account_id, "devices").index == i + 1
+    assert record.to_json()["devices"] == ["d1", "d2", "d3"]
+
+
+def test_wrong_key_or_tampered_record_is_refused() -> None:
+    record, keys, sealed = _account()
+    held = genesis_held_share(holder_set="devices", index=1, sealed=sealed[0], session_id="s1")
+    with pytest.raises(SealError):
+        open_held_share(record, held, keys[1])
+    bad_share = AccountHolder(name="d1", device_id=record.devices[0].device_id, index=1,
+                              public_share=record.devices[1].public_share)
+    tampered = AccountRecord(**{**{f: getattr(record, f) for f in record.__struct_fields__},
+                                "devices": (bad_share, *record.devices[1:])})
+    with pytest.raises(AccountError, match="public share of device d1"):
+        tampered.check()
+    with pytest.raises(AccountError, match="holds no account"):
+        AccountStore().get("nope")
+
+
+def test_share_failing_feldman_is_refused() -> None:
+    record, keys, sealed = _account()
+    # d2's sealed share presented as index 1 fails the index/Feldman checks
+    held = genesis_held_share(holder_set="devices", index=1, sealed=sealed[1], session_id="s1")
+    with pytest.raises((SealError, ShareError)):
+        open_held_share(record, held, keys[1])

@@ -1,0 +1,224 @@
+"""Monitors: a state x message x peer sweep over every shipped choreography (accepted exactly
+when the local type allows it), plus gathers, stragglers, early messages and aborts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from aura_node.choreo import (
+    DuplicateGatherMessageError,
+    EarlyMessageError,
+    LocalType,
+    Monitor,
+    MonitorUsageError,
+    NoTimeoutError,
+    UnexpectedMessageError,
+    UnexpectedSendError,
+)
+from aura_node.choreo.simulate import sample_message
+from aura_node.errors import LocalProtocolError, RemoteProtocolError
+from aura_node.protocols.dkd.choreography import (
+    DKD,
+    DkdAbort,
+    DkdCommitment,
+    DkdRequest,
+    DkdReveal,
+)
+from aura_node.protocols.registry import REGISTRY
+
+
+def _bindings() -> Iterator[tuple[str, str, dict[str, int]]]:
+    for name, c in REGISTRY.items():
+        sizes = {r.size: r.minimum for r in c.decl.roles if r.size}
+        larger = {k: v + 2 for k, v in sizes.items()}
+        for t in c.decl.thresholds:
+            larger[t.name] = max(t.minimum, 1) + 1
+        for role in c.roles:
+            yield name, role, {}
+            yield name, role, larger
+
+
+CASES = list(_bindings())
+
+
+def _peers(lt: LocalType) -> set[str]:
+    c = REGISTRY[lt.choreography]
+    return {r for r in c.roles if r != lt.role or c.role(r).is_set}
+
+
+def _settle(lt: LocalType, state: str) -> str:
+    """Where a monitor placed at ``state`` really is: a gather of 0 (empty role set) completes
+    on arrival."""
+    for t in lt.outgoing(state):
+        if t.action == "gather" and (t.threshold or 0) <= 0:
+            return _settle(lt, t.target)
+    return state
+
+
+def _later(lt: LocalType, state: str) -> set[tuple[str, type]]:
+    seen: set[str] = set()
+    stack = [t.target for t in lt.explicit(state)]
+    out: set[tuple[str, type]] = set()
+    while stack:
+        s = stack.pop()
+        if s in seen:
+            continue
+        seen.add(s)
+        for t in lt.explicit(s):
+            if t.action in ("recv", "gather") and t.message is not None:
+                out.add((t.peer, t.message))
+            stack.append(t.target)
+    return out
+
+
+@pytest.mark.parametrize(("name", "role", "bindings"), CASES)
+def test_inbound_sweep(name: str, role: str, bindings: dict[str, int]) -> None:
+    c = REGISTRY[name]
+    lt = c.project(role, bindings)
+    peers = _peers(lt)
+    checked = 0
+    for start in lt.states:
+        state = _settle(lt, start)
+        for mtype in c.messages:
+            msg = sample_message(mtype)
+            for peer in c.roles:
+                mon = Monitor(lt, state=start)
+                assert mon.state == state
+                allowed = [
+                    t
+                    for t in lt.outgoing(state)
+                    if t.action in ("recv", "gather") and t.peer == peer and t.message is mtype
+                ]
+                inputs = {
+                    (t.peer, t.message) for t in lt.transitions if t.action in ("recv", "gather")
+                }
+                absorbed = peer in peers and (
+                    (state == lt.abort_state and (peer, mtype) in inputs)
+                    or (state in lt.final and mtype is c.decl.abort_message)
+                )
+                if allowed or absorbed:
+                    mon.check_inbound(peer, msg, member=(peer, 0))
+                    if allowed and (allowed[0].action == "recv" or allowed[0].threshold == 1):
+                        assert mon.state == _settle(lt, allowed[0].target)
+                    else:
+                        assert mon.state == state
+                else:
+                    with pytest.raises(RemoteProtocolError) as info:
+                        mon.check_inbound(peer, msg, member=(peer, 0))
+                    err = info.value
+                    early = (peer, mtype) in _later(lt, state)
+                    assert isinstance(err, EarlyMessageError if early else UnexpectedMessageError)
+                    assert mtype.__name__ in err.message and f"state {state}" in err.message
+                    assert mon.state == state, "a rejected message must not move the monitor"
+                checked += 1
+    assert checked == len(lt.states) * len(c.messages) * len(c.roles)
+
+
+@pytest.mark.parametrize(("name", "role", "bindings"), CASES)
+def test_outbound_sweep(name: str, role: str, bindings: dict[str, int]) -> None:
+    c = REGISTRY[name]
+    lt = c.project(role, bindings)
+    peers = _peers(lt)
+    for start in lt.states:
+        state = _settle(lt, start)
+        for mtype in c.messages:
+            msg = sample_message(mtype)
+            for peer in c.roles:
+                mon = Monitor(lt, state=start)
+                allowed = [
+                    t
+                    for t in lt.outgoing(state)
+                    if t.action == "send" and t.peer == peer and t.message is mtype
+                ]
+                is_abort = mtype is c.decl.abort_message and peer in peers
+                if allowed:
+                    mon.check_outbound(peer, msg)
+                    assert mon.state == _settle(lt, allowed[0].target)
+                elif is_abort and (state == lt.abort_state or state not in lt.final):
+                    mon.check_outbound(peer, msg)
+                    assert mon.state == lt.abort_state
+                else:
+                    with pytest.raises(UnexpectedSendError) as info:
+                        mon.check_outbound(peer, msg)
+                    assert isinstance(info.value, LocalProtocolError)
+                    assert f"can't send {mtype.__name__} to {peer}" in info.value.message
+                    assert mon.state == state
+
+
+def test_gather_counts_distinct_members_and_drops_stragglers() -> None:
+    lt = DKD.project("participants", {"n": 4, "t": 3})
+    mon = Monitor(lt)
+    mon.check_inbound("initiator", sample_message(DkdRequest))
+    mon.check_outbound("participants", sample_message(DkdCommitment))
+    gathering = mon.state
+    commit = sample_message(DkdCommitment)
+    with pytest.raises(MonitorUsageError):
+        mon.check_inbound("participants", commit)
+    mon.check_inbound("participants", commit, member="a")
+    with pytest.raises(DuplicateGatherMessageError) as info:
+        mon.check_inbound("participants", commit, member="a")
+    assert info.value.code == "duplicate_gather_message"
+    assert mon.gathered("participants", DkdCommitment) == 1
+    # a reveal is legal later, not now: the runtime buffers it
+    with pytest.raises(EarlyMessageError) as early:
+        mon.check_inbound("participants", sample_message(DkdReveal), member="b")
+    assert "DkdCommitment from participants (gather 1/3)" in early.value.message
+    mon.check_inbound("participants", commit, member="b")
+    assert mon.state == gathering
+    mon.check_inbound("participants", commit, member="c")
+    assert mon.state != gathering and mon.phase == "RevealPhase"
+    # the fourth member's commitment is a straggler: accepted once, without effect
+    here = mon.state
+    mon.check_inbound("participants", commit, member="d")
+    assert mon.state == here
+    with pytest.raises(UnexpectedMessageError):
+        mon.check_inbound("participants", commit, member="d")
+    with pytest.raises(UnexpectedMessageError):
+        mon.check_inbound("participants", commit, member="a")
+
+
+def test_timeouts_aborts_and_final_states() -> None:
+    lt = DKD.project("participants")
+    mon = Monitor(lt)
+    with pytest.raises(NoTimeoutError):
+        mon.timeout()
+    assert not mon.can_time_out
+    mon.check_inbound("initiator", sample_message(DkdRequest))
+    mon.check_outbound("participants", sample_message(DkdCommitment))
+    assert mon.can_time_out
+    mon.timeout()
+    assert mon.state == "Failed" and mon.is_final and mon.phase == "Failed"
+    # fanning the abort out is allowed, and the abort state drops whatever still arrives
+    mon.check_outbound("initiator", sample_message(DkdAbort))
+    mon.check_outbound("participants", sample_message(DkdAbort))
+    mon.check_inbound("participants", sample_message(DkdReveal), member="x")
+    with pytest.raises(UnexpectedSendError):
+        mon.check_outbound("initiator", sample_message(DkdCommitment))
+    with pytest.raises(LocalProtocolError):
+        mon.abort()
+
+    other = Monitor(lt)
+    other.abort()
+    assert other.state == lt.abort_state
+    third = Monitor(lt)
+    third.check_inbound("initiator", sample_message(DkdAbort))
+    assert third.state == lt.abort_state
+
+
+def test_error_names_expected_actual_and_state() -> None:
+    mon = Monitor(DKD.project("initiator"))
+    with pytest.raises(UnexpectedMessageError) as info:
+        mon.check_inbound("participants", sample_message(DkdReveal), member="p")
+    text = info.value.message
+    assert text.startswith("dkd/initiator in state Initializing: expected ")
+    assert "got DkdReveal from participants" in text
+    assert info.value.code == "unexpected_message"
+    with pytest.raises(MonitorUsageError):
+        Monitor(DKD.project("initiator"), state="NoSuchState")
+
+
+def test_monitor_is_slotted() -> None:
+    mon = Monitor(DKD.project("initiator"))
+    assert not hasattr(mon, "__dict__")

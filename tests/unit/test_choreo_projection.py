@@ -1,0 +1,193 @@
+"""Projection of the shipped choreographies and of small hand-written ones."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from aura_node.choreo import ALL, ChoreographyBuilder, LocalTransition, LocalType, choreography
+from aura_node.choreo.syntax import Gather, Send
+from aura_node.protocols.dkd.choreography import DKD, DkdCommitment, DkdReveal
+from aura_node.protocols.genesis.choreography import GENESIS, ShareAck
+from aura_node.protocols.recovery.choreography import RECOVERY, RecoveryVeto
+from aura_node.protocols.registry import REGISTRY
+
+
+def phases(lt: LocalType) -> set[str]:
+    return set(lt.phases.values())
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_shipped_choreographies_are_well_formed(name: str) -> None:
+    chor = REGISTRY[name]
+    assert chor.check() == ()
+    for role in chor.roles:
+        lt = chor.project(role)
+        assert lt.choreography == name and lt.role == role
+        assert lt.initial in lt.states and lt.final <= set(lt.states)
+        assert lt.abort_state in lt.final
+        for t in lt.transitions:
+            assert isinstance(t, LocalTransition)
+            assert t.source in lt.states and t.target in lt.states
+            assert (t.message is None) == (t.action in ("timeout", "abort"))
+            if t.action == "gather":
+                assert t.threshold is not None and t.deadline
+                assert any(x.action == "timeout" for x in lt.outgoing(t.source))
+        # every state is reachable from the initial one
+        seen, stack = set(), [lt.initial]
+        while stack:
+            s = stack.pop()
+            if s not in seen:
+                seen.add(s)
+                stack.extend(t.target for t in lt.outgoing(s))
+        assert seen == set(lt.states)
+
+
+def test_dkd_phases() -> None:
+    lt = DKD.project("participants", {"n": 5, "t": 3})
+    assert phases(lt) == {
+        "Initializing",
+        "CommitmentPhase",
+        "RevealPhase",
+        "Finalizing",
+        "Completed",
+        "Failed",
+    }
+    assert lt.final == {"Completed", "Failed"}
+    gathers = [t for t in lt.transitions if t.action == "gather"]
+    assert [(t.message, t.threshold, t.threshold_expr) for t in gathers] == [
+        (DkdCommitment, 3, "t of n"),
+        (DkdReveal, 3, "t of n"),
+    ]
+    assert [lt.phases[t.source] for t in gathers] == ["CommitmentPhase", "RevealPhase"]
+    assert phases(DKD.project("initiator")) == {"Initializing", "Finalizing", "Completed", "Failed"}
+
+
+def test_recovery_phases_and_veto_window() -> None:
+    lt = RECOVERY.project("new_device", {"g": 5, "t_g": 3, "d": 2})
+    assert phases(lt) == {
+        "Initiated",
+        "CollectingApprovals",
+        "CollectingShares",
+        "Reconstructing",
+        "Completed",
+        "Vetoed",
+        "Failed",
+    }
+    assert {"Completed", "Vetoed", "Failed"} <= lt.final
+    (veto,) = [t for t in lt.transitions if t.message is RecoveryVeto]
+    assert veto.action == "gather" and veto.threshold == 1
+    (window,) = [t for t in lt.outgoing(veto.source) if t.action == "timeout"]
+    assert window.deadline == "recovery_cooldown"
+    assert lt.phases[window.target] == "CollectingShares"
+    assert lt.phases[veto.target] == "Vetoed"
+    # an existing device may veto or stay silent: both are open in the same state
+    dev = RECOVERY.project("devices", {"d": 2})
+    (send,) = [t for t in dev.transitions if t.action == "send"]
+    assert send.message is RecoveryVeto
+    assert {t.action for t in dev.explicit(send.source)} == {"send", "recv"}
+
+
+def test_genesis_gathers_every_ack_and_empty_guardians() -> None:
+    lt = GENESIS.project("dealer", {"n": 3, "g": 0})
+    acks = [t for t in lt.transitions if t.message is ShareAck]
+    assert [(t.peer, t.threshold) for t in acks] == [("devices", 3), ("guardians", 0)]
+
+
+def test_ast_records_source_lines() -> None:
+    sends = [s for s in DKD.decl.body if isinstance(s, Send | Gather)]
+    assert sends and all(
+        s.where.startswith("aura_node/protocols/dkd/choreography.py:") for s in sends
+    )
+    assert DKD.role("participants").where.startswith("aura_node/protocols/dkd/choreography.py:")
+
+
+def test_projection_is_cached_and_deterministic() -> None:
+    assert DKD.project("participants") is DKD.project("participants")
+    assert DKD.project("participants", {"n": 2}) == DKD.project("participants")
+    with pytest.raises(KeyError):
+        DKD.project("nobody")
+
+
+class Req(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Yes(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class No(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Note(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class More(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Done(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Stop(msgspec.Struct, frozen=True, kw_only=True):
+    reason: str
+
+
+def test_merge_lets_a_third_party_learn_from_the_message() -> None:
+    @choreography("relay", abort=Stop)
+    def relay(c: ChoreographyBuilder) -> None:
+        a, b, obs = c.role("a"), c.role("b"), c.role("observer")
+        c.send(a, b, Req)
+        with c.choice(b) as choose:
+            with choose.branch("yes"):
+                c.send(b, obs, Yes)
+                c.send(obs, a, Note)
+            with choose.branch("no"):
+                c.send(b, obs, No)
+                c.send(obs, a, Note)
+
+    assert relay.check() == ()
+    a = relay.project("a")
+    # `a` is not told the decision, but it behaves the same in both branches: receive Note
+    assert [t.describe() for t in a.explicit(a.outgoing(a.initial)[0].target)] == [
+        "recv Note from observer"
+    ]
+    obs = relay.project("observer")
+    assert sorted(t.describe() for t in obs.explicit(obs.initial)) == [
+        "recv No from b",
+        "recv Yes from b",
+    ]
+
+
+def test_loops_project_to_cycles() -> None:
+    @choreography("stream", abort=Stop)
+    def stream(c: ChoreographyBuilder) -> None:
+        src, sink = c.role("src"), c.role("sink")
+        with c.loop("chunks") as loop:
+            with c.choice(src) as choose:
+                with choose.branch("more"):
+                    c.send(src, sink, More)
+                    loop.again()
+                with choose.branch("done"):
+                    c.send(src, sink, Done)
+
+    assert stream.check() == ()
+    sink = stream.project("sink")
+    (more,) = [t for t in sink.transitions if t.message is More]
+    assert more.source == more.target == sink.initial
+
+
+def test_all_threshold_over_role_set() -> None:
+    @choreography("poll", abort=Stop)
+    def poll(c: ChoreographyBuilder) -> None:
+        asker, crowd = c.role("asker"), c.role_set("crowd", size="m", minimum=1)
+        c.send(asker, crowd, Req)
+        c.gather(crowd, asker, Yes, threshold=ALL, deadline="poll_timeout")
+
+    lt = poll.project("asker", {"m": 4})
+    (g,) = [t for t in lt.transitions if t.action == "gather"]
+    assert (g.threshold, g.threshold_expr, g.deadline) == (4, "all m", "poll_timeout")
