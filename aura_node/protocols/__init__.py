@@ -1,2 +1,2 @@
-"""The shipped protocols: one package each (choreography, and later role machines, witnesses
-and rehydration). ``aura_node.protocols.registry`` lists the choreographies this node runs."""
+"""Protocols: one package per choreography (declaration, role drivers, rehydration), plus the
+signed message envelope and the engine interface that plugs drivers into the node runtime."""

@@ -17,30 +17,46 @@ from aura_node.choreo import ALL, ChoreographyBuilder, choreography
 
 
 class SealedShare(msgspec.Struct, frozen=True, kw_only=True):
-    """One holder's Shamir share, sealed to it with HPKE, and the public Feldman commitments."""
+    """One holder's Shamir share, HPKE-sealed to it, with the public account record.
 
-    account_id: bytes
-    threshold: int
+    The record carries the Feldman commitments of both holder sets and every holder's public
+    share, so the holder can verify its share (and everyone else's public share) on its own.
+    The envelope's signature makes this the dealer's signed statement of the dealing.
+    """
+
+    account: bytes  # the AccountRecord, msgpack (aura_node.protocols.account)
+    holder_set: str  # "devices" | "guardians": which dealing this share belongs to
     share_index: int
     sealed_share: bytes
-    feldman_commitments: tuple[bytes, ...]
-    signature: bytes
+    #: how long the holder waits for the outcome after acknowledging (milliseconds)
+    timeout_ms: int
+
+
+class SealedGuardianShare(msgspec.Struct, frozen=True, kw_only=True):
+    """The same as :class:`SealedShare` for a guardian (its own type, so the message that
+    opens a holder's session says which role the holder plays)."""
+
+    account: bytes
+    holder_set: str
+    share_index: int
+    sealed_share: bytes
+    timeout_ms: int
 
 
 class ShareAck(msgspec.Struct, frozen=True, kw_only=True):
-    """The holder verified its share against the commitments; signed public share."""
+    """The holder verified its share against the commitments and journaled the account."""
 
-    account_id: bytes
+    account_id: str
+    holder_set: str
     share_index: int
-    public_share: bytes
-    signature: bytes
+    public_share: bytes  # s_i·G as the holder computed it from its opened share
 
 
 class GenesisComplete(msgspec.Struct, frozen=True, kw_only=True):
-    account_id: bytes
-    account_public_key: bytes
-    acks_digest: bytes
-    signature: bytes
+    """Every holder acknowledged; the dealer has erased the secret."""
+
+    account_id: str
+    public_key: bytes
 
 
 class GenesisAbort(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +74,7 @@ def GENESIS(c: ChoreographyBuilder) -> None:
     c.phase(devices, "AwaitingShare")
     c.phase(guardians, "AwaitingShare")
     c.send(dealer, devices, SealedShare)
-    c.send(dealer, guardians, SealedShare)
+    c.send(dealer, guardians, SealedGuardianShare)
 
     c.phase(dealer, "CollectingAcks")
     c.phase(devices, "Verifying")

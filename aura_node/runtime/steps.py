@@ -1,0 +1,125 @@
+"""What flows through the runtime's three channels.
+
+``command`` carries :data:`Command` (control requests and timer expiries), ``event`` carries
+the transport's ``InboundData``, ``effect`` carries :class:`Step`: everything one protocol
+step asks for, split into the journal records that must be durable first and the actions
+that may only run after that (send, arm/cancel a timer, answer a waiting control request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from aura_node.errors import AuraError
+
+# --- control waiters ------------------------------------------------------------------------------
+
+
+class Outcome:
+    """A one-shot result slot a control handler awaits (set only after the journal fsync)."""
+
+    __slots__ = ("_event", "error", "value")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.value: dict[str, Any] | None = None
+        self.error: AuraError | None = None
+
+    def set(self, value: Mapping[str, Any]) -> None:
+        if not self._event.is_set():
+            self.value = dict(value)
+            self._event.set()
+
+    def fail(self, error: AuraError) -> None:
+        if not self._event.is_set():
+            self.error = error
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> dict[str, Any]:
+        await self._event.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartSession:
+    choreography: str
+    params: Mapping[str, Any]
+    roles: Mapping[str, str]
+    session: str
+    entropy: bytes
+    #: answered with {"session": id} once the start is durable
+    reply: Outcome
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionControl:
+    session: str
+    action: str
+    args: Mapping[str, Any]
+    reply: Outcome
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerExpired:
+    session: str
+    name: str
+    generation: int
+
+
+Command = StartSession | SessionControl | TimerExpired
+
+# --- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transmit:
+    peer: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Arm:
+    session: str
+    name: str
+    deadline: float
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disarm:
+    session: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolve:
+    outcome: Outcome
+    value: Mapping[str, Any] | None = None
+    error: AuraError | None = None
+
+
+Action = Transmit | Arm | Disarm | Resolve
+
+
+@dataclass(slots=True, kw_only=True)
+class Step:
+    """Journal ``records`` (session, kind, body) durably, then run ``actions`` in order."""
+
+    session: str
+    ts: float
+    records: list[tuple[str, bytes]] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
