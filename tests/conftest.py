@@ -21,3 +21,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def full_run(request: pytest.FixtureRequest) -> bool:
     """True when the long versions of crash/chaos/soak tests were asked for."""
     return bool(request.config.getoption("--full")) or os.environ.get("AURA_FULL_TESTS") == "1"
+
+# The harness's fixtures (cluster_factory): real node processes on loopback behind a fault proxy.
+pytest_plugins = ["aura_node.harness.pytest_plugin"]
