@@ -1,0 +1,280 @@
+"""One established peer link (Trio): a reader task and a batching writer task.
+
+Theory of operation
+-------------------
+A :class:`PeerLink` moves bytes between one TLS stream and the sans-IO codec
+(:mod:`aura_node.transport.framing`), in the trio-websocket/hypercorn manner:
+
+* **reader**: ``receive_some`` under an idle deadline (the peer sends a ``Keepalive`` when it
+  has nothing else to say, so silence for ``idle_timeout`` means the peer or the path is dead),
+  feeds the decoder, and hands every ``Data`` payload to the node's bounded inbound channel
+  (``send_nowait`` first: one checkpoint per read, not per frame; when the channel is full
+  the reader waits, which stops reading the socket, which is TCP backpressure on the peer).
+* **writer**: waits until the link is *active*, then takes one payload from the peer's bounded
+  queue, drains whatever else is queued (up to ``BATCH_BYTES``) into one buffer and writes it
+  with a single ``send_all``. Idle for ``keepalive_seconds`` -> one ``Keepalive``.
+
+The queue belongs to the peer, not the link: payloads queued while no link is up wait there,
+and a replacement link continues from it. Payloads a link had taken but not written when it
+broke are lost; the runtime re-sends from its journal and peers treat duplicates idempotently.
+
+Endings. Anything the peer does wrong (malformed, oversized or unexpected frame, silence,
+broken TLS) raises a :class:`~aura_node.errors.TransportError` out of :meth:`PeerLink.run`;
+before the socket closes the link sends ``Close(code, reason)`` so the peer can log why. An
+orderly end (:meth:`PeerLink.close`, e.g. a duplicate link being superseded) stops the writer,
+sends ``Close`` and keeps *reading* until the peer's own ``Close``: frames the peer wrote before
+it learned of the close are still delivered, so superseding a link loses nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from aura_node.errors import AuraError, TransportError
+from aura_node.transport.errors import (
+    FrameTooLargeError,
+    LinkBrokenError,
+    LinkTimeoutError,
+    PeerClosedError,
+    UnexpectedFrameError,
+)
+from aura_node.transport.framing import (
+    Close,
+    Data,
+    FrameEncoder,
+    Keepalive,
+)
+from aura_node.transport.handshake import Established, LinkStream
+
+#: A write batch stops growing at this size (the queue may hold more; the next batch takes it).
+BATCH_BYTES = 256 * 1024
+RECEIVE_BYTES = 256 * 1024
+#: How long an ending link waits to flush its Close and read the peer's.
+CLOSE_GRACE_SECONDS = 1.0
+
+_link_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """Per-peer counters, shared by the peer's successive links."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InboundData:
+    """One payload a pinned peer sent us (opaque bytes to the transport)."""
+
+    peer_name: str
+    device_id: str
+    payload: bytes
+
+
+class PeerLink:
+    """One established, authenticated link to a pinned peer."""
+
+    def __init__(
+        self,
+        established: Established,
+        *,
+        outbound: bool,
+        queue: trio.MemoryReceiveChannel[bytes],
+        inbound: trio.MemorySendChannel[InboundData],
+        counters: LinkCounters,
+        encoder: FrameEncoder,
+        keepalive_seconds: float,
+        idle_timeout: float,
+        log: Any,
+    ) -> None:
+        self.id = next(_link_ids)
+        self.peer = established.peer
+        self.outbound = outbound
+        self.dialer_device_id = established.dialer_device_id
+        self._stream: LinkStream = established.stream
+        self._decoder = established.decoder
+        self._queue = queue
+        self._inbound = inbound
+        self._counters = counters
+        self._encoder = encoder
+        self._keepalive = keepalive_seconds
+        self._idle_timeout = idle_timeout
+        self._log = log.bind(peer=self.peer.name, link=self.id)
+        self._active = trio.Event()
+        self._closing: tuple[str, str] | None = None
+        self._close_sent = False
+        self._take_scope: trio.CancelScope | None = None
+        #: why the peer ended the link, when it did so in order
+        self.peer_close: Close | None = None
+
+    def __repr__(self) -> str:
+        way = "outbound" if self.outbound else "inbound"
+        return f"PeerLink(#{self.id} {way} peer={self.peer.name})"
+
+    def is_closing(self) -> bool:
+        return self._closing is not None
+
+    def activate(self) -> None:
+        """Let the writer take payloads from the peer queue."""
+        self._active.set()
+
+    def close(self, code: str, reason: str) -> None:
+        """Begin an orderly close: no more payloads, send ``Close``, drain the peer's frames."""
+        if self._closing is None:
+            self._closing = (code, reason)
+        self._active.set()  # a writer still waiting for activation must wake up to send Close
+        if self._take_scope is not None:
+            self._take_scope.cancel()
+
+    # --- the link's life --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until the link ends. Returns after an orderly close; raises ``TransportError``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                await self._reader()
+                # The reader ends on the peer's Close or after our own orderly close; either way
+                # the writer only has the Close left to send.
+                self.close("closed", "peer closed the link")
+        except* (
+            TransportError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+        ) as group:
+            first = group.exceptions[0]
+            error = (
+                first
+                if isinstance(first, TransportError)
+                else LinkBrokenError(
+                    f"link to peer {self.peer.name} broke: {first.__cause__ or first}"
+                )
+            )
+            await self._abort(error)
+            raise error from None
+        finally:
+            await trio.aclose_forcefully(self._stream)
+
+    async def _abort(self, error: AuraError) -> None:
+        """Tell the peer why we drop the link (best effort), then let the socket close."""
+        if self._close_sent:
+            return
+        self._close_sent = True
+        with trio.move_on_after(CLOSE_GRACE_SECONDS) as scope:
+            scope.shield = True
+            try:
+                await self._stream.send_all(
+                    self._encoder.encode(Close(code=error.code, reason=error.message[:4096]))
+                )
+                # Half-close so the Close is not lost to a reset if unread bytes are pending.
+                await self._stream.transport_stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _reader(self) -> None:
+        decoder = self._decoder
+        stream = self._stream
+        inbound = self._inbound
+        counters = self._counters
+        name = self.peer.name
+        device_id = self.peer.device_id
+        while True:
+            while (frame := decoder.next_frame()) is not None:
+                if type(frame) is Data:
+                    counters.frames_in += 1
+                    item = InboundData(name, device_id, frame.payload)
+                    try:
+                        inbound.send_nowait(item)
+                    except trio.WouldBlock:
+                        await inbound.send(item)
+                elif type(frame) is Keepalive:
+                    pass
+                elif type(frame) is Close:
+                    self.peer_close = frame
+                    if frame.code in ("superseded", "closed", "shutdown", "peer_removed"):
+                        return
+                    raise PeerClosedError(
+                        f"peer {name} dropped the link: [{frame.code}] {frame.reason}"
+                    )
+                else:
+                    raise UnexpectedFrameError(
+                        f"unexpected {type(frame).__name__} frame #{decoder.frames_decoded} "
+                        f"from peer {name} on an established link"
+                    )
+            try:
+                with trio.fail_after(self._idle_timeout):
+                    data = await stream.receive_some(RECEIVE_BYTES)
+            except trio.TooSlowError:
+                if self._closing is not None:
+                    return  # the peer never confirmed our Close; nothing is lost by giving up
+                raise LinkTimeoutError(
+                    f"no frame from peer {name} for {self._idle_timeout:g} s "
+                    f"(keepalives are sent every {self._keepalive:g} s)"
+                ) from None
+            if not data:
+                if self._closing is not None:
+                    return
+                raise PeerClosedError(f"peer {name} closed the connection without a Close frame")
+            decoder.feed(data)
+
+    async def _take_first(self) -> bytes | None:
+        """The next queued payload; ``None`` after a keepalive interval or a close."""
+        with trio.move_on_after(self._keepalive) as scope:
+            self._take_scope = scope
+            try:
+                return await self._queue.receive()
+            except trio.EndOfChannel:
+                self.close("peer_removed", f"peer {self.peer.name} is no longer pinned")
+            finally:
+                self._take_scope = None
+        return None
+
+    async def _writer(self) -> None:
+        await self._active.wait()
+        stream = self._stream
+        queue = self._queue
+        encoder = self._encoder
+        counters = self._counters
+        buffer = bytearray()
+        # A call, not an attribute test: close() may flip it across any await.
+        while not self.is_closing():
+            payload = await self._take_first()
+            if payload is None:
+                if self.is_closing():
+                    break
+                encoder.append(buffer, Keepalive())
+                await stream.send_all(buffer)
+                buffer.clear()
+                continue
+            count = 0
+            while True:
+                try:
+                    encoder.append(buffer, Data(payload=payload))
+                    count += 1
+                except FrameTooLargeError as exc:
+                    # ``send`` checks sizes, so only a config change could get here.
+                    self._log.error("payload dropped", code=exc.code, reason=exc.message)
+                if len(buffer) >= BATCH_BYTES:
+                    break
+                try:
+                    payload = queue.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await stream.send_all(buffer)
+            counters.frames_out += count
+            buffer.clear()
+        assert self._closing is not None
+        code, reason = self._closing
+        if not self._close_sent:
+            self._close_sent = True
+            with trio.move_on_after(CLOSE_GRACE_SECONDS):
+                try:
+                    await stream.send_all(encoder.encode(Close(code=code, reason=reason)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
