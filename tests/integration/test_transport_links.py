@@ -161,9 +161,11 @@ async def test_simultaneous_dial_resolves_to_exactly_one_link() -> None:
             a.set_peers(a.pin_node(b))
             b.set_peers(b.pin_node(a))
             await wait_until(
-                lambda a=a, b=b: state(a, "b")["connections"] == 1  # type: ignore[misc]
-                and state(b, "a")["connections"] == 1
-                and state(a, "b")["state"] == state(b, "a")["state"] == "up"
+                lambda a=a, b=b: (
+                    state(a, "b")["connections"] == 1  # type: ignore[misc]
+                    and state(b, "a")["connections"] == 1
+                    and state(a, "b")["state"] == state(b, "a")["state"] == "up"
+                )
             )
             await trio.sleep(0.2)  # and it stays that way
             sa, sb = state(a, "b"), state(b, "a")

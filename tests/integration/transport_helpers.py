@@ -92,9 +92,9 @@ def state(n: Node, peer: str) -> dict[str, object]:
     return n.net.link_states()[peer]
 
 
-async def raw_link(me: Node, target: Node, *, max_frame_bytes: int = 1 << 20) -> trio.SSLStream[
-    trio.SocketStream
-]:
+async def raw_link(
+    me: Node, target: Node, *, max_frame_bytes: int = 1 << 20
+) -> trio.SSLStream[trio.SocketStream]:
     """A hand-driven client that completes the real handshake with ``target`` as ``me``."""
     stream = await trio.open_tcp_stream("127.0.0.1", target.port)
     local = LocalIdentity(
