@@ -14,7 +14,8 @@ as a msgpack array whose first element is the tag)::
     Close(code, reason)                                    orderly end, with why
 
 :class:`FrameDecoder` takes bytes in arbitrary chunks (``feed``) and hands back whole frames
-(``next_frame``); it never buffers more than one maximum-size frame plus one read. A length
+(``next_frame`` / ``frames``); it never buffers more than one maximum-size frame plus one
+read. A length
 above ``max_frame_bytes`` is refused as soon as the 4-byte prefix arrives (before the body is
 buffered), with the size and the limit in the message. Any error moves the decoder to a
 terminal failed state (the h2 habit): later calls raise the same error, because after a bad
@@ -28,7 +29,8 @@ stays up).
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Final, NoReturn
+from collections import deque
+from typing import Annotated, Final
 
 import msgspec
 
@@ -167,22 +169,39 @@ class FrameEncoder:
 
 
 class FrameDecoder:
-    """Bytes in (any chunking), frames out. Terminal after the first error."""
+    """Bytes in (any chunking), frames out. Terminal after the first error.
 
-    __slots__ = ("_buf", "_decoder", "_error", "_pos", "frames_decoded", "max_frame_bytes")
+    Whole frames are parsed in batches (one buffer view per batch, not per frame: decoding is
+    the receive path's per-frame cost) into a pending list; frames that arrived before a bad
+    one are still handed out, then the error is raised.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_decode",
+        "_error",
+        "_parsed",
+        "_pending",
+        "_pos",
+        "frames_decoded",
+        "max_frame_bytes",
+    )
 
     def __init__(self, *, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
+        decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
+        self._decode = decoder.decode
         self._buf = bytearray()
         self._pos = 0
+        self._pending: deque[Frame] = deque()
+        self._parsed = 0
         self._error: FrameError | None = None
-        #: frames handed out so far; errors name the frame number that failed
+        #: frames handed out so far
         self.frames_decoded = 0
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as frames."""
+        """Bytes received but not yet parsed into frames."""
         return len(self._buf) - self._pos
 
     @property
@@ -193,51 +212,62 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         if self._pos:
-            # Compact lazily: only the unread tail is kept.
+            # Compact lazily: only the unparsed tail is kept.
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+        self._parse()
 
     def next_frame(self) -> Frame | None:
         """The next whole frame, or ``None`` until more bytes are fed."""
+        if self._pending:
+            self.frames_decoded += 1
+            return self._pending.popleft()
         if self._error is not None:
             raise self._error
-        buf = self._buf
-        pos = self._pos
-        available = len(buf) - pos
-        if available < PREFIX_BYTES:
-            return None
-        (size,) = LENGTH_PREFIX.unpack_from(buf, pos)
-        if size > self.max_frame_bytes:
-            self._fail(
-                FrameTooLargeError(
-                    f"frame #{self.frames_decoded + 1} announces {size} bytes: "
-                    f"the maximum frame size is {self.max_frame_bytes} bytes"
-                )
-            )
-        if available < PREFIX_BYTES + size:
-            return None
-        start = pos + PREFIX_BYTES
-        end = start + size
-        try:
-            # A released view, so the bytearray can grow again on the next feed.
-            with memoryview(buf)[start:end] as view:
-                frame = self._decoder.decode(view)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._fail(
-                FrameError(f"malformed frame #{self.frames_decoded + 1} ({size} bytes): {exc}")
-            )
-        self._pos = end
-        self.frames_decoded += 1
-        return frame
+        return None
 
     def frames(self) -> list[Frame]:
-        """Every whole frame buffered now."""
-        out: list[Frame] = []
-        while (frame := self.next_frame()) is not None:
-            out.append(frame)
+        """Every whole frame received so far (raises once only the error is left)."""
+        if not self._pending:
+            if self._error is not None:
+                raise self._error
+            return []
+        out = list(self._pending)
+        self._pending.clear()
+        self.frames_decoded += len(out)
         return out
 
-    def _fail(self, error: FrameError) -> NoReturn:
-        self._error = error
-        raise error
+    def _parse(self) -> None:
+        buf = self._buf
+        pos = self._pos
+        size_all = len(buf)
+        limit = self.max_frame_bytes
+        decode = self._decode
+        out = self._pending
+        unpack_from = LENGTH_PREFIX.unpack_from
+        try:
+            # One view per batch; every slice of it is released as soon as decode returns.
+            with memoryview(buf) as view:
+                while size_all - pos >= PREFIX_BYTES:
+                    (size,) = unpack_from(buf, pos)
+                    if size > limit:
+                        self._error = FrameTooLargeError(
+                            f"frame #{self._parsed + 1} announces {size} bytes: "
+                            f"the maximum frame size is {limit} bytes"
+                        )
+                        return
+                    end = pos + PREFIX_BYTES + size
+                    if end > size_all:
+                        return
+                    try:
+                        out.append(decode(view[pos + PREFIX_BYTES : end]))
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        self._error = FrameError(
+                            f"malformed frame #{self._parsed + 1} ({size} bytes): {exc}"
+                        )
+                        return
+                    self._parsed += 1
+                    pos = end
+        finally:
+            self._pos = pos

@@ -79,7 +79,7 @@ def backoff_delay(attempt: int, *, base: float, cap: float, unit: float) -> floa
     if attempt <= 0:
         return 0.0
     step = min(cap, base * math.pow(2.0, min(attempt - 1, 60)))
-    return step / 2 + step / 2 * unit
+    return min(step, step / 2 + step / 2 * unit)  # min: float rounding near unit = 1
 
 
 class _PeerSlot:
