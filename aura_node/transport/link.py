@@ -140,31 +140,34 @@ class PeerLink:
 
     async def run(self) -> None:
         """Run until the link ends. Returns after an orderly close; raises ``TransportError``."""
+        error: TransportError | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
-                await self._reader()
-                # The reader ends on the peer's Close or after our own orderly close; either way
-                # the writer only has the Close left to send.
-                self.close("closed", "peer closed the link")
-        except* (
-            TransportError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            OSError,
-        ) as group:
-            first = group.exceptions[0]
-            error = (
-                first
-                if isinstance(first, TransportError)
-                else LinkBrokenError(
-                    f"link to peer {self.peer.name} broke: {first.__cause__ or first}"
-                )
-            )
-            await self._abort(error)
-            raise error from None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    await self._reader()
+                    # The reader ends on the peer's Close or after our own orderly close; either
+                    # way the writer only has the Close left to send.
+                    self.close("closed", "peer closed the link")
+            except* (
+                TransportError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+            ) as group:
+                # No raise in here: anything unmatched (Cancelled on shutdown) must propagate
+                # on its own, not wrapped in a group together with our error.
+                error = self._as_error(group.exceptions[0])
+            if error is not None:
+                await self._abort(error)
+                raise error
         finally:
             await trio.aclose_forcefully(self._stream)
+
+    def _as_error(self, exc: BaseException) -> TransportError:
+        if isinstance(exc, TransportError):
+            return exc
+        return LinkBrokenError(f"link to peer {self.peer.name} broke: {exc.__cause__ or exc}")
 
     async def _abort(self, error: AuraError) -> None:
         """Tell the peer why we drop the link (best effort), then let the socket close."""
