@@ -128,56 +128,63 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-async def _tls_sender(seed: bytes, rx_pk: str, port: int, count: int, repeats: int) -> list[float]:
+async def _raw_round(stream: trio.SocketStream, encoder: Any, count: int) -> float:
+    from aura_node.transport.framing import Data
+    from aura_node.transport.link import BATCH_BYTES
+
+    t0 = time.perf_counter()
+    buffer = bytearray()
+    for _ in range(count):
+        encoder.append(buffer, Data(payload=PAYLOAD))
+        if len(buffer) >= BATCH_BYTES:
+            await stream.send_all(buffer)
+            buffer.clear()
+    if buffer:
+        await stream.send_all(buffer)
+    with trio.fail_after(120):
+        ack = await stream.receive_some(1)
+    assert ack == b"d"
+    return count / (time.perf_counter() - t0)
+
+
+async def _tls_round(net: Any, recv: Any, count: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(count):
+        if not net.send_nowait("rx", PAYLOAD):
+            await net.send("rx", PAYLOAD)
+    with trio.fail_after(120):
+        ack = await recv.receive()
+    assert ack.payload == DONE
+    return count / (time.perf_counter() - t0)
+
+
+async def _measure(
+    tx_seed: bytes, rx_pk: str, tls_port: int, raw_port: int, count: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Alternate raw and mTLS rounds so both see the same machine load (it is shared)."""
     from aura_node.crypto.keys import DeviceKey
     from aura_node.transport import InboundData, PeerNetwork
+    from aura_node.transport.framing import FrameEncoder
 
-    key = DeviceKey.from_seed(seed)
-    cfg = _config("tx", "127.0.0.1:0", "rx", rx_pk, port)
+    cfg = _config("tx", "127.0.0.1:0", "rx", rx_pk, tls_port)
     send, recv = trio.open_memory_channel[InboundData](16)
-    net = PeerNetwork(key=key, config=cfg, registry_hash=b"bench", inbound=send)
-    rates: list[float] = []
-    async with trio.open_nursery() as nursery:
+    net = PeerNetwork(
+        key=DeviceKey.from_seed(tx_seed), config=cfg, registry_hash=b"bench", inbound=send
+    )
+    encoder = FrameEncoder(max_frame_bytes=cfg.transport.max_frame_bytes)
+    raw: list[float] = []
+    tls: list[float] = []
+    stream = await trio.open_tcp_stream("127.0.0.1", raw_port)
+    async with stream, trio.open_nursery() as nursery:
         await nursery.start(net.serve)
         with trio.fail_after(30):
             while net.link_states()["rx"]["state"] != "up":
                 await trio.sleep(0.01)
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(count):
-                if not net.send_nowait("rx", PAYLOAD):
-                    await net.send("rx", PAYLOAD)
-            with trio.fail_after(120):
-                ack = await recv.receive()
-            rates.append(count / (time.perf_counter() - t0))
-            assert ack.payload == DONE
+            raw.append(await _raw_round(stream, encoder, count))
+            tls.append(await _tls_round(net, recv, count))
         nursery.cancel_scope.cancel()
-    return rates
-
-
-async def _raw_sender(port: int, count: int, repeats: int, max_frame_bytes: int) -> list[float]:
-    from aura_node.transport.framing import Data, FrameEncoder
-    from aura_node.transport.link import BATCH_BYTES
-
-    encoder = FrameEncoder(max_frame_bytes=max_frame_bytes)
-    rates: list[float] = []
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            buffer = bytearray()
-            for _ in range(count):
-                encoder.append(buffer, Data(payload=PAYLOAD))
-                if len(buffer) >= BATCH_BYTES:
-                    await stream.send_all(buffer)
-                    buffer.clear()
-            if buffer:
-                await stream.send_all(buffer)
-            with trio.fail_after(120):
-                ack = await stream.receive_some(1)
-            rates.append(count / (time.perf_counter() - t0))
-            assert ack == b"d"
-    return rates
+    return raw, tls
 
 
 def run(args: Any) -> list[Figure]:
@@ -187,23 +194,22 @@ def run(args: Any) -> list[Figure]:
     # Link logs go to stderr at warning level so a --json run prints only figures.
     configure_logging(level="warning", fmt="json", stream=sys.stderr)
     quick = bool(getattr(args, "quick", False))
-    count = 20_000 if quick else 200_000
-    repeats = 3 if quick else 5
-    max_frame = 1024 * 1024
+    count = 20_000 if quick else 100_000
+    repeats = 3 if quick else 7
     tx_seed, rx_seed = os.urandom(32), os.urandom(32)
     tx_pk = DeviceKey.from_seed(tx_seed).public.hex()
     rx_pk = DeviceKey.from_seed(rx_seed).public.hex()
-
-    proc, port = _spawn("raw", count, b"")
+    raw_proc, raw_port = _spawn("raw", count, b"")
     try:
-        raw = trio.run(_raw_sender, port, count, repeats, max_frame)
+        tls_proc, tls_port = _spawn(
+            "tls", count, json.dumps({"seed": rx_seed.hex(), "tx": tx_pk}).encode()
+        )
+        try:
+            raw, tls = trio.run(_measure, tx_seed, rx_pk, tls_port, raw_port, count, repeats)
+        finally:
+            _stop(tls_proc)
     finally:
-        _stop(proc)
-    proc, port = _spawn("tls", count, json.dumps({"seed": rx_seed.hex(), "tx": tx_pk}).encode())
-    try:
-        tls = trio.run(_tls_sender, tx_seed, rx_pk, port, count, repeats)
-    finally:
-        _stop(proc)
+        _stop(raw_proc)
     return [
         Figure(
             name="link: 300 B payloads over mTLS PeerNetwork link, 2 processes",

@@ -10,9 +10,10 @@ A :class:`PeerLink` moves bytes between one TLS stream and the sans-IO codec
   feeds the decoder, and hands every ``Data`` payload to the node's bounded inbound channel
   (``send_nowait`` first: one checkpoint per read, not per frame; when the channel is full
   the reader waits, which stops reading the socket, which is TCP backpressure on the peer).
-* **writer**: waits until the link is *active*, then takes one payload from the peer's bounded
-  queue, drains whatever else is queued (up to ``BATCH_BYTES``) into one buffer and writes it
-  with a single ``send_all``. Idle for ``keepalive_seconds`` -> one ``Keepalive``.
+* **writer**: waits until the link is *active*, then takes everything queued for the peer (up
+  to ``BATCH_BYTES``) from its bounded :class:`~aura_node.transport.queue.PayloadQueue`,
+  encodes it into one buffer and writes it with a single ``send_all``. Idle for
+  ``keepalive_seconds`` -> one ``Keepalive``.
 
 The queue belongs to the peer, not the link: payloads queued while no link is up wait there,
 and a replacement link continues from it. Payloads a link had taken but not written when it
@@ -50,6 +51,7 @@ from aura_node.transport.framing import (
     Keepalive,
 )
 from aura_node.transport.handshake import Established, LinkStream
+from aura_node.transport.queue import PayloadQueue
 
 #: A write batch stops growing at this size (the queue may hold more; the next batch takes it).
 BATCH_BYTES = 256 * 1024
@@ -89,7 +91,7 @@ class PeerLink:
         established: Established,
         *,
         outbound: bool,
-        queue: trio.MemoryReceiveChannel[bytes],
+        queue: PayloadQueue,
         inbound: trio.MemorySendChannel[InboundData],
         counters: LinkCounters,
         encoder: FrameEncoder,
@@ -236,51 +238,39 @@ class PeerLink:
                 raise PeerClosedError(f"peer {name} closed the connection without a Close frame")
             decoder.feed(data)
 
-    async def _take_first(self) -> bytes | None:
-        """The next queued payload; ``None`` after a keepalive interval or a close."""
+    async def _take_batch(self) -> list[bytes]:
+        """The queued payloads (one batch); ``[]`` after a keepalive interval or a close."""
         with trio.move_on_after(self._keepalive) as scope:
             self._take_scope = scope
             try:
-                return await self._queue.receive()
+                return await self._queue.take(BATCH_BYTES)
             except trio.EndOfChannel:
                 self.close("peer_removed", f"peer {self.peer.name} is no longer pinned")
             finally:
                 self._take_scope = None
-        return None
+        return []
 
     async def _writer(self) -> None:
         await self._active.wait()
         stream = self._stream
-        queue = self._queue
-        encoder = self._encoder
+        append = self._encoder.append
         counters = self._counters
         buffer = bytearray()
         # A call, not an attribute test: close() may flip it across any await.
         while not self.is_closing():
-            payload = await self._take_first()
-            if payload is None:
+            batch = await self._take_batch()
+            if not batch:
                 if self.is_closing():
                     break
-                encoder.append(buffer, Keepalive())
-                await stream.send_all(buffer)
-                buffer.clear()
-                continue
-            count = 0
-            while True:
+                append(buffer, Keepalive())
+            for payload in batch:
                 try:
-                    encoder.append(buffer, Data(payload=payload))
-                    count += 1
+                    append(buffer, Data(payload=payload))
                 except FrameTooLargeError as exc:
                     # ``send`` checks sizes, so only a config change could get here.
                     self._log.error("payload dropped", code=exc.code, reason=exc.message)
-                if len(buffer) >= BATCH_BYTES:
-                    break
-                try:
-                    payload = queue.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
             await stream.send_all(buffer)
-            counters.frames_out += count
+            counters.frames_out += len(batch)
             buffer.clear()
         assert self._closing is not None
         code, reason = self._closing
@@ -288,6 +278,6 @@ class PeerLink:
             self._close_sent = True
             with trio.move_on_after(CLOSE_GRACE_SECONDS):
                 try:
-                    await stream.send_all(encoder.encode(Close(code=code, reason=reason)))
+                    await stream.send_all(self._encoder.encode(Close(code=code, reason=reason)))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass

@@ -55,6 +55,7 @@ from aura_node.transport.handshake import (
     dial_handshake,
 )
 from aura_node.transport.link import InboundData, LinkCounters, PeerLink
+from aura_node.transport.queue import PayloadQueue
 
 #: First reconnect delay; doubles per failed attempt up to ``reconnect_max_seconds``.
 RECONNECT_BASE_SECONDS = 0.1
@@ -92,7 +93,7 @@ class _PeerSlot:
         self.preferred_dialer = min(local_device_id, raw.device_id)
         self.pinned = PinnedPeer(name=config.name, public_key=raw.raw, device_id=raw.device_id)
         self.address = parse_address(config.address, what=f"peer {config.name} address")
-        self.queue_send, self.queue_recv = trio.open_memory_channel[bytes](queue_frames)
+        self.queue = PayloadQueue(queue_frames)
         self.counters = LinkCounters()
         self.active: PeerLink | None = None
         self.links: set[PeerLink] = set()
@@ -210,8 +211,8 @@ class PeerNetwork:
         """Queue ``payload`` for ``peer_name``; waits while the peer's queue is full."""
         slot = self._slot_for_send(peer_name, payload)
         try:
-            await slot.queue_send.send(payload)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            await slot.queue.put(payload)
+        except trio.ClosedResourceError:
             raise UnknownPeerNameError(
                 f"peer {peer_name!r} was removed while a payload waited for its queue"
             ) from None
@@ -220,10 +221,9 @@ class PeerNetwork:
         """Queue ``payload`` if there is room; ``False`` when the peer's queue is full."""
         slot = self._slot_for_send(peer_name, payload)
         try:
-            slot.queue_send.send_nowait(payload)
-        except trio.WouldBlock:
-            return False
-        return True
+            return slot.queue.put_nowait(payload)
+        except trio.ClosedResourceError:
+            raise UnknownPeerNameError(f"peer {peer_name!r} is no longer pinned") from None
 
     def link_states(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
@@ -237,7 +237,7 @@ class PeerNetwork:
                 "last_error": slot.last_error,
                 "frames_in": slot.counters.frames_in,
                 "frames_out": slot.counters.frames_out,
-                "queued": slot.queue_send.statistics().current_buffer_used,
+                "queued": len(slot.queue),
                 "device_id": slot.pinned.device_id,
                 "address": slot.config.address,
                 "direction": None
@@ -298,7 +298,7 @@ class PeerNetwork:
         for link in list(slot.links):
             link.close("peer_removed", f"peer {slot.pinned.name} is no longer pinned")
         # Wakes senders blocked on the full queue with an error instead of leaving them hanging.
-        slot.queue_send.close()
+        slot.queue.close()
         self._log.info("peer unpinned", peer=slot.pinned.name)
 
     def _lookup(self, public_key: bytes) -> PinnedPeer | None:
@@ -413,7 +413,7 @@ class PeerNetwork:
         link = PeerLink(
             established,
             outbound=outbound,
-            queue=slot.queue_recv,
+            queue=slot.queue,
             inbound=self._inbound,
             counters=slot.counters,
             encoder=self._encoder,
