@@ -12,7 +12,9 @@ the same batching, measured in the same run (target >= 0.4x).
   (``link.BATCH_BYTES``); the receiver decodes every frame with the same ``FrameDecoder``.
   So the ratio is what TLS, the bounded queues and the link tasks cost.
 
-The child gets its key seed on stdin (never argv) and prints its port on stdout.
+Both children run at once and the rounds alternate (raw, mTLS, raw, mTLS, ...), so the two
+medians see the same load on a shared machine. Each child gets its key seed on stdin (never
+argv) and prints its port on stdout.
 """
 
 from __future__ import annotations
