@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 import trio
 
-from aura_node.errors import AuraError, TransportError
+from aura_node.errors import TransportError
 from aura_node.transport.errors import (
     FrameTooLargeError,
     LinkBrokenError,
@@ -161,9 +161,12 @@ class PeerLink:
                 # on its own, not wrapped in a group together with our error.
                 error = self._as_error(group.exceptions[0])
             if error is not None:
-                await self._abort(error)
+                await self._send_close(error.code, error.message)
                 raise error
         finally:
+            if not self._close_sent:
+                # Cancelled (the node is stopping): say so, so the peer logs an orderly end.
+                await self._send_close("shutdown", "the node is shutting down")
             await trio.aclose_forcefully(self._stream)
 
     def _as_error(self, exc: BaseException) -> TransportError:
@@ -171,8 +174,8 @@ class PeerLink:
             return exc
         return LinkBrokenError(f"link to peer {self.peer.name} broke: {exc.__cause__ or exc}")
 
-    async def _abort(self, error: AuraError) -> None:
-        """Tell the peer why we drop the link (best effort), then let the socket close."""
+    async def _send_close(self, code: str, reason: str) -> None:
+        """Tell the peer why the link ends (best effort, bounded, shielded from cancellation)."""
         if self._close_sent:
             return
         self._close_sent = True
@@ -180,7 +183,7 @@ class PeerLink:
             scope.shield = True
             try:
                 await self._stream.send_all(
-                    self._encoder.encode(Close(code=error.code, reason=error.message[:4096]))
+                    self._encoder.encode(Close(code=code, reason=reason[:4096]))
                 )
                 # Half-close so the Close is not lost to a reset if unread bytes are pending.
                 await self._stream.transport_stream.send_eof()

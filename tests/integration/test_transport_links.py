@@ -282,3 +282,20 @@ async def test_update_peers_unpins_and_send_refuses_unknown_names() -> None:
         else:
             raise AssertionError("send to an unpinned peer must fail")
         n.cancel_scope.cancel()
+
+
+async def test_stopping_a_node_closes_its_links_in_order() -> None:
+    with capture_logs() as logs:
+        a, b = node("a", 1), node("b", 2)
+        async with trio.open_nursery() as n:
+            await a.start(n)
+            await b.start(n)
+            a.set_peers(a.pin_node(b))
+            b.set_peers(b.pin_node(a))
+            await wait_until(lambda: state(a, "b")["state"] == state(b, "a")["state"] == "up")
+            b.stop()
+            await wait_until(lambda: state(a, "b")["state"] != "up")
+            n.cancel_scope.cancel()
+    closed = [e for e in events(logs, "a", "link closed") if e.get("code") == "shutdown"]
+    assert closed and closed[0]["peer"] == "b"
+    assert not [e for e in events(logs, "a", "link dropped") if e["peer"] == "b"]
