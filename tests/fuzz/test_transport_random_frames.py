@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.integration.transport_helpers import Node, events, node, raw_link, wait_until
+from tests.integration.test_transport_support import Node, events, node, raw_link, wait_until
 
 SETTINGS = settings(
     max_examples=25,

@@ -7,7 +7,7 @@ from structlog.testing import capture_logs
 
 from aura_node.errors import TransportError
 from aura_node.transport.framing import Data, FrameEncoder, Hello
-from tests.integration.transport_helpers import (
+from tests.integration.test_transport_support import (
     events,
     node,
     raw_link,

@@ -1,4 +1,4 @@
-"""Helpers shared by the transport integration and fuzz tests: real nodes on 127.0.0.1:0."""
+"""Support for the transport integration and fuzz tests (no tests here): real nodes, port 0."""
 
 from __future__ import annotations
 
