@@ -154,3 +154,19 @@ def test_backoff_is_jittered_exponential_and_capped(attempt: int, unit: float) -
     assert step / 2 <= d <= step
     assert d <= 10.0
     assert backoff_delay(0, base=0.1, cap=10.0, unit=unit) == 0.0
+
+
+def test_sans_io_modules_do_not_import_trio() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import aura_node.transport.framing, aura_node.transport.preface\n"
+        "import aura_node.transport.errors\n"
+        "assert 'trio' not in sys.modules, 'trio imported'\n"
+        "from aura_node.transport import PeerNetwork, InboundData\n"
+        "assert 'trio' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
