@@ -3,6 +3,8 @@ bad peer is dropped with a logged reason; the node and its other link keep worki
 
 from __future__ import annotations
 
+import os
+
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,8 +12,9 @@ from structlog.testing import capture_logs
 
 from tests.integration.test_transport_support import Node, events, node, raw_link, wait_until
 
+# CI runs a bounded number of examples; AURA_FULL_TESTS=1 runs many more.
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=300 if os.environ.get("AURA_FULL_TESTS") == "1" else 25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=False,
