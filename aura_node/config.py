@@ -80,6 +80,8 @@ class TransportSection:
     reconnect_max_seconds: float = 10.0
     #: frames queued per peer before senders wait (backpressure)
     peer_queue_frames: int = 1024
+    #: an idle link sends a keepalive after this long; three times it without a frame drops it
+    keepalive_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
