@@ -80,6 +80,8 @@ class TransportSection:
     reconnect_max_seconds: float = 10.0
     #: frames queued per peer before senders wait (backpressure)
     peer_queue_frames: int = 1024
+    #: an idle link sends a keepalive after this long; three times it without a frame drops it
+    keepalive_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,8 +161,7 @@ def _build(cls: type[Any], table: object, where: str) -> Any:
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in [{where}]: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(known))})"
+            f"unknown key(s) in [{where}]: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
         )
     values: dict[str, Any] = {}
     for name, value in table.items():
@@ -173,8 +174,7 @@ def _build(cls: type[Any], table: object, where: str) -> Any:
             raise ConfigError(f"[{where}] {name} must be {_tname(expected)}, got a boolean")
         if not isinstance(value, expected):
             raise ConfigError(
-                f"[{where}] {name} must be {_tname(expected)}, got {type(value).__name__} "
-                f"{value!r}"
+                f"[{where}] {name} must be {_tname(expected)}, got {type(value).__name__} {value!r}"
             )
         if name in _ALLOWED and value not in _ALLOWED[name]:
             allowed = ", ".join(map(str, _ALLOWED[name]))

@@ -19,9 +19,7 @@ from aura_node.errors import ConfigError, HomeError
 
 
 def add_home_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--home", default=None, help="node home directory (default: $AURA_HOME)"
-    )
+    p.add_argument("--home", default=None, help="node home directory (default: $AURA_HOME)")
 
 
 def register(sub: Any) -> None:
@@ -84,8 +82,12 @@ def identity_json(cfg: NodeConfig, public_key: str, device_id: str) -> dict[str,
 
 def cmd_init(args: argparse.Namespace) -> int:
     home = NodeHome.resolve(args.home)
-    print_json({**init_home(home, name=args.name, listen=args.listen, role=args.role),
-                "home": str(home.root)})
+    print_json(
+        {
+            **init_home(home, name=args.name, listen=args.listen, role=args.role),
+            "home": str(home.root),
+        }
+    )
     return 0
 
 
