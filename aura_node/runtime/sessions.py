@@ -390,7 +390,7 @@ class SessionRuntime:
             if spec is None:
                 raise EnvelopeError(f"no protocol {env.choreography!r} on this node")
             key = self.peers.key(peer)
-            if key is None or key.device_id != data.device_id:
+            if key is None or self.peers.device_id(peer) != data.device_id:
                 raise EnvelopeError(f"{peer!r} is not a pinned peer (or its key changed)")
             opened = open_envelope(env, link_device_id=data.device_id, link_key=key,
                                    message_types=spec.message_types)
