@@ -1,0 +1,91 @@
+"""Local types: one role's view of a choreography, as a finite state machine.
+
+A local type is data (h11's "transitions as a table"): the monitor, the renderers, the
+conformance checker of ``aura_node.session`` and the test interpreter all read the same
+``transitions`` tuple.
+
+Actions:
+
+- ``send``: this role sends ``message`` to ``peer`` (a role, or a role set: one logical send the
+  runtime fans out to every member).
+- ``recv``: this role receives ``message`` from ``peer``.
+- ``gather``: this role collects ``message`` from ``threshold`` distinct members of the role set
+  ``peer``; the transition fires when the threshold is met. A gather state always also has a
+  ``timeout`` transition (its ``deadline`` names the duration the runtime binds from config).
+- ``timeout``: the deadline of this state's wait passed (``peer`` is "", ``message`` None).
+- ``abort``: this role gives up; the runtime then sends the abort message to every role.
+
+Transitions marked ``implicit`` are the same in every non-final state (any role may abort from
+anywhere, and the abort message is accepted everywhere); renderers draw them once as a note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Action = Literal["send", "recv", "gather", "timeout", "abort"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalTransition:
+    source: str  # local state name
+    action: Action
+    peer: str  # role (or role set) name on the other side ("" for timeout/abort)
+    message: type | None  # msgspec Struct class, None for timeout/abort
+    target: str  # local state name
+    threshold: int | None = None  # for gather: k, bound for this session
+    threshold_expr: str | None = None  # for gather: the declared form, e.g. "t of n"
+    deadline: str | None = None  # for gather/timeout: the deadline's declared name
+    implicit: bool = False  # the any-state abort edges
+    where: str = ""  # source file:line of the interaction this comes from
+
+    def describe(self) -> str:
+        name = self.message.__name__ if self.message is not None else ""
+        if self.action == "send":
+            return f"send {name} to {self.peer}"
+        if self.action == "recv":
+            return f"recv {name} from {self.peer}"
+        if self.action == "gather":
+            return f"gather {self.threshold_expr or self.threshold} {name} from {self.peer}"
+        if self.action == "timeout":
+            return f"timeout ({self.deadline})" if self.deadline else "timeout"
+        return "abort"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalType:
+    choreography: str
+    role: str
+    initial: str
+    states: tuple[str, ...]
+    final: frozenset[str]
+    phases: Mapping[str, str]  # local state name -> phase label where labelled
+    transitions: tuple[LocalTransition, ...]
+    abort_state: str = ""
+    abort_message: type | None = None
+    bindings: Mapping[str, int] = field(default_factory=dict)  # sizes and thresholds bound
+    set_sizes: Mapping[str, int] = field(default_factory=dict)  # role set name -> bound size
+    _by_source: Mapping[str, tuple[LocalTransition, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        grouped: dict[str, list[LocalTransition]] = {s: [] for s in self.states}
+        for t in self.transitions:
+            grouped.setdefault(t.source, []).append(t)
+        object.__setattr__(self, "_by_source", {s: tuple(ts) for s, ts in grouped.items()})
+
+    def outgoing(self, state: str) -> tuple[LocalTransition, ...]:
+        """Transitions leaving ``state`` (implicit abort edges included)."""
+        try:
+            return self._by_source[state]
+        except KeyError:
+            raise KeyError(
+                f"{self.choreography}/{self.role} has no state {state!r} (has: {self.states})"
+            ) from None
+
+    def explicit(self, state: str) -> tuple[LocalTransition, ...]:
+        """Transitions leaving ``state`` without the implicit abort edges."""
+        return tuple(t for t in self.outgoing(state) if not t.implicit)

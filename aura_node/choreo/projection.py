@@ -1,0 +1,814 @@
+"""Projection: from the global choreography to one local type (state machine) per role.
+
+Theory of operation
+-------------------
+Projection runs in two steps.
+
+1. ``Projector`` walks the global AST for one role and builds a *local tree*: ``LSend``,
+   ``LIn`` (a receive state: plain receives, gathers, an optional timeout), ``LChoose``
+   (an internal choice of this role), ``LEnd``, ``LAbort`` (this role must abort),
+   ``LWaitAbort`` (nothing left to do but wait for somebody's abort), ``LRec``/``LVar``.
+   Blocks are projected in continuation-passing style, so a branch that falls through is
+   followed by the projection of what comes after its construct, with the phase labels in
+   force at the end of that branch.
+
+   Knowledge of choice is checked by *merging* (Honda-Yoshida-Carbone projection with full
+   merge): a role that does not make a decision (a ``choice``, the quorum/timeout outcome of a
+   gather, a receiver's timeout) has one local tree per outcome; they merge when they are
+   equal, or when both are receive states (the role learns the outcome from which message
+   arrives; same message, same continuation). ``LWaitAbort`` is the unit of merge: an outcome
+   in which somebody aborts needs no announcement, because the abort message is accepted in
+   every state. A failed merge is a ``knowledge_of_choice`` error naming both behaviours.
+
+2. ``to_local_type`` turns the tree into a finite state machine for concrete session
+   parameters: symbolic thresholds are bound, a timeout whose branch is "abort" goes straight
+   to the abort state, the implicit abort edges are added to every non-final state, the
+   machine is minimised (Moore partition refinement, so a continuation duplicated by
+   continuation-passing becomes one state again) and states are named after their phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from aura_node.choreo.errors import BindingError, IllFormedChoreography
+from aura_node.choreo.local import Action, LocalTransition, LocalType
+from aura_node.choreo.syntax import (
+    Abort,
+    Again,
+    AllMembers,
+    AllToAll,
+    Block,
+    Choice,
+    Choreography,
+    Declaration,
+    End,
+    Gather,
+    Loop,
+    Phase,
+    Role,
+    Send,
+    Statement,
+    Threshold,
+    ThresholdExpr,
+)
+
+# --- local trees ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LEnd:
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LWaitAbort:
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LAbort:
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LSend:
+    peer: str
+    message: type
+    cont: LNode
+    phase: str | None
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LBranch:
+    peer: str
+    message: type
+    threshold: ThresholdExpr | None  # None: a plain receive
+    cont: LNode
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LTimeout:
+    deadline: str
+    cont: LNode
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LIn:
+    branches: tuple[LBranch, ...]
+    timeout: LTimeout | None
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LChoose:
+    alts: tuple[LNode, ...]
+    phase: str | None
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LRec:
+    label: str
+    body: LNode
+
+
+@dataclass(frozen=True, slots=True)
+class LVar:
+    label: str
+
+
+LNode: TypeAlias = "LEnd | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar"
+
+
+def phase_of(node: LNode) -> str | None:
+    if isinstance(node, LRec):
+        return phase_of(node.body)
+    if isinstance(node, LVar):
+        return None
+    return node.phase
+
+
+def describe(node: LNode) -> str:
+    """What the role does first in ``node``, for error messages."""
+    if isinstance(node, LEnd):
+        return "ends" + (f" in phase {node.phase}" if node.phase else "")
+    if isinstance(node, LWaitAbort):
+        return "has nothing to do (only an abort can come)"
+    if isinstance(node, LAbort):
+        return "aborts"
+    if isinstance(node, LSend):
+        return f"sends {node.message.__name__} to {node.peer}"
+    if isinstance(node, LIn):
+        parts = [
+            (f"gathers {b.threshold} " if b.threshold is not None else "receives ")
+            + f"{b.message.__name__} from {b.peer}"
+            for b in node.branches
+        ]
+        if node.timeout is not None:
+            parts.append(f"times out ({node.timeout.deadline})")
+        return " or ".join(parts) if parts else "waits"
+    if isinstance(node, LChoose):
+        return " or ".join(describe(a) for a in node.alts)
+    if isinstance(node, LRec):
+        return describe(node.body)
+    return f"loops back to {node.label!r}"
+
+
+class _Conflict(Exception):
+    def __init__(self, left: LNode, right: LNode, *, phases: tuple[str, str] | None = None) -> None:
+        super().__init__()
+        self.left = left
+        self.right = right
+        self.phases = phases
+
+
+def _merge_phase(a: str | None, b: str | None, left: LNode, right: LNode) -> str | None:
+    if a is not None and b is not None and a != b:
+        raise _Conflict(left, right, phases=(a, b))
+    return a if a is not None else b
+
+
+def merge(a: LNode, b: LNode) -> LNode:
+    """Full merge of two outcomes a role cannot tell apart yet (raises ``_Conflict``)."""
+    if a == b:
+        return a
+    if isinstance(a, LWaitAbort):
+        return b
+    if isinstance(b, LWaitAbort):
+        return a
+    if isinstance(a, LIn) and isinstance(b, LIn):
+        phase = _merge_phase(a.phase, b.phase, a, b)
+        timeout = a.timeout
+        if a.timeout != b.timeout:
+            if a.timeout is None or b.timeout is None or a.timeout.deadline != b.timeout.deadline:
+                raise _Conflict(a, b)
+            timeout = LTimeout(
+                a.timeout.deadline, merge(a.timeout.cont, b.timeout.cont), a.timeout.where
+            )
+        branches: dict[tuple[str, type], LBranch] = {(x.peer, x.message): x for x in a.branches}
+        for y in b.branches:
+            key = (y.peer, y.message)
+            x = branches.get(key)
+            if x is None:
+                branches[key] = y
+            elif x.threshold != y.threshold:
+                raise _Conflict(a, b)
+            else:
+                branches[key] = LBranch(
+                    x.peer, x.message, x.threshold, merge(x.cont, y.cont), x.where
+                )
+        return LIn(tuple(branches.values()), timeout, phase)
+    if isinstance(a, LSend) and isinstance(b, LSend) and (a.peer, a.message) == (b.peer, b.message):
+        return LSend(
+            a.peer, a.message, merge(a.cont, b.cont), _merge_phase(a.phase, b.phase, a, b), a.where
+        )
+    if isinstance(a, LRec) and isinstance(b, LRec) and a.label == b.label:
+        return LRec(a.label, merge(a.body, b.body))
+    raise _Conflict(a, b)
+
+
+def _initiating(node: LNode) -> list[tuple[str, str, type | None]] | None:
+    """First actions of a decider's branch; None when the branch does not start with its own
+    send or abort (then nobody could learn the decision from it)."""
+    if isinstance(node, LSend):
+        return [("send", node.peer, node.message)]
+    if isinstance(node, LAbort):
+        return [("abort", "", None)]
+    if isinstance(node, LRec):
+        return _initiating(node.body)
+    if isinstance(node, LChoose):
+        out: list[tuple[str, str, type | None]] = []
+        for alt in node.alts:
+            first = _initiating(alt)
+            if first is None:
+                return None
+            out.extend(first)
+        return out
+    return None
+
+
+def involved(block: Block) -> set[str]:
+    """Roles that take part in some interaction of ``block`` (phase labels do not count)."""
+    out: set[str] = set()
+    for s in block:
+        if isinstance(s, Send):
+            out |= {s.sender, s.receiver}
+            out |= involved(s.on_timeout)
+        elif isinstance(s, Gather):
+            out |= {s.senders, s.receiver}
+            out |= involved(s.on_quorum) | involved(s.on_timeout)
+        elif isinstance(s, AllToAll):
+            out.add(s.group)
+        elif isinstance(s, Choice):
+            out.add(s.decider)
+            for br in s.branches:
+                out |= involved(br.body)
+        elif isinstance(s, Loop):
+            out |= involved(s.body)
+        elif isinstance(s, Abort):
+            out.add(s.role)
+    return out
+
+
+def _mentions(node: LNode, label: str) -> bool:
+    if isinstance(node, LVar):
+        return node.label == label
+    if isinstance(node, LSend):
+        return _mentions(node.cont, label)
+    if isinstance(node, LIn):
+        return any(_mentions(b.cont, label) for b in node.branches) or (
+            node.timeout is not None and _mentions(node.timeout.cont, label)
+        )
+    if isinstance(node, LChoose):
+        return any(_mentions(a, label) for a in node.alts)
+    if isinstance(node, LRec):
+        return node.label != label and _mentions(node.body, label)
+    return False
+
+
+def threshold_text(t: ThresholdExpr) -> str:
+    return str(t)
+
+
+# --- step 1: the projector --------------------------------------------------------------------
+
+Phases: TypeAlias = "dict[str, str]"
+Trace: TypeAlias = "tuple[str, ...]"
+Cont: TypeAlias = "Callable[[Phases, Trace], LNode]"
+
+
+class Projector:
+    """Projects one choreography onto one role; errors are appended to ``errors``."""
+
+    def __init__(self, decl: Declaration, role: str, errors: list[IllFormedChoreography]) -> None:
+        self.decl = decl
+        self.role = role
+        self.errors = errors
+
+    def run(self) -> LNode:
+        return self.block(self.decl.body, 0, {}, (), lambda ph, tr: LEnd(ph.get(self.role)))
+
+    def err(self, kind: str, where: str, what: str, trace: Sequence[str]) -> None:
+        self.errors.append(
+            IllFormedChoreography(
+                choreography=self.decl.name, kind=kind, where=where, what=what, trace=trace
+            )
+        )
+
+    def merge_at(
+        self, where: str, what: str, trace: Trace, alts: Sequence[tuple[str, LNode]]
+    ) -> LNode:
+        label, acc = alts[0]
+        for other_label, node in alts[1:]:
+            try:
+                acc = merge(acc, node)
+            except _Conflict as c:
+                if c.phases is not None:
+                    self.err(
+                        "phase_conflict",
+                        where,
+                        f"role {self.role!r} would be in phase {c.phases[0]!r} after {label!r} "
+                        f"but in phase {c.phases[1]!r} after {other_label!r}, before it can "
+                        f"learn the {what}",
+                        trace,
+                    )
+                    return acc
+                self.err(
+                    "knowledge_of_choice",
+                    where,
+                    f"role {self.role!r} cannot learn the {what}: after {label!r} it "
+                    f"{describe(c.left)}, after {other_label!r} it {describe(c.right)}",
+                    trace,
+                )
+                return acc
+            label = f"{label}/{other_label}"
+        return acc
+
+    def block(self, stmts: Block, i: int, ph: Phases, tr: Trace, k: Cont) -> LNode:
+        if i == len(stmts):
+            return k(ph, tr)
+
+        def rest(ph2: Phases, tr2: Trace) -> LNode:
+            return self.block(stmts, i + 1, ph2, tr2, k)
+
+        return self.statement(stmts[i], ph, tr, rest)
+
+    def statement(self, s: Statement, ph: Phases, tr: Trace, rest: Cont) -> LNode:
+        me = self.role
+        cur = ph.get(me)
+        if isinstance(s, Phase):
+            return rest({**ph, me: s.label} if s.role == me else ph, tr)
+        if isinstance(s, Send):
+            tr2 = (*tr, f"{s.sender} -> {s.receiver}: {s.message.__name__}")
+            if s.sender == s.receiver:
+                return rest(ph, tr2)  # reported by the syntactic check
+            if me == s.sender:
+                return LSend(s.receiver, s.message, rest(ph, tr2), cur, s.where)
+            timed_out: LNode | None = None
+            if s.deadline is not None:
+                timed_out = self.block(
+                    s.on_timeout, 0, ph, (*tr2, f"{s.receiver} times out ({s.deadline})"), rest
+                )
+            if me == s.receiver:
+                timeout = (
+                    None if timed_out is None else LTimeout(s.deadline or "", timed_out, s.where)
+                )
+                return LIn(
+                    (LBranch(s.sender, s.message, None, rest(ph, tr2), s.where),), timeout, cur
+                )
+            if timed_out is not None:
+                return self.merge_at(
+                    s.where,
+                    f"timeout decision of {s.receiver} ({s.deadline})",
+                    tr2,
+                    [("delivered", rest(ph, tr2)), ("timeout", timed_out)],
+                )
+            return rest(ph, tr2)
+        if isinstance(s, Gather):
+            opt = ", optional" if s.optional else ""
+            tr2 = (
+                *tr,
+                f"{s.senders} -> {s.receiver}: {s.message.__name__} "
+                f"[gather {threshold_text(s.threshold)}{opt}]",
+            )
+            quorum = self.block(s.on_quorum, 0, ph, (*tr2, "quorum"), rest)
+            timed_out = self.block(
+                s.on_timeout, 0, ph, (*tr2, f"{s.receiver} times out ({s.deadline})"), rest
+            )
+            if me == s.receiver:
+                timeout = None if s.deadline is None else LTimeout(s.deadline, timed_out, s.where)
+                return LIn(
+                    (LBranch(s.senders, s.message, s.threshold, quorum, s.where),), timeout, cur
+                )
+            outcome = self.merge_at(
+                s.where,
+                f"outcome of the gather by {s.receiver} (quorum or timeout)",
+                tr2,
+                [("quorum", quorum), ("timeout", timed_out)],
+            )
+            if me == s.senders:
+                send = LSend(s.receiver, s.message, outcome, cur, s.where)
+                return LChoose((send, outcome), cur, s.where) if s.optional else send
+            return outcome
+        if isinstance(s, AllToAll):
+            tr2 = (
+                *tr,
+                f"{s.group} -> {s.group}: {s.message.__name__} "
+                f"[all-to-all, gather {threshold_text(s.threshold)}]",
+            )
+            if me != s.group:
+                return rest(ph, tr2)
+            timeout = None if s.deadline is None else LTimeout(s.deadline, LAbort(cur), s.where)
+            gather = LIn(
+                (LBranch(s.group, s.message, s.threshold, rest(ph, tr2), s.where),), timeout, cur
+            )
+            return LSend(s.group, s.message, gather, cur, s.where)
+        if isinstance(s, Choice):
+            alts = [
+                (
+                    br.label,
+                    self.block(br.body, 0, ph, (*tr, f"{s.decider} chooses {br.label!r}"), rest),
+                )
+                for br in s.branches
+            ]
+            if not alts:
+                return rest(ph, tr)
+            if me != s.decider:
+                return self.merge_at(s.where, f"choice by {s.decider}", tr, alts)
+            seen: dict[tuple[str, str, type | None], str] = {}
+            for label, node in alts:
+                first = _initiating(node)
+                if first is None:
+                    self.err(
+                        "choice_not_initiated",
+                        s.where,
+                        f"branch {label!r} of the choice by {s.decider!r} does not start with "
+                        f"a message from {s.decider!r} (it {describe(node)}), so no other role "
+                        "can learn the decision",
+                        (*tr, f"{s.decider} chooses {label!r}"),
+                    )
+                    continue
+                for key in first:
+                    if key in seen and seen[key] != label:
+                        name = key[2].__name__ if key[2] is not None else "abort"
+                        self.err(
+                            "ambiguous_choice",
+                            s.where,
+                            f"branches {seen[key]!r} and {label!r} of the choice by "
+                            f"{s.decider!r} both start with {key[0]} {name}"
+                            + (f" to {key[1]}" if key[1] else "")
+                            + ", so the receiver cannot tell them apart",
+                            (*tr, f"{s.decider} chooses {label!r}"),
+                        )
+                    seen.setdefault(key, label)
+            return LChoose(tuple(n for _, n in alts), cur, s.where)
+        if isinstance(s, Loop):
+            if me not in involved(s.body):
+                return rest(ph, tr)
+            body = self.block(s.body, 0, ph, (*tr, f"loop {s.label!r}"), rest)
+            return LRec(s.label, body) if _mentions(body, s.label) else body
+        if isinstance(s, Again):
+            return LVar(s.label)
+        if isinstance(s, End):
+            return LEnd(cur)
+        # Abort
+        return LAbort(cur) if s.role == me else LWaitAbort(cur)
+
+
+# --- step 2: the state machine -----------------------------------------------------------------
+
+
+class _State:
+    __slots__ = ("final", "phase", "trans")
+
+    def __init__(self, phase: str | None, final: bool = False) -> None:
+        self.phase = phase
+        self.final = final
+        # (action, peer, message, threshold expr, deadline, target, implicit, where)
+        self.trans: list[
+            tuple[Action, str, type | None, ThresholdExpr | None, str | None, int, bool, str]
+        ] = []
+
+
+def _msg_key(t: type | None) -> str:
+    return "" if t is None else f"{t.__module__}.{t.__qualname__}"
+
+
+class _MachineBuilder:
+    def __init__(self, decl: Declaration, role: str, errors: list[IllFormedChoreography]) -> None:
+        self.decl = decl
+        self.role = role
+        self.errors = errors
+        self.states: list[_State] = []
+        self.abort_id = self._new(decl.abort_phase, final=True)
+        self.end_ids: dict[str | None, int] = {}
+        self.aliases: list[tuple[int, int]] = []
+
+    def _new(self, phase: str | None, final: bool = False) -> int:
+        self.states.append(_State(phase, final))
+        return len(self.states) - 1
+
+    def err(self, kind: str, where: str, what: str) -> None:
+        self.errors.append(
+            IllFormedChoreography(choreography=self.decl.name, kind=kind, where=where, what=what)
+        )
+
+    def build(self, node: LNode, env: dict[str, int]) -> int:
+        if isinstance(node, LVar):
+            target = env.get(node.label)
+            if target is None:
+                self.err("bad_loop", self.decl.where, f"again({node.label!r}) outside its loop")
+                return self.abort_id
+            return target
+        if isinstance(node, LEnd):
+            sid = self.end_ids.get(node.phase)
+            if sid is None:
+                sid = self.end_ids[node.phase] = self._new(node.phase, final=True)
+            return sid
+        sid = self._new(phase_of(node))
+        self.fill(sid, node, env)
+        return sid
+
+    def fill(self, sid: int, node: LNode, env: dict[str, int]) -> None:
+        st = self.states[sid]
+        if isinstance(node, LSend):
+            st.trans.append(
+                (
+                    "send",
+                    node.peer,
+                    node.message,
+                    None,
+                    None,
+                    self.build(node.cont, env),
+                    False,
+                    node.where,
+                )
+            )
+        elif isinstance(node, LIn):
+            deadline = node.timeout.deadline if node.timeout is not None else None
+            for b in node.branches:
+                action: Action = "recv" if b.threshold is None else "gather"
+                st.trans.append(
+                    (
+                        action,
+                        b.peer,
+                        b.message,
+                        b.threshold,
+                        deadline if action == "gather" else None,
+                        self.build(b.cont, env),
+                        False,
+                        b.where,
+                    )
+                )
+            if node.timeout is not None:
+                cont = node.timeout.cont
+                target = self.abort_id if isinstance(cont, LAbort) else self.build(cont, env)
+                st.trans.append(
+                    ("timeout", "", None, None, deadline, target, False, node.timeout.where)
+                )
+        elif isinstance(node, LChoose):
+            for alt in node.alts:
+                self.fill(sid, alt, env)
+        elif isinstance(node, LAbort):
+            st.trans.append(("abort", "", None, None, None, self.abort_id, False, ""))
+        elif isinstance(node, LEnd):
+            st.final = True
+        elif isinstance(node, LRec):
+            self.fill(sid, node.body, {**env, node.label: sid})
+        elif isinstance(node, LVar):
+            head = env.get(node.label)
+            if head is None or head == sid:
+                self.err(
+                    "bad_loop",
+                    self.decl.where,
+                    f"role {self.role!r}: unguarded recursion on loop {node.label!r}",
+                )
+            else:
+                self.aliases.append((sid, head))
+        # LWaitAbort: only the implicit abort edges leave this state
+
+    def resolve_aliases(self) -> None:
+        # A state that "behaves like" a loop head (an optional send whose other outcome is
+        # looping back) gets the head's transitions once the head is complete.
+        for sid, target in self.aliases:
+            self.states[sid].trans.extend(self.states[target].trans)
+            self.states[sid].final |= self.states[target].final
+
+
+def _bind(
+    decl: Declaration, bindings: dict[str, int]
+) -> tuple[dict[str, int], dict[str, int], dict[str, Role]]:
+    roles = {r.name: r for r in decl.roles}
+    sizes_by_name: dict[str, int] = {}
+    values: dict[str, int] = {}
+    known = {r.size for r in decl.roles if r.size is not None} | {t.name for t in decl.thresholds}
+    unknown = set(bindings) - known
+    if unknown:
+        raise BindingError(
+            f"choreography {decl.name!r}: unknown parameters {sorted(unknown)} "
+            f"(declared: {sorted(known)})"
+        )
+    for r in decl.roles:
+        if r.size is None:
+            continue
+        n = bindings.get(r.size, r.minimum)
+        if n < r.minimum:
+            raise BindingError(
+                f"choreography {decl.name!r}: role set {r.name!r} needs {r.size} >= {r.minimum}, "
+                f"got {n}"
+            )
+        prev = values.setdefault(r.size, n)
+        if prev != n:  # pragma: no cover - two sets sharing one size name bind together
+            raise BindingError(f"choreography {decl.name!r}: size {r.size!r} bound twice")
+        sizes_by_name[r.name] = n
+    for t in decl.thresholds:
+        n = sizes_by_name.get(t.of, 0)
+        k = bindings.get(t.name, min(max(t.minimum, 1), n) if n else t.minimum)
+        if not (t.minimum <= k <= n) or k < 1:
+            raise BindingError(
+                f"choreography {decl.name!r}: threshold {t.name!r} must satisfy "
+                f"{max(t.minimum, 1)} <= {t.name} <= |{t.of}| = {n}, got {k}"
+            )
+        values[t.name] = k
+    return values, sizes_by_name, roles
+
+
+def _threshold_value(
+    expr: ThresholdExpr,
+    peer: str,
+    values: dict[str, int],
+    sizes: dict[str, int],
+    roles: dict[str, Role],
+) -> tuple[int, str]:
+    size_name = roles[peer].size if peer in roles and roles[peer].size else peer
+    if isinstance(expr, AllMembers):
+        return sizes.get(peer, 0), f"all {size_name}"
+    if isinstance(expr, Threshold):
+        return values.get(expr.name, expr.minimum), f"{expr.name} of {size_name}"
+    return expr, f"{expr} of {size_name}"
+
+
+def build_machine(
+    chor: Choreography,
+    role: str,
+    tree: LNode,
+    bindings: dict[str, int],
+    errors: list[IllFormedChoreography],
+) -> LocalType:
+    decl = chor.decl
+    values, sizes, roles = _bind(decl, bindings)
+    mb = _MachineBuilder(decl, role, errors)
+    initial = mb.build(tree, {})
+    mb.resolve_aliases()
+    states = mb.states
+    abort_msg = decl.abort_message
+
+    # determinism: one transition per (input peer, message), per output, one timeout
+    for st in states:
+        seen: dict[tuple[str, str, str], tuple[object, ...]] = {}
+        unique = []
+        for tr in st.trans:
+            kind = "in" if tr[0] in ("recv", "gather") else tr[0]
+            key = (kind, tr[1], _msg_key(tr[2]))
+            prev = seen.get(key)
+            if prev is None:
+                seen[key] = tr
+                unique.append(tr)
+            elif prev != tr:
+                name = tr[2].__name__ if tr[2] is not None else tr[0]
+                mb.err(
+                    "nondeterministic",
+                    tr[7] or decl.where,
+                    f"role {role!r} has two different continuations for {tr[0]} {name}"
+                    + (f" ({tr[1]})" if tr[1] else "")
+                    + " in one state",
+                )
+        st.trans = unique
+
+    # implicit abort edges on every non-final state
+    peers = [r.name for r in decl.roles if r.name != role or r.is_set]
+    for sid, st in enumerate(states):
+        if st.final or sid == mb.abort_id:
+            continue
+        have = {(t[0], t[1], t[2]) for t in st.trans}
+        if not any(t[0] == "abort" for t in st.trans):
+            st.trans.append(("abort", "", None, None, None, mb.abort_id, True, ""))
+        for p in peers:
+            if ("recv", p, abort_msg) not in have:
+                st.trans.append(("recv", p, abort_msg, None, None, mb.abort_id, True, ""))
+
+    # Moore minimisation
+    def sig0(sid: int) -> tuple[object, ...]:
+        st = states[sid]
+        return (st.final, st.phase or "", sid == mb.abort_id)
+
+    block = _partition([sig0(s) for s in range(len(states))])
+    while True:
+        sigs = [
+            (
+                block[s],
+                tuple(
+                    sorted(
+                        (a, p, _msg_key(m), str(k), d or "", block[tg], imp)
+                        for a, p, m, k, d, tg, imp, _ in states[s].trans
+                    )
+                ),
+            )
+            for s in range(len(states))
+        ]
+        new_block = _partition(sigs)
+        if len(set(new_block)) == len(set(block)):
+            block = new_block
+            break
+        block = new_block
+
+    # reachability and naming in breadth-first order from the initial state
+    rep: dict[int, int] = {}
+    for s in range(len(states)):
+        rep.setdefault(block[s], s)
+    order: list[int] = [block[initial]]
+    seen_blocks = {block[initial]}
+    i = 0
+    while i < len(order):
+        for tr in states[rep[order[i]]].trans:
+            b = block[tr[5]]
+            if b not in seen_blocks:
+                seen_blocks.add(b)
+                order.append(b)
+        i += 1
+    abort_block = block[mb.abort_id]
+    if abort_block not in seen_blocks:
+        order.append(abort_block)
+
+    # A final state takes its phase label as its name when it is the only final state with
+    # that label ("Completed", "Vetoed", "Failed"); other states are numbered within a phase.
+    label_count: dict[str, int] = {}
+    final_count: dict[str, int] = {}
+    for b in order:
+        st = states[rep[b]]
+        label = st.phase or ("End" if st.final else "")
+        if label:
+            label_count[label] = label_count.get(label, 0) + 1
+            if st.final:
+                final_count[label] = final_count.get(label, 0) + 1
+    names: dict[int, str] = {}
+    used: set[str] = set()
+    label_seen: dict[str, int] = {}
+    plain = 0
+    for b in sorted(order, key=lambda b: not states[rep[b]].final):
+        st = states[rep[b]]
+        label = st.phase or ("End" if st.final else "")
+        if (
+            label
+            and label not in used
+            and (label_count[label] == 1 or (st.final and final_count[label] == 1))
+        ):
+            name = label
+        elif label:
+            label_seen[label] = label_seen.get(label, 0) + 1
+            name = f"{label}_{label_seen[label]}"
+        else:
+            plain += 1
+            name = f"s{plain}"
+        while name in used:
+            name += "_"
+        used.add(name)
+        names[b] = name
+
+    transitions: list[LocalTransition] = []
+    for b in order:
+        for a, p, m, k, d, tg, imp, where in states[rep[b]].trans:
+            threshold = expr = None
+            if a == "gather" and k is not None:
+                threshold, expr = _threshold_value(k, p, values, sizes, roles)
+            transitions.append(
+                LocalTransition(
+                    source=names[b],
+                    action=a,
+                    peer=p,
+                    message=m,
+                    target=names[block[tg]],
+                    threshold=threshold,
+                    threshold_expr=expr,
+                    deadline=d,
+                    implicit=imp,
+                    where=where,
+                )
+            )
+    return LocalType(
+        choreography=decl.name,
+        role=role,
+        initial=names[block[initial]],
+        states=tuple(names[b] for b in order),
+        final=frozenset(names[b] for b in order if states[rep[b]].final),
+        phases={names[b]: states[rep[b]].phase or "" for b in order if states[rep[b]].phase},
+        transitions=tuple(transitions),
+        abort_state=names[abort_block],
+        abort_message=abort_msg,
+        bindings=values,
+        set_sizes=sizes,
+    )
+
+
+def _partition(sigs: Iterable[object]) -> list[int]:
+    ids: dict[object, int] = {}
+    return [ids.setdefault(s, len(ids)) for s in sigs]
+
+
+def to_local_type(
+    chor: Choreography, role: str, bindings: dict[str, int], tree: object
+) -> LocalType:
+    errors: list[IllFormedChoreography] = []
+    assert isinstance(tree, LEnd | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar)
+    lt = build_machine(chor, role, tree, bindings, errors)
+    if errors:
+        from aura_node.choreo.errors import ChoreographyErrors
+
+        raise ChoreographyErrors(chor.name, errors)
+    return lt

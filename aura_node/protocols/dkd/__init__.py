@@ -1,0 +1,1 @@
+"""Threshold deterministic key derivation (DKD)."""

@@ -1,0 +1,1 @@
+"""Ping: a liveness probe between two devices (the smallest choreography)."""
