@@ -147,9 +147,14 @@ def test_text_names_source_lines_and_canonical_does_not() -> None:
     chor = REGISTRY["dkd"]
     assert "aura_node/protocols/dkd/choreography.py:" in text(chor)
     assert "choreography.py" not in canonical(chor)
-    assert "message DkdReveal(session_id: bytes, participant: bytes, point: bytes" in canonical(
-        chor
-    )
+    canon = canonical(chor)
+    assert "message DkdReveal(reveal: RevealedPartial)\n" in canon
+    assert (
+        "message DkdRequest(account_id: str, context: str, threshold: int, "
+        "holders: tuple[str, ...], commitment: SignedCommitment)\n"
+    ) in canon
+    assert "threshold q over participants: 1 <= q <= |participants|\n" in canon
+    assert "participants -> initiator: DkdCommitment [gather q of m, deadline dkd_timeout]" in canon
 
 
 def test_registry_hash_is_stable_and_sensitive() -> None:
