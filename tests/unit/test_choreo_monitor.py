@@ -5,7 +5,6 @@ stragglers, early messages and aborts."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import msgspec
 import pytest
@@ -22,6 +21,7 @@ from aura_node.choreo import (
     UnexpectedSendError,
     choreography,
 )
+from aura_node.choreo.simulate import sample_message
 from aura_node.choreo.syntax import Choreography
 from aura_node.errors import LocalProtocolError, RemoteProtocolError
 from aura_node.protocols.dkd.choreography import (
@@ -34,29 +34,6 @@ from aura_node.protocols.dkd.choreography import (
     DkdReveal,
 )
 from aura_node.protocols.registry import REGISTRY
-
-
-def _zero(t: type) -> dict[str, Any]:
-    zero: dict[str, Any] = {}
-    for f in msgspec.structs.fields(t):
-        if f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT:
-            continue
-        tp = f.type
-        origin = getattr(tp, "__origin__", tp)
-        if origin in (tuple, list):
-            zero[f.name] = []
-        elif isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-            zero[f.name] = _zero(tp)
-        else:
-            zero[f.name] = {bytes: b"", str: "", int: 0, bool: False}.get(tp)
-    return zero
-
-
-def sample_message(t: type) -> object:
-    """A zero-valued instance of message type ``t`` (the monitor only looks at the type).
-    Unlike ``aura_node.choreo.simulate.sample_message`` this also fills nested structs (DKD's
-    messages carry a ``SignedCommitment`` / ``RevealedPartial``)."""
-    return msgspec.convert(_zero(t), t)
 
 
 class Begin(msgspec.Struct, frozen=True, kw_only=True):

@@ -386,16 +386,9 @@ def test_mutations_are_rejected_with_the_right_error(
 
 
 @pytest.mark.parametrize("name", ["ping", "genesis", "dkd", "recovery"])
-def test_shipped_choreographies_run_to_completion(
-    name: str, full_run: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import aura_node.choreo.simulate as simulate
+def test_shipped_choreographies_run_to_completion(name: str, full_run: bool) -> None:
     from aura_node.protocols.registry import REGISTRY
-    from tests.unit.test_choreo_monitor import sample_message
 
-    # simulate's own sampler cannot build nested structs (DKD's messages carry a
-    # SignedCommitment); the interpreter only looks at message types, so any instance will do
-    monkeypatch.setattr(simulate, "sample_message", sample_message)
     chor = REGISTRY[name]
     outcomes: set[str] = set()
     for seed in range(400 if full_run else 80):

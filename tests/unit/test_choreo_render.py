@@ -187,3 +187,15 @@ def test_registry_hash_is_stable_and_sensitive() -> None:
     two = hash_registry({**base, "ping": make(ProbeWide)})  # type: ignore[dict-item]
     again = hash_registry({**base, "ping": make(Probe)})  # type: ignore[dict-item]
     assert one != h and one != two and one == again
+
+
+def test_registry_hash_covers_nested_message_parts() -> None:
+    """A change inside a Struct nested in a message (DKD's SignedCommitment) changes the
+    canonical text, so two nodes with different wire formats never agree on the hash."""
+    from aura_node.choreo.render import canonical
+    from aura_node.protocols.registry import REGISTRY
+
+    text_ = canonical(REGISTRY["dkd"])
+    assert "  part SignedCommitment(" in text_
+    nested = [line for line in text_.splitlines() if line.startswith("  part ")]
+    assert len(nested) == len(set(nested))
