@@ -215,13 +215,16 @@ def decode_checkpoint(body: bytes) -> Checkpoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EncodedBatch:
-    """The bytes of one group commit and what they hold."""
+    """The bytes of one group commit and what they hold (not yet written)."""
 
     data: bytes
-    #: every record written, checkpoints included, in order
+    first_seq: int
+    #: the entries' records in order (checkpoints not included)
     records: list[JournalRecord]
-    #: (record, offset of its frame relative to the start of ``data``)
-    offsets: list[int]
+    #: (session, offset of the record's frame within ``data``) for records with a session
+    session_offsets: list[tuple[str, int]]
+    #: the last checkpoint record of the batch (every batch ends with one)
+    checkpoint: JournalRecord
     next_seq: int
     head: bytes
 
@@ -262,7 +265,9 @@ class BatchEncoder:
         parts: list[bytes] = []
         append = parts.append
         records: list[JournalRecord] = []
-        offsets: list[int] = []
+        add_record = records.append
+        session_offsets: list[tuple[str, int]] = []
+        add_session = session_offsets.append
         pos = 0
         seq = next_seq
         max_batch = self.max_batch
@@ -289,12 +294,13 @@ class BatchEncoder:
                 h = copy()
                 h.update(payload)
                 head = h.digest()
-                records.append(rec)
-                offsets.append(pos)
+                add_record(rec)
+                if e.session:
+                    add_session((e.session, pos))
                 pos += 8 + n
                 seq += 1
             cp = sign_checkpoint(self._key, journal_id=self.journal_id, count=seq, head=head)
-            rec = JournalRecord(
+            checkpoint = JournalRecord(
                 seq=seq,
                 ts=chunk[-1].ts,
                 session="",
@@ -302,16 +308,20 @@ class BatchEncoder:
                 body=encode(cp),
                 prev=head,
             )
-            payload = encode(rec)
+            payload = encode(checkpoint)
             frame = encode_frame(payload)
             head = link(payload)
             append(frame)
-            records.append(rec)
-            offsets.append(pos)
             pos += len(frame)
             seq += 1
         return EncodedBatch(
-            data=b"".join(parts), records=records, offsets=offsets, next_seq=seq, head=head
+            data=b"".join(parts),
+            first_seq=next_seq,
+            records=records,
+            session_offsets=session_offsets,
+            checkpoint=checkpoint,
+            next_seq=seq,
+            head=head,
         )
 
 

@@ -58,6 +58,7 @@ from aura_node.journal.format import (
     SEGMENT_MAGIC,
     BatchEncoder,
     Checkpoint,
+    EncodedBatch,
     JournalEntry,
     JournalRecord,
     ScanState,
@@ -184,6 +185,10 @@ class Journal:
         st = scanned.state
         self._next_seq = st.next_seq
         self._head = st.head
+        # chain state after the last *prepared* batch (ahead of the committed one while a
+        # prepared batch waits for its commit)
+        self._prep_seq = st.next_seq
+        self._prep_head = st.head
         self._checkpoint = st.checkpoint
         self._record_count = 0
         #: segment index -> committed size in bytes
@@ -292,10 +297,33 @@ class Journal:
         checkpoint follows every ``max_batch`` records). On any write or sync error the
         journal fails for good and this (and every later call) raises ``JournalFailedError``.
         """
-        self._check_usable()
         if not entries:
+            self._check_usable()
             return []
-        batch = self._encoder.encode(entries, next_seq=self._next_seq, head=self._head)
+        return self.commit_batch(self.prepare_batch(entries))
+
+    def prepare_batch(self, entries: Sequence[JournalEntry]) -> EncodedBatch:
+        """Encode and sign the next group commit without writing it (CPU only).
+
+        Batches must be committed in the order they were prepared; preparing the next batch
+        while the previous one is being synced (``commit_batch`` in another thread) overlaps
+        encoding and signing with the disk. Raises ``ValueError`` for a bad entry (nothing
+        changes then).
+        """
+        self._check_usable()
+        batch = self._encoder.encode(entries, next_seq=self._prep_seq, head=self._prep_head)
+        self._prep_seq = batch.next_seq
+        self._prep_head = batch.head
+        return batch
+
+    def commit_batch(self, batch: EncodedBatch) -> list[JournalRecord]:
+        """Write and fdatasync a prepared batch; returns its records once durable."""
+        self._check_usable()
+        if batch.first_seq != self._next_seq:
+            raise ValueError(
+                f"batches must be committed in the order prepared: this one starts at seq "
+                f"{batch.first_seq}, the journal is at {self._next_seq}"
+            )
         new_segment = self._write_fd is None or (
             self._seg_sizes[self._write_index] >= self.segment_bytes
         )
@@ -305,7 +333,7 @@ class Journal:
             prefix = encode_segment_header(
                 SegmentHeader(
                     magic=SEGMENT_MAGIC, journal_id=self.journal_id, index=index,
-                    first_seq=self._next_seq,
+                    first_seq=batch.first_seq,
                 )
             )
         data = prefix + batch.data if prefix else batch.data
@@ -324,10 +352,11 @@ class Journal:
                 self._seg_sizes[index] = 0
             wfd = self._write_fd
             assert wfd is not None
-            view = memoryview(data)
-            written = 0
-            while written < len(data):
-                written += os.write(wfd, view[written:])
+            written = os.write(wfd, data)
+            if written < len(data):  # short writes are legal; finish the batch
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(wfd, view[written:])
             os.fdatasync(wfd)
             if new_segment:
                 _fsync_dir(self.directory)
@@ -338,25 +367,19 @@ class Journal:
             ) from exc
         base = self._seg_sizes[index] + len(prefix)
         self._seg_sizes[index] = base + len(batch.data)
-        pos_base = index << _POS_SHIFT
-        out: list[JournalRecord] = []
+        pos_base = (index << _POS_SHIFT) | base
         sessions = self._sessions
-        for rec, off in zip(batch.records, batch.offsets, strict=True):
-            if rec.is_checkpoint:
-                self._checkpoint = rec
-                continue
-            out.append(rec)
-            if rec.session:
-                p = pos_base | (base + off)
-                lst = sessions.get(rec.session)
-                if lst is None:
-                    sessions[rec.session] = [p]
-                else:
-                    lst.append(p)
+        for session, off in batch.session_offsets:
+            lst = sessions.get(session)
+            if lst is None:
+                sessions[session] = [pos_base + off]
+            else:
+                lst.append(pos_base + off)
+        self._checkpoint = batch.checkpoint
         self._next_seq = batch.next_seq
         self._head = batch.head
-        self._record_count += len(out)
-        return out
+        self._record_count += len(batch.records)
+        return batch.records
 
     def _fail(self, reason: str) -> None:
         self._failed = reason

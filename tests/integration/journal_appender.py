@@ -8,6 +8,7 @@ prints ``ack <seq> <body hex>`` and flushes. The parent kills it with SIGKILL at
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 
@@ -15,6 +16,7 @@ import trio
 
 from aura_node.crypto.keys import DeviceKey
 from aura_node.journal.group_commit import GroupCommitJournal
+from aura_node.logs import configure_logging
 
 
 async def main(directory: str, seed: bytes, tasks: int) -> None:
@@ -24,6 +26,7 @@ async def main(directory: str, seed: bytes, tasks: int) -> None:
     async with GroupCommitJournal.open(
         directory, key, max_batch=64, segment_bytes=segment_bytes
     ) as gcj:
+        faulthandler.cancel_dump_traceback_later()
         out.write(f"ready {gcj.journal.next_seq}\n")
         out.flush()
 
@@ -42,4 +45,8 @@ async def main(directory: str, seed: bytes, tasks: int) -> None:
 
 
 if __name__ == "__main__":
+    # structlog (torn-tail warnings) must not mix with the ack lines on stdout
+    configure_logging(fmt="json", stream=sys.stderr)
+    # a child that cannot get ready dumps its stacks and exits instead of hanging the test
+    faulthandler.dump_traceback_later(20, exit=True)
     trio.run(main, sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3]))

@@ -142,13 +142,24 @@ def _segment(
         SegmentHeader(magic=SEGMENT_MAGIC, journal_id=JID, index=0, first_seq=0)
     )
     seq, head = 0, genesis_link(JID)
-    out: list[JournalRecord] = []
     for b in batches:
         eb = enc.encode(b, next_seq=seq, head=head)
+        assert eb.first_seq == seq and eb.checkpoint.is_checkpoint
+        assert [r.session for r in eb.records] == [e.session for e in b]
         data += eb.data
         seq, head = eb.next_seq, eb.head
-        out.extend(eb.records)
-    return data, out
+    return data, _frames(data)
+
+
+def _frames(data: bytes) -> list[JournalRecord]:
+    """Every record (checkpoints included) of a segment's bytes, header skipped."""
+    out: list[JournalRecord] = []
+    pos = FRAME_HEADER_BYTES + (int.from_bytes(data[4:8], "little") & 0xFFFFFF)
+    while pos < len(data):
+        n = int.from_bytes(data[pos + 4 : pos + 8], "little") & 0xFFFFFF
+        out.append(decode_record(data[pos + FRAME_HEADER_BYTES : pos + FRAME_HEADER_BYTES + n]))
+        pos += FRAME_HEADER_BYTES + n
+    return out
 
 
 def _entries(n: int, session: str = "s") -> list[JournalEntry]:
