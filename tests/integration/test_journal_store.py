@@ -311,3 +311,17 @@ def test_checkpoint_of_a_reopened_journal_is_signed_by_the_device(tmp_path: Path
         cp = decode_checkpoint(last.body)
         assert cp.journal_id == KEY.device_id == j.journal_id
         verify_checkpoint(KEY.public, cp)
+
+
+def test_prepared_batches_commit_only_in_order(tmp_path: Path) -> None:
+    with Journal.open(tmp_path, KEY) as j:
+        first = j.prepare_batch(entries(2, tag="1"))
+        second = j.prepare_batch(entries(2, tag="2"))  # chained onto the prepared first
+        assert second.first_seq == first.next_seq
+        with pytest.raises(ValueError, match="order prepared"):
+            j.commit_batch(second)
+        assert j.next_seq == 0 and j.failure is None  # nothing written
+        assert j.commit_batch(first) == first.records
+        assert j.commit_batch(second) == second.records
+    with Journal.open(tmp_path, KEY) as j:
+        assert list(j.records()) == first.records + second.records
