@@ -54,6 +54,10 @@ def sample_message(t: type) -> object:
                 zero[f.name] = 0
             elif tp is bool:
                 zero[f.name] = False
+            elif tp is float:
+                zero[f.name] = 0.0
+            elif isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+                zero[f.name] = msgspec.to_builtins(sample_message(tp))
             else:
                 zero[f.name] = None
     return msgspec.convert(zero, t)
