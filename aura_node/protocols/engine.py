@@ -545,6 +545,8 @@ def register_protocol(spec: ProtocolSpec) -> ProtocolSpec:
 BUILTIN_PROTOCOL_MODULES: tuple[str, ...] = (
     "aura_node.protocols.ping.roles",
     "aura_node.protocols.dkd.roles",
+    "aura_node.protocols.genesis.roles",
+    "aura_node.protocols.recovery.roles",
 )
 
 

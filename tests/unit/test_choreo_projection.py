@@ -9,7 +9,7 @@ from aura_node.choreo import ALL, ChoreographyBuilder, LocalTransition, LocalTyp
 from aura_node.choreo.syntax import Gather, Send
 from aura_node.protocols.dkd.choreography import DKD, DkdCommitment, DkdReveal
 from aura_node.protocols.genesis.choreography import GENESIS, ShareAck
-from aura_node.protocols.recovery.choreography import RECOVERY, RecoveryVeto
+from aura_node.protocols.recovery.choreography import RECOVERY, RecoveryVeto, RecoveryVetoed
 from aura_node.protocols.registry import REGISTRY
 
 
@@ -104,18 +104,24 @@ def test_recovery_phases_and_veto_window() -> None:
         "Vetoed",
         "Failed",
     }
-    assert {"Completed", "Vetoed", "Failed"} <= lt.final
-    (veto,) = [t for t in lt.transitions if t.message is RecoveryVeto]
-    assert veto.action == "gather" and veto.threshold == 1
-    (window,) = [t for t in lt.outgoing(veto.source) if t.action == "timeout"]
+    assert {"Completed", "Failed"} <= lt.final
+    # the veto window runs at each guardian, not at the new device
+    assert not [t for t in lt.transitions if t.message is RecoveryVeto]
+    (vetoed,) = [t for t in lt.transitions if t.message is RecoveryVetoed]
+    assert vetoed.action == "gather" and lt.phases[vetoed.target] == "Vetoed"
+    g = RECOVERY.project("guardians", {"g": 5, "d": 2})
+    (veto,) = [t for t in g.transitions if t.message is RecoveryVeto and t.action == "gather"
+               and g.phases[t.source] == "CoolingDown"][:1]
+    assert veto.threshold == 1
+    (window,) = [t for t in g.outgoing(veto.source) if t.action == "timeout"]
     assert window.deadline == "recovery_cooldown"
-    assert lt.phases[window.target] == "CollectingShares"
-    assert lt.phases[veto.target] == "Vetoed"
+    assert g.phases[window.target] == "Releasing"
+    assert g.phases[veto.target] == "Vetoed"
     # an existing device may veto or stay silent: both are open in the same state
     dev = RECOVERY.project("devices", {"d": 2})
     (send,) = [t for t in dev.transitions if t.action == "send"]
-    assert send.message is RecoveryVeto
-    assert {t.action for t in dev.explicit(send.source)} == {"send", "recv"}
+    assert send.message is RecoveryVeto and send.peer == "guardians"
+    assert {t.action for t in dev.explicit(send.source)} == {"send", "recv", "timeout"}
 
 
 def test_genesis_gathers_every_ack_and_empty_guardians() -> None:
