@@ -21,7 +21,8 @@ be able to end an honest session (threshold protocols exist to tolerate it).
 Gathers count *distinct* members (``member`` is the sender's identity inside its role set, e.g.
 its device id) and fire at ``threshold``. Once a gather closes (quorum or timeout) the remaining
 members may still deliver their message; those stragglers are accepted without effect, at most
-one per member that was not counted. Limitation: stragglers are keyed by (role set, message
+one per member that was not counted. The same holds for a plain receive whose deadline passed
+(the sender may not have seen the timeout). Limitation: stragglers are keyed by (role set, message
 type); a protocol that gathers the same message type twice from the same set (a loop) must
 tell rounds apart in the payload. The abort state accepts (and drops) every message of the
 choreography this role could receive; any state accepts the abort message.
@@ -230,6 +231,12 @@ class Monitor:
         t = self._timeout.get(self.state)
         if t is None:
             raise NoTimeoutError(f"{self._where()}: no deadline is running in this state")
+        # a plain receive whose deadline passed may still arrive (the sender did not see our
+        # timeout): accept it later without effect, once per member, like a gather straggler
+        for r in self.local_type.explicit(self.state):
+            if r.action == "recv" and r.message is not None:
+                n = self.local_type.set_sizes.get(r.peer, 1)
+                self._stragglers.setdefault((r.peer, r.message), (set(), [n]))
         self._enter(t.target)
 
     def abort(self) -> None:

@@ -8,7 +8,9 @@ Output is deterministic (golden tests compare it byte for byte).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+
+import msgspec
 
 from aura_node.choreo.local import LocalTransition, LocalType
 from aura_node.choreo.syntax import (
@@ -300,6 +302,29 @@ def _text_block(chor: Choreography, block: Block, depth: int, where: bool) -> It
             yield at(f"{pad}abort by {s.role}", s.where)
 
 
+def _nested_structs(messages: Sequence[type]) -> list[type]:
+    """Struct types reachable from the messages' fields (through tuples/lists/unions), in
+    first-seen order, excluding the messages themselves."""
+    seen: list[type] = []
+    top = set(messages)
+
+    def visit(tp: object) -> None:
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            if tp in top or tp in seen:
+                return
+            seen.append(tp)
+            for _n, sub in struct_fields(tp):
+                visit(sub)
+            return
+        for arg in getattr(tp, "__args__", ()) or ():
+            visit(arg)
+
+    for m in messages:
+        for _n, tp in struct_fields(m):
+            visit(tp)
+    return seen
+
+
 def text(chor: Choreography, *, where: bool = True) -> str:
     """Plain text of a choreography (``where=False``: without source locations)."""
     d = chor.decl
@@ -315,6 +340,11 @@ def text(chor: Choreography, *, where: bool = True) -> str:
     for m in chor.messages:
         fields = ", ".join(f"{n}: {_type_name(tp)}" for n, tp in struct_fields(m))
         lines.append(f"  message {m.__name__}({fields})")
+    # Structs nested inside messages are part of the wire format too: a change to one must
+    # change the registry hash, so list their fields as well (each once, by name).
+    for part in _nested_structs(chor.messages):
+        fields = ", ".join(f"{n}: {_type_name(tp)}" for n, tp in struct_fields(part))
+        lines.append(f"  part {part.__qualname__}({fields})")
     lines.append("  protocol:")
     lines.extend(_text_block(chor, d.body, 2, where))
     return "\n".join(lines) + "\n"

@@ -35,28 +35,28 @@ from aura_node.choreo.syntax import Choreography
 Member = tuple[str, int]
 
 
-def sample_message(t: type) -> object:
-    """An instance of message type ``t`` with zero values (the monitor only looks at the type)."""
+def _zero_fields(t: type[msgspec.Struct]) -> dict[str, Any]:
     zero: dict[str, Any] = {}
-    if issubclass(t, msgspec.Struct):
-        for f in msgspec.structs.fields(t):
-            if f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT:
-                continue
-            tp = f.type
-            origin = getattr(tp, "__origin__", tp)
-            if origin in (tuple, list):
-                zero[f.name] = []
-            elif tp is bytes:
-                zero[f.name] = b""
-            elif tp is str:
-                zero[f.name] = ""
-            elif tp is int:
-                zero[f.name] = 0
-            elif tp is bool:
-                zero[f.name] = False
-            else:
-                zero[f.name] = None
-    return msgspec.convert(zero, t)
+    for f in msgspec.structs.fields(t):
+        if f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT:
+            continue
+        tp = f.type
+        origin = getattr(tp, "__origin__", tp)
+        if origin in (tuple, list):
+            zero[f.name] = []
+        elif isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            zero[f.name] = _zero_fields(tp)  # nested message parts (e.g. a signed commitment)
+        else:
+            zero[f.name] = {bytes: b"", str: "", int: 0, float: 0.0, bool: False}.get(tp)
+    return zero
+
+
+def sample_message(t: type) -> object:
+    """An instance of message type ``t`` with zero values (the monitor only looks at the type).
+    Nested Struct fields are filled recursively."""
+    if isinstance(t, type) and issubclass(t, msgspec.Struct):
+        return msgspec.convert(_zero_fields(t), t)
+    return msgspec.convert({}, t)
 
 
 @dataclass(slots=True)

@@ -72,6 +72,12 @@ def register(sub: Any) -> None:
         p.add_argument("name", help="node name, e.g. d2")
         p.set_defaults(handler=cmd_node_fault, action=action)
 
+    tr = sub.add_parser("trace", help="sequence diagram of a real session from all journals")
+    _add_dir(tr)
+    tr.add_argument("--session", required=True, help="session id (or a unique prefix)")
+    tr.add_argument("--format", choices=("mermaid", "text"), default="mermaid")
+    tr.set_defaults(handler=cmd_trace)
+
 
 def cmd_up(args: argparse.Namespace) -> int:
     from aura_node.harness.cluster import Cluster
@@ -183,3 +189,13 @@ def cmd_node_fault(args: argparse.Namespace) -> int:
     print_json(result)
     return 0
 
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import sys
+
+    from aura_node.harness.trace import load_session_trace, render_mermaid, render_text
+
+    trace = load_session_trace(args.dir, args.session)
+    out = render_mermaid(trace) if args.format == "mermaid" else render_text(trace)
+    sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return 0

@@ -542,7 +542,12 @@ def register_protocol(spec: ProtocolSpec) -> ProtocolSpec:
 
 
 #: modules whose import registers a built-in protocol (later issues append genesis, dkd, ...)
-BUILTIN_PROTOCOL_MODULES: tuple[str, ...] = ("aura_node.protocols.ping.roles",)
+BUILTIN_PROTOCOL_MODULES: tuple[str, ...] = (
+    "aura_node.protocols.ping.roles",
+    "aura_node.protocols.dkd.roles",
+    "aura_node.protocols.genesis.roles",
+    "aura_node.protocols.recovery.roles",
+)
 
 
 def load_protocols(extra_modules: Sequence[str] = ()) -> Mapping[str, ProtocolSpec]:

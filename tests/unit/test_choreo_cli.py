@@ -32,7 +32,7 @@ def test_check_fails_and_lists_errors(
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["choreo", "list"]) == 0
     out = capsys.readouterr().out
-    assert "dkd        roles: initiator, participants[n]" in out
+    assert "dkd        roles: initiator, participants[m]; 6 messages" in out
 
 
 def test_show_formats(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,10 +44,17 @@ def test_show_formats(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("stateDiagram-v2\n")
     assert main(["choreo", "show", "dkd", "--role", "participants", "--format", "dot"]) == 0
     assert capsys.readouterr().out.startswith('digraph "dkd/participants" {')
-    args = ["choreo", "show", "dkd", "--role", "participants", "--format", "text"]
-    assert main([*args, "--bind", "n=5", "--bind", "t=3"]) == 0
+    # the initiator gathers q of the m participants' commitments and reveals
+    args = ["choreo", "show", "dkd", "--role", "initiator", "--format", "text"]
+    assert main([*args, "--bind", "m=5", "--bind", "q=3"]) == 0
     out = capsys.readouterr().out
-    assert "bindings: n=5, t=3" in out and "(k=3)" in out
+    assert "bindings: m=5, q=3" in out
+    assert "gather q of m DkdCommitment from participants (k=3)" in out
+    assert "gather q of m DkdReveal from participants (k=3)" in out
+    args = ["choreo", "show", "dkd", "--role", "participants", "--format", "text"]
+    assert main([*args, "--bind", "m=5", "--bind", "q=3"]) == 0
+    out = capsys.readouterr().out
+    assert "bindings: m=5, q=3" in out and "recv DkdCollected from initiator" in out
 
 
 @pytest.mark.parametrize(
@@ -56,8 +63,16 @@ def test_show_formats(capsys: pytest.CaptureFixture[str]) -> None:
         (["choreo", "show", "nope"], "no choreography 'nope'"),
         (["choreo", "show", "dkd", "--role", "nobody"], "has no role 'nobody'"),
         (["choreo", "show", "dkd", "--format", "dot"], "add --role ROLE"),
-        (["choreo", "show", "dkd", "--role", "initiator", "--bind", "t"], "NAME=INTEGER"),
-        (["choreo", "show", "dkd", "--role", "initiator", "--bind", "t=9"], "threshold 't'"),
+        (["choreo", "show", "dkd", "--role", "initiator", "--bind", "q"], "NAME=INTEGER"),
+        (
+            ["choreo", "show", "dkd", "--role", "initiator", "--bind", "q=9"],
+            "threshold 'q' must satisfy 1 <= q <= |participants| = 1, got 9",
+        ),
+        (
+            ["choreo", "show", "dkd", "--role", "initiator", "--bind", "m=0"],
+            "role set 'participants' needs m >= 1, got 0",
+        ),
+        (["choreo", "show", "dkd", "--role", "initiator", "--bind", "t=2"], "unknown parameters"),
     ],
 )
 def test_show_errors(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

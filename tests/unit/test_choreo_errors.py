@@ -121,12 +121,47 @@ def test_statement_after_end_is_unreachable() -> None:
     assert "trace: a -> b: Offer" in err.message
 
 
+class Share(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+@choreography("council", abort=Cancel)
+def COUNCIL(c: ChoreographyBuilder) -> None:
+    """Declared bounds above 1 (a role set of at least 2, a threshold of at least 2), which no
+    shipped choreography has: the lower bounds must be enforced as declared, not as 1."""
+    chair = c.role("chair")
+    members = c.role_set("members", size="n", minimum=2)
+    t = c.threshold("t", of=members, minimum=2)
+    c.send(chair, members, Offer)
+    c.all_to_all(members, Share, threshold=t, deadline="d_round")
+    c.gather(members, chair, Vote, threshold=t, deadline="d_vote")
+
+
 def test_binding_outside_declared_bounds() -> None:
+    # DKD: participants (m >= 1) and q over them (1 <= q <= m)
     with pytest.raises(
-        BindingError, match=r"threshold 't' must satisfy 2 <= t <= \|participants\| = 3, got 4"
+        BindingError, match=r"threshold 'q' must satisfy 1 <= q <= \|participants\| = 3, got 4"
     ):
-        DKD.project("participants", {"n": 3, "t": 4})
+        DKD.project("participants", {"m": 3, "q": 4})
+    with pytest.raises(
+        BindingError, match=r"threshold 'q' must satisfy 1 <= q <= \|participants\| = 3, got 0"
+    ):
+        DKD.project("initiator", {"m": 3, "q": 0})
+    with pytest.raises(BindingError, match="needs m >= 1, got 0"):
+        DKD.project("participants", {"m": 0})
+    with pytest.raises(BindingError, match=r"unknown parameters \['n', 't'\]"):
+        DKD.project("participants", {"n": 3, "t": 2})
+    # declared minimums above 1 are enforced as declared
+    assert COUNCIL.check() == ()
+    with pytest.raises(
+        BindingError, match=r"threshold 't' must satisfy 2 <= t <= \|members\| = 3, got 4"
+    ):
+        COUNCIL.project("members", {"n": 3, "t": 4})
+    with pytest.raises(
+        BindingError, match=r"threshold 't' must satisfy 2 <= t <= \|members\| = 3, got 1"
+    ):
+        COUNCIL.project("chair", {"n": 3, "t": 1})
     with pytest.raises(BindingError, match="needs n >= 2, got 1"):
-        DKD.project("participants", {"n": 1})
+        COUNCIL.project("members", {"n": 1})
     with pytest.raises(BindingError, match="unknown parameters"):
-        DKD.project("participants", {"q": 1})
+        COUNCIL.project("members", {"q": 1})

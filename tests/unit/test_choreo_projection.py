@@ -9,7 +9,7 @@ from aura_node.choreo import ALL, ChoreographyBuilder, LocalTransition, LocalTyp
 from aura_node.choreo.syntax import Gather, Send
 from aura_node.protocols.dkd.choreography import DKD, DkdCommitment, DkdReveal
 from aura_node.protocols.genesis.choreography import GENESIS, ShareAck
-from aura_node.protocols.recovery.choreography import RECOVERY, RecoveryVeto
+from aura_node.protocols.recovery.choreography import RECOVERY, RecoveryVeto, RecoveryVetoed
 from aura_node.protocols.registry import REGISTRY
 
 
@@ -43,24 +43,54 @@ def test_shipped_choreographies_are_well_formed(name: str) -> None:
         assert seen == set(lt.states)
 
 
+DKD_PHASES = {"Initializing", "CommitmentPhase", "RevealPhase", "Finalizing", "Completed", "Failed"}
+
+
+def explicit_run(lt: LocalType) -> list[tuple[str, str, str]]:
+    """The non-timeout path from the initial state: (phase, action message peer, phase after);
+    fails if some state on it offers more than one way forward."""
+    out, state = [], lt.initial
+    while state not in lt.final:
+        (t,) = [x for x in lt.explicit(state) if x.action != "timeout"]
+        out.append((lt.phases[state], t.describe(), lt.phases[t.target]))
+        state = t.target
+    return out
+
+
 def test_dkd_phases() -> None:
-    lt = DKD.project("participants", {"n": 5, "t": 3})
-    assert phases(lt) == {
-        "Initializing",
-        "CommitmentPhase",
-        "RevealPhase",
-        "Finalizing",
-        "Completed",
-        "Failed",
-    }
+    # a star through the initiator: only it gathers, q of the m participants, twice
+    lt = DKD.project("initiator", {"m": 5, "q": 3})
+    assert phases(lt) == DKD_PHASES
     assert lt.final == {"Completed", "Failed"}
     gathers = [t for t in lt.transitions if t.action == "gather"]
-    assert [(t.message, t.threshold, t.threshold_expr) for t in gathers] == [
-        (DkdCommitment, 3, "t of n"),
-        (DkdReveal, 3, "t of n"),
+    assert [(t.message, t.peer, t.threshold, t.threshold_expr) for t in gathers] == [
+        (DkdCommitment, "participants", 3, "q of m"),
+        (DkdReveal, "participants", 3, "q of m"),
     ]
     assert [lt.phases[t.source] for t in gathers] == ["CommitmentPhase", "RevealPhase"]
-    assert phases(DKD.project("initiator")) == {"Initializing", "Finalizing", "Completed", "Failed"}
+    assert all(t.deadline == "dkd_timeout" for t in gathers)
+    assert explicit_run(lt) == [
+        ("Initializing", "send DkdRequest to participants", "CommitmentPhase"),
+        ("CommitmentPhase", "gather q of m DkdCommitment from participants", "RevealPhase"),
+        ("RevealPhase", "send DkdCollected to participants", "RevealPhase"),
+        ("RevealPhase", "gather q of m DkdReveal from participants", "Finalizing"),
+        ("Finalizing", "send DkdComplete to participants", "Completed"),
+    ]
+    # a participant only talks to the initiator and waits (with a deadline) for its relays
+    part = DKD.project("participants", {"m": 5, "q": 3})
+    assert phases(part) == DKD_PHASES
+    assert part.final == {"Completed", "Failed"}
+    assert not [t for t in part.transitions if t.action == "gather"]
+    assert explicit_run(part) == [
+        ("Initializing", "recv DkdRequest from initiator", "CommitmentPhase"),
+        ("CommitmentPhase", "send DkdCommitment to initiator", "CommitmentPhase"),
+        ("CommitmentPhase", "recv DkdCollected from initiator", "RevealPhase"),
+        ("RevealPhase", "send DkdReveal to initiator", "Finalizing"),
+        ("Finalizing", "recv DkdComplete from initiator", "Completed"),
+    ]
+    timed = {(part.phases[t.source], t.deadline) for t in part.transitions if t.action == "timeout"}
+    assert timed == {("CommitmentPhase", "dkd_timeout"), ("Finalizing", "dkd_timeout")}
+    assert all(t.target == part.abort_state for t in part.transitions if t.action == "timeout")
 
 
 def test_recovery_phases_and_veto_window() -> None:
@@ -74,18 +104,24 @@ def test_recovery_phases_and_veto_window() -> None:
         "Vetoed",
         "Failed",
     }
-    assert {"Completed", "Vetoed", "Failed"} <= lt.final
-    (veto,) = [t for t in lt.transitions if t.message is RecoveryVeto]
-    assert veto.action == "gather" and veto.threshold == 1
-    (window,) = [t for t in lt.outgoing(veto.source) if t.action == "timeout"]
+    assert {"Completed", "Failed"} <= lt.final
+    # the veto window runs at each guardian, not at the new device
+    assert not [t for t in lt.transitions if t.message is RecoveryVeto]
+    (vetoed,) = [t for t in lt.transitions if t.message is RecoveryVetoed]
+    assert vetoed.action == "gather" and lt.phases[vetoed.target] == "Vetoed"
+    g = RECOVERY.project("guardians", {"g": 5, "d": 2})
+    (veto,) = [t for t in g.transitions if t.message is RecoveryVeto and t.action == "gather"
+               and g.phases[t.source] == "CoolingDown"][:1]
+    assert veto.threshold == 1
+    (window,) = [t for t in g.outgoing(veto.source) if t.action == "timeout"]
     assert window.deadline == "recovery_cooldown"
-    assert lt.phases[window.target] == "CollectingShares"
-    assert lt.phases[veto.target] == "Vetoed"
+    assert g.phases[window.target] == "Releasing"
+    assert g.phases[veto.target] == "Vetoed"
     # an existing device may veto or stay silent: both are open in the same state
     dev = RECOVERY.project("devices", {"d": 2})
     (send,) = [t for t in dev.transitions if t.action == "send"]
-    assert send.message is RecoveryVeto
-    assert {t.action for t in dev.explicit(send.source)} == {"send", "recv"}
+    assert send.message is RecoveryVeto and send.peer == "guardians"
+    assert {t.action for t in dev.explicit(send.source)} == {"send", "recv", "timeout"}
 
 
 def test_genesis_gathers_every_ack_and_empty_guardians() -> None:
@@ -104,7 +140,9 @@ def test_ast_records_source_lines() -> None:
 
 def test_projection_is_cached_and_deterministic() -> None:
     assert DKD.project("participants") is DKD.project("participants")
-    assert DKD.project("participants", {"n": 2}) == DKD.project("participants")
+    assert DKD.project("participants", {"m": 1}) == DKD.project("participants")
+    assert DKD.project("participants", {"m": 1, "q": 1}) == DKD.project("participants")
+    assert DKD.project("initiator", {"m": 4}) != DKD.project("initiator")
     with pytest.raises(KeyError):
         DKD.project("nobody")
 

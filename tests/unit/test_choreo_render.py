@@ -147,9 +147,14 @@ def test_text_names_source_lines_and_canonical_does_not() -> None:
     chor = REGISTRY["dkd"]
     assert "aura_node/protocols/dkd/choreography.py:" in text(chor)
     assert "choreography.py" not in canonical(chor)
-    assert "message DkdReveal(session_id: bytes, participant: bytes, point: bytes" in canonical(
-        chor
-    )
+    canon = canonical(chor)
+    assert "message DkdReveal(reveal: RevealedPartial)\n" in canon
+    assert (
+        "message DkdRequest(account_id: str, context: str, threshold: int, "
+        "holders: tuple[str, ...], commitment: SignedCommitment)\n"
+    ) in canon
+    assert "threshold q over participants: 1 <= q <= |participants|\n" in canon
+    assert "participants -> initiator: DkdCommitment [gather q of m, deadline dkd_timeout]" in canon
 
 
 def test_registry_hash_is_stable_and_sensitive() -> None:
@@ -182,3 +187,15 @@ def test_registry_hash_is_stable_and_sensitive() -> None:
     two = hash_registry({**base, "ping": make(ProbeWide)})  # type: ignore[dict-item]
     again = hash_registry({**base, "ping": make(Probe)})  # type: ignore[dict-item]
     assert one != h and one != two and one == again
+
+
+def test_registry_hash_covers_nested_message_parts() -> None:
+    """A change inside a Struct nested in a message (DKD's SignedCommitment) changes the
+    canonical text, so two nodes with different wire formats never agree on the hash."""
+    from aura_node.choreo.render import canonical
+    from aura_node.protocols.registry import REGISTRY
+
+    text_ = canonical(REGISTRY["dkd"])
+    assert "  part SignedCommitment(" in text_
+    nested = [line for line in text_.splitlines() if line.startswith("  part ")]
+    assert len(nested) == len(set(nested))

@@ -1,18 +1,30 @@
-"""The DKD choreography.
+"""The DKD choreography: every holder that takes part, the initiator included, does the maths.
 
-Roles: ``initiator`` (the device that asks for a derived key) and the role set
-``participants`` (the share holders taking part, ``n >= 2``; the initiator's own device is
-usually one of them too: one device may play two roles of a session). Keeping the initiator
-a separate role keeps the participants interchangeable, which is what lets "any ``t`` of the
-``n``" be stated as a gather.
+Roles: ``initiator`` (the device whose operator ran ``ctl dkd``: a share holder that also
+coordinates) and the role set ``participants`` (the other holders asked, ``m >= 1``). A device
+plays one role per session and never messages itself, so the initiator's own commitment and
+reveal are local state on its side. The exchange is a star through the initiator: each holder
+needs ``t`` contributions, its own included, so the initiator gathers ``q = t - 1`` from the
+participants, and relays what it collected as transferable evidence (signed commitments,
+DLEQ-proven reveals) that every participant verifies itself.
 
-1. Initializing: the initiator sends the context to every participant.
-2. CommitmentPhase: all-to-all, each participant commits to ``P_i = s_i * H`` (with its DLEQ
-   proof) and waits for ``t`` commitments (its own included).
-3. RevealPhase: all-to-all reveals; each waits for ``t`` verified reveals.
-4. Finalizing: each participant computes ``K = sum(lambda_i * P_i)`` and sends the result to
-   the initiator, who gathers ``t`` agreeing results and announces completion.
+1. Initializing: the initiator sends ``DkdRequest`` (account, context, threshold, holder list,
+   and its own signed commitment) to every participant.
+2. CommitmentPhase: each participant sends its signed ``DkdCommitment``; the initiator gathers
+   ``q``. With its own that is ``CollectedCommitments``.
+3. RevealPhase: the initiator sends ``DkdCollected`` (the ``t`` signed commitments it counted
+   and its own reveal ``P_i`` + DLEQ proof); a participant verifies its own
+   ``CollectedCommitments`` from it and only then sends its ``DkdReveal`` (which names the
+   commitment it opens). The initiator gathers ``q`` verified reveals: ``VerifiedReveals``.
+4. Finalizing: the initiator computes ``K = Σ λ_i·P_i`` and sends ``DkdComplete`` with the
+   ``t`` reveals it combined and the derived public key and fingerprint (public values); each
+   participant verifies the reveals itself (``VerifiedReveals``), derives ``K`` and checks it
+   got the same key.
 5. Completed. Any missed deadline aborts: Failed, and the abort reaches every role.
+
+A ``t = 1`` account (the 1-of-1 account of a recovered device, or any account whose every
+holder has ``s_i = s``) needs no other holder: the initiator completes locally and sends
+nothing (``K = s·H`` either way), so it never enters this exchange.
 """
 
 from __future__ import annotations
@@ -22,68 +34,85 @@ import msgspec
 from aura_node.choreo import ChoreographyBuilder, choreography
 
 
-class DkdRequest(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    context: bytes
-    participants: tuple[bytes, ...]
-    threshold: int
+class SignedCommitment(msgspec.Struct, frozen=True, kw_only=True):
+    """``device_id`` commits to its partial (``digest`` = ``crypto.dkd.partial_commitment``) in
+    ``session``; ``signature`` by its device key under the domain ``dkd/commitment``. Not bound
+    to the envelope it travels in, so it can be relayed as evidence."""
+
+    session: str
+    device_id: str
+    digest: bytes
     signature: bytes
+
+
+class RevealedPartial(msgspec.Struct, frozen=True, kw_only=True):
+    """A holder's ``P_i = s_i·H`` with its DLEQ proof, and the commitment it opens."""
+
+    device_id: str
+    index: int
+    point: bytes
+    proof: bytes
+    commitment: SignedCommitment
+
+
+class DkdRequest(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: str
+    context: str
+    threshold: int
+    #: every holder asked, the initiator first (names as the nodes' configs name the devices)
+    holders: tuple[str, ...]
+    commitment: SignedCommitment
 
 
 class DkdCommitment(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    participant: bytes
-    commitment: bytes
-    signature: bytes
+    commitment: SignedCommitment
+
+
+class DkdCollected(msgspec.Struct, frozen=True, kw_only=True):
+    """The initiator's evidence for ``CollectedCommitments`` and its own reveal."""
+
+    commitments: tuple[SignedCommitment, ...]
+    reveal: RevealedPartial
 
 
 class DkdReveal(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    participant: bytes
-    point: bytes
-    dleq_proof: bytes
-    signature: bytes
-
-
-class DkdResult(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    participant: bytes
-    derived_public_key: bytes
-    reveal_set_digest: bytes
-    signature: bytes
+    reveal: RevealedPartial
 
 
 class DkdComplete(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    derived_public_key: bytes
-    signature: bytes
+    """The reveals the initiator combined (evidence for ``VerifiedReveals``) and its result."""
+
+    reveals: tuple[RevealedPartial, ...]
+    public_key: bytes
+    fingerprint: str
 
 
 class DkdAbort(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
     reason: str
 
 
 @choreography("dkd", abort=DkdAbort)
 def DKD(c: ChoreographyBuilder) -> None:
     initiator = c.role("initiator")
-    participants = c.role_set("participants", size="n", minimum=2)
-    t = c.threshold("t", of=participants, minimum=2)
+    participants = c.role_set("participants", size="m", minimum=1)
+    q = c.threshold("q", of=participants, minimum=1)
 
     c.phase(initiator, "Initializing")
     c.phase(participants, "Initializing")
     c.send(initiator, participants, DkdRequest)
-    c.phase(initiator, "Finalizing")
 
+    c.phase(initiator, "CommitmentPhase")
     c.phase(participants, "CommitmentPhase")
-    c.all_to_all(participants, DkdCommitment, threshold=t, deadline="dkd_timeout")
+    c.gather(participants, initiator, DkdCommitment, threshold=q, deadline="dkd_timeout")
 
+    c.phase(initiator, "RevealPhase")
+    c.send(initiator, participants, DkdCollected, deadline="dkd_timeout")
     c.phase(participants, "RevealPhase")
-    c.all_to_all(participants, DkdReveal, threshold=t, deadline="dkd_timeout")
+    c.gather(participants, initiator, DkdReveal, threshold=q, deadline="dkd_timeout")
 
+    c.phase(initiator, "Finalizing")
     c.phase(participants, "Finalizing")
-    c.gather(participants, initiator, DkdResult, threshold=t, deadline="dkd_timeout")
-    c.send(initiator, participants, DkdComplete)
+    c.send(initiator, participants, DkdComplete, deadline="dkd_timeout")
 
     c.phase(initiator, "Completed")
     c.phase(participants, "Completed")

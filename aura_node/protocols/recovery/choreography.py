@@ -1,22 +1,31 @@
 """The guardian recovery choreography.
 
-Roles: ``new_device`` (asks to be recovered), ``guardians`` (role set of ``g``, threshold
-``t_g``) and ``devices`` (the account's existing devices, ``d >= 0``: often every old device
-is lost, which is why recovery exists).
+Roles: ``new_device`` (a fresh device asking to be recovered), ``guardians`` (role set of ``g``,
+threshold ``t_g``) and ``devices`` (the account's existing devices as its record lists them,
+``d >= 1``; some or all may be lost, which is why recovery exists).
 
-1. Initiated: the new device asks every guardian.
-2. CollectingApprovals: guardians *may* approve (silence is a refusal); the new device gathers
-   ``t_g`` approvals before ``recovery_approval_timeout`` or fails. It then tells every
-   existing device that the cooldown started; during ``recovery_cooldown`` any device may
-   veto (one veto is enough). A veto ends the session in Vetoed, announced to everyone.
-3. CollectingShares: when the cooldown passes without a veto, the new device asks the
-   guardians for their shares (sealed to it) and gathers ``t_g`` of them.
-4. Reconstructing: it verifies each share against the guardian's public share, reconstructs
-   ``s`` and checks ``s * G = S``; then it announces completion to every role.
-5. Completed. Missed deadlines and failed verification abort: Failed, reaching every role.
-
-A veto that arrives after the cooldown is accepted by the monitor and dropped (the window is
-decided by the new device's clock, as in any timed protocol).
+1. Initiated: the new device asks every guardian (:class:`RecoveryRequest`).
+2. CollectingApprovals: a guardian approves only when its operator says so (``ctl recovery
+   approve``); silence is a refusal. Its :class:`GuardianApproval` carries its signed approval
+   (bound to account, session and the new device's key) and the account record it holds: the
+   new device knows the account only by id and accepts the record ``t_g`` approving guardians
+   agree on. Below ``t_g`` approvals by ``recovery_approval_timeout`` the new device aborts.
+3. CollectingShares: the new device forwards the ``t_g`` approvals (:class:`ShareRequest`).
+   Each guardian verifies them (``ApprovalThresholdMet``) and only then starts **its own**
+   cooldown and tells **every existing device** itself (:class:`RecoveryPending`, a fan-out
+   from each member of one role set to every member of another: a gather whose receiver is a
+   role set; each device's session opens with the first notice it gets). During the cooldown
+   any device may veto: :class:`RecoveryVeto` goes from the device to every guardian, never
+   through the new device. A guardian that a veto reaches before its cooldown ends tells the
+   new device (:class:`RecoveryVetoed`, which ends the new device in Vetoed) and aborts the
+   session, so the abort reaches every role it knows (the other guardians included).
+4. When a guardian's own cooldown passes without a veto it releases its share, HPKE-sealed to
+   the new device (:class:`SealedRecoveryShare`); the new device gathers ``t_g`` shares before
+   ``recovery_share_timeout`` (counted from the end of the cooldown).
+5. Reconstructing: each share is checked against the guardian's public share, ``s`` is
+   interpolated and ``s·G = S`` checked; the new device announces :class:`RecoveryComplete` to
+   the guardians and (if pinned) the devices. A device that hears nothing stops watching when
+   its deadline passes (it cannot veto any more by then).
 """
 
 from __future__ import annotations
@@ -26,64 +35,73 @@ import msgspec
 from aura_node.choreo import ChoreographyBuilder, choreography
 
 
-class RecoveryRequest(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    account_id: bytes
-    new_device_public_key: bytes
+class Approval(msgspec.Struct, frozen=True, kw_only=True):
+    """A guardian's signed approval as it travels (a ``SignedStatement`` in wire form)."""
+
+    signer: bytes  # the guardian's Ed25519 public key
+    session_id: str
+    payload: bytes  # witnesses.approval_payload(account, new device key)
     signature: bytes
+
+
+class RecoveryRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Opens a guardian's session: recover ``account_id`` onto this (the sender's) device."""
+
+    account_id: str
+    new_device_public_key: bytes
+    #: the guardians this new device asked, by configured name
+    guardians: tuple[str, ...]
 
 
 class GuardianApproval(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    guardian: bytes
-    approval: bytes
-    signature: bytes
-
-
-class CooldownStarted(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    new_device_public_key: bytes
-    approvals: tuple[bytes, ...]
-    cooldown_seconds: int
-    signature: bytes
-
-
-class RecoveryVeto(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    device: bytes
-    reason: str
-    signature: bytes
-
-
-class RecoveryVetoed(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    veto: bytes
-    signature: bytes
+    approval: Approval
+    #: the AccountRecord this guardian holds (msgpack)
+    account: bytes
 
 
 class ShareRequest(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    approvals: tuple[bytes, ...]
-    signature: bytes
+    """The approvals the new device collected (each guardian checks the threshold itself)."""
+
+    approvals: tuple[Approval, ...]
+
+
+class RecoveryPending(msgspec.Struct, frozen=True, kw_only=True):
+    """A guardian tells an account device: recovery onto ``new_device`` has ``t_g`` approvals;
+    this guardian releases its share at ``cooldown_ends`` unless a veto reaches it first."""
+
+    account_id: str
+    new_device: str
+    new_device_public_key: bytes
+    approvals: tuple[Approval, ...]
+    cooldown_ends: float
+    #: when the device stops watching (the new device's share deadline)
+    watch_until: float
+
+
+class RecoveryVeto(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: str
+    reason: str
+
+
+class RecoveryVetoed(msgspec.Struct, frozen=True, kw_only=True):
+    """A guardian received a veto: no share will come from it; the recovery is over."""
+
+    vetoed_by: str
+    reason: str
 
 
 class SealedRecoveryShare(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
-    guardian: bytes
     share_index: int
     sealed_share: bytes
-    signature: bytes
 
 
 class RecoveryComplete(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
+    account_id: str
     account_public_key: bytes
     new_device_public_key: bytes
-    signature: bytes
 
 
 class RecoveryAbort(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: bytes
     reason: str
 
 
@@ -91,13 +109,16 @@ class RecoveryAbort(msgspec.Struct, frozen=True, kw_only=True):
 def RECOVERY(c: ChoreographyBuilder) -> None:
     new_device = c.role("new_device")
     guardians = c.role_set("guardians", size="g", minimum=1)
-    devices = c.role_set("devices", size="d", minimum=0)
+    devices = c.role_set("devices", size="d", minimum=1)
     t_g = c.threshold("t_g", of=guardians, minimum=1)
 
     c.phase(new_device, "Initiated")
+    c.phase(guardians, "AwaitingRequest")
+    c.phase(devices, "Watching")
     c.send(new_device, guardians, RecoveryRequest)
 
     c.phase(new_device, "CollectingApprovals")
+    c.phase(guardians, "Deciding")
     c.gather(
         guardians,
         new_device,
@@ -106,25 +127,34 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
         deadline="recovery_approval_timeout",
         optional=True,
     )
-    c.send(new_device, devices, CooldownStarted)
-    cooldown = c.gather(
-        devices,
-        new_device,
-        RecoveryVeto,
-        threshold=1,
-        deadline="recovery_cooldown",
-        optional=True,
-    )
-    with cooldown.on_quorum():
-        c.phase(new_device, "Vetoed")
-        c.send(new_device, guardians, RecoveryVetoed)
-        c.send(new_device, devices, RecoveryVetoed)
-        c.end()
-    with cooldown.on_timeout():
-        pass  # the cooldown passed without a veto: carry on
 
     c.phase(new_device, "CollectingShares")
+    c.phase(guardians, "AwaitingThreshold")
     c.send(new_device, guardians, ShareRequest)
+
+    # fan-out: every guardian that verified the threshold notifies every device itself
+    c.phase(guardians, "CoolingDown")
+    c.gather(
+        guardians, devices, RecoveryPending, threshold=1, deadline="recovery_cooldown",
+        optional=True,
+    )
+    c.phase(devices, "MayVeto")
+    veto = c.gather(
+        devices, guardians, RecoveryVeto, threshold=1, deadline="recovery_cooldown",
+        optional=True,
+    )
+    with veto.on_quorum():
+        c.phase(guardians, "Vetoed")
+        c.gather(
+            guardians, new_device, RecoveryVetoed, threshold=1,
+            deadline="recovery_share_timeout",
+        )
+        c.phase(new_device, "Vetoed")
+        c.abort(new_device)
+    with veto.on_timeout():
+        pass  # this guardian's own cooldown passed without a veto reaching it
+
+    c.phase(guardians, "Releasing")
     c.gather(
         guardians,
         new_device,
@@ -135,6 +165,11 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
     )
 
     c.phase(new_device, "Reconstructing")
+    c.phase(guardians, "AwaitingCompletion")
     c.send(new_device, guardians, RecoveryComplete)
-    c.send(new_device, devices, RecoveryComplete)
+    done = c.send(new_device, devices, RecoveryComplete, deadline="recovery_share_timeout")
+    with done.on_timeout():
+        pass  # the device stops watching; by then it could not veto anyway
     c.phase(new_device, "Completed")
+    c.phase(guardians, "Completed")
+    c.phase(devices, "Completed")

@@ -1,0 +1,339 @@
+"""Guardian recovery in memory: approvals, cooldown, veto, shares, reconstruction, rejection."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from aura_node.choreo import Choreography
+from aura_node.crypto.group import Scalar
+from aura_node.crypto.recovery import recovery_binding
+from aura_node.crypto.seal import seal_share
+from aura_node.crypto.shamir import Share
+from aura_node.protocols import engine as eng
+from aura_node.protocols.account import open_held_share
+from aura_node.protocols.envelope import seal
+from aura_node.protocols.recovery import roles as rec
+from aura_node.protocols.recovery.choreography import (
+    GuardianApproval,
+    RecoveryRequest,
+    SealedRecoveryShare,
+    ShareRequest,
+)
+from aura_node.protocols.recovery.witnesses import sign_approval
+from aura_node.protocols.registry import REGISTRY
+from aura_node.session.conformance import check_conformance
+from tests.unit.accounts_sim import Sim
+from tests.unit.recovery_world import (
+    account_id,
+    device_fingerprint,
+    entry_status,
+    start_recovery,
+    world,
+)
+
+
+def rejected(sim: Sim, node: str, sid: str) -> list[dict[str, str]]:
+    return [msgspec.msgpack.decode(r.body) for r in sim.nodes[node].records(sid)
+            if r.kind == rec.KIND_REJECTED]
+
+
+def sent_steps(sim: Sim, node: str, sid: str) -> list[str]:
+    return [ev.envelope.step for ev in eng.parse_evidence(sim.nodes[node].records(sid))
+            if isinstance(ev, eng.Sent)]
+
+
+def approve(sim: Sim, sid: str, *names: str) -> None:
+    for n in names:
+        out = sim.control(n, sid, "approve")
+        assert out == {"session": sid, "state": "AwaitingThreshold"}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recovery_restores_the_account_on_the_new_device(seed: int) -> None:
+    sim = world(seed, duplicates=0.3)
+    acct = account_id(sim)
+    before = device_fingerprint(sim, ["d1", "d2"], "mail")
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    # every guardian has the request; `recovery pending` material
+    for g in ("g1", "g2", "g3"):
+        drv = sim.nodes[g].sessions[sid].driver
+        assert isinstance(drv, rec.GuardianDriver) and drv.awaiting_approval
+        assert drv.pending_entry() == {"session": sid, "account": acct, "new_device": "n1"}
+    approve(sim, sid, "g1", "g3")
+    sim.run(timers=False)
+    st = entry_status(sim, "n1", sid)
+    assert st["state"] == "CollectingShares" and st["approvals"] == ["g1", "g3"]
+    assert st["account"] == acct
+    # the devices heard of it from the guardians (not from the new device)
+    for d in ("d1", "d2"):
+        ds = entry_status(sim, d, sid)
+        assert ds["phase"] == "MayVeto" and set(ds["notified_by"]) == {"g1", "g2", "g3"}
+    # no share before the cooldown
+    assert not any("SealedRecoveryShare" in sent_steps(sim, g, sid) for g in ("g1", "g2", "g3"))
+    sim.run()
+    out = sim.nodes["n1"].sessions[sid].outcome
+    assert out == {"session": sid, "account": acct, "guardians": ["g1", "g2", "g3"],
+                   "state": "Completed"}
+    est = sim.nodes["n1"].services.accounts.only()
+    orig = sim.nodes["d1"].services.accounts.only().account
+    assert est.account.public_key == orig.public_key and est.account.threshold == 1
+    assert est.account.to_json()["devices"] == ["n1"]
+    assert device_fingerprint(sim, ["n1"], "mail") == before
+    # the non-approving guardian released nothing
+    assert "SealedRecoveryShare" not in sent_steps(sim, "g2", sid)
+    for n in ("g1", "g2", "g3", "d1", "d2"):
+        assert sim.nodes[n].sessions[sid].outcome is not None, n
+
+
+def test_veto_during_cooldown_aborts_everywhere_and_no_share_is_released() -> None:
+    sim = world(1)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2")
+    sim.run(timers=False)
+    assert sim.control("d2", sid, "veto") == {"session": sid, "state": "Vetoed"}
+    sim.run()
+    n1 = sim.nodes["n1"].sessions[sid]
+    assert n1.error is not None and n1.error[0] in ("vetoed", "aborted_by_peer")
+    assert entry_status(sim, "n1", sid)["state"] == "Vetoed"
+    assert len(sim.nodes["n1"].services.accounts) == 0
+    for n in ("g1", "g2", "g3", "d1", "d2"):
+        assert sim.nodes[n].sessions[sid].error is not None, n
+    for node in sim.nodes.values():
+        assert "SealedRecoveryShare" not in {ev.envelope.step for ev in eng.parse_evidence(
+            node.records(sid)) if isinstance(ev, eng.Sent | eng.Received)}
+
+
+def test_a_hostile_new_device_cannot_hide_the_recovery_or_the_veto(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new device never talks to the devices; the veto still stops every guardian."""
+    sim = world(2, pins={"n1": ["g1", "g2", "g3"]})  # n1 pins only the guardians
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2", "g3")
+    sim.run(timers=False)
+    assert "devices" not in entry_status(sim, "n1", sid).values()
+    sim.control("d1", sid, "veto")
+    sim.run()
+    assert all(sim.nodes[g].sessions[sid].error is not None for g in ("g1", "g2", "g3"))
+    assert len(sim.nodes["n1"].services.accounts) == 0
+
+
+def test_below_threshold_times_out_without_shares() -> None:
+    sim = world(3)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g2")
+    sim.run()
+    err = sim.nodes["n1"].sessions[sid].error
+    assert err is not None and err[0] == "timeout" and "g2" in err[1]
+    for node in sim.nodes.values():
+        assert "SealedRecoveryShare" not in sent_steps(sim, node.name, sid)
+        assert "ShareRequest" not in sent_steps(sim, node.name, sid)
+    assert sim.nodes["g1"].sessions[sid].error is not None  # the abort reached the guardians
+
+
+def test_approval_from_a_non_guardian_is_rejected_and_recovery_still_completes() -> None:
+    sim = world(4)
+    # d2 is pinned at n1 but is no guardian of the account (start_params would refuse it:
+    # the role check is bypassed here); asked as one, d2 refuses to act
+    params = {"account": account_id(sim), "guardians": ["g1", "d2", "g3"], "new_device": "n1"}
+    sid = sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+    sim.run(timers=False)
+    assert rejected(sim, "d2", sid)[0]["code"] == "recovery"
+    # a forged approval sent by d2 itself (signed by d2) is rejected by the new device
+    n1 = sim.nodes["n1"]
+    acct = sim.nodes["g1"].services.accounts.only().account
+    forged = sign_approval(sim.nodes["d2"].key, session_id=sid, account_id=acct.account_id,
+                           new_device_key=n1.key.public)
+    msg = GuardianApproval(approval=rec.to_wire(forged), account=msgspec.msgpack.encode(acct))
+    sim.receive("d2", "n1", seal(sim.nodes["d2"].key, choreography="recovery", session=sid,
+                                 message=msg))
+    assert any("not one of the guardians" in r["reason"] or "not a guardian" in r["reason"]
+               or "is not a member" in r["reason"] for r in rejected(sim, "n1", sid))
+    assert entry_status(sim, "n1", sid)["phase"] == "CollectingApprovals"
+    approve(sim, sid, "g1", "g3")
+    sim.run()
+    assert sim.nodes["n1"].sessions[sid].outcome is not None
+
+
+def test_replayed_approval_from_another_session_is_rejected() -> None:
+    sim = world(5)
+    old = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, old, "g1")
+    sim.run(timers=False)
+    old_approval = sim.nodes["n1"].sessions[old].driver._approvals["g1"]  # type: ignore[union-attr]
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    msg = GuardianApproval(approval=rec.to_wire(old_approval[0]), account=old_approval[1])
+    sim.receive("g1", "n1", seal(sim.nodes["g1"].key, choreography="recovery", session=sid,
+                                 message=msg))
+    reasons = [r["reason"] for r in rejected(sim, "n1", sid)]
+    assert reasons and f"is for session '{old}'" in reasons[0]
+    assert entry_status(sim, "n1", sid)["approvals"] == []
+
+
+def test_a_share_failing_its_feldman_check_is_rejected_and_honest_guardians_suffice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rec.GuardianDriver.on_timer
+
+    def lying(self: rec.GuardianDriver, inp: eng.TimerFired) -> list[eng.Effect]:
+        effects = real(self, inp)
+        if self.services.self_name != "g1":
+            return effects
+        out: list[eng.Effect] = []
+        for e in effects:
+            if isinstance(e, eng.Send) and isinstance(e.message, SealedRecoveryShare):
+                acct = self._account
+                assert acct is not None and self._new_key is not None
+                bad = Share(index=e.message.share_index, value=Scalar.from_int(12345))
+                e = eng.Send(to=e.to, message=SealedRecoveryShare(
+                    share_index=e.message.share_index, sealed_share=seal_share(
+                        bad, self._new_key, recovery_binding(
+                            account_id=acct.account_id, session_id=self._session,
+                            new_device_id=self._new_key.device_id))))
+            out.append(e)
+        return out
+
+    monkeypatch.setattr(rec.GuardianDriver, "on_timer", lying)
+    sim = world(6)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2", "g3")
+    sim.run(timers=False)
+    sim.nodes["g3"].down = True  # g1 (lying) and g2 release first
+    sim.fire_timers()
+    sim.run(timers=False)
+    codes = [(r["peer"], r["reason"]) for r in rejected(sim, "n1", sid)]
+    assert any(p == "g1" and "fails its check" in why for p, why in codes), codes
+    assert entry_status(sim, "n1", sid)["phase"] == "CollectingShares"
+    sim.nodes["g3"].down = False
+    sim.fire_timers()
+    sim.run(timers=False)
+    assert sim.nodes["n1"].sessions[sid].outcome is not None
+    assert entry_status(sim, "n1", sid)["shares"] == ["g2", "g3"]
+
+
+def test_wrong_phase_messages_are_rejected_by_monitor_and_driver() -> None:
+    from aura_node.choreo.monitor import Monitor
+    from aura_node.errors import RemoteProtocolError
+
+    chor: Choreography = REGISTRY["recovery"]
+    m = Monitor(chor.project("new_device", {"g": 3, "t_g": 2}))
+    m.check_outbound("guardians", RecoveryRequest(account_id="a", new_device_public_key=b"",
+                                                  guardians=()))
+    with pytest.raises(RemoteProtocolError, match="not allowed yet"):
+        m.check_inbound("guardians", SealedRecoveryShare(share_index=1, sealed_share=b""),
+                        member="g1")
+    g = Monitor(chor.project("guardians", {"g": 3}))
+    with pytest.raises(RemoteProtocolError):
+        g.check_inbound("new_device", ShareRequest(approvals=()), member="n1")
+    # the driver rejects (journals) a share that comes before the threshold, and carries on
+    sim = world(7)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    sim.receive("g1", "n1", seal(sim.nodes["g1"].key, choreography="recovery", session=sid,
+                                 message=SealedRecoveryShare(share_index=1, sealed_share=b"x")))
+    assert rejected(sim, "n1", sid)[0]["code"] == "wrong_phase"
+    assert entry_status(sim, "n1", sid)["phase"] == "CollectingApprovals"
+
+
+def test_fan_out_projects_to_a_broadcast_and_an_optional_gather() -> None:
+    from aura_node.choreo.monitor import Monitor
+    from aura_node.protocols.recovery.choreography import RecoveryPending, RecoveryVeto
+
+    chor: Choreography = REGISTRY["recovery"]
+    assert chor.check() == ()
+    g = chor.project("guardians", {"g": 3, "d": 2})
+    (notify,) = [t for t in g.transitions if t.message is RecoveryPending]
+    assert (notify.action, notify.peer) == ("send", "devices")
+    (veto,) = {(t.action, t.threshold, t.deadline) for t in g.transitions
+               if t.message is RecoveryVeto}
+    assert veto == ("gather", 1, "recovery_cooldown")
+    d = chor.project("devices", {"g": 3, "d": 2})
+    assert d.phases[d.initial] == "Watching"
+    mon = Monitor(d)
+    pending = RecoveryPending(account_id="a", new_device="n", new_device_public_key=b"",
+                              approvals=(), cooldown_ends=0.0, watch_until=0.0)
+    mon.check_inbound("guardians", pending, member="g1")
+    mon.check_inbound("guardians", pending, member="g2")  # a second notice: a straggler
+    assert mon.phase == "MayVeto"
+    mon.check_outbound("guardians", RecoveryVeto(account_id="a", reason="no"))
+
+
+@pytest.mark.parametrize("cls, role", [
+    (rec.NewDevice, "new_device"), (rec.Guardian, "guardians"), (rec.AccountDevice, "devices"),
+])
+@pytest.mark.parametrize("sizes", [{"g": 3, "t_g": 2, "d": 2}, {"g": 1, "t_g": 1, "d": 1}])
+def test_typestate_conforms_to_the_projection(cls: type, role: str, sizes: dict[str, int]
+                                              ) -> None:
+    check_conformance(cls, REGISTRY["recovery"].project(role, sizes))
+
+
+def test_secret_and_shares_never_reach_a_journal_in_plaintext() -> None:
+    sim = world(8)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2", "g3")
+    sim.run()
+    assert sim.nodes["n1"].sessions[sid].outcome is not None
+    est = sim.nodes["n1"].services.accounts.only()
+    secret = open_held_share(est.account, est.shares[0], sim.nodes["n1"].key)
+    values = [secret.value.to_bytes()]
+    for g in ("g1", "g2", "g3", "d1", "d2"):
+        e = sim.nodes[g].services.accounts.only()
+        values.append(open_held_share(e.account, e.shares[0], sim.nodes[g].key).value.to_bytes())
+    assert len(set(values)) == 6
+    for node in sim.nodes.values():
+        blob = node.journal_bytes()
+        for v in values:
+            assert v not in blob and v.hex().encode() not in blob
+
+
+def test_operator_mistakes_do_not_abort_and_params_are_checked() -> None:
+    sim = world(9)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1")
+    again = sim.control("g1", sid, "approve")
+    assert again["state"] == "AwaitingThreshold" and "error" in again
+    assert not sim.nodes["g1"].sessions[sid].ended
+    services = sim.nodes["n1"].services
+    with pytest.raises(eng.ParamsError, match="not guardian"):
+        rec.start_params({"account": "x", "guardians": ["d1"]}, services)
+    with pytest.raises(eng.ParamsError, match="not a pinned peer"):
+        rec.start_params({"account": "x", "guardians": ["zz"]}, services)
+    with pytest.raises(eng.ParamsError, match="twice"):
+        rec.start_params({"account": "x", "guardians": "g1,g1"}, services)
+    p = rec.start_params({"account": "x", "guardians": "g1,g2"}, services)
+    assert rec.session_roles(p) == {"n1": "new_device", "g1": "guardians", "g2": "guardians"}
+
+
+def test_sample_messages_cover_nested_structs_and_floats() -> None:
+    from aura_node.choreo.simulate import sample_message
+    from aura_node.protocols.recovery.choreography import Approval, RecoveryPending
+
+    g = sample_message(GuardianApproval)
+    assert isinstance(g, GuardianApproval) and isinstance(g.approval, Approval)
+    p = sample_message(RecoveryPending)
+    assert isinstance(p, RecoveryPending) and p.cooldown_ends == 0.0 and p.approvals == ()
+
+
+def test_monitor_accepts_one_late_receive_after_its_deadline() -> None:
+    from aura_node.choreo.monitor import Monitor
+    from aura_node.errors import RemoteProtocolError
+    from aura_node.protocols.recovery.choreography import RecoveryComplete, RecoveryPending
+
+    mon = Monitor(REGISTRY["recovery"].project("devices", {"g": 2, "d": 2}))
+    mon.check_inbound("guardians", RecoveryPending(
+        account_id="a", new_device="n", new_device_public_key=b"", approvals=(),
+        cooldown_ends=0.0, watch_until=0.0), member="g1")
+    mon.timeout()  # the watch deadline: the device stops watching
+    assert mon.is_final and mon.phase == "Completed"
+    done = RecoveryComplete(account_id="a", account_public_key=b"", new_device_public_key=b"")
+    mon.check_inbound("new_device", done, member="n")  # late, accepted without effect
+    with pytest.raises(RemoteProtocolError):
+        mon.check_inbound("new_device", done, member="n")
