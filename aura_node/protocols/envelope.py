@@ -117,21 +117,15 @@ def signature_domain(choreography: str, step: str) -> str:
     return f"msg/{choreography}/{step}"
 
 
-def _field(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
-
-
 def signed_bytes(*, choreography: str, session: str, step: str, sender: str, body: bytes) -> bytes:
-    """Canonical bytes covered by the signature: each field length-prefixed, in fixed order."""
-    return b"".join(
-        (
-            _field(choreography.encode()),
-            _field(session.encode()),
-            _field(step.encode()),
-            _field(sender.encode()),
-            _field(body),
-        )
-    )
+    """Canonical bytes covered by the signature: each field as a 4-byte big-endian length and
+    its bytes, in fixed order (choreography, session, step, sender, body)."""
+    c, se, st, sd = choreography.encode(), session.encode(), step.encode(), sender.encode()
+    return b"".join((
+        len(c).to_bytes(4, "big"), c, len(se).to_bytes(4, "big"), se,
+        len(st).to_bytes(4, "big"), st, len(sd).to_bytes(4, "big"), sd,
+        len(body).to_bytes(4, "big"), body,
+    ))
 
 
 _encoder = msgspec.msgpack.Encoder()

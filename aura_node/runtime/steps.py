@@ -20,31 +20,46 @@ from aura_node.errors import AuraError
 
 
 class Outcome:
-    """A one-shot result slot a control handler awaits (set only after the journal fsync)."""
+    """A one-shot result slot a control handler awaits (set only after the journal fsync).
 
-    __slots__ = ("_event", "error", "value")
+    The ``trio.Event`` is made only when someone waits before the result is in: most
+    sessions (every responder) are never awaited, and a node may open thousands per second.
+    """
+
+    __slots__ = ("_done", "_event", "error", "value")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._event: trio.Event | None = None
+        self._done = False
         self.value: dict[str, Any] | None = None
         self.error: AuraError | None = None
 
     def set(self, value: Mapping[str, Any]) -> None:
-        if not self._event.is_set():
+        if not self._done:
             self.value = dict(value)
-            self._event.set()
+            self._finish()
 
     def fail(self, error: AuraError) -> None:
-        if not self._event.is_set():
+        if not self._done:
             self.error = error
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._event is not None:
             self._event.set()
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     async def wait(self) -> dict[str, Any]:
-        await self._event.wait()
+        if not self._done:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
         if self.error is not None:
             raise self.error
         assert self.value is not None
