@@ -607,13 +607,18 @@ class SessionRuntime:
         roles = entry.driver.roles
         if not eff.to:
             raise eng.DriverError("Send effect with no recipients")
+        # One monitor step per distinct recipient ROLE: a send to a role set is a single
+        # interaction of the local type, however many members it fans out to.
+        checked: set[str] = set()
         for name in eff.to:
             if name == self.self_name or name not in self.peers:
                 raise eng.DriverError(f"cannot send to {name!r}: not a pinned peer")
             role = roles.get(name)
             if role is None:
                 raise eng.DriverError(f"cannot send to {name!r}: no role in this session")
-            entry.monitor.check_outbound(role, eff.message)
+            if role not in checked:
+                checked.add(role)
+                entry.monitor.check_outbound(role, eff.message)
         env = seal(self.key, choreography=entry.choreography, session=entry.id,
                    message=eff.message)
         step.records.append((eng.KIND_OUT, eng.encode_body(
@@ -666,8 +671,8 @@ class SessionRuntime:
             entry.monitor.on_abort()
             roles = {**entry.roles, **entry.driver.roles}
             to = tuple(n for n in roles if n != self.self_name and n in self.peers)
-            for name in to:
-                entry.monitor.check_outbound(roles[name], message)
+            for role in dict.fromkeys(roles[name] for name in to):
+                entry.monitor.check_outbound(role, message)
         except Exception as exc:  # already final, or a broken driver: nothing to tell
             self._log.info("abort_not_sent", session=entry.id, reason=repr(exc))
             return
@@ -779,8 +784,8 @@ class SessionRuntime:
                     msg = _decode(spec, e.envelope)
                     if monitor.is_abort(msg):
                         monitor.on_abort()
-                    for name in e.to:
-                        monitor.check_outbound(driver.roles[name], msg)
+                    for role in dict.fromkeys(driver.roles[name] for name in e.to):
+                        monitor.check_outbound(role, msg)
                 elif isinstance(e, eng.TimerEvent) and e.event == "fired":
                     monitor.on_timeout()
         except Exception as exc:
