@@ -58,9 +58,6 @@ from aura_node.protocols.envelope import (
 from aura_node.protocols.registry import REGISTRY
 from aura_node.protocols.services import NodeServices
 
-#: see :meth:`SessionMonitor._skip_empty_sends`
-SKIP_EMPTY_SENDS = True
-
 #: see :meth:`SimRuntime._retry_early`
 RETRY_EARLY_AFTER_ANY_STEP = True
 
@@ -80,38 +77,16 @@ class SessionMonitor:
         self.monitor = Monitor(chor.project(role, dict(bindings) or None))
         self._abort_type = self.monitor.local_type.abort_message
 
-        self._skip_empty_sends()
-
     def check_inbound(self, sender_role: str, message: msgspec.Struct, *, member: str) -> None:
         self.monitor.check_inbound(sender_role, message, member=member)
-        self._skip_empty_sends()
 
     def check_outbound(self, receiver_role: str, message: msgspec.Struct) -> None:
         self.monitor.check_outbound(receiver_role, message)
-        self._skip_empty_sends()
 
     def on_timeout(self) -> None:
         """A driver timer fired: follow the state's deadline edge if it has one."""
         if self.monitor.can_time_out:
             self.monitor.timeout()
-            self._skip_empty_sends()
-
-    def _skip_empty_sends(self) -> None:
-        """A send to a role set bound to size 0 (genesis without guardians: ``g = 0``) has no
-        receiver, so no driver ever performs it; ``choreo.Monitor`` completes a gather over an
-        empty set on arrival but not such a send, and would wait in front of it forever
-        (every later message looks early). Step over it. Workaround until the monitor does
-        this itself (reported; ``SKIP_EMPTY_SENDS`` off reproduces the stall)."""
-        if not SKIP_EMPTY_SENDS:
-            return
-        m = self.monitor
-        lt = m.local_type
-        while True:
-            explicit = lt.explicit(m.state)
-            if (len(explicit) != 1 or explicit[0].action != "send"
-                    or lt.set_sizes.get(explicit[0].peer, 1) != 0):
-                return
-            m._enter(explicit[0].target)
 
     def on_abort(self) -> None:
         if not self.monitor.is_final:

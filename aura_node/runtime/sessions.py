@@ -352,6 +352,7 @@ class SessionRuntime:
         rec = (eng.KIND_CONTROL, eng.encode_body(
             eng.ControlBody(action=cmd.action, args=dict(cmd.args), now=now)))
         step = self._run(entry, entry.driver.on_control, inp, [rec], now, reply=cmd.reply)
+        self._retry_early(entry, now, step)
         if not any(isinstance(a, Resolve) and a.outcome is cmd.reply for a in step.actions):
             if entry.outcome == "failed" and entry.error is not None:
                 step.actions.append(Resolve(outcome=cmd.reply, error=SessionFailedError(
@@ -375,8 +376,10 @@ class SessionRuntime:
             entry.monitor.on_timeout()
         except AuraError as exc:
             return self._abort(entry, [rec], exc, now)
-        return self._run(entry, entry.driver.on_timer, eng.TimerFired(name=cmd.name, now=now),
+        step = self._run(entry, entry.driver.on_timer, eng.TimerFired(name=cmd.name, now=now),
                          [rec], now)
+        self._retry_early(entry, now, step)
+        return step
 
     # --- inbound ----------------------------------------------------------------------------
 
@@ -478,16 +481,20 @@ class SessionRuntime:
     ) -> Step:
         step = Step(session=entry.id, ts=now, records=list(pre), actions=list(pre_actions))
         if self._deliver_one(entry, peer, message, env, digest, now, step):
-            # the session advanced: early messages may fit now (in arrival order)
-            progress = True
-            while progress and entry.early and entry.active:
-                progress = False
-                for item in list(entry.early):
-                    entry.early.remove(item)
-                    if self._deliver_one(entry, *item, now, step):
-                        progress = True
-                        break
+            self._retry_early(entry, now, step)
         return step
+
+    def _retry_early(self, entry: SessionEntry, now: float, step: Step) -> None:
+        """The session advanced (a message, a timer, a control action): early messages may
+        fit its new state now; deliver them in arrival order, adding to ``step``."""
+        progress = True
+        while progress and entry.early and entry.active:
+            progress = False
+            for item in list(entry.early):
+                entry.early.remove(item)
+                if self._deliver_one(entry, *item, now, step):
+                    progress = True
+                    break
 
     def _deliver_one(
         self, entry: SessionEntry, peer: str, message: msgspec.Struct, env: Envelope,
@@ -561,9 +568,13 @@ class SessionRuntime:
         on an exception the caller discards ``step`` and aborts the session)."""
         assert entry.driver is not None and entry.monitor is not None
         pending_sent: list[tuple[tuple[str, ...], Envelope]] = []
+        # One monitor step per (recipient role, message type) per driver input: a send to a
+        # role set is one interaction of the local type, however many members it fans out to
+        # and even when each member gets its own message (genesis deals a share to each).
+        checked: set[tuple[str, type]] = set()
         for eff in effects:
             if isinstance(eff, eng.Send):
-                self._send(entry, eff, step, pending_sent)
+                self._send(entry, eff, step, pending_sent, checked)
             elif isinstance(eff, eng.RecordEvidence):
                 if eff.kind in eng.RUNTIME_KINDS:
                     raise eng.DriverError(f"driver may not write runtime record {eff.kind!r}")
@@ -601,23 +612,20 @@ class SessionRuntime:
 
     def _send(
         self, entry: SessionEntry, eff: eng.Send, step: Step,
-        pending: list[tuple[tuple[str, ...], Envelope]],
+        pending: list[tuple[tuple[str, ...], Envelope]], checked: set[tuple[str, type]],
     ) -> None:
         assert entry.driver is not None and entry.monitor is not None
         roles = entry.driver.roles
         if not eff.to:
             raise eng.DriverError("Send effect with no recipients")
-        # One monitor step per distinct recipient ROLE: a send to a role set is a single
-        # interaction of the local type, however many members it fans out to.
-        checked: set[str] = set()
         for name in eff.to:
             if name == self.self_name or name not in self.peers:
                 raise eng.DriverError(f"cannot send to {name!r}: not a pinned peer")
             role = roles.get(name)
             if role is None:
                 raise eng.DriverError(f"cannot send to {name!r}: no role in this session")
-            if role not in checked:
-                checked.add(role)
+            if (role, type(eff.message)) not in checked:
+                checked.add((role, type(eff.message)))
                 entry.monitor.check_outbound(role, eff.message)
         env = seal(self.key, choreography=entry.choreography, session=entry.id,
                    message=eff.message)
@@ -776,7 +784,12 @@ class SessionRuntime:
                             if isinstance(e, eng.Received)), None) if start.opened_by else None
             monitor = self._monitor_for(start.choreography, start.role,
                                         spec.bindings(start, opening))
+            # sends journaled by one driver input are consecutive ``msg.out`` records; like
+            # ``_apply`` the replay steps the monitor once per (role, type) per input
+            replay_checked: set[tuple[str, type]] = set()
             for e in evidence:  # bring the monitor to the state the journal proves
+                if not isinstance(e, eng.Sent):
+                    replay_checked.clear()
                 if isinstance(e, eng.Received):
                     monitor.check_inbound(e.sender_role, _decode(spec, e.envelope),
                                           member=e.sender)
@@ -785,7 +798,9 @@ class SessionRuntime:
                     if monitor.is_abort(msg):
                         monitor.on_abort()
                     for role in dict.fromkeys(driver.roles[name] for name in e.to):
-                        monitor.check_outbound(role, msg)
+                        if (role, type(msg)) not in replay_checked:
+                            replay_checked.add((role, type(msg)))
+                            monitor.check_outbound(role, msg)
                 elif isinstance(e, eng.TimerEvent) and e.event == "fired":
                     monitor.on_timeout()
         except Exception as exc:

@@ -116,10 +116,15 @@ def _peers(lt: LocalType) -> set[str]:
 
 def _settle(lt: LocalType, state: str) -> str:
     """Where a monitor placed at ``state`` really is: a gather of 0 (empty role set) completes
-    on arrival."""
+    on arrival, and so does the only send of a state when it goes to an empty role set."""
     for t in lt.outgoing(state):
         if t.action == "gather" and (t.threshold or 0) <= 0:
             return _settle(lt, t.target)
+    explicit = lt.explicit(state)
+    if len(explicit) == 1 and explicit[0].action == "send" and lt.set_sizes.get(
+        explicit[0].peer
+    ) == 0:
+        return _settle(lt, explicit[0].target)
     return state
 
 
