@@ -911,6 +911,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m aura_node.harness.simulation",
         description="Deterministic simulation of the protocols (seeded faults and crashes).")
+    add_arguments(ap)
+    return run_from_args(ap.parse_args(argv))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The simulation's options (also `aura-node cluster simulate`)."""
     ap.add_argument("--protocol", choices=[*SCENARIOS, "all"], default="all")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed")
@@ -923,7 +929,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true",
                     help="known (reported) issues fail a run too")
     ap.add_argument("--json", action="store_true", help="one JSON line per run")
-    args = ap.parse_args(argv)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     protocols = list(SCENARIOS) if args.protocol == "all" else [args.protocol]
     faults = Faults() if args.no_faults else Faults.chaos(0.0, intensity=args.intensity)
     failed = 0
