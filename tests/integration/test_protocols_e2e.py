@@ -8,6 +8,9 @@ journal file for the account secret and the plaintext shares.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +116,13 @@ def derive_from_two_pairs(c: Cluster) -> dict[str, Any]:
     for name in ("d2",):
         detail = c.node(name).ctl("session", session=a["session"])
         assert detail["result"]["fingerprint"] == a["fingerprint"]
+    # the operator's own path: `aura-node ctl --home HOME dkd ...` in a process of its own
+    cli = subprocess.run(
+        [sys.executable, "-m", "aura_node", "ctl", "--home", str(c.node("d3").home), "dkd",
+         "--context", "mail", "--participants", "d3,d2"],
+        capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["fingerprint"] == a["fingerprint"]
     bad = ctl_error(c, "d1", "dkd", context="mail", participants=["d1", "g1"])
     assert remote_code(bad) == "invalid_args" and "g1" in bad.message
     return a
@@ -293,6 +303,6 @@ def test_account_dkd_recovery_veto_crash_between_real_nodes(
 
     report = check_invariants(journals_of_cluster(c.dir))
     assert report.ok, report.to_json()["violations"]
-    assert report.checked["dkd_agreement"] >= 9 and report.checked["no_equivocation"] > 0
+    assert report.checked["dkd_agreement"] >= 11 and report.checked["no_equivocation"] > 0
     assert_no_misbehaviour_logged(c)
     assert_no_secret_anywhere(c, secrets_of_the_run(c))
