@@ -65,23 +65,44 @@ def _project(choreography: str, role: str, bindings: tuple[tuple[str, int], ...]
 
 
 class SessionMonitor:
-    __slots__ = ("_abort_type", "_monitor")
+    __slots__ = ("_abort_type", "_has_empty_set", "_monitor")
 
     def __init__(self, monitor: Monitor) -> None:
         self._monitor = monitor
         self._abort_type = monitor.local_type.abort_message
+        # most sessions bind no empty role set: then the per-message skip costs one test
+        self._has_empty_set = 0 in monitor.local_type.set_sizes.values()
+        self._skip_empty_sends()
 
     def check_inbound(self, sender_role: str, message: msgspec.Struct, *, member: str) -> None:
         self._monitor.check_inbound(sender_role, message, member=member)
+        self._skip_empty_sends()
 
     def check_outbound(self, receiver_role: str, message: msgspec.Struct) -> None:
         self._monitor.check_outbound(receiver_role, message)
+        self._skip_empty_sends()
+
+    def _skip_empty_sends(self) -> None:
+        """Move past sends to a role set bound to size 0 (genesis without guardians): there is
+        no member to send to, so the driver sends nothing and the interaction is vacuous -
+        the same rule ``Monitor`` applies to a gather over an empty set. (Uses the monitor's
+        own transition, so stragglers and empty gathers after it are handled as usual.)"""
+        if not self._has_empty_set:
+            return
+        m = self._monitor
+        sizes = m.local_type.set_sizes
+        while not m.is_final:
+            empty = [t for t in m.expected_outbound() if sizes.get(t.peer) == 0]
+            if not empty:
+                return
+            m._enter(empty[0].target)
 
     def on_timeout(self) -> None:
         """A driver timer fired: follow the state's deadline edge if it has one."""
         lt = self._monitor.local_type
         if any(t.action == "timeout" for t in lt.outgoing(self._monitor.state)):
             self._monitor.timeout()
+            self._skip_empty_sends()
 
     def on_abort(self) -> None:
         """This side gives up (before the runtime fans the abort message out)."""
