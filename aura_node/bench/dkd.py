@@ -52,7 +52,6 @@ the figures are produced and sane.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import random
@@ -61,7 +60,6 @@ import statistics
 import tempfile
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -384,27 +382,13 @@ class Floors:
                       fsync_rate=(self.fsync_rate + other.fsync_rate) / 2)
 
 
-def raw_rtt_rate(samples: int) -> float:
-    """``bench.node.raw_tcp_pingpong_rate``, minus its one flaw: it leaves its echo process's
-    stdout pipe for the garbage collector (a ResourceWarning when its Popen is dropped, an
-    error under ``-W error``). The echo process itself is killed and reaped there; only that
-    already-dead pipe's warning is silenced, here, at the moment it is collected."""
-    from aura_node.bench.node import raw_tcp_pingpong_rate
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        rate = raw_tcp_pingpong_rate(samples)
-        gc.collect()
-    return rate
-
-
 def measure_floors(directory: Path, sizes: Sizes, *, quick: bool) -> Floors:
-    from aura_node.bench.node import fdatasync_rate
+    from aura_node.bench.node import fdatasync_rate, raw_tcp_pingpong_rate
 
     return Floors(
         crypto_pair=dkd_session_crypto_floor(PARTICIPANTS, THRESHOLD, quick=quick),
         crypto_three=dkd_session_crypto_floor(len(DEVICES), THRESHOLD, quick=quick),
-        rtt_rate=raw_rtt_rate(sizes.rtt_samples),
+        rtt_rate=raw_tcp_pingpong_rate(sizes.rtt_samples),
         fsync_rate=fdatasync_rate(directory, sizes.fsync_samples),
     )
 
