@@ -33,7 +33,8 @@ journal with the cluster checkers of :mod:`aura_node.harness.invariants` (journa
 evidence signed, no equivocation, DKD agreement, every session ended within its deadline after
 the heal) plus scenario checks (one account view per account; every completed DKD derived the
 key ``s·H`` computed directly from the shares; a recovered device holds the original account
-key; a guardian that journaled a veto never releases its share afterwards).
+key; a guardian releases its share only after an accepted ``ShareRequest`` and its own cooldown,
+never after a veto or its own deadline).
 
 Use: ``python -m aura_node.harness.simulation --protocol all --seed 7 --seeds 1000``; a
 failing seed prints its violations, and ``--seed N --log`` replays it with the event log.
@@ -537,18 +538,11 @@ class RunReport:
     #: scenario checks that failed (beyond the cluster invariants)
     problems: tuple[str, ...]
     shape: dict[str, Any]
-    #: violations that match a reported, not yet fixed issue (:data:`KNOWN_ISSUES`)
-    known: tuple[tuple[str, inv.Violation], ...] = ()
-
-    @property
-    def unknown(self) -> tuple[inv.Violation, ...]:
-        known = {id(v) for _, v in self.known}
-        return tuple(v for v in self.invariants.violations if id(v) not in known)
 
     @property
     def ok(self) -> bool:
-        """No violation beyond the known issues, no failed scenario check."""
-        return not self.unknown and not self.problems
+        """No invariant violation, no failed scenario check."""
+        return self.invariants.ok and not self.problems
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -556,32 +550,7 @@ class RunReport:
             "virtual_seconds": round(self.virtual_seconds, 6), "log_digest": self.log_digest,
             "stats": self.stats, "outcomes": self.outcomes, "shape": self.shape,
             "invariants": self.invariants.to_json(), "problems": list(self.problems),
-            "known": [{"issue": k, **v.to_json()} for k, v in self.known],
         }
-
-
-#: issue id -> what it is (found by this simulation, reported to the lead; the fix is outside
-#: the harness). A violation classified as known does not fail a run unless ``strict``.
-KNOWN_ISSUES = {
-    "recovery-guardian-no-deadline": (
-        "a guardian's recovery session has no deadline of its own before it releases: when "
-        "the ShareRequest never reaches it (dropped, or lost while the guardian was down and "
-        "never re-sent because the guardian had sent nothing to the new device), it waits in "
-        "Deciding/AwaitingThreshold forever; RecoveryComplete is only ever 'early' there"),
-}
-
-
-def classify_known(sim: Simulation, report: inv.InvariantReport
-                   ) -> tuple[tuple[str, inv.Violation], ...]:
-    out = []
-    for v in report.violations:
-        if v.invariant != "sessions_end" or v.node is None or v.session is None:
-            continue
-        s = sim.nodes[v.node].session(v.session)
-        if (s is not None and s.choreography == "recovery" and s.role == "guardians"
-                and s.phase in ("Deciding", "AwaitingThreshold")):
-            out.append(("recovery-guardian-no-deadline", v))
-    return tuple(out)
 
 
 def genesis_params(devices: Sequence[str], t: int, guardians: Sequence[str], tg: int,
@@ -791,7 +760,7 @@ def scenario_recovery(sim: Simulation, shape: random.Random, heal: float
                     if mine != theirs:
                         problems.append("the recovered device derives another DKD key")
         for g in guardians:
-            _no_release_after_veto(sim.nodes[g], problems)
+            _release_rule(sim.nodes[g], problems)
 
     budget = (p.recovery_approval_timeout_seconds + p.recovery_cooldown_seconds
               + p.recovery_share_timeout_seconds + 10.0)
@@ -814,18 +783,29 @@ def _without(sim: Simulation, name: str) -> Simulation:
     return _View({n: x for n, x in sim.nodes.items() if n != name})  # type: ignore[return-value]
 
 
-def _no_release_after_veto(node: SimNode, problems: list[str]) -> None:
-    vetoed: set[str] = set()
-    for ev_rec in node.journal.records():
-        if ev_rec.kind == eng.KIND_IN:
-            ev = eng.parse_record(ev_rec)
-            if isinstance(ev, eng.Received) and ev.envelope.step == "RecoveryVeto":
-                vetoed.add(ev_rec.session)
-        elif ev_rec.kind == eng.KIND_OUT and ev_rec.session in vetoed:
-            ev = eng.parse_record(ev_rec)
-            if isinstance(ev, eng.Sent) and ev.envelope.step == "SealedRecoveryShare":
+def _release_rule(node: SimNode, problems: list[str]) -> None:
+    """A guardian's journal shows its release rule held: every ``SealedRecoveryShare`` it sent
+    comes after an accepted ``ShareRequest`` and its own cooldown timer, with no veto accepted
+    and no deadline of its own fired before it."""
+    seen: dict[str, set[str]] = {}
+    for rec in node.journal.records():
+        if rec.kind not in (eng.KIND_IN, eng.KIND_OUT, eng.KIND_TIMER_FIRED):
+            continue
+        ev = eng.parse_record(rec)
+        mine = seen.setdefault(rec.session, set())
+        if isinstance(ev, eng.Received):
+            mine.add(ev.envelope.step)
+        elif isinstance(ev, eng.TimerEvent):
+            mine.add(f"timer:{ev.name}")
+        elif isinstance(ev, eng.Sent) and ev.envelope.step == "SealedRecoveryShare":
+            broken = [why for why, bad in (
+                ("after journaling a veto", "RecoveryVeto" in mine),
+                ("without a ShareRequest", "ShareRequest" not in mine),
+                ("before its cooldown", "timer:cooldown" not in mine),
+                ("after its own deadline", "timer:share-request" in mine)) if bad]
+            for why in broken:
                 problems.append(f"guardian {node.name} released its share in "
-                                f"{ev_rec.session[:8]} after journaling a veto")
+                                f"{rec.session[:8]} {why}")
 
 
 Scenario = Callable[[Simulation, random.Random, float],
@@ -864,8 +844,7 @@ SCENARIOS: dict[str, ScenarioSpec] = {
 
 
 def run_seed(seed: int, protocol: str, *, faults: Faults | None = None, fault_window: float = 20.0,
-             max_steps: int = 200_000, keep: list[Simulation] | None = None,
-             strict: bool = False) -> RunReport:
+             max_steps: int = 200_000, keep: list[Simulation] | None = None) -> RunReport:
     """One seeded scenario: build, inject ``faults`` (rates; default :meth:`Faults.chaos`) for
     ``fault_window`` virtual seconds after the set-up, run until quiet, check. ``keep`` receives the
     :class:`Simulation` (for a test or a replay that wants to look inside)."""
@@ -900,8 +879,7 @@ def run_seed(seed: int, protocol: str, *, faults: Faults | None = None, fault_wi
     return RunReport(
         seed=seed, protocol=protocol, steps=sim.steps, virtual_seconds=sim.now - START_TIME,
         log_digest=sim.log_digest(), stats={k: getattr(sim.stats, k) for k in _Stats.__slots__},
-        outcomes=_outcomes(sim), invariants=report, problems=tuple(problems), shape=shape_info,
-        known=() if strict else classify_known(sim, report))
+        outcomes=_outcomes(sim), invariants=report, problems=tuple(problems), shape=shape_info)
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -920,22 +898,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--intensity", type=float, default=1.0, help="fault rates x this")
     ap.add_argument("--no-faults", action="store_true")
     ap.add_argument("--log", action="store_true", help="print each run's event log")
-    ap.add_argument("--strict", action="store_true",
-                    help="known (reported) issues fail a run too")
     ap.add_argument("--json", action="store_true", help="one JSON line per run")
     args = ap.parse_args(argv)
     protocols = list(SCENARIOS) if args.protocol == "all" else [args.protocol]
     faults = Faults() if args.no_faults else Faults.chaos(0.0, intensity=args.intensity)
     failed = 0
     runs = 0
-    known = 0
     t0 = time.perf_counter()
     for seed in range(args.seed, args.seed + args.seeds):
         for protocol in protocols:
             keep: list[Simulation] = []
             report = run_seed(seed, protocol, faults=faults, fault_window=args.fault_window,
-                              max_steps=args.steps, keep=keep, strict=args.strict)
-            known += len(report.known)
+                              max_steps=args.steps, keep=keep)
             runs += 1
             failed += not report.ok
             if args.log:
@@ -944,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(report.to_json(), sort_keys=True))
             elif not report.ok:
                 print(f"FAIL seed {seed} {protocol}: shape {report.shape}")
-                for v in report.unknown:
+                for v in report.invariants.violations:
                     print(f"  {v.invariant} [{v.node} {str(v.session)[:8]}]: {v.detail}")
                 for p in report.problems:
                     print(f"  scenario: {p}")
@@ -955,8 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{report.virtual_seconds:.1f} virtual s, outcomes {report.outcomes}, "
                       f"log {report.log_digest[:16]}")
     took = time.perf_counter() - t0
-    note = f", {known} known-issue violations (--strict fails them)" if known else ""
-    print(f"simulation: {runs} runs, {runs - failed} passed, {failed} failed{note} "
+    print(f"simulation: {runs} runs, {runs - failed} passed, {failed} failed "
           f"({took:.1f} s)", file=sys.stderr if args.json else sys.stdout)
     return 1 if failed else 0
 
