@@ -20,6 +20,16 @@ def register(sub: Any) -> None:
     c = sub.add_parser("cluster", help="a local cluster of real nodes on loopback, with faults")
     csub = c.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
 
+    sim = csub.add_parser(
+        "simulate",
+        help="seeded deterministic simulation of the protocols: the real drivers, monitors, "
+        "envelopes and journal format on an in-memory network (no processes)",
+    )
+    from aura_node.harness.simulation import add_arguments as add_simulation_arguments
+
+    add_simulation_arguments(sim)
+    sim.set_defaults(handler=cmd_simulate)
+
     up = csub.add_parser("up", help="create (first time) and start a cluster; wait until ready")
     _add_dir(up)
     up.add_argument("--nodes", type=int, default=3, help="device nodes d1..dN (default 3)")
@@ -199,3 +209,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     out = render_mermaid(trace) if args.format == "mermaid" else render_text(trace)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from aura_node.harness.simulation import run_from_args
+
+    return run_from_args(args)

@@ -964,6 +964,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m aura_node.harness.simulation",
         description="Deterministic simulation of the protocols (seeded faults and crashes).")
+    add_arguments(ap)
+    return run_from_args(ap.parse_args(argv))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The simulation's options (also `aura-node cluster simulate`)."""
     ap.add_argument("--protocol", choices=[*SCENARIOS, "all"], default="all")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed")
@@ -978,7 +984,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     choices=["debug", "info", "warning", "error", "critical"],
                     help="the session runtimes' own log lines at LEVEL and above, to stderr "
                          "(default error)")
-    args = ap.parse_args(argv)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     configure_logging(level=args.runtime_log, fmt="console", stream=sys.stderr)
     protocols = list(SCENARIOS) if args.protocol == "all" else [args.protocol]
     faults = Faults() if args.no_faults else Faults.chaos(0.0, intensity=args.intensity)
