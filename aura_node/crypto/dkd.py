@@ -24,6 +24,7 @@ For an account with secret ``s`` (Shamir-shared, holder ``i`` has ``s_i`` and pu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from aura_node.crypto import dleq
 from aura_node.crypto.errors import ProofError, ShareError, ThresholdError
 from aura_node.crypto.group import Point, Rng, hash_to_group
+from aura_node.crypto.memo import VerificationMemo
 from aura_node.crypto.shamir import Share, check_index, check_threshold, interpolate_in_exponent
 from aura_node.crypto.transcript import transcript
 
@@ -48,8 +50,12 @@ HKDF_SALT: Final = b"aura-node/v1/dkd"
 KEY_MATERIAL_BYTES: Final = 32
 
 
+@functools.lru_cache(maxsize=1024)
 def dkd_base(account_id: str, context: str) -> Point:
-    """``H = hash_to_group("aura/dkd/h2g", account_id, context)``."""
+    """``H = hash_to_group("aura/dkd/h2g", account_id, context)``.
+
+    Cached (a pure function of public strings): a session and the control handler that starts
+    it, and repeated derivations for one context, share the two Elligator maps."""
     return hash_to_group(H2G_DOMAIN, account_id, context)
 
 
@@ -124,12 +130,17 @@ def partial(
 
 
 def verify_partial(
-    p: DkdPartial, *, base: Point, public_share: Point, proof_ctx: bytes
+    p: DkdPartial, *, base: Point, public_share: Point, proof_ctx: bytes,
+    memo: VerificationMemo | None = None,
 ) -> VerifiedPartial:
     """Check ``p``'s DLEQ proof against holder ``p.index``'s public share; ``ProofError`` if
-    it fails."""
+    it fails. With ``memo`` (a session's), a check of exactly these bytes that already
+    succeeded in this session is not run again."""
     try:
-        dleq.verify(p.proof, Point.base(), public_share, base, p.point, proof_ctx)
+        if memo is None:
+            dleq.verify(p.proof, Point.base(), public_share, base, p.point, proof_ctx)
+        else:
+            memo.verify_dleq(p.proof, Point.base(), public_share, base, p.point, proof_ctx)
     except ProofError as exc:
         raise ProofError(f"DKD partial of holder {p.index}: {exc.message}") from None
     return VerifiedPartial(_token=_VERIFIED, index=p.index, point=p.point, base=base)

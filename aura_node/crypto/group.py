@@ -61,6 +61,7 @@ only on public data or on the negligible event "secret scalar is zero".
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -244,18 +245,13 @@ class Point:
         if not isinstance(data, bytes) or len(data) != POINT_BYTES:
             got = len(data) if isinstance(data, bytes) else type(data).__name__
             raise PointEncodingError(f"a point is {POINT_BYTES} bytes, got {got}")
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytes subclass could override __eq__/__hash__ (cache key)
         if data == _IDENTITY_BYTES:
             if allow_identity:
                 return cls._trusted(data)
             raise PointEncodingError("the identity point is not acceptable here")
-        if not sodium.crypto_core_ed25519_is_valid_point(data):
-            raise PointEncodingError(
-                "not a canonical point of the prime-order subgroup (off the curve, "
-                f"non-canonical, small order or mixed order): {data.hex()}"
-            )
-        if sodium.crypto_core_ed25519_add(data, _IDENTITY_BYTES) != data:
-            raise PointEncodingError(f"non-canonical point encoding: {data.hex()}")
-        return cls._trusted(data)
+        return _decode_validated(data)
 
     @classmethod
     def identity(cls) -> Point:
@@ -318,6 +314,26 @@ class Point:
 
     def __repr__(self) -> str:
         return f"Point({self._b.hex()})"
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_validated(data: bytes) -> Point:
+    """The checks of ``Point.from_bytes`` for non-identity bytes, memoized by exact bytes.
+
+    Validation (``is_valid_point`` multiplies by L) costs about as much as a scalar
+    multiplication, and one session decodes the same public shares, partials and keys several
+    times. The cache is exactly as strict: its key is the exact 32 bytes (``bytes``, never a
+    subclass), only successful decodes are cached (``lru_cache`` does not cache exceptions),
+    and every input not in it runs every check. Points are public values; nothing secret is
+    kept here."""
+    if not sodium.crypto_core_ed25519_is_valid_point(data):
+        raise PointEncodingError(
+            "not a canonical point of the prime-order subgroup (off the curve, "
+            f"non-canonical, small order or mixed order): {data.hex()}"
+        )
+    if sodium.crypto_core_ed25519_add(data, _IDENTITY_BYTES) != data:
+        raise PointEncodingError(f"non-canonical point encoding: {data.hex()}")
+    return Point._trusted(data)
 
 
 _BASE_BYTES: Final = sodium.crypto_scalarmult_ed25519_base_noclamp((1).to_bytes(32, "little"))

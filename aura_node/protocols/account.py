@@ -12,7 +12,8 @@ device ends up with two things:
 * its own :class:`HeldShare`: the share, **sealed** (HPKE) to this device's key exactly as it
   arrived, with what is needed to open it again (holder set, index, the session that sealed it).
   The plaintext share is never written anywhere; it is opened in memory when a protocol step
-  needs it and Feldman-checked every time.
+  first needs it, Feldman-checked then, and kept in memory only (:class:`OpenedShares`, one
+  per node, keyed by account, commitments, the sealed share and the key).
 
 Both are journaled together as one ``account.established`` record (:data:`KIND_ACCOUNT`), signed
 and hash-chained like all evidence. :class:`AccountStore` is the pure fold over those records
@@ -29,7 +30,7 @@ Pure: no trio, no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import msgspec
 
@@ -181,6 +182,56 @@ def open_held_share(account: AccountRecord, held: HeldShare, key: DeviceKey) -> 
     return share
 
 
+class OpenedShares:
+    """This node's shares, opened once per account and held in memory only.
+
+    Opening a share is an HPKE open plus a Feldman check (about a millisecond); a DKD session
+    needs the share every time. The cache key is everything the opened value depends on: the
+    account id, the holder set's Feldman commitments (the check was against those), the exact
+    sealed :class:`HeldShare` and the device key that opened it. A different sealed share, a
+    re-established account with other commitments or another key opens and checks afresh.
+
+    Never journaled, never logged (``repr`` shows only a count, ``Scalar`` hides its value),
+    not picklable, not copyable: it dies with the process."""
+
+    __slots__ = ("_opened", "opens")
+
+    def __init__(self) -> None:
+        self._opened: dict[tuple[str, bytes, HeldShare, str], Share] = {}
+        #: how many times a share was actually opened and checked (tests, debug runs)
+        self.opens = 0
+
+    def get(self, account: AccountRecord, held: HeldShare, key: DeviceKey) -> Share:
+        """``open_held_share(account, held, key)``, run once per (account, share, key)."""
+        commitments = (account.device_commitments if held.holder_set == "devices"
+                       else account.guardian_commitments)
+        k = (account.account_id, commitments, held, key.device_id)
+        share = self._opened.get(k)
+        if share is None:
+            share = open_held_share(account, held, key)  # raises: nothing is cached
+            self.opens += 1
+            self._opened[k] = share
+        return share
+
+    def clear(self) -> None:
+        self._opened.clear()
+
+    def __len__(self) -> int:
+        return len(self._opened)
+
+    def __repr__(self) -> str:
+        return f"OpenedShares(<{len(self._opened)} hidden>)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("opened shares cannot be pickled")
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("opened shares cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError("opened shares cannot be copied")
+
+
 class AccountStore:
     """Accounts this device holds, folded from ``account.established`` journal records."""
 
@@ -242,6 +293,7 @@ __all__ = [
     "AccountRecord",
     "AccountStore",
     "HeldShare",
+    "OpenedShares",
     "decode_established",
     "encode_established",
     "genesis_held_share",

@@ -20,8 +20,9 @@ from typing import Literal
 
 from aura_node.config import NodeConfig, ProtocolSection
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
+from aura_node.crypto.shamir import Share
 from aura_node.errors import ProtocolError
-from aura_node.protocols.account import AccountStore
+from aura_node.protocols.account import AccountRecord, AccountStore, HolderSet, OpenedShares
 
 PeerRole = Literal["device", "guardian"]
 
@@ -45,6 +46,9 @@ class NodeServices:
     peers: Mapping[str, PeerInfo]
     accounts: AccountStore = field(default_factory=AccountStore)
     protocols: ProtocolSection = field(default_factory=ProtocolSection)
+    #: shares opened (HPKE) and Feldman-checked once per account; memory only, never logged
+    opened_shares: OpenedShares = field(default_factory=OpenedShares, repr=False,
+                                        compare=False)
 
     @classmethod
     def from_config(
@@ -63,6 +67,11 @@ class NodeServices:
             accounts=accounts if accounts is not None else AccountStore(),
             protocols=config.protocols,
         )
+
+    def open_share(self, account: AccountRecord, holder_set: HolderSet) -> Share:
+        """This device's share of ``account`` (opened and Feldman-checked on first use)."""
+        held = self.accounts.held_share(account.account_id, holder_set)
+        return self.opened_shares.get(account, held, self.device_key)
 
     def me(self) -> PeerInfo:
         return PeerInfo(name=self.self_name, role=self.self_role, public_key=self.device_key.public)

@@ -61,9 +61,10 @@ import msgspec
 from aura_node.crypto.dkd import DerivedKey, combine, derive, dkd_base, partial, partial_commitment
 from aura_node.crypto.group import seeded_rng
 from aura_node.crypto.keys import DevicePublicKey
+from aura_node.crypto.memo import VerificationMemo
 from aura_node.errors import AuraError, ProtocolError, RemoteProtocolError, WitnessError
 from aura_node.protocols import engine as eng
-from aura_node.protocols.account import AccountError, AccountRecord, open_held_share
+from aura_node.protocols.account import AccountError, AccountRecord
 from aura_node.protocols.dkd.choreography import (
     DkdAbort,
     DkdCollected,
@@ -179,11 +180,10 @@ class OwnContribution:
 
 def make_contribution(services: NodeServices, facts: DkdSessionFacts, entropy: bytes
                       ) -> OwnContribution:
-    """Open this device's share, compute ``P_i`` with its DLEQ proof (nonce from the
-    journaled entropy), commit to it and sign the commitment."""
+    """This device's share (opened and Feldman-checked on first use), ``P_i`` with its DLEQ
+    proof (nonce from the journaled entropy), the commitment to it, signed."""
     key = services.device_key
-    held = services.accounts.held_share(facts.account.account_id, "devices")
-    share = open_held_share(facts.account, held, key)
+    share = services.open_share(facts.account, "devices")  # opened + checked once per account
     ctx = facts.proof_ctx(key.device_id)
     p = partial(share=share, base=facts.base, public_share=facts.public_share(key.device_id),
                 proof_ctx=ctx, rng=seeded_rng(entropy + _PARTIAL_LABEL))
@@ -523,7 +523,11 @@ def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]
 
 
 def _facts_for(services: NodeServices, account: AccountRecord, holders: Sequence[str], *,
-               session_id: str, context: str) -> DkdSessionFacts:
+               session_id: str, context: str, memo: VerificationMemo | None = None
+               ) -> DkdSessionFacts:
+    """The session's facts; with ``memo`` (the driver's own), the members' keys are bound to it
+    so every signature of the session is verified once per exact bytes."""
+    memo = memo if memo is not None else VerificationMemo()
     members: dict[str, DevicePublicKey] = {}
     for name in holders:
         try:
@@ -535,9 +539,10 @@ def _facts_for(services: NodeServices, account: AccountRecord, holders: Sequence
             raise eng.ParamsError(
                 f"dkd: account {account.account_id} says device {name} is {holder.device_id}, "
                 f"the pinned key of {name} is {key.device_id}")
-        members[key.device_id] = key
+        members[key.device_id] = memo.key(key)
     return DkdSessionFacts(session_id=session_id, account=account, context=context,
-                           base=dkd_base(account.account_id, context), members=members)
+                           base=dkd_base(account.account_id, context), members=members,
+                           memo=memo)
 
 
 def _result(facts: DkdSessionFacts, services: NodeServices, witness: VerifiedReveals,
@@ -580,6 +585,9 @@ class _DkdDriver(eng.ProtocolDriver):
         self._entropy = b""
         self._timeout = services.protocols.dkd_timeout_seconds
         self._facts: DkdSessionFacts | None = None
+        #: this session's successful verifications (crypto.memo): never shared, never
+        #: journaled; a rehydrated driver starts empty and re-verifies what it replays
+        self._memo = VerificationMemo()
         #: device id -> every distinct valid commitment it signed (two = equivocation)
         self._commitments: dict[str, list[SignedCommitment]] = {}
         self._reveals: dict[str, RevealedPartial] = {}
@@ -730,7 +738,8 @@ class DkdInitiatorDriver(_DkdDriver):
         self._roles = session_roles({"participants": list(self._holders),
                                      "threshold": account.threshold})
         self._facts = facts = _facts_for(self.services, account, self._holders,
-                                         session_id=inp.session, context=p["context"])
+                                         session_id=inp.session, context=p["context"],
+                                         memo=self._memo)
         own = make_contribution(self.services, facts, inp.entropy)
         self._commitments[own.reveal.device_id] = [own.commitment]
         self._reveals[own.reveal.device_id] = own.reveal
@@ -902,7 +911,7 @@ class DkdParticipantDriver(_DkdDriver):
             raise DkdRequestError("empty dkd context")
         try:
             facts = _facts_for(self.services, account, req.holders, session_id=self._session,
-                               context=req.context)
+                               context=req.context, memo=self._memo)
         except eng.ParamsError as exc:
             raise DkdRequestError(exc.message) from None
         self._facts = facts

@@ -20,13 +20,20 @@ revealed point and proof), and its DLEQ proof must verify against that device's 
 the account record (``crypto.dkd.verify_partial``). It needs ``t`` of them and carries the
 resulting ``VerifiedPartial`` values, the only input ``crypto.dkd.combine`` accepts.
 
+Cost: every check runs through ``DkdSessionFacts.memo`` (the session's
+:class:`~aura_node.crypto.memo.VerificationMemo`), so the receipt-time filters and the witness
+verifiers, which see the same commitments and reveals again as the pool grows and as the
+initiator relays them, run each Ed25519 and DLEQ verification once per exact byte string. The
+witnesses still carry only evidence that verified: the memo holds nothing but checks that
+succeeded on exactly those bytes, in this session.
+
 Pure (no trio, no I/O).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import final
 
 from aura_node.crypto.dkd import (
@@ -39,6 +46,7 @@ from aura_node.crypto.dkd import (
 from aura_node.crypto.dleq import DleqProof
 from aura_node.crypto.group import Point
 from aura_node.crypto.keys import DevicePublicKey
+from aura_node.crypto.memo import VerificationMemo
 from aura_node.errors import CryptoError, WitnessError
 from aura_node.protocols.account import AccountRecord
 from aura_node.protocols.dkd.choreography import RevealedPartial, SignedCommitment
@@ -79,8 +87,12 @@ class DkdSessionFacts:
     account: AccountRecord
     context: str
     base: Point
-    #: device id -> pinned key of the holders taking part in this session
+    #: device id -> pinned key of the holders taking part in this session (the driver binds
+    #: them to ``memo``: ``MemoizedPublicKey``)
     members: Mapping[str, DevicePublicKey]
+    #: this session's successful verifications, by exact bytes (``crypto.memo``): a check of the
+    #: same signature or proof is not run twice; anything else always is
+    memo: VerificationMemo = field(default_factory=VerificationMemo, repr=False, compare=False)
 
     @property
     def threshold(self) -> int:
@@ -144,7 +156,7 @@ def check_reveal(r: RevealedPartial, digest: bytes, facts: DkdSessionFacts) -> V
         raise RevealError(f"{who}: does not match its commitment {digest.hex()[:16]}..")
     try:
         return verify_partial(p, base=facts.base, public_share=facts.public_share(r.device_id),
-                              proof_ctx=ctx)
+                              proof_ctx=ctx, memo=facts.memo)
     except CryptoError as exc:
         raise RevealError(f"{who}: DLEQ proof does not verify against its public share: "
                           f"{exc.message}") from None
