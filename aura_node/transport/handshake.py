@@ -17,6 +17,13 @@ A connection becomes a link in three steps, all under the caller's ``trio.fail_a
 
 Every refusal raises a :class:`~aura_node.errors.HandshakeError` subclass with a code; the
 caller logs it and closes the stream.
+
+The acceptor's link is up as soon as it has sent ``HelloAck``, while the dialer still waits
+for it. So the dialer side is split in two (:func:`dial_tls`, then :func:`dial_hello`): from
+the moment ``Hello`` may be on the wire the dialer holds the TLS stream and ends a failed or
+cancelled attempt with ``Close`` like an established link, and the acceptor logs the real
+reason instead of a bare EOF on a link it believed up. An acceptor that reads ``Close`` where
+the ``Hello`` belongs reports the dialer's code and reason.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from aura_node.transport.errors import (
     UnknownPeerError,
 )
 from aura_node.transport.framing import (
+    Close,
     Frame,
     FrameDecoder,
     FrameEncoder,
@@ -178,6 +186,14 @@ async def dial_handshake(
     transport: trio.SocketStream, *, local: LocalIdentity, peer: PinnedPeer
 ) -> Established:
     """Turn a connection we dialed to ``peer`` into a link, or raise ``HandshakeError``."""
+    stream = await dial_tls(transport, local=local, peer=peer)
+    return await dial_hello(stream, local=local, peer=peer)
+
+
+async def dial_tls(
+    transport: trio.SocketStream, *, local: LocalIdentity, peer: PinnedPeer
+) -> LinkStream:
+    """Dialer steps 1 and 2: preface and TLS with ``peer``; raises ``HandshakeError``."""
     await transport.send_all(preface.encode_certificate(local.tls.certificate_der))
     kind, body = await _read_preface(transport, (preface.Kind.CERT, preface.Kind.REFUSE))
     if kind is preface.Kind.REFUSE:
@@ -195,7 +211,15 @@ async def dial_handshake(
         raise
     # ACCEPT and the ClientHello leave together: no extra round trip.
     await transport.send_all(preface.encode_accept())
-    stream = await _tls(transport, ctx, server_side=False, peer=peer)
+    return await _tls(transport, ctx, server_side=False, peer=peer)
+
+
+async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPeer) -> Established:
+    """Dialer step 3: ``Hello`` -> ``HelloAck``; raises ``HandshakeError``.
+
+    Once this has started, the peer may already run the link (it sends ``HelloAck`` and goes
+    live): a caller that abandons it should send ``Close`` on ``stream``, not just close it.
+    """
     decoder = FrameDecoder(max_frame_bytes=local.max_frame_bytes)
     encoder = FrameEncoder(max_frame_bytes=local.max_frame_bytes)
     await stream.send_all(
@@ -253,6 +277,11 @@ async def accept_handshake(
     decoder = FrameDecoder(max_frame_bytes=local.max_frame_bytes)
     encoder = FrameEncoder(max_frame_bytes=local.max_frame_bytes)
     hello = await _read_frame(stream, decoder, "Hello")
+    if isinstance(hello, Close):
+        # The dialer gave up after TLS (stopping, or its own deadline) and said why.
+        raise PeerClosedError(
+            f"peer {peer.name} ended the connection before its Hello: [{hello.code}] {hello.reason}"
+        )
     try:
         if not isinstance(hello, Hello):
             raise UnexpectedFrameError(

@@ -25,6 +25,12 @@ before the socket closes the link sends ``Close(code, reason)`` so the peer can 
 orderly end (:meth:`PeerLink.close`, e.g. a duplicate link being superseded) stops the writer,
 sends ``Close`` and keeps *reading* until the peer's own ``Close``: frames the peer wrote before
 it learned of the close are still delivered, so superseding a link loses nothing.
+
+Every ``Close`` goes out through :func:`send_close`, shielded from cancellation and bounded
+by ``CLOSE_GRACE_SECONDS``: a node that stops while one of its links is closing (e.g. right
+after superseding a duplicate) must still deliver that ``Close``. Otherwise the peer, which is
+draining that link for our ``Close``, sees a bare EOF, or a reset when its own ``Close`` sits
+unread in our socket, and logs an orderly end as a fault.
 """
 
 from __future__ import annotations
@@ -60,6 +66,22 @@ RECEIVE_BYTES = 256 * 1024
 CLOSE_GRACE_SECONDS = 1.0
 
 _link_ids = itertools.count(1)
+
+
+async def send_close(stream: LinkStream, encoder: FrameEncoder, code: str, reason: str) -> None:
+    """Send ``Close(code, reason)`` and half-close: best effort, bounded, never cancelled.
+
+    The shield matters: trio's ``SSLStream.send_all`` checks for cancellation before it writes
+    anything, so an unshielded Close from a node that is being stopped never leaves.
+    """
+    with trio.move_on_after(CLOSE_GRACE_SECONDS) as scope:
+        scope.shield = True
+        try:
+            await stream.send_all(encoder.encode(Close(code=code, reason=reason[:4096])))
+            # Half-close so the Close is not lost to a reset if unread bytes are pending.
+            await stream.transport_stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 @dataclass(slots=True)
@@ -175,20 +197,11 @@ class PeerLink:
         return LinkBrokenError(f"link to peer {self.peer.name} broke: {exc.__cause__ or exc}")
 
     async def _send_close(self, code: str, reason: str) -> None:
-        """Tell the peer why the link ends (best effort, bounded, shielded from cancellation)."""
+        """Tell the peer why the link ends, once (see :func:`send_close`)."""
         if self._close_sent:
             return
         self._close_sent = True
-        with trio.move_on_after(CLOSE_GRACE_SECONDS) as scope:
-            scope.shield = True
-            try:
-                await self._stream.send_all(
-                    self._encoder.encode(Close(code=code, reason=reason[:4096]))
-                )
-                # Half-close so the Close is not lost to a reset if unread bytes are pending.
-                await self._stream.transport_stream.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        await send_close(self._stream, self._encoder, code, reason)
 
     async def _reader(self) -> None:
         decoder = self._decoder
@@ -276,11 +289,7 @@ class PeerLink:
             counters.frames_out += len(batch)
             buffer.clear()
         assert self._closing is not None
-        code, reason = self._closing
-        if not self._close_sent:
-            self._close_sent = True
-            with trio.move_on_after(CLOSE_GRACE_SECONDS):
-                try:
-                    await stream.send_all(self._encoder.encode(Close(code=code, reason=reason)))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+        # Shielded: if the node is stopped between close() and here, this Close must still go
+        # out. (It used to be a plain send: cancelled before writing a byte, yet marked sent,
+        # so run() did not send "shutdown" either and the peer saw a reset instead.)
+        await self._send_close(*self._closing)

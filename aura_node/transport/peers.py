@@ -49,12 +49,14 @@ from aura_node.transport.errors import (
 from aura_node.transport.framing import FrameEncoder, max_data_payload
 from aura_node.transport.handshake import (
     Established,
+    LinkStream,
     LocalIdentity,
     PinnedPeer,
     accept_handshake,
-    dial_handshake,
+    dial_hello,
+    dial_tls,
 )
-from aura_node.transport.link import InboundData, LinkCounters, PeerLink
+from aura_node.transport.link import InboundData, LinkCounters, PeerLink, send_close
 from aura_node.transport.queue import PayloadQueue
 
 #: First reconnect delay; doubles per failed attempt up to ``reconnect_max_seconds``.
@@ -393,12 +395,18 @@ class PeerNetwork:
                 "connect failed", peer=slot.pinned.name, code=error.code, reason=error.message
             )
             return None
+        # Set once TLS is up: from then on the peer may already have the link up (it goes live
+        # on sending HelloAck), so an abandoned attempt ends with Close, as a link would.
+        link_stream: LinkStream | None = None
         try:
             with trio.fail_after(self._transport.handshake_timeout_seconds):
-                return await dial_handshake(stream, local=self._local, peer=slot.pinned)
+                link_stream = await dial_tls(stream, local=self._local, peer=slot.pinned)
+                return await dial_hello(link_stream, local=self._local, peer=slot.pinned)
         except Exception as exc:
-            await trio.aclose_forcefully(stream)
             error = self._as_transport_error(exc, "handshake", where)
+            if link_stream is not None:
+                await send_close(link_stream, self._encoder, error.code, error.message)
+            await trio.aclose_forcefully(stream)
             slot.last_error = f"{error.code}: {error.message}"
             self._log.warning(
                 "outbound connection refused",
@@ -408,6 +416,15 @@ class PeerNetwork:
                 reason=error.message,
             )
             return None
+        except BaseException:
+            # Cancelled: the node is stopping (the handshake deadline arrives as TooSlowError
+            # above). Same Close as a link's; and the socket must not be left to the GC.
+            if link_stream is not None:
+                await send_close(
+                    link_stream, self._encoder, "shutdown", "the node is shutting down"
+                )
+            await trio.aclose_forcefully(stream)
+            raise
 
     async def _run_link(self, slot: _PeerSlot, established: Established, *, outbound: bool) -> None:
         link = PeerLink(

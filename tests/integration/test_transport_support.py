@@ -92,6 +92,32 @@ def state(n: Node, peer: str) -> dict[str, object]:
     return n.net.link_states()[peer]
 
 
+def settled(a: Node, b: Node) -> bool:
+    """Duplicate resolution between two nodes that pin each other is over, seen from both ends.
+
+    "up" on both sides is not enough: both dial, and each side goes up on the first link it
+    completes, so for a moment a can be up on b's link while b is up on a's, and one of the
+    two is about to be superseded (a closing link, and a short "down" on one side). Settled
+    means both ends run the *same* link, the one the lower device id dialed, which nothing
+    can supersede: a late duplicate only ever loses to it.
+    """
+    sa, sb = state(a, b.name), state(b, a.name)
+    a_dials = a.key.device_id < b.key.device_id
+    return (
+        sa["state"] == sb["state"] == "up"
+        and sa["connections"] == sb["connections"] == 1
+        and sa["direction"] == ("outbound" if a_dials else "inbound")
+        and sb["direction"] == ("inbound" if a_dials else "outbound")
+    )
+
+
+def no_link(n: Node, peer: str) -> bool:
+    """``n`` has no established link to ``peer``: every one it had has ended and been logged
+    ("link closed"/"link dropped" are logged before the link leaves the slot)."""
+    s = state(n, peer)
+    return s["connections"] == 0 and s["state"] != "up"
+
+
 async def raw_link(
     me: Node, target: Node, *, max_frame_bytes: int = 1 << 20
 ) -> trio.SSLStream[trio.SocketStream]:
