@@ -60,6 +60,11 @@ class LoadOperation(Protocol):
         """Once, before the load and the faults; returns facts for the summary."""
         ...
 
+    def request(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+        """The next operation as (initiator, control command, its arguments); after
+        ``prepare``. The benchmark (``bench/load.py``) sends these over its own client."""
+        ...
+
     def run_one(self, cluster: Cluster, rng: random.Random) -> OpOutcome:
         """One operation from a random initiator; never raises for a node-side failure."""
         ...
@@ -73,11 +78,11 @@ def failure_reason(exc: AuraError) -> str:
 
 
 def _call(
-    cluster: Cluster, initiator: str, cmd: str, timeout: float, **args: Any
+    cluster: Cluster, initiator: str, cmd: str, args: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, str, float, float]:
     t0 = time.time()
     try:
-        reply = cluster.node(initiator).ctl(cmd, timeout=timeout, wait=timeout + 5.0, **args)
+        reply = cluster.node(initiator).ctl(cmd, wait=float(args["timeout"]) + 5.0, **args)
     except AuraError as exc:
         return None, failure_reason(exc), t0, time.time()
     return reply, "ok", t0, time.time()
@@ -89,16 +94,22 @@ class PingLoad:
 
     timeout: float = 5.0
     name: str = "ping"
+    nodes: list[str] = field(default_factory=list)
 
     def prepare(self, cluster: Cluster) -> dict[str, Any]:
+        self.nodes = cluster.names
         return {"load": self.name}
 
+    def request(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+        initiator, peer = rng.sample(self.nodes, 2)
+        return initiator, "ping", {"peer": peer, "timeout": self.timeout}
+
     def run_one(self, cluster: Cluster, rng: random.Random) -> OpOutcome:
-        initiator, peer = rng.sample(cluster.names, 2)
-        reply, reason, t0, t1 = _call(cluster, initiator, "ping", self.timeout, peer=peer)
+        initiator, cmd, args = self.request(rng)
+        reply, reason, t0, t1 = _call(cluster, initiator, cmd, args)
         return OpOutcome(ok=reply is not None, reason=reason, initiator=initiator, started=t0,
                          ended=t1, session=None if reply is None else str(reply["session"]),
-                         detail={"peer": peer})
+                         detail={"peer": args["peer"]})
 
 
 def default_threshold(n: int) -> int:
@@ -145,18 +156,22 @@ class DkdLoad:
         return {"load": self.name, "account": account.get("account_id"),
                 "threshold": self.t, "devices": self.devices, "guardians": guardians}
 
-    def run_one(self, cluster: Cluster, rng: random.Random) -> OpOutcome:
+    def request(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         initiator = rng.choice(self.devices)
         others = [d for d in self.devices if d != initiator]
         size = rng.randint(self.t, len(self.devices))
         participants = [initiator, *rng.sample(others, size - 1)]
         context = f"chaos-{rng.randrange(self.contexts)}"
-        reply, reason, t0, t1 = _call(cluster, initiator, "dkd", self.timeout, context=context,
-                                      participants=participants)
+        return initiator, "dkd", {"context": context, "participants": participants,
+                                  "timeout": self.timeout}
+
+    def run_one(self, cluster: Cluster, rng: random.Random) -> OpOutcome:
+        initiator, cmd, args = self.request(rng)
+        reply, reason, t0, t1 = _call(cluster, initiator, cmd, args)
         return OpOutcome(
             ok=reply is not None, reason=reason, initiator=initiator, started=t0, ended=t1,
             session=None if reply is None else str(reply["session"]),
-            detail={"context": context, "participants": participants,
+            detail={"context": args["context"], "participants": args["participants"],
                     **({} if reply is None else {"fingerprint": reply.get("fingerprint")})},
         )
 

@@ -1,0 +1,408 @@
+"""`aura-node bench load`: thousands of protocol sessions in flight on a 3-node cluster.
+
+Theory of operation. A real 3-node cluster (``harness/cluster.py``, links through the fault
+proxy with no fault set, nodes at log level warning) is prepared for the load (DKD: account
+genesis, threshold 2 of 3; ping: nothing). Each node's idle RSS (``VmRSS`` of
+``/proc/PID/status``) is read after a short settle. Then N operations (``--quick``: 500,
+default 10,000), drawn by the same pluggable operations the chaos runs use
+(``harness/load.py``: random initiator, random participants of size >= t, random context), are
+all put in flight at once, by one of two drivers:
+
+``control``
+    one Trio task per operation opens its own connection to the initiator's control socket
+    and sends the request (the ``ctl`` wire protocol, no process per request). A node answers
+    ``busy`` past 64 open control connections; the task then backs off and retries, so the
+    refusals are counted and the load still completes.
+``batch``
+    the nodes run with the ``aura_node.harness.load_plugin`` plugin and each gets its share
+    of the operations in ``bench.batch`` requests of 200 (a request line is at most 64 KiB),
+    all sent at once on their own connections; the plugin runs them all concurrently through the node's own control handlers. This is how the cluster holds N in
+    flight despite the control socket's 64-connection cap (the plugin's doc says why).
+
+While the load runs, a sampler reads each node's RSS and its ``status`` (``outcomes.active``,
+over one control connection opened before the load, so it is never refused) every 0.25 s.
+
+Figures:
+
+* ``sessions in flight, peak (cluster)``: the largest sum over nodes of active sessions seen
+  (a DKD with k participants is k sessions, one per node it involves); target N x the mean
+  participant count.
+* ``memory per in-flight session, dX``: (RSS at the sample with the most active sessions on
+  that node - idle RSS) / active sessions then; target <= 10 KB.
+* ``memory retained per ended session, dX``: (RSS after the load - idle RSS) / sessions the
+  node ended (ended sessions stay in the session table; this shows what that costs).
+* ``operations completed``: against N (floor): all must complete.
+* ``throughput``: operations completed per second over the run, and the last full 5 s window
+  against the first (flat = about 1.0; the windows themselves are printed to stderr).
+
+The numbers depend on the machine (one CPU runs all three nodes and this client); nothing is
+asserted on them in tests. What the CI test checks is that all operations complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from aura_node.bench import Figure
+from aura_node.config import NodeConfig
+from aura_node.harness.cluster import Cluster, _tune_for_tests
+from aura_node.harness.load import LoadOperation, load_named
+
+SESSIONS_FULL = 10_000
+SESSIONS_QUICK = 500
+WINDOW_S = 5.0
+SAMPLE_S = 0.25
+#: each operation's session deadline: long enough that nothing times out while N queue up
+OP_TIMEOUT_S = 900.0
+PLUGIN = "aura_node.harness.load_plugin"
+#: operations per ``bench.batch`` request: a request line is at most 64 KiB (a DKD request is
+#: ~150 bytes), and the batches of one node share its 64 control connections
+BATCH_CHUNK = 200
+
+Driver = Literal["control", "batch"]
+
+
+def _bench_tune(cfg: NodeConfig) -> NodeConfig:
+    cfg = _tune_for_tests(cfg)
+    protocols = replace(cfg.protocols, dkd_timeout_seconds=OP_TIMEOUT_S,
+                        ping_timeout_seconds=OP_TIMEOUT_S)
+    return replace(cfg, protocols=protocols, log=replace(cfg.log, level="warning"))
+
+
+class PluginCluster(Cluster):
+    """A ``Cluster`` whose nodes run with extra ``--plugin`` modules.
+
+    ``Cluster`` has no plugin option yet; this overrides its node start command only.
+    """
+
+    plugins: tuple[str, ...] = ()
+
+    def _start_node(self, name: str) -> None:
+        from aura_node.harness.procs import ManagedProcess
+
+        h = self.node(name)
+        if h.process is not None and h.process.alive():
+            return
+        argv = [self.python, "-m", "aura_node", "run", "--home", str(h.home)]
+        for p in self.plugins:
+            argv += ["--plugin", p]
+        h.process = ManagedProcess.spawn(name, argv, log_path=h.log_path, marker=str(h.home),
+                                         detached=self.detached)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (``VmRSS`` of ``/proc/PID/status``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass(slots=True, kw_only=True)
+class NodeSample:
+    t: float
+    rss_kb: int
+    active: int
+    completed: int
+    failed: int
+
+
+@dataclass(slots=True, kw_only=True)
+class LoadRun:
+    """Everything one load run measured (``run_load``)."""
+
+    operations: int
+    driver: Driver
+    load: str
+    completed: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    busy_refusals: int = 0
+    seconds: float = 0.0
+    end_times: list[float] = field(default_factory=list)
+    t0: float = 0.0
+    idle_rss_kb: dict[str, int] = field(default_factory=dict)
+    after_rss_kb: dict[str, int] = field(default_factory=dict)
+    ended_sessions: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[NodeSample]] = field(default_factory=dict)
+    prepared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_completed(self) -> bool:
+        return self.completed == self.operations and not self.failed
+
+    def peak_in_flight(self) -> int:
+        """Largest sum over nodes of active sessions at one sampling instant."""
+        rounds = zip(*self.samples.values(), strict=False)
+        return max((sum(s.active for s in r) for r in rounds), default=0)
+
+    def per_session_kb(self, node: str) -> tuple[float, int]:
+        """(KiB per in-flight session at that node's peak, sessions in flight then)."""
+        peak = max(self.samples.get(node, []), key=lambda s: (s.active, s.rss_kb),
+                   default=None)
+        if peak is None or peak.active == 0:
+            return math.nan, 0
+        return (peak.rss_kb - self.idle_rss_kb[node]) / peak.active, peak.active
+
+    def windows(self) -> list[int]:
+        """Operations completed per ``WINDOW_S`` window since the load began."""
+        if not self.end_times:
+            return []
+        n = int((max(self.end_times) - self.t0) // WINDOW_S) + 1
+        out = [0] * n
+        for t in self.end_times:
+            out[int((t - self.t0) // WINDOW_S)] += 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operations": self.operations, "driver": self.driver, "load": self.load,
+            "completed": self.completed, "failed": dict(self.failed),
+            "busy_refusals": self.busy_refusals, "seconds": round(self.seconds, 3),
+            "peak_in_flight": self.peak_in_flight(), "windows": self.windows(),
+            "idle_rss_kb": self.idle_rss_kb, "after_rss_kb": self.after_rss_kb,
+            "ended_sessions": self.ended_sessions,
+            "per_session_kb": {n: self.per_session_kb(n) for n in self.samples},
+            "prepared": self.prepared,
+        }
+
+
+# --- the Trio client ---------------------------------------------------------------------------
+
+
+class ControlConnection:
+    """One control connection (requests answered in order); Trio, the ``ctl`` wire format."""
+
+    def __init__(self, stream: Any) -> None:
+        from aura_node.control.protocol import MAX_REPLY_BYTES, LineFramer
+
+        self.stream = stream
+        self.framer = LineFramer(MAX_REPLY_BYTES)
+        self.lines: list[bytes] = []
+        self.next_id = 0
+
+    @classmethod
+    async def open(cls, path: Path) -> ControlConnection:
+        import trio
+
+        return cls(await trio.open_unix_socket(str(path)))
+
+    async def call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        from aura_node.control.protocol import (
+            ControlConnectionError,
+            decode_reply,
+            encode_request,
+        )
+
+        self.next_id += 1
+        await self.stream.send_all(encode_request(self.next_id, cmd, args))
+        while not self.lines:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ControlConnectionError(f"the node closed the connection during {cmd!r}")
+            self.lines.extend(self.framer.feed(data))
+        return decode_reply(self.lines.pop(0), expect_id=self.next_id)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _sample(cluster: Cluster, run: LoadRun, stop: Any) -> None:
+    import trio
+
+    conns = {n: await ControlConnection.open(cluster.node(n).home / "control.sock")
+             for n in cluster.names}
+    try:
+        while True:
+            for name, conn in conns.items():
+                st = await conn.call("status", {})
+                outcomes = st.get("outcomes", {})
+                pid = cluster.node(name).pid
+                assert pid is not None
+                run.samples.setdefault(name, []).append(NodeSample(
+                    t=time.monotonic(), rss_kb=rss_kb(pid), active=int(outcomes.get("active", 0)),
+                    completed=int(outcomes.get("completed", 0)),
+                    failed=int(outcomes.get("failed", 0))))
+            if stop.is_set():
+                return
+            with trio.move_on_after(SAMPLE_S):
+                await stop.wait()
+    finally:
+        for conn in conns.values():
+            await conn.aclose()
+
+
+async def _drive(cluster: Cluster, run: LoadRun,
+                 requests: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    import trio
+
+    from aura_node.control.protocol import ControlReplyError
+    from aura_node.errors import AuraError
+
+    stop = trio.Event()
+
+    def finish(ok: bool, reason: str) -> None:
+        if ok:
+            run.completed += 1
+            run.end_times.append(time.monotonic())
+        else:
+            run.failed[reason] += 1
+
+    async def one_control(initiator: str, cmd: str, args: dict[str, Any]) -> None:
+        path = cluster.node(initiator).home / "control.sock"
+        backoff = 0.01
+        while True:
+            try:
+                conn = await ControlConnection.open(path)
+                try:
+                    await conn.call(cmd, args)
+                finally:
+                    await conn.aclose()
+            except ControlReplyError as exc:
+                if exc.remote_code == "busy":
+                    run.busy_refusals += 1
+                    await trio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                finish(False, exc.remote_code)
+            except (AuraError, OSError) as exc:
+                finish(False, getattr(exc, "code", type(exc).__name__))
+            else:
+                finish(True, "ok")
+            return
+
+    async def one_batch(initiator: str, batch: list[list[Any]]) -> None:
+        conn = await ControlConnection.open(cluster.node(initiator).home / "control.sock")
+        try:
+            reply = await conn.call("bench.batch", {"requests": batch})
+        finally:
+            await conn.aclose()
+        offset = time.monotonic() - time.time()  # the plugin reports wall times
+        for o in reply["outcomes"]:
+            if o["ok"]:
+                run.completed += 1
+                run.end_times.append(float(o["end"]) + offset)
+            else:
+                run.failed[str(o.get("code"))] += 1
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(_sample, cluster, run, stop)
+        await trio.sleep(2 * SAMPLE_S)  # idle samples first
+        run.t0 = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            if run.driver == "control":
+                for initiator, cmd, args in requests:
+                    nursery.start_soon(one_control, initiator, cmd, args)
+            else:
+                per_node: dict[str, list[list[Any]]] = {}
+                for initiator, cmd, args in requests:
+                    per_node.setdefault(initiator, []).append([cmd, args])
+                for initiator, batch in per_node.items():
+                    for i in range(0, len(batch), BATCH_CHUNK):
+                        nursery.start_soon(one_batch, initiator, batch[i:i + BATCH_CHUNK])
+        run.seconds = time.monotonic() - run.t0
+        await trio.sleep(1.0)  # the last completions settle in the node counters
+        stop.set()
+
+
+def run_load(
+    directory: Path,
+    *,
+    operations: int,
+    driver: Driver = "batch",
+    load: str = "dkd",
+    seed: int = 0,
+    say: Any = None,
+) -> LoadRun:
+    """Start a 3-node cluster in ``directory``, run the load (module doc), stop the cluster."""
+    import trio
+
+    say = say or (lambda _msg: None)
+    run = LoadRun(operations=operations, driver=driver, load=load)
+    op: LoadOperation = load_named(load, timeout=OP_TIMEOUT_S)
+    cluster = PluginCluster(directory, nodes=3, seed=seed, tune=_bench_tune)
+    cluster.plugins = (PLUGIN,) if driver == "batch" else ()
+    with cluster:
+        run.prepared = op.prepare(cluster)
+        time.sleep(1.0)  # settle after genesis before the idle reading
+        pids = {n: cluster.node(n).pid for n in cluster.names}
+        run.idle_rss_kb = {n: rss_kb(p) for n, p in pids.items() if p is not None}
+        rng = random.Random(seed)
+        requests = [op.request(rng) for _ in range(operations)]
+        say(f"load: {operations} {load} operations via {driver} on {', '.join(cluster.names)}")
+        trio.run(_drive, cluster, run, requests)
+        run.after_rss_kb = {n: rss_kb(p) for n, p in pids.items() if p is not None}
+        for n in cluster.names:
+            st = cluster.node(n).ctl("status", wait=10.0)
+            o = st.get("outcomes", {})
+            run.ended_sessions[n] = int(o.get("completed", 0)) + int(o.get("failed", 0))
+    return run
+
+
+def figures(run: LoadRun) -> list[Figure]:
+    out = [
+        Figure(name=f"operations completed ({run.load} via {run.driver})",
+               value=run.completed, unit="ops", floor=run.operations, floor_name="started",
+               target="= 1.0"),
+        Figure(name="sessions in flight, peak (cluster)", value=run.peak_in_flight(),
+               unit="sessions", floor=run.operations, floor_name="operations started",
+               target=">= 1.0 (x participants)"),
+    ]
+    for node in sorted(run.samples):
+        kb, active = run.per_session_kb(node)
+        out.append(Figure(name=f"memory per in-flight session, {node} ({active} in flight)",
+                          value=kb, unit="KiB", target="<= 10 KiB", higher_is_better=False))
+    for node in sorted(run.after_rss_kb):
+        ended = run.ended_sessions.get(node, 0)
+        if ended:
+            out.append(Figure(
+                name=f"memory retained per ended session, {node} ({ended} ended)",
+                value=(run.after_rss_kb[node] - run.idle_rss_kb[node]) / ended, unit="KiB",
+                higher_is_better=False))
+    w = run.windows()
+    full = w[:-1] if len(w) > 1 else w  # the last window is partial
+    out.append(Figure(name="throughput", value=run.completed / run.seconds if run.seconds else 0,
+                      unit="ops/s"))
+    if len(full) >= 2 and full[0]:
+        out.append(Figure(name=f"throughput, last full {WINDOW_S:g} s window vs first",
+                          value=full[-1] / WINDOW_S, unit="ops/s", floor=full[0] / WINDOW_S,
+                          floor_name="first window", target="~ 1.0 (flat)"))
+    if run.driver == "control":
+        out.append(Figure(name="control connections refused busy", value=run.busy_refusals,
+                          unit="refusals", higher_is_better=False))
+    return out
+
+
+def run(args: argparse.Namespace) -> list[Figure]:
+    quick = bool(getattr(args, "quick", False))
+    operations = SESSIONS_QUICK if quick else SESSIONS_FULL
+    temp = getattr(args, "dir", None) is None
+    base = Path(args.dir or tempfile.mkdtemp(dir="/tmp", prefix="aura-bench-load-"))
+    out: list[Figure] = []
+
+    def say(msg: str) -> None:
+        sys.stderr.write(msg + "\n")
+
+    drivers: tuple[Driver, ...] = ("batch", "control")
+    try:
+        for driver in drivers:
+            result = run_load(base / driver, operations=operations, driver=driver, say=say)
+            sys.stderr.write(json.dumps({"driver": driver, "windows": result.windows(),
+                                         "failed": dict(result.failed)}) + "\n")
+            out += figures(result)
+    finally:
+        if temp:
+            shutil.rmtree(base, ignore_errors=True)
+    return out
