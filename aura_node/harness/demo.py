@@ -3,9 +3,13 @@
 The demo is a list of *acts* run in order against one running cluster. Each act prints what
 it does and what came back, and returns False (or raises) when something failed; the demo
 carries on with the next act only if the previous one succeeded, always stops the cluster, and
-exits non-zero if any act failed. Today: pings around the ring d1->d2->d3->d1. The protocols
-issue appends its acts (account genesis, DKD from two different pairs with equal keys,
-guardian recovery) to ``ACTS``.
+exits non-zero if any act failed (a fingerprint or public key that does not match is a
+failure). The cluster: devices d1..d3 (the account's), guardians g1..g3, and d4, a fresh device
+that recovers the account. The acts: pings around the device ring; account genesis on d1
+(2-of-3 devices, 2-of-3 guardians); a DKD for one context from two different device pairs with
+equal fingerprints; guardian recovery onto d4 (two guardians approve, the cooldown is cut to
+:data:`DEMO_COOLDOWN_SECONDS` by the demo's config tuning - the default is 24 h); a DKD on d4
+that matches; the journal invariants over every node.
 
 Run: ``scripts/demo`` (creates the venv) or ``python -m aura_node.harness.demo [--dir DIR]``.
 """
@@ -16,23 +20,53 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from aura_node.config import NodeConfig
 from aura_node.errors import AuraError
-from aura_node.harness.cluster import Cluster
+from aura_node.harness.cluster import Cluster, _tune_for_tests
 from aura_node.harness.progress import Progress
+
+#: the recovery cooldown of the demo cluster (the shipped default is 24 h)
+DEMO_COOLDOWN_SECONDS = 4.0
+CONTEXT = "demo/mail"
+ACCOUNT_DEVICES = ["d1", "d2", "d3"]
+GUARDIANS = ["g1", "g2", "g3"]
+NEW_DEVICE = "d4"
+
+
+def demo_tune(cfg: NodeConfig) -> NodeConfig:
+    """Harness link settings, and protocol deadlines short enough to watch."""
+    cfg = _tune_for_tests(cfg)
+    return replace(cfg, protocols=replace(
+        cfg.protocols, recovery_cooldown_seconds=DEMO_COOLDOWN_SECONDS,
+        recovery_share_timeout_seconds=30.0, recovery_approval_timeout_seconds=60.0,
+        dkd_timeout_seconds=10.0, genesis_timeout_seconds=20.0))
 
 
 @dataclass(slots=True, kw_only=True)
 class DemoContext:
     cluster: Cluster
     progress: Progress
+    #: what one act leaves for the next (the account, the derived key)
+    state: dict[str, Any] = field(default_factory=dict)
 
     def say(self, text: str) -> None:
         self.progress.step(text)
+
+    def ctl(self, node: str, cmd: str, **args: Any) -> dict[str, Any] | None:
+        """Run ``cmd`` on ``node``; on an error say so and return None."""
+        try:
+            return self.cluster.node(node).ctl(cmd, **args)
+        except AuraError as exc:
+            code = getattr(exc, "remote_code", exc.code)
+            self.say(f"  {node} {cmd}: FAILED ({code}: {exc.message})")
+            self.progress.incr("failed")
+            return None
 
 
 Act = Callable[[DemoContext], bool]
@@ -56,8 +90,134 @@ def act_ping_ring(ctx: DemoContext) -> bool:
     return ok
 
 
+def act_create_account(ctx: DemoContext) -> bool:
+    """Genesis on d1: s shared 2-of-3 among d1..d3 and 2-of-3 among g1..g3."""
+    acct = ctx.ctl("d1", "account.create", devices=ACCOUNT_DEVICES, threshold=2,
+                   guardians=GUARDIANS, guardian_threshold=2)
+    if acct is None:
+        return False
+    ctx.state["account"] = acct
+    ctx.say(f"  account {acct['account_id']}  public key {acct['public_key'][:32]}...")
+    ctx.say(f"  devices {','.join(acct['devices'])} (t={acct['threshold']}), guardians "
+            f"{','.join(acct['guardians'])} (t={acct['guardian_threshold']})")
+    ok = True
+    for name in ACCOUNT_DEVICES + GUARDIANS:
+        shown = ctx.ctl(name, "account.show")
+        same = shown == acct
+        ok = ok and same
+        ctx.say(f"  account show on {name:<3}: {'same account' if same else f'MISMATCH {shown}'}")
+    ctx.progress.incr("ok" if ok else "failed")
+    return ok
+
+
+def _derive(ctx: DemoContext, node: str, participants: list[str] | None) -> dict[str, Any] | None:
+    args: dict[str, Any] = {"context": CONTEXT}
+    if participants:
+        args["participants"] = participants
+    r = ctx.ctl(node, "dkd", **args)
+    if r is not None:
+        ctx.say(f"  dkd on {node} with {'+'.join(r['participants']):<6}: fingerprint "
+                f"{r['fingerprint']}  public key {r['public_key'][:16]}...")
+    return r
+
+
+def act_derive_two_pairs(ctx: DemoContext) -> bool:
+    """The same context from (d1, d2) and from (d2, d3): any 2 of 3 derive the same key."""
+    ctx.say(f"  context {CONTEXT!r}")
+    a = _derive(ctx, "d1", ["d1", "d2"])
+    b = _derive(ctx, "d2", ["d2", "d3"])
+    if a is None or b is None:
+        return False
+    same = (a["fingerprint"], a["public_key"]) == (b["fingerprint"], b["public_key"])
+    ctx.say(f"  {'equal: the pairs derived the same key' if same else 'MISMATCH'}")
+    ctx.state["derived"] = a
+    ctx.progress.incr("ok" if same else "failed")
+    return same
+
+
+def act_recover(ctx: DemoContext) -> bool:
+    """Recovery onto d4: g1 and g2 approve; after the cooldown d4 holds the account."""
+    acct = ctx.state["account"]
+    start = ctx.ctl(NEW_DEVICE, "recovery.start", account=acct["account_id"],
+                    guardians=GUARDIANS)
+    if start is None:
+        return False
+    sid = start["session"]
+    ctx.say(f"  {NEW_DEVICE} asks {','.join(GUARDIANS)}: session {sid} ({start['state']})")
+    for g in ("g1", "g2"):
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            pending = ctx.ctl(g, "recovery.pending")
+            if pending is None:
+                return False
+            if any(p["session"] == sid for p in pending["pending"]):
+                break
+            time.sleep(0.05)
+        approved = ctx.ctl(g, "recovery.approve", session=sid)
+        if approved is None:
+            return False
+        ctx.say(f"  {g} approves ({approved['state']})")
+    ctx.say(f"  cooldown {DEMO_COOLDOWN_SECONDS:g} s (shortened by the demo's config; the "
+            "default is 24 h): any account device may veto with `ctl recovery veto` now")
+    state, t0 = "", time.monotonic()
+    while time.monotonic() - t0 < DEMO_COOLDOWN_SECONDS + 30:
+        st = ctx.ctl(NEW_DEVICE, "recovery.status", session=sid)
+        if st is None:
+            return False
+        if st["state"] != state:
+            state = st["state"]
+            ctx.say(f"  {time.monotonic() - t0:5.1f} s  recovery {state}  approvals "
+                    f"{','.join(st['approvals']) or '-'}")
+        if st.get("outcome", "active") != "active":
+            break
+        time.sleep(0.1)
+    if state != "Completed":
+        ctx.progress.incr("failed")
+        return False
+    shown = ctx.ctl(NEW_DEVICE, "account.show")
+    if shown is None:
+        return False
+    same = shown["public_key"] == acct["public_key"]
+    ctx.say(f"  account show on {NEW_DEVICE}: public key {shown['public_key'][:32]}... "
+            f"{'= the original' if same else 'MISMATCH'}")
+    ctx.progress.incr("ok" if same else "failed")
+    return bool(same)
+
+
+def act_derive_on_new_device(ctx: DemoContext) -> bool:
+    """d4 alone (it holds s now) derives the key the device pairs derived."""
+    r = _derive(ctx, NEW_DEVICE, None)
+    if r is None:
+        return False
+    before = ctx.state["derived"]
+    same = (r["fingerprint"], r["public_key"]) == (before["fingerprint"], before["public_key"])
+    ctx.say(f"  {'matches the key d1+d2 and d2+d3 derived' if same else 'MISMATCH'}")
+    ctx.progress.incr("ok" if same else "failed")
+    return same
+
+
+def act_invariants(ctx: DemoContext) -> bool:
+    """Every journal verifies; no equivocation; every DKD for one context agrees."""
+    from aura_node.harness.invariants import check_invariants, journals_of_cluster
+
+    report = check_invariants(journals_of_cluster(ctx.cluster.dir))
+    checked = ", ".join(f"{k} {v}" for k, v in report.checked.items())
+    ctx.say(f"  checked: {checked}")
+    for v in report.violations[:10]:
+        ctx.say(f"  VIOLATION {v.invariant} on {v.node} {v.session or ''}: {v.detail}")
+    ctx.progress.incr("ok" if report.ok else "failed")
+    return report.ok
+
+
 #: (title, act) in order; later issues append theirs
-ACTS: list[tuple[str, Act]] = [("ping around the ring", act_ping_ring)]
+ACTS: list[tuple[str, Act]] = [
+    ("ping around the ring", act_ping_ring),
+    ("account genesis on d1", act_create_account),
+    ("threshold key derivation from two device pairs", act_derive_two_pairs),
+    (f"guardian recovery onto {NEW_DEVICE}", act_recover),
+    (f"key derivation on the recovered {NEW_DEVICE}", act_derive_on_new_device),
+    ("journal invariants", act_invariants),
+]
 
 
 def run_demo(
@@ -65,16 +225,18 @@ def run_demo(
 ) -> bool:
     with Progress("demo", stream=out) as progress:
         progress.set(ok=0, failed=0)
-        progress.step(f"starting a {nodes}-node cluster in {directory} ...")
-        with Cluster(directory, nodes=nodes, guardians=guardians) as cluster:
+        progress.step(f"starting {nodes} devices + {guardians} guardians in {directory} ...")
+        with Cluster(directory, nodes=nodes, guardians=guardians, tune=demo_tune) as cluster:
             for h in cluster.nodes.values():
+                what = " (the new device)" if h.name == NEW_DEVICE else ""
                 progress.step(
                     f"  {h.name:<4} {h.role:<8} pid {h.pid:<7} listen {h.listen}  "
-                    f"device {h.device_id[:16]}"
+                    f"device {h.device_id[:16]}{what}"
                 )
+            ctx = DemoContext(cluster=cluster, progress=progress)
             for title, act in acts:
                 progress.step(f"{title}:")
-                if not act(DemoContext(cluster=cluster, progress=progress)):
+                if not act(ctx):
                     progress.step(f"{title}: failed; stopping the demo here")
                     return False
             progress.step("stopping the cluster ...")
@@ -88,8 +250,9 @@ def run_demo(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aura_node.harness.demo")
     parser.add_argument("--dir", default=None, help="cluster directory (default: a temp dir)")
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--guardians", type=int, default=0)
+    parser.add_argument("--nodes", type=int, default=4,
+                        help="devices: d1..d3 hold the account, d4 recovers it")
+    parser.add_argument("--guardians", type=int, default=3)
     parser.add_argument(
         "--keep", action="store_true", help="keep the cluster directory after a good run"
     )

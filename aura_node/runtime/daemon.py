@@ -43,10 +43,10 @@ from aura_node.config import NodeConfig, NodeHome
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
 from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
-from aura_node.protocols.account import KIND_ACCOUNT, AccountStore
+from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_established
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
 from aura_node.protocols.services import NodeServices
-from aura_node.runtime.executor import EffectExecutor
+from aura_node.runtime.executor import DurableHook, EffectExecutor
 from aura_node.runtime.monitors import choreography_monitor, registry_fingerprint
 from aura_node.runtime.notify import sd_notify
 from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
@@ -137,11 +137,13 @@ class Node:
         effect_send, effect_recv = trio.open_memory_channel[Step](EFFECT_CAPACITY)
         self.command_send = command_send
 
+        store = AccountStore()
+        learn = account_folder(store, self.log)
+        learn([("", KIND_ACCOUNT, body) for body in accounts])
         runtime = SessionRuntime(
             key=self.key, self_name=self.name, peers=peer_directory(cfg),
             protocols=self.protocols, monitor_for=choreography_monitor,
-            services=NodeServices.from_config(cfg, self.key,
-                                              accounts=AccountStore.from_bodies(accounts)),
+            services=NodeServices.from_config(cfg, self.key, accounts=store),
             resend_horizon=max(cfg.protocols.ping_timeout_seconds,
                                cfg.protocols.dkd_timeout_seconds),
         )
@@ -157,8 +159,11 @@ class Node:
             await journal.append_many(
                 [JournalEntry(session=s, kind=k, body=b, ts=ts) for s, k, b in records])
 
+        # the account store learns an account only once its record is durable (genesis
+        # holders and dealer, a recovered new device): the executor's post-commit hook
         executor = EffectExecutor(effects=effect_recv, append=append, network=network,
-                                  timers=timers, max_steps=cfg.journal.max_batch)
+                                  timers=timers, max_steps=cfg.journal.max_batch,
+                                  on_durable=learn)
         self.executor = executor
         control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log)
 
@@ -265,6 +270,30 @@ def _first_leaf(group: BaseExceptionGroup[JournalFailedError]) -> JournalFailedE
         exc = exc.exceptions[0]
     assert isinstance(exc, JournalFailedError)
     return exc
+
+
+def account_folder(store: AccountStore, log: Any) -> DurableHook:
+    """The account store's fold over durable records: every ``account.established`` body is
+    added to ``store`` (start-up: the journal's; run time: each group commit's, from the
+    executor's ``on_durable`` hook). A record that does not check is logged and skipped, so
+    one bad record can neither stop the node from starting nor lose a batch's sends."""
+
+    def learn(records: Sequence[tuple[str, str, bytes]]) -> None:
+        for session, kind, body in records:
+            if kind != KIND_ACCOUNT:
+                continue
+            try:
+                established = decode_established(body)
+                store.add(established)
+            except AuraError as exc:
+                log.error("account_not_learned", session=session or None, code=exc.code,
+                          reason=exc.message)
+                continue
+            log.info("account_learned", session=session or None,
+                     account_id=established.account.account_id,
+                     holds=[f"{s.holder_set}#{s.index}" for s in established.shares])
+
+    return learn
 
 
 def _read_journal(journal: Any) -> tuple[Mapping[str, list[EvidenceRecord]], list[bytes]]:

@@ -14,6 +14,11 @@ because the only code that runs actions is after the ``await`` of the append.
 Steps of one session are produced in order by the single session-runtime task and consumed in
 order here, so the journal order of a session equals the order its steps happened in.
 
+``on_durable`` (optional) sees every batch's records right after the append returned and
+before any action runs: state that is a fold over durable evidence (the node's account store,
+from ``account.established`` records) is updated there, never earlier, and is up to date before
+any message or reply the same batch caused leaves the device.
+
 A failed append (``JournalFailedError``) is fatal: it propagates and stops the node, since a
 node that cannot persist evidence must not act (never retry an fsync). A failed send is not:
 the envelope is in the journal and is re-sent after a restart or when the peer replays.
@@ -34,6 +39,8 @@ from aura_node.runtime.timers import TimerWheel
 
 #: (session, kind, body) records + the batch timestamp -> durable when the await returns
 AppendBatch = Callable[[Sequence[tuple[str, str, bytes]], float], Awaitable[None]]
+#: sees the (session, kind, body) records of a batch once they are durable
+DurableHook = Callable[[Sequence[tuple[str, str, bytes]]], None]
 
 
 class PeerSender(Protocol):
@@ -54,6 +61,7 @@ class EffectExecutor:
         max_steps: int = 512,
         send_wait: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_durable: DurableHook | None = None,
     ) -> None:
         self._effects = effects
         self._append = append
@@ -62,6 +70,7 @@ class EffectExecutor:
         self._max_steps = max_steps
         self._send_wait = send_wait
         self._clock = clock
+        self._on_durable = on_durable
         self._log = get_logger("aura_node.runtime.executor")
         self.batches = 0
         self.records = 0
@@ -93,6 +102,11 @@ class EffectExecutor:
                 await self._append(records, self._clock())
             self.records += len(records)
             self.batches += 1
+            if self._on_durable is not None:
+                try:
+                    self._on_durable(records)
+                except Exception:  # a fold bug must not stop the sends of this batch
+                    self._log.error("on_durable_failed", records=len(records), exc_info=True)
         for step in batch:
             for action in step.actions:
                 await self._act(action, step.session)

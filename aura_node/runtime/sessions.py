@@ -25,7 +25,11 @@ Inbound path (one payload from a pinned peer's link):
 
 Outbound: every ``Send`` effect is checked against the sending role's monitor (a violation is a
 bug in our driver: the session aborts), sealed (signed) once, journaled as ``msg.out`` and only
-then transmitted by the executor.
+then transmitted by the executor. A send to a role set is *one* interaction of the local type:
+the monitor steps once per distinct recipient role, and a driver that gives each member its own
+content (genesis seals a different share to every holder) emits one ``Send`` per member within
+one step - those are the same interaction too (:class:`SendGroups`), so the monitor steps on
+the first member of a role and again only when a member hears the same message type twice.
 
 Isolation: any exception from a driver, or a local monitor violation, aborts only that session
 (``session.fail`` journaled, logged with the session id); the step's other effects are dropped.
@@ -106,6 +110,10 @@ class RoleMonitor(Protocol):
 
 #: (choreography, role, bindings of role-set sizes/thresholds) -> a fresh monitor
 MonitorFactory = Callable[[str, str, Mapping[str, int]], RoleMonitor]
+
+#: driver record kinds that reject a peer's message (``genesis.rejected``, ``dkd.rejected``,
+#: ``recovery.rejected``, ``dkd.equivocation``): logged as they are journaled
+REJECTION_SUFFIXES = (".rejected", ".equivocation")
 
 #: early messages buffered per session until the monitor reaches their state
 MAX_EARLY = 256
@@ -568,17 +576,16 @@ class SessionRuntime:
         on an exception the caller discards ``step`` and aborts the session)."""
         assert entry.driver is not None and entry.monitor is not None
         pending_sent: list[tuple[tuple[str, ...], Envelope]] = []
-        # One monitor step per (recipient role, message type) per driver input: a send to a
-        # role set is one interaction of the local type, however many members it fans out to
-        # and even when each member gets its own message (genesis deals a share to each).
-        checked: set[tuple[str, type]] = set()
+        groups = SendGroups()
         for eff in effects:
             if isinstance(eff, eng.Send):
-                self._send(entry, eff, step, pending_sent, checked)
+                self._send(entry, eff, step, pending_sent, groups)
             elif isinstance(eff, eng.RecordEvidence):
                 if eff.kind in eng.RUNTIME_KINDS:
                     raise eng.DriverError(f"driver may not write runtime record {eff.kind!r}")
                 step.records.append((eff.kind, eff.body))
+                if eff.kind.endswith(REJECTION_SUFFIXES):
+                    self._log_rejection(entry, eff)
             elif isinstance(eff, eng.ArmTimer):
                 gen = next(self._gen)
                 step.records.append((eng.KIND_TIMER_ARM, eng.encode_body(
@@ -610,23 +617,45 @@ class SessionRuntime:
                 raise eng.DriverError(f"unknown effect {type(eff).__name__}")
         entry.sent.extend(pending_sent)
 
+    def _log_rejection(self, entry: SessionEntry, eff: eng.RecordEvidence) -> None:
+        """One clear line per peer message a driver rejected (``*.rejected``) or per
+        equivocation it proved (``*.equivocation``); the record itself is the evidence."""
+        self.rejected += 1
+        try:
+            body = msgspec.msgpack.decode(eff.body)
+        except msgspec.DecodeError:
+            body = None
+        if not isinstance(body, dict):
+            body = {}
+        peer = body.get("peer")
+        if eff.kind.endswith(".equivocation"):
+            self._log.warning("protocol_rejected", session=entry.id, kind=eff.kind,
+                              choreography=entry.choreography, peer=peer,
+                              code="equivocation",
+                              reason=f"{peer} signed two different messages for one step; "
+                                     "both are journaled as evidence")
+            return
+        self._log.warning("protocol_rejected", session=entry.id, kind=eff.kind,
+                          choreography=entry.choreography, peer=peer,
+                          code=str(body.get("code", "")), reason=str(body.get("reason", "")))
+
     def _send(
         self, entry: SessionEntry, eff: eng.Send, step: Step,
-        pending: list[tuple[tuple[str, ...], Envelope]], checked: set[tuple[str, type]],
+        pending: list[tuple[tuple[str, ...], Envelope]], groups: SendGroups,
     ) -> None:
         assert entry.driver is not None and entry.monitor is not None
         roles = entry.driver.roles
         if not eff.to:
             raise eng.DriverError("Send effect with no recipients")
+        members: list[tuple[str, str]] = []
         for name in eff.to:
             if name == self.self_name or name not in self.peers:
                 raise eng.DriverError(f"cannot send to {name!r}: not a pinned peer")
             role = roles.get(name)
             if role is None:
                 raise eng.DriverError(f"cannot send to {name!r}: no role in this session")
-            if (role, type(eff.message)) not in checked:
-                checked.add((role, type(eff.message)))
-                entry.monitor.check_outbound(role, eff.message)
+            members.append((name, role))
+        groups.check(entry.monitor, members, eff.message)
         env = seal(self.key, choreography=entry.choreography, session=entry.id,
                    message=eff.message)
         step.records.append((eng.KIND_OUT, eng.encode_body(
@@ -784,12 +813,14 @@ class SessionRuntime:
                             if isinstance(e, eng.Received)), None) if start.opened_by else None
             monitor = self._monitor_for(start.choreography, start.role,
                                         spec.bindings(start, opening))
-            # sends journaled by one driver input are consecutive ``msg.out`` records; like
-            # ``_apply`` the replay steps the monitor once per (role, type) per input
-            replay_checked: set[tuple[str, type]] = set()
-            for e in evidence:  # bring the monitor to the state the journal proves
-                if not isinstance(e, eng.Sent):
-                    replay_checked.clear()
+            # bring the monitor to the state the journal proves; the msg.out records of one
+            # step are contiguous and share the batch timestamp: grouped as they were live
+            ts_of = {r.seq: r.ts for r in records}
+            groups, group_ts = SendGroups(), None
+            for e in evidence:
+                if not isinstance(e, eng.Sent) or ts_of.get(e.seq) != group_ts:
+                    groups = SendGroups()
+                    group_ts = ts_of.get(e.seq) if isinstance(e, eng.Sent) else None
                 if isinstance(e, eng.Received):
                     monitor.check_inbound(e.sender_role, _decode(spec, e.envelope),
                                           member=e.sender)
@@ -797,10 +828,8 @@ class SessionRuntime:
                     msg = _decode(spec, e.envelope)
                     if monitor.is_abort(msg):
                         monitor.on_abort()
-                    for role in dict.fromkeys(driver.roles[name] for name in e.to):
-                        if (role, type(msg)) not in replay_checked:
-                            replay_checked.add((role, type(msg)))
-                            monitor.check_outbound(role, msg)
+                        groups = SendGroups()
+                    groups.check(monitor, [(name, driver.roles[name]) for name in e.to], msg)
                 elif isinstance(e, eng.TimerEvent) and e.event == "fired":
                     monitor.on_timeout()
         except Exception as exc:
@@ -826,6 +855,35 @@ class SessionRuntime:
         for to, env in entry.sent:
             payload = encode_wire(env, replay=True)
             step.actions.extend(Transmit(peer=name, payload=payload) for name in to)
+
+
+class SendGroups:
+    """Which outbound interactions of one step the monitor has already stepped for.
+
+    A send to a role set is one interaction of the local type, however it is split into
+    ``Send`` effects: all members in one effect, or one effect per member with per-member
+    content (sealed shares). Within one step the monitor is stepped for ``(role, message
+    type)`` on its first member, and again only when a member already covered hears the same
+    type again (then it is the next interaction, e.g. a second broadcast of that type).
+    """
+
+    __slots__ = ("_covered",)
+
+    def __init__(self) -> None:
+        self._covered: dict[tuple[str, type], set[str]] = {}
+
+    def check(self, monitor: RoleMonitor, members: Sequence[tuple[str, str]],
+              message: msgspec.Struct) -> None:
+        """Check sending ``message`` to ``members`` ((name, role) pairs) with ``monitor``."""
+        mtype = type(message)
+        for name, role in members:
+            key = (role, mtype)
+            covered = self._covered.get(key)
+            if covered is not None and name not in covered:
+                covered.add(name)  # another member of a role set this step already sent to
+                continue
+            monitor.check_outbound(role, message)
+            self._covered[key] = {name}
 
 
 def _decode(spec: eng.ProtocolSpec, env: Envelope) -> Any:

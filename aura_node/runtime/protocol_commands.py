@@ -1,0 +1,284 @@
+"""Control commands of the threshold protocols: account genesis, DKD, guardian recovery.
+
+Theory of operation
+-------------------
+The protocol packages are pure (no trio); this module is their shell-side face on the control
+socket. It is listed in ``handlers.HANDLER_MODULES``, so ``control_handlers(node)`` merges
+:func:`handlers` into the node's request table (``aura_node/control/protocol.py`` names every
+command, argument and result field: a contract).
+
+Every handler builds the session parameters with the protocol's own pure helper (the checks
+and defaults live next to the protocol, not here), starts the session through the command
+channel with :func:`~aura_node.runtime.handlers.start_session` and, for the commands that
+return a protocol result (``account.create``, ``dkd``), waits for the session's durable end with
+:func:`~aura_node.runtime.handlers.wait_session`. Operator actions on a running session
+(``recovery.approve`` on a guardian, ``recovery.veto`` on an account device) go through
+:func:`~aura_node.runtime.handlers.control_session`: the reply is released only after the
+action's effects (the signed approval, the veto) are in the journal.
+
+Read-only views (``account.show``, ``recovery.pending``, ``recovery.status``) read the
+node's account store and session table directly: the session runtime is single-threaded, so a
+read between two steps is consistent, and the account store holds only accounts whose
+``account.established`` record is durable (folded at start-up, and by the executor's
+post-commit hook at run time). A session's *end* is reported only once it is durable
+(``recovery.status`` waits for the session's final outcome, which the executor resolves after
+the fsync), so ``recovery status`` saying Completed means ``account show`` sees the account.
+
+Errors: bad operator input (an unknown peer, a threshold that does not fit, no account yet)
+is ``invalid_args`` / ``not_found`` / ``conflict`` with the protocol helper's message; a
+session that fails answers with ``session_failed`` (or ``timeout``) and the driver's reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from aura_node.control import protocol as p
+from aura_node.errors import AuraError
+from aura_node.protocols.engine import ParamsError
+from aura_node.runtime.handlers import Handler, control_session, start_session, wait_session
+from aura_node.runtime.sessions import SessionEntry, SessionFailedError, UnknownSessionError
+
+if TYPE_CHECKING:
+    from aura_node.runtime.daemon import Node
+
+#: seconds a handler waits beyond a session's own deadline: the driver's deadline fails the
+#: session first (with a reason naming the phase); this only covers that failure's commit
+WAIT_GRACE_SECONDS = 2.0
+#: how long ``recovery.status`` waits for the group commit of a session's last step
+STATUS_COMMIT_WAIT_SECONDS = 5.0
+
+
+def _need_ready(node: Node) -> None:
+    if not node.ready or node.runtime is None:
+        raise p.NotReadyError("the node is starting (rehydrating or links not listening)")
+
+
+async def _start(node: Node, choreography: str, roles: Mapping[str, str],
+                 params: Mapping[str, Any]) -> str:
+    """Start a session; operator errors (params, unknown peers) become ``invalid_args``."""
+    try:
+        return await start_session(node, choreography, roles=roles, params=params)
+    except SessionFailedError:
+        raise
+    except AuraError as exc:
+        raise p.InvalidArgsError(exc.message) from None
+
+
+def _entry(node: Node, session: str) -> SessionEntry:
+    assert node.runtime is not None
+    try:
+        return node.runtime.get(session)
+    except UnknownSessionError as exc:
+        raise p.NotFoundError(exc.message) from None
+
+
+def _recovery_entry(node: Node, session: str) -> SessionEntry:
+    entry = _entry(node, session)
+    if entry.choreography != "recovery":
+        raise p.InvalidArgsError(
+            f"session {session} runs {entry.choreography}, not recovery")
+    return entry
+
+
+def recovery_state(entry: SessionEntry) -> str:
+    """The recovery's local state name, ``Vetoed`` for a session a veto ended on any node.
+
+    A veto ends the session on the guardians it reached (code ``vetoed``) and on the new device
+    (``RecoveryVetoed``); every other node hears the guardian's abort, whose reason carries the
+    failure code it fanned out (``"g1 aborted: vetoed: ..."``, see ``SessionRuntime._finish``).
+    """
+    status: Mapping[str, Any] = {}
+    if entry.driver is not None:
+        try:
+            status = entry.driver.status()
+        except Exception:  # a status bug must not break the view
+            status = {}
+    state = str(status.get("state") or entry.state)
+    if state == "Vetoed" or entry.error is None:
+        return state
+    code, reason = entry.error.get("code", ""), entry.error.get("reason", "")
+    if code == "vetoed" or (code == "aborted_by_peer"
+                            and reason.partition(" aborted: ")[2].startswith("vetoed:")):
+        return "Vetoed"
+    return state
+
+
+def recovery_view(entry: SessionEntry, services: Any = None) -> dict[str, Any]:
+    """``recovery.status``: session, account, state, approvals (+ role, outcome, error).
+
+    ``approvals`` are guardian names (the contract); a role that knows an approval only by its
+    signer's device id is given the pinned name when ``services`` knows it."""
+    status: dict[str, Any] = {}
+    if entry.driver is not None:
+        try:
+            status = dict(entry.driver.status())
+        except Exception as exc:
+            status = {"error": repr(exc)}
+    result = entry.result or {}
+    out: dict[str, Any] = {
+        "session": entry.id,
+        "account": status.get("account") or result.get("account") or "",
+        "state": recovery_state(entry),
+        "approvals": [_name_of(services, str(a)) for a in status.get("approvals") or []],
+        "role": entry.role,
+        "outcome": entry.outcome,
+    }
+    for key in ("guardians", "shares", "new_device", "notified_by", "approved", "vetoed"):
+        if key in status:
+            out[key] = status[key]
+    if entry.error is not None:
+        out["error"] = dict(entry.error)
+    return out
+
+
+def _name_of(services: Any, who: str) -> str:
+    if services is None:
+        return who
+    name = services.name_of_device(who)
+    return str(name) if name else who
+
+
+def handlers(node: Node) -> dict[str, Handler]:
+    """The protocol commands of ``node`` (see ``HANDLER_MODULES``)."""
+
+    def services() -> Any:
+        assert node.runtime is not None
+        return node.runtime.services
+
+    # --- account genesis ----------------------------------------------------------------
+
+    async def account_create(args: dict[str, Any]) -> dict[str, Any]:
+        from aura_node.protocols.genesis.roles import parse_params
+
+        _need_ready(node)
+        if len(services().accounts):
+            held = ", ".join(sorted(services().accounts.accounts()))
+            raise p.ConflictError(f"this device holds an account already ({held})")
+        devices = list(args["devices"])
+        guardians = list(args.get("guardians") or [])
+        try:
+            params = parse_params({
+                "devices": devices, "threshold": args["threshold"], "guardians": guardians,
+                "guardian_threshold": args.get("guardian_threshold"),
+                "timeout": args.get("timeout"),
+            })
+        except ParamsError as exc:
+            raise p.InvalidArgsError(exc.message) from None
+        me = node.name
+        roles = {me: "dealer"}
+        for name in params.devices:
+            roles.setdefault(name, "devices")
+        for name in params.guardians:
+            roles.setdefault(name, "guardians")
+        timeout = params.timeout or node.config.protocols.genesis_timeout_seconds
+        sid = await _start(node, "genesis", roles, params.to_json())
+        return await wait_session(node, sid, timeout + WAIT_GRACE_SECONDS)
+
+    async def account_show(_args: dict[str, Any]) -> dict[str, Any]:
+        _need_ready(node)
+        held = services().accounts.accounts()
+        if not held:
+            raise p.NotFoundError(
+                f"this device ({node.name}) holds no account: create one with "
+                "`ctl account create` or recover one with `ctl recovery start`")
+        if len(held) > 1:
+            raise p.ConflictError(
+                f"this device holds {len(held)} accounts ({', '.join(sorted(held))})")
+        (established,) = held.values()
+        out: dict[str, Any] = established.account.to_json()
+        return out
+
+    # --- DKD ----------------------------------------------------------------------------
+
+    async def dkd(args: dict[str, Any]) -> dict[str, Any]:
+        from aura_node.protocols.dkd.roles import session_params, session_roles
+
+        _need_ready(node)
+        try:
+            params = session_params(args, services())
+        except ParamsError as exc:
+            raise p.InvalidArgsError(exc.message) from None
+        sid = await _start(node, "dkd", session_roles(params), params)
+        return await wait_session(node, sid, float(params["timeout"]) + WAIT_GRACE_SECONDS)
+
+    # --- guardian recovery ----------------------------------------------------------------
+
+    async def recovery_start(args: dict[str, Any]) -> dict[str, Any]:
+        from aura_node.protocols.recovery.roles import session_roles, start_params
+
+        _need_ready(node)
+        try:
+            params = start_params(args, services())
+        except ParamsError as exc:
+            raise p.InvalidArgsError(exc.message) from None
+        sid = await _start(node, "recovery", session_roles(params), params)
+        # the recovery takes the cooldown: answer now, `recovery status` follows it
+        view = recovery_view(_entry(node, sid), services())
+        return {"session": sid, "account": params["account"],
+                "guardians": list(params["guardians"]), "state": view["state"]}
+
+    async def _act(session: str, action: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        _need_ready(node)
+        _recovery_entry(node, session)
+        try:
+            reply = await control_session(node, session, action, args)
+        except UnknownSessionError as exc:
+            raise p.ConflictError(exc.message) from None
+        if "error" in reply:
+            # the driver refused (wrong phase, wrong role) without changing anything
+            raise p.ConflictError(f"cannot {action} session {session}: {reply['error']}")
+        return {"session": session, "state": reply.get("state", ""), **reply}
+
+    async def recovery_approve(args: dict[str, Any]) -> dict[str, Any]:
+        session = str(args["session"])
+        entry = _recovery_entry(node, session)
+        if entry.role != "guardians":
+            raise p.InvalidArgsError(
+                f"only a guardian approves a recovery; this node is {entry.role} in {session}")
+        return await _act(session, "approve", {})
+
+    async def recovery_veto(args: dict[str, Any]) -> dict[str, Any]:
+        session = str(args["session"])
+        entry = _recovery_entry(node, session)
+        if entry.role != "devices":
+            raise p.InvalidArgsError(
+                f"only an account device vetoes a recovery; this node is {entry.role} in "
+                f"{session}")
+        return await _act(session, "veto", {})
+
+    async def recovery_pending(_args: dict[str, Any]) -> dict[str, Any]:
+        from aura_node.protocols.recovery.roles import GuardianDriver
+
+        _need_ready(node)
+        assert node.runtime is not None
+        pending = [e.driver.pending_entry() for e in node.runtime.active_sessions()
+                   if isinstance(e.driver, GuardianDriver) and e.driver.awaiting_approval]
+        return {"pending": sorted(pending, key=lambda x: str(x["session"]))}
+
+    async def recovery_status(args: dict[str, Any]) -> dict[str, Any]:
+        _need_ready(node)
+        entry = _recovery_entry(node, str(args["session"]))
+        if not entry.active and not entry.final.done:
+            # the session ended in a step whose records are not durable yet: report the end
+            # only once it is (so a following `account show` sees the recovered account)
+            with trio.move_on_after(STATUS_COMMIT_WAIT_SECONDS):
+                try:
+                    await entry.final.wait()
+                except AuraError:
+                    pass  # failed: the view below says how
+        return recovery_view(entry, services())
+
+    return {
+        "account.create": account_create,
+        "account.show": account_show,
+        "dkd": dkd,
+        "recovery.start": recovery_start,
+        "recovery.approve": recovery_approve,
+        "recovery.pending": recovery_pending,
+        "recovery.veto": recovery_veto,
+        "recovery.status": recovery_status,
+    }
