@@ -26,7 +26,7 @@ from aura_node.harness.nemesis import FAULT_KINDS
 #: what the bounded run uses; the kinds all fit (the schedule's deck, test_chaos_nemesis.py)
 DURATION_S = 25
 QUIET_S = 8
-LOAD = "ping"
+LOAD = "dkd"
 
 
 @pytest.fixture
