@@ -23,7 +23,9 @@ def _add_chaos_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, required=True,
                    help="seconds of load under faults (start-up and quiet period come on top)")
     p.add_argument("--seed", type=int, required=True,
-                   help="seed of the fault schedule, the load's choices and the proxy's draws")
+                   help="seed of the fault schedule, the load's choices and the proxy's draws: "
+                   "the same seed, nodes and duration give the same schedule; what the faults "
+                   "hit depends on timing, so outcomes may differ between runs")
     p.add_argument("--dir", default=None,
                    help="cluster directory, kept afterwards (default: a temp dir under /tmp, "
                    "removed after a clean run, kept when violations were found)")

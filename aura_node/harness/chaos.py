@@ -25,6 +25,9 @@ Theory of operation (``aura-node cluster chaos``, :func:`run_chaos`):
 Failed operations under faults are expected and never a violation: correctness is what the
 journals prove, liveness is "every session ended in time once the faults stopped".
 
+A node that does not come back after the heal (it will not start on its journal after a
+SIGKILL, say) fails the run too (``recovery_error``), after the journals were checked.
+
 Reproducibility: the same seed, node count and duration give the same fault schedule (kinds,
 targets, parameters, offsets) and the same sequence of load choices per worker. What the faults
 *hit* depends on timing (which message was in flight when a node was killed), so outcomes
@@ -99,10 +102,13 @@ class ChaosReport:
     invariants: InvariantReport
     last_heal: float
     timings: dict[str, float]
+    #: why the cluster did not come back whole after the heal (a node that will not restart
+    #: after a SIGKILL is a finding too), or None
+    recovery_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.invariants.ok
+        return self.invariants.ok and self.recovery_error is None
 
     def to_json(self) -> dict[str, Any]:
         c = self.config
@@ -126,6 +132,7 @@ class ChaosReport:
             "sessions": self.sessions,
             "invariants": self.invariants.to_json(),
             "last_heal": self.last_heal,
+            "recovery_error": self.recovery_error,
             "timings": self.timings,
         }
 
@@ -163,6 +170,8 @@ def render_report(r: ChaosReport) -> str:
         lines.append(f"    {v.invariant}: {where}: {v.detail}")
     if len(r.invariants.violations) > 20:
         lines.append(f"    ... {len(r.invariants.violations) - 20} more (see --json)")
+    if r.recovery_error is not None:
+        lines.append(f"cluster did not recover after the heal: {r.recovery_error}")
     lines.append("result: " + ("CLEAN" if r.ok else "VIOLATIONS FOUND"))
     return "\n".join(lines)
 
@@ -316,14 +325,20 @@ def run_chaos(
             progress.set(phase="heal")
             say("chaos over: ending open faults, healing, resuming, restarting")
             nemesis.stop()
-            _restore_everything(cluster, say)
+            recovery_error: str | None = None
+            try:
+                _restore_everything(cluster, say)
+            except HarnessError as exc:
+                recovery_error = exc.message
+                say(f"the cluster did not recover: {exc.message}")
             last_heal = time.time()
             timings["chaos"] = time.monotonic() - t_chaos
-            say(f"healed: every node ready with every link up ({timings['chaos']:.1f} s after "
-                "the chaos began); quiet period")
+            if recovery_error is None:
+                say(f"healed: every node ready with every link up ({timings['chaos']:.1f} s "
+                    "after the chaos began); quiet period")
             progress.set(phase="quiet")
             t_quiet = time.monotonic()
-            time.sleep(config.quiet_period / 2)
+            time.sleep(config.quiet_period / 2 if recovery_error is None else 0.0)
             runner.stop()
             if not runner.join(config.op_timeout + 15.0):
                 say("  some load operations did not return in time (control waits)")
@@ -354,7 +369,7 @@ def run_chaos(
         fault_errors=[a.to_json() for a in nemesis.errors()],
         schedule=[f.to_json() for f in schedule],
         sessions=sessions, invariants=report, last_heal=last_heal,
-        timings={k: round(v, 3) for k, v in timings.items()},
+        timings={k: round(v, 3) for k, v in timings.items()}, recovery_error=recovery_error,
     )
 
 
