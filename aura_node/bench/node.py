@@ -142,6 +142,8 @@ def raw_tcp_pingpong_rate(n: int) -> float:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # --- node processes ----------------------------------------------------------------------------
