@@ -135,6 +135,8 @@ class LoadRun:
     completed: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     busy_refusals: int = 0
+    #: control connections closed with no reply (see ``one_control``), retried
+    closed_without_reply: int = 0
     seconds: float = 0.0
     end_times: list[float] = field(default_factory=list)
     t0: float = 0.0
@@ -176,7 +178,8 @@ class LoadRun:
         return {
             "operations": self.operations, "driver": self.driver, "load": self.load,
             "completed": self.completed, "failed": dict(self.failed),
-            "busy_refusals": self.busy_refusals, "seconds": round(self.seconds, 3),
+            "busy_refusals": self.busy_refusals,
+            "closed_without_reply": self.closed_without_reply, "seconds": round(self.seconds, 3),
             "peak_in_flight": self.peak_in_flight(), "windows": self.windows(),
             "idle_rss_kb": self.idle_rss_kb, "after_rss_kb": self.after_rss_kb,
             "ended_sessions": self.ended_sessions,
@@ -207,6 +210,8 @@ class ControlConnection:
         return cls(await trio.open_unix_socket(str(path)))
 
     async def call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        import trio
+
         from aura_node.control.protocol import (
             ControlConnectionError,
             decode_reply,
@@ -214,9 +219,17 @@ class ControlConnection:
         )
 
         self.next_id += 1
-        await self.stream.send_all(encode_request(self.next_id, cmd, args))
+        try:
+            await self.stream.send_all(encode_request(self.next_id, cmd, args))
+        except trio.BrokenResourceError:
+            # The node may have answered (busy) and closed before reading our request: its
+            # reply is still queued on our side, so read it (as the stdlib client does).
+            pass
         while not self.lines:
-            data = await self.stream.receive_some(65536)
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                data = b""
             if not data:
                 raise ControlConnectionError(f"the node closed the connection during {cmd!r}")
             self.lines.extend(self.framer.feed(data))
@@ -255,7 +268,7 @@ async def _drive(cluster: Cluster, run: LoadRun,
                  requests: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
     import trio
 
-    from aura_node.control.protocol import ControlReplyError
+    from aura_node.control.protocol import ControlConnectionError, ControlReplyError
     from aura_node.errors import AuraError
 
     stop = trio.Event()
@@ -284,7 +297,16 @@ async def _drive(cluster: Cluster, run: LoadRun,
                     backoff = min(backoff * 2, 0.5)
                     continue
                 finish(False, exc.remote_code)
-            except (AuraError, OSError) as exc:
+            except ControlConnectionError:
+                # Closed with no reply at all: the busy refusal whose reply the kernel threw
+                # away (a Unix socket closed with our request unread resets the connection,
+                # and the reset can overtake the queued reply). Retried like a busy one; were
+                # it a DKD that did run, running it again derives the same key.
+                run.closed_without_reply += 1
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 0.5)
+                continue
+            except (AuraError, OSError, trio.BrokenResourceError) as exc:
                 finish(False, getattr(exc, "code", type(exc).__name__))
             else:
                 finish(True, "ok")
@@ -410,6 +432,9 @@ def figures(run: LoadRun) -> list[Figure]:
     if run.driver == "control":
         out.append(Figure(name="control connections refused busy", value=run.busy_refusals,
                           unit="refusals", higher_is_better=False))
+        out.append(Figure(name="control connections closed without a reply",
+                          value=run.closed_without_reply, unit="connections",
+                          higher_is_better=False))
     return out
 
 
