@@ -410,7 +410,9 @@ def figures(run: LoadRun) -> list[Figure]:
                unit="sessions", floor=run.operations, floor_name="operations started",
                target=">= 1.0 (x participants)"),
     ]
-    for node in sorted(run.samples):
+    # only a held run measures memory per in-flight session without ended sessions (which
+    # stay in the session table) mixed into the same RSS
+    for node in sorted(run.samples) if run.hold else ():
         kb, active = run.per_session_kb(node)
         out.append(Figure(name=f"memory per in-flight session, {node} ({active} in flight)",
                           value=kb, unit="KiB", target="<= 10 KiB", higher_is_better=False))
