@@ -4,17 +4,22 @@
 the transport's ``InboundData``, ``effect`` carries :class:`Step`: everything one protocol
 step asks for, split into the journal records that must be durable first and the actions
 that may only run after that (send, arm/cancel a timer, answer a waiting control request).
+
+Pure: trio is imported only inside :meth:`Outcome.wait` (the one awaitable here), so the
+session runtime that builds steps can be driven synchronously without it (the seeded
+simulation in ``aura_node.harness.simulation`` runs the real ``SessionRuntime``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from aura_node.errors import AuraError
+
+if TYPE_CHECKING:
+    import trio
 
 # --- control waiters ------------------------------------------------------------------------------
 
@@ -54,6 +59,8 @@ class Outcome:
         return self._done
 
     async def wait(self) -> dict[str, Any]:
+        import trio  # here, not at the top: only an awaiting shell needs it
+
         if not self._done:
             if self._event is None:
                 self._event = trio.Event()

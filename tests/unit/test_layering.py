@@ -12,7 +12,8 @@ PURE_PACKAGES = ("choreo", "session", "protocols", "crypto", "journal.format")
 
 
 def _pure_modules() -> list[str]:
-    names = ["aura_node.errors", "aura_node.config"]
+    names = ["aura_node.errors", "aura_node.config", "aura_node.runtime.sessions",
+             "aura_node.harness.simulation"]  # the simulation drives the real SessionRuntime
     for info in pkgutil.walk_packages(aura_node.__path__, "aura_node."):
         rel = info.name.removeprefix("aura_node.")
         if any(rel == p or rel.startswith(p + ".") for p in PURE_PACKAGES):

@@ -135,6 +135,90 @@ def test_below_threshold_times_out_without_shares() -> None:
     assert sim.nodes["g1"].sessions[sid].error is not None  # the abort reached the guardians
 
 
+def run_dropping(sim: Sim, step: str, to: str) -> list[bytes]:
+    """Deliver (no timers) until quiet, losing every ``step`` message to ``to``; returns the
+    lost envelopes."""
+    from aura_node.protocols.envelope import decode_envelope
+
+    lost = []
+    while True:
+        for item in list(sim.queue):
+            if item[1] == to and decode_envelope(item[2]).step == step:
+                sim.queue.remove(item)
+                lost.append(item[2])
+        if not sim.deliver_one():
+            return lost
+
+
+def guardian_end(sim: Sim, g: str, sid: str) -> tuple[str, str]:
+    err = sim.nodes[g].sessions[sid].error
+    assert err is not None, f"{g} did not fail"
+    return err
+
+
+def test_a_guardian_whose_share_request_is_lost_times_out_and_never_releases() -> None:
+    """Found by the seeded simulation: a guardian that never gets the ShareRequest used to
+    wait in Deciding/AwaitingThreshold forever. Its own deadline ends it (Failed, timeout);
+    the recovery still completes through the others, and a late ShareRequest finds it over."""
+    from aura_node.protocols.envelope import decode_envelope
+
+    sim = world(10)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2", "g3")
+    lost = run_dropping(sim, "ShareRequest", "g3")
+    assert len(lost) == 1
+    assert entry_status(sim, "g3", sid)["phase"] == "AwaitingThreshold"
+    assert rec.REQUEST_TIMER in sim.nodes["g3"].sessions[sid].timers
+    sim.run()
+    assert sim.nodes["n1"].sessions[sid].outcome is not None  # not cut short by g3
+    code, reason = guardian_end(sim, "g3", sid)
+    assert code == "timeout" and "no valid ShareRequest" in reason and "it approved" in reason
+    assert entry_status(sim, "g3", sid)["phase"] == "Failed"
+    assert "SealedRecoveryShare" not in sent_steps(sim, "g3", sid)
+    assert any(r.kind == eng.KIND_FAIL for r in sim.nodes["g3"].records(sid))
+    # the deadline is the new device's last one, counted from g3's own start: no earlier
+    start = next(ev.start.now for ev in eng.parse_evidence(sim.nodes["g3"].records(sid))
+                 if isinstance(ev, eng.Started))
+    p = sim.nodes["g3"].services.protocols
+    assert sim.now >= start + (p.recovery_approval_timeout_seconds
+                               + p.recovery_cooldown_seconds + p.recovery_share_timeout_seconds)
+    before = len(sim.nodes["g3"].records(sid))
+    sim.receive("n1", "g3", decode_envelope(lost[0]))  # the lost request, late
+    sim.run()
+    assert len(sim.nodes["g3"].records(sid)) == before
+    assert "SealedRecoveryShare" not in sent_steps(sim, "g3", sid)
+
+
+def test_an_undecided_guardian_without_a_share_request_times_out() -> None:
+    sim = world(11)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2")
+    assert run_dropping(sim, "ShareRequest", "g3")
+    assert entry_status(sim, "g3", sid)["phase"] == "Deciding"
+    sim.run()
+    code, reason = guardian_end(sim, "g3", sid)
+    assert code == "timeout" and "had not approved" in reason
+    assert sim.nodes["n1"].sessions[sid].outcome is not None
+
+
+def test_a_guardian_that_hears_no_completion_times_out_after_its_release() -> None:
+    sim = world(12)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2")
+    sim.run(timers=False)
+    sim.fire_timers()  # the cooldowns: g1 and g2 release, g3 (no approval) does not
+    assert run_dropping(sim, "RecoveryComplete", "g2")
+    assert sim.nodes["n1"].sessions[sid].outcome is not None
+    assert entry_status(sim, "g2", sid)["phase"] == "AwaitingCompletion"
+    sim.run()
+    code, reason = guardian_end(sim, "g2", sid)
+    assert code == "timeout" and "share was released" in reason
+    assert sim.nodes["n1"].sessions[sid].outcome is not None  # its abort changes nothing there
+
+
 def test_approval_from_a_non_guardian_is_rejected_and_recovery_still_completes() -> None:
     sim = world(4)
     # d2 is pinned at n1 but is no guardian of the account (start_params would refuse it:

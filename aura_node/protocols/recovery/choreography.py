@@ -19,13 +19,19 @@ threshold ``t_g``) and ``devices`` (the account's existing devices as its record
    through the new device. A guardian that a veto reaches before its cooldown ends tells the
    new device (:class:`RecoveryVetoed`, which ends the new device in Vetoed) and aborts the
    session, so the abort reaches every role it knows (the other guardians included).
+   A guardian never waits for the ``ShareRequest`` unbounded (it may be lost): its own deadline
+   (``recovery_approval_timeout``, measured from its own start as approval + cooldown + share
+   timeouts, so it cannot pass before the new device's own last deadline) ends it in Failed,
+   before it released anything.
 4. When a guardian's own cooldown passes without a veto it releases its share, HPKE-sealed to
    the new device (:class:`SealedRecoveryShare`); the new device gathers ``t_g`` shares before
    ``recovery_share_timeout`` (counted from the end of the cooldown).
 5. Reconstructing: each share is checked against the guardian's public share, ``s`` is
    interpolated and ``s·G = S`` checked; the new device announces :class:`RecoveryComplete` to
    the guardians and (if pinned) the devices. A device that hears nothing stops watching when
-   its deadline passes (it cannot veto any more by then).
+   its deadline passes (it cannot veto any more by then); a guardian that hears nothing by
+   ``recovery_share_timeout`` after its own cooldown (the same bound the devices watch to)
+   aborts.
 """
 
 from __future__ import annotations
@@ -130,7 +136,9 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
 
     c.phase(new_device, "CollectingShares")
     c.phase(guardians, "AwaitingThreshold")
-    c.send(new_device, guardians, ShareRequest)
+    # each guardian bounds its own wait (step 3 of the module doc); on its deadline it aborts,
+    # before releasing anything
+    c.send(new_device, guardians, ShareRequest, deadline="recovery_approval_timeout")
 
     # fan-out: every guardian that verified the threshold notifies every device itself
     c.phase(guardians, "CoolingDown")
@@ -166,7 +174,8 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
 
     c.phase(new_device, "Reconstructing")
     c.phase(guardians, "AwaitingCompletion")
-    c.send(new_device, guardians, RecoveryComplete)
+    # each guardian bounds this wait too (step 5): no announcement by then, it aborts
+    c.send(new_device, guardians, RecoveryComplete, deadline="recovery_share_timeout")
     done = c.send(new_device, devices, RecoveryComplete, deadline="recovery_share_timeout")
     with done.on_timeout():
         pass  # the device stops watching; by then it could not veto anyway

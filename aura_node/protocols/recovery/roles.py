@@ -30,12 +30,27 @@ Phases (see ``choreography.py`` for the wire order):
                 CoolingDown --RecoveryVeto--> Vetoed --RecoveryVetoed, abort--> Failed
                 Releasing --SealedRecoveryShare (only if it approved)--> AwaitingCompletion
                 AwaitingCompletion|Releasing --RecoveryComplete--> Completed
+                Deciding|AwaitingThreshold --own request deadline--> Failed (timeout)
+                Releasing|AwaitingCompletion --own completion deadline--> Failed (timeout)
     device:     Watching --first RecoveryPending (opens the session)--> MayVeto
                 MayVeto --operator vetoes: RecoveryVeto to every guardian--> MayVeto
                 MayVeto --RecoveryComplete | watch deadline--> Completed
 
 A guardian that did not approve still verifies a valid ``ShareRequest``, notifies the devices
 and listens for vetoes (more paths for the owners to learn and object), but never releases.
+
+Every guardian wait is bounded by the guardian's own clock, so a lost message (a dropped
+``ShareRequest``, one that arrived while it was down, a lost ``RecoveryComplete``) cannot keep
+its session open forever. It arms ``share-request`` at its start, at start + approval +
+cooldown + share timeouts: the new device's session began before the guardian's (the request
+opens it) and cannot last longer than that, so this deadline never cuts short a recovery that
+could still complete, and the abort it fans out reaches nobody still waiting on this guardian.
+A valid ``ShareRequest`` cancels it (the cooldown timer takes over). When the cooldown passes it
+arms ``completion`` at cooldown end + share timeout (the watch the devices are told, and no
+earlier than the new device's share deadline). Either deadline ends the session in Failed
+(code ``timeout``, journaled, the abort fanned out). Neither weakens the release rule: the
+request deadline only fires before the guardian holds ``ApprovalThresholdMet`` (it never
+releases after it), and the completion deadline only fires after the release decision.
 
 How the new device learns the account: it knows only the id. Each approving guardian sends the
 :class:`AccountRecord` it holds with its approval; the new device adopts a record only when
@@ -126,6 +141,10 @@ RECOVERED_PURPOSE: Final = "recovery/recovered-share"
 APPROVAL_TIMER: Final = "approvals"
 SHARE_TIMER: Final = "shares"
 COOLDOWN_TIMER: Final = "cooldown"
+#: a guardian's bound on waiting for the ShareRequest (armed at its start)
+REQUEST_TIMER: Final = "share-request"
+#: a guardian's bound on waiting for RecoveryComplete (armed when its cooldown ends)
+COMPLETION_TIMER: Final = "completion"
 WATCH_TIMER: Final = "watch"
 
 
@@ -331,6 +350,14 @@ class Guardian(
                                  ) -> Guardian[CoolingDown]:
         return self._advance(Guardian[CoolingDown])
 
+    @transition(source=Deciding, target=Failed, action="timeout")
+    def no_request_undecided(self: Guardian[Deciding]) -> Guardian[Failed]:
+        return self._advance(Guardian[Failed])
+
+    @transition(source=AwaitingThreshold, target=Failed, action="timeout")
+    def no_request(self: Guardian[AwaitingThreshold]) -> Guardian[Failed]:
+        return self._advance(Guardian[Failed])
+
     @transition(source=CoolingDown, target=CoolingDown, action="send", message=RecoveryPending,
                 peer="devices")
     def notify_devices(self: Guardian[CoolingDown]) -> Guardian[CoolingDown]:
@@ -366,6 +393,14 @@ class Guardian(
     def completed(self: Guardian[AwaitingCompletion], m: RecoveryComplete
                   ) -> Guardian[Completed]:
         return self._advance(Guardian[Completed])
+
+    @transition(source=Releasing, target=Failed, action="timeout")
+    def no_completion_unreleased(self: Guardian[Releasing]) -> Guardian[Failed]:
+        return self._advance(Guardian[Failed])
+
+    @transition(source=AwaitingCompletion, target=Failed, action="timeout")
+    def no_completion(self: Guardian[AwaitingCompletion]) -> Guardian[Failed]:
+        return self._advance(Guardian[Failed])
 
     @transition(source=AwaitingRequest, target=Failed, action="abort")
     def abort_awaiting(self: Guardian[AwaitingRequest]) -> Guardian[Failed]:
@@ -893,7 +928,15 @@ class GuardianDriver(_Replayable):
         self._roles = dict(inp.roles)
         self._new_device = inp.opened_by or ""
         self._state = Guardian(session_id=inp.session)
-        return []
+        # The new device's own last deadline is its share deadline: threshold time (at most
+        # its start + approval timeout) + cooldown + share timeout. Its start precedes ours
+        # (our session opens with its request), so a deadline this far from our start never
+        # cuts short a recovery the new device may still complete, and our abort reaches
+        # nobody who is still waiting on us.
+        p = self.services.protocols
+        deadline = inp.now + (p.recovery_approval_timeout_seconds + p.recovery_cooldown_seconds
+                              + p.recovery_share_timeout_seconds)
+        return [eng.ArmTimer(name=REQUEST_TIMER, deadline=deadline)]
 
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
         st = self._state
@@ -956,7 +999,8 @@ class GuardianDriver(_Replayable):
         self._state = (st.threshold_met(w) if phase_of(st) is AwaitingThreshold
                        else st.threshold_met_without_me(w))
         self._cooldown_ends = now + self.services.protocols.recovery_cooldown_seconds
-        effects: list[eng.Effect] = [eng.ArmTimer(name=COOLDOWN_TIMER,
+        effects: list[eng.Effect] = [eng.CancelTimer(name=REQUEST_TIMER),
+                                     eng.ArmTimer(name=COOLDOWN_TIMER,
                                                   deadline=self._cooldown_ends)]
         devices = tuple(n for n, r in self._roles.items() if r == "devices")
         if devices:
@@ -1036,12 +1080,21 @@ class GuardianDriver(_Replayable):
     def on_timer(self, inp: eng.TimerFired) -> list[eng.Effect]:
         st = self._state
         assert st is not None
-        if inp.name != COOLDOWN_TIMER or phase_of(st) is not CoolingDown:
+        ph = phase_of(st)
+        if inp.name == REQUEST_TIMER and ph in (AwaitingRequest, Deciding, AwaitingThreshold):
+            return self._request_timed_out(st)
+        if inp.name == COMPLETION_TIMER and ph in (Releasing, AwaitingCompletion):
+            return self._completion_timed_out(st)
+        if inp.name != COOLDOWN_TIMER or ph is not CoolingDown:
             return []
         st2 = st.cooled_down()
         self._state = st2
+        # the devices watch until cooldown end + share timeout; so long does this guardian
+        # wait for the announcement (the new device's share deadline is no later)
+        wait = eng.ArmTimer(name=COMPLETION_TIMER, deadline=(
+            self._cooldown_ends + self.services.protocols.recovery_share_timeout_seconds))
         if not self._approved:
-            return []  # never approved: it only watched for vetoes
+            return [wait]  # never approved: it only watched for vetoes
         assert self._account is not None and self._new_key is not None
         services = self.services
         held = services.accounts.held_share(self._account.account_id, "guardians")
@@ -1053,7 +1106,33 @@ class GuardianDriver(_Replayable):
         del share
         self._state = st2.release()
         return [eng.Send(to=(self._new_device,), message=SealedRecoveryShare(
-            share_index=index, sealed_share=sealed))]
+            share_index=index, sealed_share=sealed)), wait]
+
+    def _request_timed_out(self, st: Guardian[Any]) -> list[eng.Effect]:
+        """No valid ``ShareRequest`` by this guardian's deadline: it ends in Failed, having
+        released nothing (a ``ShareRequest`` after this finds the session over)."""
+        ph = phase_of(st)
+        if ph is Deciding:
+            self._state = st.no_request_undecided()
+        elif ph is AwaitingThreshold:
+            self._state = st.no_request()
+        # AwaitingRequest (the opening request was rejected): the runtime's abort moves it
+        what = "approved" if self._approved else "had not approved"
+        return [eng.Fail(code="timeout", reason=(
+            f"no valid ShareRequest from {self._new_device or 'the new device'} by this "
+            f"guardian's deadline (it {what}); no share released"))]
+
+    def _completion_timed_out(self, st: Guardian[Any]) -> list[eng.Effect]:
+        """No ``RecoveryComplete`` by the end of the watch: the outcome is unknown here."""
+        if phase_of(st) is AwaitingCompletion:
+            self._state = st.no_completion()
+            what = "its share was released"
+        else:
+            self._state = st.no_completion_unreleased()
+            what = "it released no share (it had not approved)"
+        return [eng.Fail(code="timeout", reason=(
+            f"no RecoveryComplete from {self._new_device} by this guardian's deadline; {what}; "
+            "the recovery's outcome is unknown here"))]
 
     def on_abort(self, reason: str, *, by_peer: str | None) -> None:
         st = self._state
