@@ -1,4 +1,5 @@
-"""`aura-node cluster up|down|status|partition|heal|shape|kill|restart|pause|resume`, `trace`.
+"""`aura-node cluster up|down|status|partition|heal|shape|kill|restart|pause|resume|chaos`,
+`trace`.
 
 Argument parsing only; the work is in ``aura_node.harness``. Heavy imports stay inside the
 handlers so other commands do not pay for them.
@@ -16,6 +17,30 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", required=True, help="the cluster directory (holds cluster.json)")
 
 
+def _add_chaos_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=5, help="device nodes d1..dN (default 5)")
+    p.add_argument("--guardians", type=int, default=0, help="guardian nodes g1..gM (default 0)")
+    p.add_argument("--duration", type=float, required=True,
+                   help="seconds of load under faults (start-up and quiet period come on top)")
+    p.add_argument("--seed", type=int, required=True,
+                   help="seed of the fault schedule, the load's choices and the proxy's draws: "
+                   "the same seed, nodes and duration give the same schedule; what the faults "
+                   "hit depends on timing, so outcomes may differ between runs")
+    p.add_argument("--dir", default=None,
+                   help="cluster directory, kept afterwards (default: a temp dir under /tmp, "
+                   "removed after a clean run, kept when violations were found)")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="operations in flight at once (default 4)")
+    p.add_argument("--quiet-period", type=float, default=20.0,
+                   help="seconds without faults after the last heal (default 20)")
+    p.add_argument("--load", choices=("dkd", "ping"), default="dkd",
+                   help="the operation the load runs (default dkd)")
+    p.add_argument("--op-timeout", type=float, default=10.0,
+                   help="each operation's session timeout in seconds (default 10)")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory after a clean run")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
 def register(sub: Any) -> None:
     c = sub.add_parser("cluster", help="a local cluster of real nodes on loopback, with faults")
     csub = c.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
@@ -29,6 +54,15 @@ def register(sub: Any) -> None:
 
     add_simulation_arguments(sim)
     sim.set_defaults(handler=cmd_simulate)
+
+    chaos = csub.add_parser(
+        "chaos",
+        help="continuous protocol load under a seeded nemesis (kill/restart, pause, "
+        "partitions, delay/jitter/loss), then heal, a quiet period and the invariant checks; "
+        "exit 1 on any violation",
+    )
+    _add_chaos_arguments(chaos)
+    chaos.set_defaults(handler=cmd_chaos)
 
     up = csub.add_parser("up", help="create (first time) and start a cluster; wait until ready")
     _add_dir(up)
@@ -209,6 +243,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     out = render_mermaid(trace) if args.format == "mermaid" else render_text(trace)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from aura_node.harness.chaos import run_from_args
+
+    return run_from_args(args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
