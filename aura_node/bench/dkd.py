@@ -112,9 +112,9 @@ def usable_cores() -> int:
 def _tune(cfg: NodeConfig) -> NodeConfig:
     """The harness's test tuning, logs at warning (two info lines per session are not what
     is measured), and a DKD deadline no healthy session reaches."""
-    from aura_node.harness.cluster import _tune_for_tests
+    from aura_node.harness.cluster import tune_for_tests
 
-    cfg = _tune_for_tests(cfg)
+    cfg = tune_for_tests(cfg)
     return replace(cfg, log=replace(cfg.log, level="warning"),
                    protocols=replace(cfg.protocols, dkd_timeout_seconds=SESSION_TIMEOUT))
 

@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 from aura_node.bench import Figure
 from aura_node.config import NodeConfig
-from aura_node.harness.cluster import Cluster, _tune_for_tests
+from aura_node.harness.cluster import Cluster, tune_for_tests
 from aura_node.harness.load import LoadOperation, load_named
 
 SESSIONS_FULL = 10_000
@@ -76,7 +76,7 @@ Driver = Literal["control", "batch"]
 
 
 def _bench_tune(cfg: NodeConfig) -> NodeConfig:
-    cfg = _tune_for_tests(cfg)
+    cfg = tune_for_tests(cfg)
     protocols = replace(cfg.protocols, dkd_timeout_seconds=OP_TIMEOUT_S,
                         ping_timeout_seconds=OP_TIMEOUT_S)
     return replace(cfg, protocols=protocols, log=replace(cfg.log, level="warning"))

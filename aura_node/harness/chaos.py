@@ -45,12 +45,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from aura_node.config import NodeConfig
 from aura_node.errors import AuraError
-from aura_node.harness.cluster import Cluster, ClusterNotReadyError
+from aura_node.harness.cluster import Cluster, ClusterNotReadyError, tune_for_tests
 from aura_node.harness.faults import HarnessError
 from aura_node.harness.invariants import (
     InvariantReport,
@@ -243,6 +244,19 @@ def _wait_sessions_idle(cluster: Cluster, until: float) -> dict[str, int]:
 START_ATTEMPTS = 3
 
 
+def _chaos_tune(config: ChaosConfig) -> Callable[[NodeConfig], NodeConfig]:
+    """The harness's test tuning, plus every node's own DKD deadline set to the load's
+    operation timeout: a participant's session then has the same deadline as the
+    initiator's request, which is what the ``sessions_end`` check bounds (deadline + grace)."""
+
+    def tune(cfg: NodeConfig) -> NodeConfig:
+        cfg = tune_for_tests(cfg)
+        return replace(cfg, protocols=replace(cfg.protocols,
+                                              dkd_timeout_seconds=config.op_timeout))
+
+    return tune
+
+
 def _start_cluster(config: ChaosConfig, directory: Path, say: Callable[[str], None]) -> Cluster:
     """Start the cluster; start over in a clean directory when a node could not bind.
 
@@ -253,7 +267,7 @@ def _start_cluster(config: ChaosConfig, directory: Path, say: Callable[[str], No
     """
     for attempt in range(1, START_ATTEMPTS + 1):
         cluster = Cluster(directory, nodes=config.nodes, guardians=config.guardians,
-                          seed=config.seed)
+                          seed=config.seed, tune=_chaos_tune(config))
         try:
             return cluster.start()
         except ClusterNotReadyError as exc:

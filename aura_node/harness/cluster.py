@@ -61,7 +61,7 @@ class ClusterNotReadyError(HarnessError):
     code = "cluster_not_ready"
 
 
-def _tune_for_tests(cfg: NodeConfig) -> NodeConfig:
+def tune_for_tests(cfg: NodeConfig) -> NodeConfig:
     """Harness defaults: links come back within a second of a heal or a restart."""
     transport = replace(
         cfg.transport,
@@ -185,7 +185,7 @@ class Cluster:
         seed: int = 0,
         detached: bool = False,
         ready_timeout: float = 30.0,
-        tune: Tune | None = _tune_for_tests,
+        tune: Tune | None = tune_for_tests,
         python: str = sys.executable,
     ) -> None:
         if nodes < 1 or guardians < 0 or nodes + guardians < 2:

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from aura_node.config import NodeConfig
 from aura_node.errors import AuraError
-from aura_node.harness.cluster import Cluster, _tune_for_tests
+from aura_node.harness.cluster import Cluster, tune_for_tests
 from aura_node.harness.progress import Progress
 
 #: the recovery cooldown of the demo cluster (the shipped default is 24 h)
@@ -41,7 +41,7 @@ NEW_DEVICE = "d4"
 
 def demo_tune(cfg: NodeConfig) -> NodeConfig:
     """Harness link settings, and protocol deadlines short enough to watch."""
-    cfg = _tune_for_tests(cfg)
+    cfg = tune_for_tests(cfg)
     return replace(cfg, protocols=replace(
         cfg.protocols, recovery_cooldown_seconds=DEMO_COOLDOWN_SECONDS,
         recovery_share_timeout_seconds=30.0, recovery_approval_timeout_seconds=60.0,

@@ -24,7 +24,7 @@ from aura_node.config import NodeConfig, NodeHome
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
 from aura_node.crypto.shamir import Share, reconstruct
 from aura_node.errors import AuraError
-from aura_node.harness.cluster import Cluster, _tune_for_tests
+from aura_node.harness.cluster import Cluster, tune_for_tests
 from aura_node.harness.invariants import check_invariants, journals_of_cluster
 from aura_node.harness.pytest_plugin import ClusterFactory, cluster_factory  # noqa: F401
 from aura_node.journal.store import read_records
@@ -42,7 +42,7 @@ COOLDOWN = 3.0
 
 def tune(cfg: NodeConfig) -> NodeConfig:
     """Harness defaults plus protocol deadlines in seconds (the cooldown is 24 h by default)."""
-    cfg = _tune_for_tests(cfg)
+    cfg = tune_for_tests(cfg)
     return replace(cfg, protocols=replace(
         cfg.protocols, recovery_cooldown_seconds=COOLDOWN, recovery_share_timeout_seconds=20.0,
         recovery_approval_timeout_seconds=30.0, dkd_timeout_seconds=8.0,
