@@ -33,8 +33,19 @@ Phases (see ``choreography.py`` for the wire order):
                 Deciding|AwaitingThreshold --own request deadline--> Failed (timeout)
                 Releasing|AwaitingCompletion --own completion deadline--> Failed (timeout)
     device:     Watching --first RecoveryPending (opens the session)--> MayVeto
+                MayVeto --later RecoveryPending: watch until its watch_until if later--> MayVeto
                 MayVeto --operator vetoes: RecoveryVeto to every guardian--> MayVeto
                 MayVeto --RecoveryComplete | watch deadline--> Completed
+                Watching|MayVeto --a guardian's abort--> Failed  (the new device's: ignored)
+
+A device's veto window ends only by its own deadline (the latest ``watch_until`` of the notices
+it accepted, so it covers the cooldown of every guardian it heard from), by a guardian's abort,
+by the new device's ``RecoveryComplete``, never by the new device's abort
+(``DeviceDriver.accepts_abort_from``): a hostile new device that aborts only towards the devices
+would otherwise close their veto windows while the guardians' cooldowns run on. (Known gap:
+the new device's ``RecoveryComplete`` carries no proof that it reconstructed ``s``, so a hostile
+new device can still end the watch with a premature one; closing it needs a proof of
+possession of ``s`` in that message.)
 
 A guardian that did not approve still verifies a valid ``ShareRequest``, notifies the devices
 and listens for vetoes (more paths for the owners to learn and object), but never releases.
@@ -1191,6 +1202,8 @@ class DeviceDriver(_Replayable):
         self._notice: RecoveryPending | None = None
         self._notified_by: list[str] = []
         self._vetoed = False
+        #: the latest ``watch_until`` of the notices accepted (the watch timer's deadline)
+        self._watch_until = 0.0
 
     @property
     def roles(self) -> Mapping[str, str]:
@@ -1236,6 +1249,11 @@ class DeviceDriver(_Replayable):
                                     f"{self._notified_by[0]}")
             if sender not in self._notified_by:
                 self._notified_by.append(sender)
+            if msg.watch_until > self._watch_until:
+                # this guardian's cooldown ends later than the first one's: a veto matters
+                # until it has passed, so the watch lasts as long as the latest notice says
+                self._watch_until = msg.watch_until
+                return [eng.ArmTimer(name=WATCH_TIMER, deadline=msg.watch_until)]
             return []
         try:
             new_key = DevicePublicKey(msg.new_device_public_key)
@@ -1255,6 +1273,7 @@ class DeviceDriver(_Replayable):
         if pinned_new is not None and pinned_new.public_key.raw == msg.new_device_public_key:
             self._roles.setdefault(msg.new_device, "new_device")
         self._state = st.notified(msg)
+        self._watch_until = msg.watch_until
         return [eng.ArmTimer(name=WATCH_TIMER, deadline=msg.watch_until)]
 
     def on_control(self, inp: eng.ControlAction) -> list[eng.Effect]:
@@ -1284,6 +1303,16 @@ class DeviceDriver(_Replayable):
             return []
         self._state = st.stop_watching()
         return [eng.Complete(result=self._summary())]
+
+    def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
+        """Only a guardian's abort (its word that the recovery ended) may end the watch.
+
+        The new device is the party the veto window protects against: were its abort to end
+        the watch, a hostile new device could abort only the devices (not the guardians),
+        closing every veto window while the guardians' cooldowns run on to the release. Its
+        abort is dropped; the device watches on until its own deadline, a guardian's abort,
+        or the new device's ``RecoveryComplete``."""
+        return sender_role != "new_device"
 
     def on_abort(self, reason: str, *, by_peer: str | None) -> None:
         st = self._state
