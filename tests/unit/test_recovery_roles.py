@@ -514,3 +514,46 @@ def test_a_device_watches_until_the_latest_notice_deadline() -> None:
     sim.run(timers=False)
     assert d1.timers[rec.WATCH_TIMER] == first + 100.0
     assert set(entry_status(sim, "d1", sid)["notified_by"]) == {"g1", "g2", "g3"}
+
+
+def test_every_guardians_notice_is_accepted_by_a_devices_monitor() -> None:
+    """t_g = 2 of 3 guardians approve, but all three verify the approvals and notify every
+    device: the third notice is honest, not misbehaviour (the device's monitor is bound for
+    the account's guardian count, which the notice states and the device checks)."""
+    from aura_node.harness import simulation as hs
+
+    sim = hs.Simulation(22, {"d1": "device", "d2": "device", "g1": "guardian",
+                             "g2": "guardian", "g3": "guardian", "n1": "device"})
+    hs.create_account(sim, "d1", ["d1", "d2"], 2, ["g1", "g2", "g3"], 2)
+    acct = sim.nodes["d1"].accounts.only().account.account_id
+    params = rec.start_params({"account": acct, "guardians": ["g1", "g2", "g3"]},
+                              sim.nodes["n1"].services)
+    sid = sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+    sim.run(until=sim.now + 1.0)
+    for g in ("g1", "g3"):
+        sim.control(g, sid, "approve")
+    sim.run()
+    for d in ("d1", "d2"):
+        kinds = [r.kind for r in sim.nodes[d].records(sid)]
+        assert eng.KIND_MISBEHAVIOUR not in kinds and rec.KIND_REJECTED not in kinds, d
+        e = sim.nodes[d].session(sid)
+        assert e is not None and e.outcome == "completed", d
+        assert e.driver is not None
+        assert set(e.driver.status()["notified_by"]) == {"g1", "g2", "g3"}
+
+
+def test_a_notice_listing_other_guardians_is_rejected() -> None:
+    from aura_node.protocols.recovery.choreography import RecoveryPending
+
+    sim = world(15)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2")
+    sim.run(timers=False)
+    drv = sim.nodes["d1"].sessions[sid].driver
+    assert isinstance(drv, rec.DeviceDriver) and drv._notice is not None
+    forged = msgspec.structs.replace(drv._notice, guardians=("g1", "g2"))
+    assert isinstance(forged, RecoveryPending)
+    sim.receive("g3", "d1", seal(sim.nodes["g3"].key, choreography="recovery", session=sid,
+                                 message=forged))
+    assert any("lists guardians ['g1', 'g2']" in r["reason"] for r in rejected(sim, "d1", sid))

@@ -561,11 +561,15 @@ def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]
     """Role-set sizes for the monitors. ``t_g`` and ``d`` are not known when a session opens
     (the new device learns them from the guardians' records): they bind to their minimum (1),
     so the new device's monitor closes each gather at the first message and accepts the rest
-    as stragglers; the driver enforces the real ``t_g`` through the witnesses."""
+    as stragglers; the driver enforces the real ``t_g`` through the witnesses.
+
+    A device's ``g`` is the account's guardian count as the opening notice states it (every
+    guardian that verifies the approvals notifies every device, not only the ``t_g`` whose
+    approvals it carries); the driver rejects a notice whose list differs from its record."""
     if isinstance(opening, RecoveryRequest):
         return {"g": max(len(opening.guardians), 1)}
     if isinstance(opening, RecoveryPending):
-        return {"g": max(len(opening.approvals), 1)}
+        return {"g": max(len(opening.guardians), len(opening.approvals), 1)}
     return {"g": len(parse_params(start.params).guardians)}
 
 
@@ -1020,7 +1024,8 @@ class GuardianDriver(_Replayable):
                 new_device_public_key=self._new_key.raw, approvals=msg.approvals,
                 cooldown_ends=self._cooldown_ends,
                 watch_until=(self._cooldown_ends
-                             + self.services.protocols.recovery_share_timeout_seconds))))
+                             + self.services.protocols.recovery_share_timeout_seconds),
+                guardians=tuple(h.name for h in self._account.guardians))))
         self._state = self._state.notify_devices()
         if self._early_veto is not None:
             return [*effects, *self._veto_now(*self._early_veto)]
@@ -1242,6 +1247,11 @@ class DeviceDriver(_Replayable):
             record.holder("guardians", sender)
         except AuraError as exc:
             raise RecoveryError(f"notice from {sender}: {exc.message}") from None
+        mine = tuple(h.name for h in record.guardians)
+        if msg.guardians != mine:
+            # the monitor was bound with the count the opening notice claimed
+            raise RecoveryError(f"notice from {sender} lists guardians {list(msg.guardians)}, "
+                                f"the account record here lists {list(mine)}")
         if self._notice is not None:
             if (msg.account_id, msg.new_device_public_key) != (
                     self._notice.account_id, self._notice.new_device_public_key):
