@@ -557,3 +557,35 @@ def test_a_notice_listing_other_guardians_is_rejected() -> None:
     sim.receive("g3", "d1", seal(sim.nodes["g3"].key, choreography="recovery", session=sid,
                                  message=forged))
     assert any("lists guardians ['g1', 'g2']" in r["reason"] for r in rejected(sim, "d1", sid))
+
+
+def test_after_a_veto_every_driver_reports_vetoed() -> None:
+    """Through the real runtime a peer's abort reaches ``on_abort`` as "g1 aborted: vetoed: ...";
+    every role still reports Vetoed itself (``recovery status`` needs no reason parsing)."""
+    from aura_node.harness import simulation as hs
+    from aura_node.runtime.protocol_commands import recovery_state
+
+    sim = hs.Simulation(23, {"d1": "device", "d2": "device", "g1": "guardian",
+                             "g2": "guardian", "g3": "guardian", "n1": "device"})
+    hs.create_account(sim, "d1", ["d1", "d2"], 2, ["g1", "g2", "g3"], 2)
+    acct = sim.nodes["d1"].accounts.only().account.account_id
+    params = rec.start_params({"account": acct, "guardians": ["g1", "g2", "g3"]},
+                              sim.nodes["n1"].services)
+    sid = sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+    sim.run(until=sim.now + 1.0)
+    for g in ("g1", "g2"):
+        sim.control(g, sid, "approve")
+    sim.run(until=sim.now + 2.0)
+    assert sim.control("d1", sid, "veto")["state"] == "Vetoed"
+    sim.run()
+    for name in ("n1", "g1", "g2", "g3", "d1", "d2"):
+        e = sim.nodes[name].session(sid)
+        assert e is not None and e.outcome == "failed" and e.driver is not None, name
+        assert e.driver.status()["state"] == "Vetoed", (name, e.error, e.driver.status())
+        assert recovery_state(e) == "Vetoed", name
+    # the abort's reason as the runtime hands it on, and the journaled-failure fallback
+    assert rec.abort_is_veto("g1 aborted: vetoed: vetoed by d1: no", "g1")
+    assert not rec.abort_is_veto("g1 aborted: timeout: vetoed: no", "g1")
+    assert not rec.abort_is_veto("vetoed: by me", None)
+    assert rec.failure_is_veto("aborted_by_peer", "g2 aborted: vetoed: vetoed by d1: no")
+    assert not rec.failure_is_veto("aborted_by_peer", "g2 aborted: timeout: gone")

@@ -576,6 +576,22 @@ def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]
 # --- shared helpers -------------------------------------------------------------------------
 
 
+def abort_is_veto(reason: str, by_peer: str | None) -> bool:
+    """Whether a peer's abort reports a veto. The runtime hands ``on_abort`` the reason as
+    ``"<peer> aborted: <the peer's reason>"``; the peer's reason is ``"<code>: ..."`` with the
+    code of the failure it fanned out (``vetoed`` for a guardian a veto reached)."""
+    if by_peer is None:
+        return False
+    return reason.removeprefix(f"{by_peer} aborted: ").startswith("vetoed:")
+
+
+def failure_is_veto(code: str, reason: str) -> bool:
+    """The same, from a session's journaled failure (``ctl recovery status`` of a session that
+    ended before the last restart, when no driver is left to ask)."""
+    return code == "vetoed" or (code == "aborted_by_peer"
+                                and reason.partition(" aborted: ")[2].startswith("vetoed:"))
+
+
 def _reject(peer: str, code: str, reason: str) -> eng.RecordEvidence:
     """A rejected peer message, journaled as evidence (the session carries on)."""
     body = msgspec.msgpack.encode({"peer": peer, "code": code, "reason": reason})
@@ -880,7 +896,8 @@ class NewDeviceDriver(_Replayable):
         if st is None:
             return
         ph = phase_of(st)
-        if by_peer is not None and reason.startswith("vetoed") and not self._vetoed_by:
+        if abort_is_veto(reason, by_peer) and not self._vetoed_by:
+            assert by_peer is not None
             self._vetoed_by = by_peer
         if ph is Initiated:
             self._state = st.abort_initiated()
@@ -1151,6 +1168,9 @@ class GuardianDriver(_Replayable):
             "the recovery's outcome is unknown here"))]
 
     def on_abort(self, reason: str, *, by_peer: str | None) -> None:
+        if abort_is_veto(reason, by_peer) and not self._vetoed_by:
+            assert by_peer is not None
+            self._vetoed_by = by_peer  # another guardian a veto reached stopped this one
         st = self._state
         if st is None:
             return
@@ -1209,6 +1229,8 @@ class DeviceDriver(_Replayable):
         self._vetoed = False
         #: the latest ``watch_until`` of the notices accepted (the watch timer's deadline)
         self._watch_until = 0.0
+        #: a guardian's abort reported a veto (this device's or another's)
+        self._ended_by_veto = False
 
     @property
     def roles(self) -> Mapping[str, str]:
@@ -1325,6 +1347,8 @@ class DeviceDriver(_Replayable):
         return sender_role != "new_device"
 
     def on_abort(self, reason: str, *, by_peer: str | None) -> None:
+        if abort_is_veto(reason, by_peer):
+            self._ended_by_veto = True  # (another device's) veto reached a guardian
         st = self._state
         if st is None:
             return
@@ -1338,7 +1362,8 @@ class DeviceDriver(_Replayable):
         phase = "Starting" if self._state is None else phase_of(self._state).__name__
         return {"session": self._session,
                 "account": self._notice.account_id if self._notice else "",
-                "state": "Vetoed" if self._vetoed and phase != "Completed" else phase,
+                "state": ("Vetoed" if (self._vetoed or self._ended_by_veto)
+                          and phase != "Completed" else phase),
                 "new_device": self._notice.new_device if self._notice else "",
                 "notified_by": list(self._notified_by), "vetoed": self._vetoed}
 
