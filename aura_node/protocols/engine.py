@@ -446,6 +446,15 @@ class ProtocolDriver(ABC):
         only moves its typestate to the abort phase. Must not raise. Default: nothing."""
         return None
 
+    def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
+        """May ``sender`` (in ``sender_role``) end this session with the choreography's abort
+        message? Asked before the monitor sees the abort. ``False``: the runtime drops that
+        abort (logged, not journaled, the monitor not stepped) and the session carries on - for
+        a role whose safety depends on *not* being stopped by a particular peer (a recovery
+        device's veto window must not be closable by the new device). Must be pure. Default:
+        every role's abort ends the session."""
+        return True
+
     def on_control(self, inp: ControlAction) -> list[Effect]:
         raise LocalProtocolError(
             f"{self.choreography}/{self.role} has no control action {inp.action!r}"

@@ -87,24 +87,21 @@ def _recovery_entry(node: Node, session: str) -> SessionEntry:
 def recovery_state(entry: SessionEntry) -> str:
     """The recovery's local state name, ``Vetoed`` for a session a veto ended on any node.
 
-    A veto ends the session on the guardians it reached (code ``vetoed``) and on the new device
-    (``RecoveryVetoed``); every other node hears the guardian's abort, whose reason carries the
-    failure code it fanned out (``"g1 aborted: vetoed: ..."``, see ``SessionRuntime._finish``).
+    Every recovery driver reports ``Vetoed`` itself (a peer's abort that carries the ``vetoed``
+    code included); a session that ended before the last restart has no driver left, so its
+    journaled failure is read instead.
     """
-    status: Mapping[str, Any] = {}
+    from aura_node.protocols.recovery.roles import failure_is_veto
+
     if entry.driver is not None:
         try:
-            status = entry.driver.status()
+            return str(entry.driver.status().get("state") or entry.state)
         except Exception:  # a status bug must not break the view
-            status = {}
-    state = str(status.get("state") or entry.state)
-    if state == "Vetoed" or entry.error is None:
-        return state
-    code, reason = entry.error.get("code", ""), entry.error.get("reason", "")
-    if code == "vetoed" or (code == "aborted_by_peer"
-                            and reason.partition(" aborted: ")[2].startswith("vetoed:")):
+            pass
+    if entry.error is not None and failure_is_veto(entry.error.get("code", ""),
+                                                   entry.error.get("reason", "")):
         return "Vetoed"
-    return state
+    return entry.state
 
 
 def recovery_view(entry: SessionEntry, services: Any = None) -> dict[str, Any]:

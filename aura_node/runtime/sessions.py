@@ -19,6 +19,8 @@ Inbound path (one payload from a pinned peer's link):
    this device's own journaled envelopes of that session to the sender.
 3. check the message against the receiving role's monitor. A violation is journaled as
    ``misbehaviour`` (the signed envelope is evidence), logged with the reason, and dropped.
+   The choreography's abort message ends the session unless the driver refuses that sender's
+   abort (``accepts_abort_from``): then it is logged and dropped, and the session carries on.
 4. hand the message to the driver; journal ``msg.in`` together with the records the driver's
    effects need, all in the same step, so inbound evidence is durable before anything it
    caused leaves the device.
@@ -519,6 +521,14 @@ class SessionRuntime:
                 raise RemoteProtocolError(
                     f"{peer!r} has no role in session {entry.id} "
                     f"(roles: {dict(entry.driver.roles)})")
+            if entry.monitor.is_abort(message) and not entry.driver.accepts_abort_from(
+                    peer, sender_role):
+                # this role may not end the session here (the driver says why it matters);
+                # nothing changes, so nothing is journaled and the monitor is not stepped
+                self._log.info("abort_not_accepted", session=entry.id, peer=peer,
+                               role=sender_role,
+                               reason=str(getattr(message, "reason", "")))
+                return False
             entry.monitor.check_inbound(sender_role, message, member=peer)
         except RemoteProtocolError as exc:
             if exc.code == "early_message" and len(entry.early) < MAX_EARLY:

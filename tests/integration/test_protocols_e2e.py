@@ -285,9 +285,6 @@ def assert_no_misbehaviour_logged(c: Cluster) -> None:
     for name, text in c.logs().items():
         bad = [line for line in text.splitlines()
                if '"misbehaviour"' in line or '"protocol_rejected"' in line]
-        # KNOWN (recovery bindings): a device's monitor is bound with g = t_g (the approvals in
-        # the first notice), so the notice of a guardian beyond t_g counts as misbehaviour.
-        bad = [line for line in bad if "got RecoveryPending from guardians" not in line]
         assert not bad, f"{name} rejected honest messages:\n" + "\n".join(bad[:5])
 
 

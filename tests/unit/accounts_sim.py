@@ -280,6 +280,8 @@ class Sim:
         rec_in = (eng.KIND_IN, eng.encode_body(eng.InBody(
             sender=sender, sender_role=role, envelope=encode_envelope(env), now=self.now)))
         if env.step.endswith("Abort"):
+            if not entry.driver.accepts_abort_from(sender, role):
+                return  # the runtime drops it unjournaled (``accepts_abort_from``)
             fail = (eng.KIND_FAIL, eng.encode_body(eng.FailBody(
                 code="aborted_by_peer", reason=f"{sender} aborted")))
             self._append(node, env.session, [*pre, rec_in, fail])

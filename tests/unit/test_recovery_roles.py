@@ -421,3 +421,171 @@ def test_monitor_accepts_one_late_receive_after_its_deadline() -> None:
     mon.check_inbound("new_device", done, member="n")  # late, accepted without effect
     with pytest.raises(RemoteProtocolError):
         mon.check_inbound("new_device", done, member="n")
+
+
+def _hostile_abort_to_devices(sim: Sim, sid: str) -> None:
+    """n1 signs a RecoveryAbort and sends it to the devices only (never to a guardian)."""
+    from aura_node.protocols.recovery.choreography import RecoveryAbort
+
+    env = seal(sim.nodes["n1"].key, choreography="recovery", session=sid,
+               message=RecoveryAbort(reason="shares_timeout: nothing to see here"))
+    for d in ("d1", "d2"):
+        sim.receive("n1", d, env)
+
+
+def test_the_new_devices_abort_cannot_close_a_devices_veto_window() -> None:
+    """A hostile new device aborts only towards the devices, hoping to end their watch while
+    the guardians cool down to the release: the devices keep watching, one vetoes, and no
+    guardian releases its share."""
+    sim = world(13)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2", "g3")
+    sim.run(timers=False)
+    assert entry_status(sim, "d1", sid)["phase"] == "MayVeto"
+    _hostile_abort_to_devices(sim, sid)
+    for d in ("d1", "d2"):
+        assert not sim.nodes[d].sessions[sid].ended, d
+        assert entry_status(sim, d, sid)["phase"] == "MayVeto"
+    assert sim.control("d1", sid, "veto") == {"session": sid, "state": "Vetoed"}
+    sim.run()
+    for g in ("g1", "g2", "g3"):
+        assert sim.nodes[g].sessions[sid].error is not None, g
+        assert "SealedRecoveryShare" not in sent_steps(sim, g, sid), g
+    assert len(sim.nodes["n1"].services.accounts) == 0
+    # a guardian's abort (its word that the recovery is over) does end d2's watch
+    assert sim.nodes["d2"].sessions[sid].error is not None
+
+
+def test_the_new_devices_abort_is_dropped_by_the_real_runtime() -> None:
+    """The same attack through the daemon's SessionRuntime (seeded simulation, no faults):
+    the abort is not journaled, the device's monitor and driver stay in MayVeto, its veto
+    still goes out, and the guardians end vetoed without releasing."""
+    from aura_node.harness import simulation as hs
+    from aura_node.protocols.envelope import encode_wire
+    from aura_node.protocols.recovery.choreography import RecoveryAbort
+
+    sim = hs.Simulation(21, {"d1": "device", "d2": "device", "g1": "guardian",
+                             "g2": "guardian", "g3": "guardian", "n1": "device"})
+    hs.create_account(sim, "d1", ["d1", "d2"], 2, ["g1", "g2", "g3"], 2)
+    acct = sim.nodes["d1"].accounts.only().account.account_id
+    params = rec.start_params({"account": acct, "guardians": ["g1", "g2", "g3"]},
+                              sim.nodes["n1"].services)
+    sid = sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+    sim.run(until=sim.now + 1.0)
+    for g in ("g1", "g2", "g3"):
+        sim.control(g, sid, "approve")
+    sim.run(until=sim.now + 2.0)
+    d1 = sim.nodes["d1"]
+    entry = d1.session(sid)
+    assert entry is not None and entry.active and entry.state == "MayVeto"
+    before = len(d1.records(sid))
+    hostile = seal(sim.nodes["n1"].key, choreography="recovery", session=sid,
+                   message=RecoveryAbort(reason="timeout: gone"))
+    sim._deliver("n1", "d1", encode_wire(hostile))
+    assert entry.active and entry.state == "MayVeto" and len(d1.records(sid)) == before
+    assert entry.monitor is not None and entry.monitor.state().startswith("MayVeto")
+    assert sim.control("d1", sid, "veto")["state"] == "Vetoed"
+    sim.run()
+    for g in ("g1", "g2", "g3"):
+        ge = sim.nodes[g].session(sid)
+        assert ge is not None and ge.outcome == "failed", g
+        sent = {eng.parse_record(r).envelope.step  # type: ignore[union-attr]
+                for r in sim.nodes[g].records(sid) if r.kind == eng.KIND_OUT}
+        assert "SealedRecoveryShare" not in sent, g
+    assert len(sim.nodes["n1"].accounts) == 0
+
+
+def test_a_device_watches_until_the_latest_notice_deadline() -> None:
+    """Each guardian's cooldown starts when its ShareRequest arrives; the device's watch must
+    cover the latest one it heard of, not the first."""
+    sim = world(14)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2")
+    held = run_dropping(sim, "ShareRequest", "g3")
+    assert len(held) == 1
+    d1 = sim.nodes["d1"].sessions[sid]
+    first = d1.timers[rec.WATCH_TIMER]
+    sim.now += 100.0  # g3's ShareRequest arrives late: its cooldown ends 100 s later
+    from aura_node.protocols.envelope import decode_envelope
+
+    sim.receive("n1", "g3", decode_envelope(held[0]))
+    sim.run(timers=False)
+    assert d1.timers[rec.WATCH_TIMER] == first + 100.0
+    assert set(entry_status(sim, "d1", sid)["notified_by"]) == {"g1", "g2", "g3"}
+
+
+def test_every_guardians_notice_is_accepted_by_a_devices_monitor() -> None:
+    """t_g = 2 of 3 guardians approve, but all three verify the approvals and notify every
+    device: the third notice is honest, not misbehaviour (the device's monitor is bound for
+    the account's guardian count, which the notice states and the device checks)."""
+    from aura_node.harness import simulation as hs
+
+    sim = hs.Simulation(22, {"d1": "device", "d2": "device", "g1": "guardian",
+                             "g2": "guardian", "g3": "guardian", "n1": "device"})
+    hs.create_account(sim, "d1", ["d1", "d2"], 2, ["g1", "g2", "g3"], 2)
+    acct = sim.nodes["d1"].accounts.only().account.account_id
+    params = rec.start_params({"account": acct, "guardians": ["g1", "g2", "g3"]},
+                              sim.nodes["n1"].services)
+    sid = sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+    sim.run(until=sim.now + 1.0)
+    for g in ("g1", "g3"):
+        sim.control(g, sid, "approve")
+    sim.run()
+    for d in ("d1", "d2"):
+        kinds = [r.kind for r in sim.nodes[d].records(sid)]
+        assert eng.KIND_MISBEHAVIOUR not in kinds and rec.KIND_REJECTED not in kinds, d
+        e = sim.nodes[d].session(sid)
+        assert e is not None and e.outcome == "completed", d
+        assert e.driver is not None
+        assert set(e.driver.status()["notified_by"]) == {"g1", "g2", "g3"}
+
+
+def test_a_notice_listing_other_guardians_is_rejected() -> None:
+    from aura_node.protocols.recovery.choreography import RecoveryPending
+
+    sim = world(15)
+    sid = start_recovery(sim)
+    sim.run(timers=False)
+    approve(sim, sid, "g1", "g2")
+    sim.run(timers=False)
+    drv = sim.nodes["d1"].sessions[sid].driver
+    assert isinstance(drv, rec.DeviceDriver) and drv._notice is not None
+    forged = msgspec.structs.replace(drv._notice, guardians=("g1", "g2"))
+    assert isinstance(forged, RecoveryPending)
+    sim.receive("g3", "d1", seal(sim.nodes["g3"].key, choreography="recovery", session=sid,
+                                 message=forged))
+    assert any("lists guardians ['g1', 'g2']" in r["reason"] for r in rejected(sim, "d1", sid))
+
+
+def test_after_a_veto_every_driver_reports_vetoed() -> None:
+    """Through the real runtime a peer's abort reaches ``on_abort`` as "g1 aborted: vetoed: ...";
+    every role still reports Vetoed itself (``recovery status`` needs no reason parsing)."""
+    from aura_node.harness import simulation as hs
+    from aura_node.runtime.protocol_commands import recovery_state
+
+    sim = hs.Simulation(23, {"d1": "device", "d2": "device", "g1": "guardian",
+                             "g2": "guardian", "g3": "guardian", "n1": "device"})
+    hs.create_account(sim, "d1", ["d1", "d2"], 2, ["g1", "g2", "g3"], 2)
+    acct = sim.nodes["d1"].accounts.only().account.account_id
+    params = rec.start_params({"account": acct, "guardians": ["g1", "g2", "g3"]},
+                              sim.nodes["n1"].services)
+    sid = sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+    sim.run(until=sim.now + 1.0)
+    for g in ("g1", "g2"):
+        sim.control(g, sid, "approve")
+    sim.run(until=sim.now + 2.0)
+    assert sim.control("d1", sid, "veto")["state"] == "Vetoed"
+    sim.run()
+    for name in ("n1", "g1", "g2", "g3", "d1", "d2"):
+        e = sim.nodes[name].session(sid)
+        assert e is not None and e.outcome == "failed" and e.driver is not None, name
+        assert e.driver.status()["state"] == "Vetoed", (name, e.error, e.driver.status())
+        assert recovery_state(e) == "Vetoed", name
+    # the abort's reason as the runtime hands it on, and the journaled-failure fallback
+    assert rec.abort_is_veto("g1 aborted: vetoed: vetoed by d1: no", "g1")
+    assert not rec.abort_is_veto("g1 aborted: timeout: vetoed: no", "g1")
+    assert not rec.abort_is_veto("vetoed: by me", None)
+    assert rec.failure_is_veto("aborted_by_peer", "g2 aborted: vetoed: vetoed by d1: no")
+    assert not rec.failure_is_veto("aborted_by_peer", "g2 aborted: timeout: gone")

@@ -82,6 +82,10 @@ class RecoveryPending(msgspec.Struct, frozen=True, kw_only=True):
     cooldown_ends: float
     #: when the device stops watching (the new device's share deadline)
     watch_until: float
+    #: the account's guardians by name, from this guardian's record (every one that verifies
+    #: the approvals notifies every device: the device's monitor is bound for all of them;
+    #: the device checks the list against its own record)
+    guardians: tuple[str, ...] = ()
 
 
 class RecoveryVeto(msgspec.Struct, frozen=True, kw_only=True):

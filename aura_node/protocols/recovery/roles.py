@@ -33,8 +33,19 @@ Phases (see ``choreography.py`` for the wire order):
                 Deciding|AwaitingThreshold --own request deadline--> Failed (timeout)
                 Releasing|AwaitingCompletion --own completion deadline--> Failed (timeout)
     device:     Watching --first RecoveryPending (opens the session)--> MayVeto
+                MayVeto --later RecoveryPending: watch until its watch_until if later--> MayVeto
                 MayVeto --operator vetoes: RecoveryVeto to every guardian--> MayVeto
                 MayVeto --RecoveryComplete | watch deadline--> Completed
+                Watching|MayVeto --a guardian's abort--> Failed  (the new device's: ignored)
+
+A device's veto window ends only by its own deadline (the latest ``watch_until`` of the notices
+it accepted, so it covers the cooldown of every guardian it heard from), by a guardian's abort,
+by the new device's ``RecoveryComplete``, never by the new device's abort
+(``DeviceDriver.accepts_abort_from``): a hostile new device that aborts only towards the devices
+would otherwise close their veto windows while the guardians' cooldowns run on. (Known gap:
+the new device's ``RecoveryComplete`` carries no proof that it reconstructed ``s``, so a hostile
+new device can still end the watch with a premature one; closing it needs a proof of
+possession of ``s`` in that message.)
 
 A guardian that did not approve still verifies a valid ``ShareRequest``, notifies the devices
 and listens for vetoes (more paths for the owners to learn and object), but never releases.
@@ -550,15 +561,35 @@ def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]
     """Role-set sizes for the monitors. ``t_g`` and ``d`` are not known when a session opens
     (the new device learns them from the guardians' records): they bind to their minimum (1),
     so the new device's monitor closes each gather at the first message and accepts the rest
-    as stragglers; the driver enforces the real ``t_g`` through the witnesses."""
+    as stragglers; the driver enforces the real ``t_g`` through the witnesses.
+
+    A device's ``g`` is the account's guardian count as the opening notice states it (every
+    guardian that verifies the approvals notifies every device, not only the ``t_g`` whose
+    approvals it carries); the driver rejects a notice whose list differs from its record."""
     if isinstance(opening, RecoveryRequest):
         return {"g": max(len(opening.guardians), 1)}
     if isinstance(opening, RecoveryPending):
-        return {"g": max(len(opening.approvals), 1)}
+        return {"g": max(len(opening.guardians), len(opening.approvals), 1)}
     return {"g": len(parse_params(start.params).guardians)}
 
 
 # --- shared helpers -------------------------------------------------------------------------
+
+
+def abort_is_veto(reason: str, by_peer: str | None) -> bool:
+    """Whether a peer's abort reports a veto. The runtime hands ``on_abort`` the reason as
+    ``"<peer> aborted: <the peer's reason>"``; the peer's reason is ``"<code>: ..."`` with the
+    code of the failure it fanned out (``vetoed`` for a guardian a veto reached)."""
+    if by_peer is None:
+        return False
+    return reason.removeprefix(f"{by_peer} aborted: ").startswith("vetoed:")
+
+
+def failure_is_veto(code: str, reason: str) -> bool:
+    """The same, from a session's journaled failure (``ctl recovery status`` of a session that
+    ended before the last restart, when no driver is left to ask)."""
+    return code == "vetoed" or (code == "aborted_by_peer"
+                                and reason.partition(" aborted: ")[2].startswith("vetoed:"))
 
 
 def _reject(peer: str, code: str, reason: str) -> eng.RecordEvidence:
@@ -865,7 +896,8 @@ class NewDeviceDriver(_Replayable):
         if st is None:
             return
         ph = phase_of(st)
-        if by_peer is not None and reason.startswith("vetoed") and not self._vetoed_by:
+        if abort_is_veto(reason, by_peer) and not self._vetoed_by:
+            assert by_peer is not None
             self._vetoed_by = by_peer
         if ph is Initiated:
             self._state = st.abort_initiated()
@@ -1009,7 +1041,8 @@ class GuardianDriver(_Replayable):
                 new_device_public_key=self._new_key.raw, approvals=msg.approvals,
                 cooldown_ends=self._cooldown_ends,
                 watch_until=(self._cooldown_ends
-                             + self.services.protocols.recovery_share_timeout_seconds))))
+                             + self.services.protocols.recovery_share_timeout_seconds),
+                guardians=tuple(h.name for h in self._account.guardians))))
         self._state = self._state.notify_devices()
         if self._early_veto is not None:
             return [*effects, *self._veto_now(*self._early_veto)]
@@ -1135,6 +1168,9 @@ class GuardianDriver(_Replayable):
             "the recovery's outcome is unknown here"))]
 
     def on_abort(self, reason: str, *, by_peer: str | None) -> None:
+        if abort_is_veto(reason, by_peer) and not self._vetoed_by:
+            assert by_peer is not None
+            self._vetoed_by = by_peer  # another guardian a veto reached stopped this one
         st = self._state
         if st is None:
             return
@@ -1191,6 +1227,10 @@ class DeviceDriver(_Replayable):
         self._notice: RecoveryPending | None = None
         self._notified_by: list[str] = []
         self._vetoed = False
+        #: the latest ``watch_until`` of the notices accepted (the watch timer's deadline)
+        self._watch_until = 0.0
+        #: a guardian's abort reported a veto (this device's or another's)
+        self._ended_by_veto = False
 
     @property
     def roles(self) -> Mapping[str, str]:
@@ -1229,6 +1269,11 @@ class DeviceDriver(_Replayable):
             record.holder("guardians", sender)
         except AuraError as exc:
             raise RecoveryError(f"notice from {sender}: {exc.message}") from None
+        mine = tuple(h.name for h in record.guardians)
+        if msg.guardians != mine:
+            # the monitor was bound with the count the opening notice claimed
+            raise RecoveryError(f"notice from {sender} lists guardians {list(msg.guardians)}, "
+                                f"the account record here lists {list(mine)}")
         if self._notice is not None:
             if (msg.account_id, msg.new_device_public_key) != (
                     self._notice.account_id, self._notice.new_device_public_key):
@@ -1236,6 +1281,11 @@ class DeviceDriver(_Replayable):
                                     f"{self._notified_by[0]}")
             if sender not in self._notified_by:
                 self._notified_by.append(sender)
+            if msg.watch_until > self._watch_until:
+                # this guardian's cooldown ends later than the first one's: a veto matters
+                # until it has passed, so the watch lasts as long as the latest notice says
+                self._watch_until = msg.watch_until
+                return [eng.ArmTimer(name=WATCH_TIMER, deadline=msg.watch_until)]
             return []
         try:
             new_key = DevicePublicKey(msg.new_device_public_key)
@@ -1255,6 +1305,7 @@ class DeviceDriver(_Replayable):
         if pinned_new is not None and pinned_new.public_key.raw == msg.new_device_public_key:
             self._roles.setdefault(msg.new_device, "new_device")
         self._state = st.notified(msg)
+        self._watch_until = msg.watch_until
         return [eng.ArmTimer(name=WATCH_TIMER, deadline=msg.watch_until)]
 
     def on_control(self, inp: eng.ControlAction) -> list[eng.Effect]:
@@ -1285,7 +1336,19 @@ class DeviceDriver(_Replayable):
         self._state = st.stop_watching()
         return [eng.Complete(result=self._summary())]
 
+    def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
+        """Only a guardian's abort (its word that the recovery ended) may end the watch.
+
+        The new device is the party the veto window protects against: were its abort to end
+        the watch, a hostile new device could abort only the devices (not the guardians),
+        closing every veto window while the guardians' cooldowns run on to the release. Its
+        abort is dropped; the device watches on until its own deadline, a guardian's abort,
+        or the new device's ``RecoveryComplete``."""
+        return sender_role != "new_device"
+
     def on_abort(self, reason: str, *, by_peer: str | None) -> None:
+        if abort_is_veto(reason, by_peer):
+            self._ended_by_veto = True  # (another device's) veto reached a guardian
         st = self._state
         if st is None:
             return
@@ -1299,7 +1362,8 @@ class DeviceDriver(_Replayable):
         phase = "Starting" if self._state is None else phase_of(self._state).__name__
         return {"session": self._session,
                 "account": self._notice.account_id if self._notice else "",
-                "state": "Vetoed" if self._vetoed and phase != "Completed" else phase,
+                "state": ("Vetoed" if (self._vetoed or self._ended_by_veto)
+                          and phase != "Completed" else phase),
                 "new_device": self._notice.new_device if self._notice else "",
                 "notified_by": list(self._notified_by), "vetoed": self._vetoed}
 
