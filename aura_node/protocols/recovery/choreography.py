@@ -28,10 +28,12 @@ threshold ``t_g``) and ``devices`` (the account's existing devices as its record
    ``recovery_share_timeout`` (counted from the end of the cooldown).
 5. Reconstructing: each share is checked against the guardian's public share, ``s`` is
    interpolated and ``s·G = S`` checked; the new device announces :class:`RecoveryComplete` to
-   the guardians and (if pinned) the devices. A device that hears nothing stops watching when
-   its deadline passes (it cannot veto any more by then); a guardian that hears nothing by
-   ``recovery_share_timeout`` after its own cooldown (the same bound the devices watch to)
-   aborts.
+   the guardians and (if pinned) the devices, with a proof of knowledge of ``s`` bound to the
+   session; each recipient checks it against the ``S`` of its own account record and ignores
+   (journals as rejected) an announcement without a valid proof. A device that hears nothing
+   stops watching when its deadline passes (it cannot veto any more by then); a guardian that
+   hears nothing by ``recovery_share_timeout`` after its own cooldown (the same bound the
+   devices watch to) aborts.
 """
 
 from __future__ import annotations
@@ -106,9 +108,18 @@ class SealedRecoveryShare(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RecoveryComplete(msgspec.Struct, frozen=True, kw_only=True):
+    """The new device reconstructed ``s``, and proves it: ``proof`` is a DLEQ proof that
+    ``log_G(S) = log_H(proof_point)`` for ``S`` the account public key and ``H`` a base bound
+    to account, session and new device key (``witnesses.SecretReconstructed``). Without a
+    valid proof the announcement ends nobody's watch."""
+
     account_id: str
     account_public_key: bytes
     new_device_public_key: bytes
+    #: ``B = s·H`` (empty: no proof, rejected)
+    proof_point: bytes = b""
+    #: the 64-byte Chaum-Pedersen proof (empty: no proof, rejected)
+    proof: bytes = b""
 
 
 class RecoveryAbort(msgspec.Struct, frozen=True, kw_only=True):

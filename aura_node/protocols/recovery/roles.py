@@ -35,17 +35,25 @@ Phases (see ``choreography.py`` for the wire order):
     device:     Watching --first RecoveryPending (opens the session)--> MayVeto
                 MayVeto --later RecoveryPending: watch until its watch_until if later--> MayVeto
                 MayVeto --operator vetoes: RecoveryVeto to every guardian--> MayVeto
-                MayVeto --RecoveryComplete | watch deadline--> Completed
+                MayVeto --RecoveryComplete (SecretReconstructed) | watch deadline--> Completed
                 Watching|MayVeto --a guardian's abort--> Failed  (the new device's: ignored)
 
 A device's veto window ends only by its own deadline (the latest ``watch_until`` of the notices
 it accepted, so it covers the cooldown of every guardian it heard from), by a guardian's abort,
 by the new device's ``RecoveryComplete``, never by the new device's abort
 (``DeviceDriver.accepts_abort_from``): a hostile new device that aborts only towards the devices
-would otherwise close their veto windows while the guardians' cooldowns run on. (Known gap:
-the new device's ``RecoveryComplete`` carries no proof that it reconstructed ``s``, so a hostile
-new device can still end the watch with a premature one; closing it needs a proof of
-possession of ``s`` in that message.)
+would otherwise close their veto windows while the guardians' cooldowns run on. Nor does an
+unproven ``RecoveryComplete``: it must carry a Chaum-Pedersen proof (``crypto.dleq``) that
+``log_G(S) = log_H(B)`` for ``H = hash_to_group("aura/recovery/complete", account, session,
+new device key)``, its context binding the same three
+(:class:`~aura_node.protocols.recovery.witnesses.SecretReconstructed`). Each device and
+guardian checks it against the ``S`` of **its own** account record; a missing or invalid proof
+is journaled as ``recovery.rejected`` and the watch goes on. The proof is deterministic (its
+nonce is derived from ``s``, the statement and the context), so the step that reconstructs
+``s`` can only ever produce these bytes. (Remaining gap, in the runtime, not here: the
+runtime steps the device's monitor before the driver rejects the message, so through the
+daemon a forged announcement still moves the *monitor* to Completed and the later veto is
+refused as an unexpected send; see the xfail test in ``test_recovery_roles.py``.)
 
 A guardian that did not approve still verifies a valid ``ShareRequest``, notifies the devices
 and listens for vetoes (more paths for the owners to learn and object), but never releases.
@@ -136,8 +144,10 @@ from aura_node.protocols.recovery.witnesses import (
     CHOREOGRAPHY,
     ApprovalThresholdMet,
     SealedGuardianShare,
+    SecretReconstructed,
     SharesCollected,
     approval_payload,
+    prove_completion,
     reconstruct,
     sign_approval,
 )
@@ -247,6 +257,11 @@ class Failed(Phase):
 
 
 # --- typestate role machines -------------------------------------------------------------------
+
+
+def _check_session(w: SecretReconstructed, session_id: str) -> None:
+    if w.session_id != session_id:
+        raise WitnessError(f"completion proven for session {w.session_id}, not {session_id}")
 
 
 @final
@@ -395,14 +410,16 @@ class Guardian(
 
     @transition(source=Releasing, target=Completed, action="recv", message=RecoveryComplete,
                 peer="new_device")
-    def completed_without_me(self: Guardian[Releasing], m: RecoveryComplete
+    def completed_without_me(self: Guardian[Releasing], w: SecretReconstructed
                              ) -> Guardian[Completed]:
+        _check_session(w, self.session_id)
         return self._advance(Guardian[Completed])
 
     @transition(source=AwaitingCompletion, target=Completed, action="recv",
                 message=RecoveryComplete, peer="new_device")
-    def completed(self: Guardian[AwaitingCompletion], m: RecoveryComplete
+    def completed(self: Guardian[AwaitingCompletion], w: SecretReconstructed
                   ) -> Guardian[Completed]:
+        _check_session(w, self.session_id)
         return self._advance(Guardian[Completed])
 
     @transition(source=Releasing, target=Failed, action="timeout")
@@ -468,7 +485,9 @@ class AccountDevice(
 
     @transition(source=MayVeto, target=Completed, action="recv", message=RecoveryComplete,
                 peer="new_device")
-    def completed(self: AccountDevice[MayVeto], m: RecoveryComplete) -> AccountDevice[Completed]:
+    def completed(self: AccountDevice[MayVeto], w: SecretReconstructed
+                  ) -> AccountDevice[Completed]:
+        _check_session(w, self.session_id)
         return self._advance(AccountDevice[Completed])
 
     @transition(source=MayVeto, target=Completed, action="timeout")
@@ -596,6 +615,21 @@ def _reject(peer: str, code: str, reason: str) -> eng.RecordEvidence:
     """A rejected peer message, journaled as evidence (the session carries on)."""
     body = msgspec.msgpack.encode({"peer": peer, "code": code, "reason": reason})
     return eng.RecordEvidence(kind=KIND_REJECTED, body=body)
+
+
+def _completion_proven(sender: str, msg: RecoveryComplete, account: AccountRecord,
+                       session_id: str) -> SecretReconstructed:
+    """Verify ``msg``'s proof of ``s`` against ``account`` (the verifier's own record)."""
+    if msg.account_public_key != account.public_key:
+        raise RecoveryError(f"RecoveryComplete from {sender} names account key "
+                            f"{msg.account_public_key.hex()}, the record here holds "
+                            f"{account.public_key.hex()}")
+    try:
+        return SecretReconstructed.verify(
+            point=msg.proof_point, proof=msg.proof, account=account, session_id=session_id,
+            new_device_key=msg.new_device_public_key)
+    except WitnessError as exc:
+        raise RecoveryError(f"RecoveryComplete from {sender} rejected: {exc.message}") from None
 
 
 def to_statement(a: Approval) -> SignedStatement:
@@ -841,6 +875,11 @@ class NewDeviceDriver(_Replayable):
                                    session_id=self._session, device_key=key)
         st2 = st.shares_collected(w)
         secret = reconstruct(w, account)
+        # the proof of knowledge of s that lets the devices end their watch (module doc);
+        # deterministic, so this step can only ever produce these bytes
+        proof_point, proof = prove_completion(
+            secret, account_public_key=account.public_key, account_id=account.account_id,
+            session_id=self._session, new_device_key=key.public.raw)
         big_s = Point.from_bytes(account.public_key)
         held = HeldShare(
             holder_set="devices", index=1, purpose=RECOVERED_PURPOSE, session_id=self._session,
@@ -858,7 +897,8 @@ class NewDeviceDriver(_Replayable):
         record.check()
         done = RecoveryComplete(account_id=account.account_id,
                                 account_public_key=account.public_key,
-                                new_device_public_key=key.public.raw)
+                                new_device_public_key=key.public.raw,
+                                proof_point=proof_point, proof=proof)
         effects: list[eng.Effect] = [
             eng.RecordEvidence(kind=KIND_ACCOUNT, body=encode_established(
                 AccountEstablished(account=record, shares=(held,)))),
@@ -1084,8 +1124,9 @@ class GuardianDriver(_Replayable):
         if sender != self._new_device or msg.account_id != self._account.account_id or \
                 msg.new_device_public_key != self._new_key.raw:
             raise RecoveryError(f"RecoveryComplete from {sender} does not fit this session")
-        self._state = (st.completed(msg) if phase_of(st) is AwaitingCompletion
-                       else st.completed_without_me(msg))
+        w = _completion_proven(sender, msg, self._account, self._session)
+        self._state = (st.completed(w) if phase_of(st) is AwaitingCompletion
+                       else st.completed_without_me(w))
         return [eng.Complete(result=self._summary())]
 
     def on_control(self, inp: eng.ControlAction) -> list[eng.Effect]:
@@ -1252,9 +1293,17 @@ class DeviceDriver(_Replayable):
             if isinstance(msg, RecoveryComplete) and ph is MayVeto:
                 assert self._notice is not None
                 if inp.sender != self._notice.new_device or \
-                        msg.account_id != self._notice.account_id:
+                        msg.account_id != self._notice.account_id or \
+                        msg.new_device_public_key != self._notice.new_device_public_key:
                     raise RecoveryError(f"RecoveryComplete from {inp.sender} does not fit")
-                self._state = st.completed(msg)
+                # only a proof of s against this device's own record of S ends the watch:
+                # a rejected announcement leaves the veto window open (module doc)
+                try:
+                    record = self.services.accounts.get(msg.account_id).account
+                except AuraError as exc:
+                    raise RecoveryError(f"RecoveryComplete: {exc.message}") from None
+                w = _completion_proven(inp.sender, msg, record, self._session)
+                self._state = st.completed(w)
                 return [eng.CancelTimer(name=WATCH_TIMER), eng.Complete(result=self._summary())]
         except RecoveryError as exc:
             return [_reject(inp.sender, exc.code, exc.message)]

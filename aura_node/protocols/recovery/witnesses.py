@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
-from aura_node.crypto.group import Scalar
+from aura_node.crypto import dleq
+from aura_node.crypto.group import Point, Scalar, hash_to_group
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
 from aura_node.crypto.recovery import open_recovery_share, reconstruct_account_secret
 from aura_node.crypto.shamir import Share
@@ -191,3 +192,78 @@ def reconstruct(witness: SharesCollected, account: AccountRecord) -> Scalar:
     if witness.account_id != account.account_id:
         raise WitnessError(f"shares for {witness.account_id}, not {account.account_id}")
     return reconstruct_account_secret(witness.shares, account.commitments("guardians"))
+
+
+# --- proof of reconstruction (RecoveryComplete) ---------------------------------------------
+
+#: ``hash_to_group`` domain of the completion base ``H`` (one base per account, session and
+#: new device key: a proof for one recovery says nothing about another)
+COMPLETION_BASE_DOMAIN: Final = "aura/recovery/complete"
+#: transcript domain of the DLEQ context of the completion proof
+COMPLETION_CONTEXT_DOMAIN: Final = "aura/recovery/complete/context"
+
+
+def completion_base(*, account_id: str, session_id: str, new_device_key: bytes) -> Point:
+    """``H = hash_to_group("aura/recovery/complete", account, session, new device key)``."""
+    return hash_to_group(COMPLETION_BASE_DOMAIN, account_id, session_id, new_device_key)
+
+
+def completion_context(*, account_id: str, session_id: str, new_device_key: bytes) -> bytes:
+    """The DLEQ context: the proof's challenge hashes account, session and new device key."""
+    return transcript(COMPLETION_CONTEXT_DOMAIN, account_id, session_id, new_device_key)
+
+
+def _no_extra_randomness(n: int) -> bytes:
+    """The completion proof's nonce needs no fresh randomness: ``dleq.prove`` derives it from
+    ``s``, the whole statement and the context, so the one proof a session can make is the
+    same bytes however often the step runs (rehydration never yields a second, different
+    proof, and a repeated nonce only ever meets the same challenge)."""
+    return bytes(n)
+
+
+def prove_completion(secret: Scalar, *, account_public_key: bytes, account_id: str,
+                     session_id: str, new_device_key: bytes) -> tuple[bytes, bytes]:
+    """``(B, proof)``: ``B = s·H`` and a DLEQ proof that ``log_G(S) = log_H(B)`` bound to this
+    account, session and new device. Raises ``WitnessError`` if ``s·G != S``."""
+    h = completion_base(account_id=account_id, session_id=session_id,
+                        new_device_key=new_device_key)
+    ctx = completion_context(account_id=account_id, session_id=session_id,
+                             new_device_key=new_device_key)
+    big_s, b, proof = dleq.prove(secret, Point.base(), h, ctx, rng=_no_extra_randomness)
+    if big_s.to_bytes() != account_public_key:
+        raise WitnessError("the reconstructed secret is not the account's: s·G != S")
+    return b.to_bytes(), proof.to_bytes()
+
+
+@final
+@dataclass(frozen=True, slots=True, init=False)
+class SecretReconstructed(Witness):
+    """Verified: the new device of ``session_id`` knows ``s`` with ``s·G = S``, ``S`` the
+    public key of ``account_id`` *as the verifier's own record holds it* (a DLEQ proof over a
+    base bound to account, session and new device key)."""
+
+    account_id: str
+    session_id: str
+    new_device_key: bytes
+
+    @classmethod
+    def verify(cls, *, point: bytes, proof: bytes, account: AccountRecord, session_id: str,
+               new_device_key: bytes) -> SecretReconstructed:
+        if not point or not proof:
+            raise WitnessError("RecoveryComplete carries no proof that the new device "
+                               "reconstructed the account secret")
+        try:
+            big_s = Point.from_bytes(account.public_key)
+            b = Point.from_bytes(point)
+            p = dleq.DleqProof.from_bytes(proof)
+            h = completion_base(account_id=account.account_id, session_id=session_id,
+                                new_device_key=new_device_key)
+            dleq.verify(p, Point.base(), big_s, h, b, completion_context(
+                account_id=account.account_id, session_id=session_id,
+                new_device_key=new_device_key))
+        except AuraError as exc:
+            raise WitnessError(
+                f"RecoveryComplete's proof of the account secret does not verify against "
+                f"the public key of {account.account_id} held here: {exc.message}") from None
+        return cls._create(account_id=account.account_id, session_id=session_id,
+                           new_device_key=new_device_key)
