@@ -455,6 +455,17 @@ class ProtocolDriver(ABC):
         every role's abort ends the session."""
         return True
 
+    def rejects_message(
+        self, sender: str, sender_role: str, message: msgspec.Struct
+    ) -> str | None:
+        """A reason to refuse ``message`` BEFORE the monitor steps, or ``None``. For a message
+        whose acceptance would move the role's local type past a point its safety depends on
+        (a recovery device must not leave its veto window on a completion that does not prove
+        the secret was rebuilt): the runtime journals the refusal as ``misbehaviour`` with the
+        signed envelope, does not step the monitor, and the session carries on. Must be pure
+        and must not change the driver. Default: no objection."""
+        return None
+
     def on_control(self, inp: ControlAction) -> list[Effect]:
         raise LocalProtocolError(
             f"{self.choreography}/{self.role} has no control action {inp.action!r}"

@@ -17,8 +17,11 @@ Inbound path (one payload from a pinned peer's link):
 2. find the session (or open a responder session if the message type is an opener); drop
    envelopes already journaled (same digest): a *replayed* duplicate is answered by re-sending
    this device's own journaled envelopes of that session to the sender.
-3. check the message against the receiving role's monitor. A violation is journaled as
-   ``misbehaviour`` (the signed envelope is evidence), logged with the reason, and dropped.
+3. ask the driver whether it objects (``rejects_message``: a message whose acceptance would
+   move the local type past a point safety depends on, e.g. an unproven recovery completion),
+   then check the message against the receiving role's monitor. An objection or a violation
+   is journaled as ``misbehaviour`` (the signed envelope is evidence), logged with the
+   reason, and dropped; the monitor does not move.
    The choreography's abort message ends the session unless the driver refuses that sender's
    abort (``accepts_abort_from``): then it is logged and dropped, and the session carries on.
 4. hand the message to the driver; journal ``msg.in`` together with the records the driver's
@@ -91,6 +94,12 @@ class SessionFailedError(ProtocolError):
     def __init__(self, message: str, *, failure_code: str) -> None:
         super().__init__(message)
         self.failure_code = failure_code
+
+
+class DriverObjectionError(RemoteProtocolError):
+    """The receiving role's driver refused a message before the monitor stepped."""
+
+    code = "refused_by_protocol"
 
 
 class UnknownSessionError(LocalProtocolError):
@@ -529,6 +538,9 @@ class SessionRuntime:
                                role=sender_role,
                                reason=str(getattr(message, "reason", "")))
                 return False
+            objection = entry.driver.rejects_message(peer, sender_role, message)
+            if objection is not None:
+                raise DriverObjectionError(objection)
             entry.monitor.check_inbound(sender_role, message, member=peer)
         except RemoteProtocolError as exc:
             if exc.code == "early_message" and len(entry.early) < MAX_EARLY:

@@ -691,11 +691,6 @@ def test_the_honest_completion_carries_a_proof_every_recipient_accepts() -> None
         assert not rejected(sim, n, sid), n
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime gap (aura_node/runtime/sessions.py, not owned here): the device's monitor steps "
-    "to Completed on the forged RecoveryComplete before the driver rejects it, so the later "
-    "veto is refused as an unexpected send; needs a pre-monitor driver hook like "
-    "accepts_abort_from for ordinary messages"))
 def test_a_forged_recovery_complete_through_the_real_runtime() -> None:
     """The same attack through the daemon's SessionRuntime: the forged announcement is
     journaled as rejected, the device stays in MayVeto, its veto still goes out and no
@@ -723,7 +718,10 @@ def test_a_forged_recovery_complete_through_the_real_runtime() -> None:
     hostile = seal(sim.nodes["n1"].key, choreography="recovery", session=sid, message=forged)
     sim._deliver("n1", "d1", encode_wire(hostile))
     assert entry.active and entry.state == "MayVeto"
-    assert rec.KIND_REJECTED in [r.kind for r in d1.records(sid)]
+    # refused before the monitor stepped: journaled as misbehaviour with the signed envelope
+    refused = [eng.parse_record(r) for r in d1.records(sid) if r.kind == eng.KIND_MISBEHAVIOUR]
+    assert [(m.peer, m.code) for m in refused] == [("n1", "refused_by_protocol")]  # type: ignore[union-attr]
+    assert "no proof" in refused[0].reason  # type: ignore[union-attr]
     assert sim.control("d1", sid, "veto")["state"] == "Vetoed"
     sim.run()
     for g in ("g1", "g2", "g3"):

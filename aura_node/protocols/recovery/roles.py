@@ -48,12 +48,10 @@ unproven ``RecoveryComplete``: it must carry a Chaum-Pedersen proof (``crypto.dl
 new device key)``, its context binding the same three
 (:class:`~aura_node.protocols.recovery.witnesses.SecretReconstructed`). Each device and
 guardian checks it against the ``S`` of **its own** account record; a missing or invalid proof
-is journaled as ``recovery.rejected`` and the watch goes on. The proof is deterministic (its
-nonce is derived from ``s``, the statement and the context), so the step that reconstructs
-``s`` can only ever produce these bytes. (Remaining gap, in the runtime, not here: the
-runtime steps the device's monitor before the driver rejects the message, so through the
-daemon a forged announcement still moves the *monitor* to Completed and the later veto is
-refused as an unexpected send; see the xfail test in ``test_recovery_roles.py``.)
+is refused before the role's monitor steps (``rejects_message``: the runtime journals it as
+``misbehaviour`` with the signed envelope), so the watch goes on and a later veto is still a
+valid send. The proof is deterministic (its nonce is derived from ``s``, the statement and the
+context), so the step that reconstructs ``s`` can only ever produce these bytes.
 
 A guardian that did not approve still verifies a valid ``ShareRequest``, notifies the devices
 and listens for vetoes (more paths for the owners to learn and object), but never releases.
@@ -1118,13 +1116,30 @@ class GuardianDriver(_Replayable):
             eng.Fail(code="vetoed", reason=f"vetoed by {sender}: {msg.reason}"),
         ]
 
-    def _on_complete(self, sender: str, msg: RecoveryComplete) -> list[eng.Effect]:
-        st = self._state
-        assert st is not None and self._account is not None and self._new_key is not None
+    def rejects_message(
+        self, sender: str, sender_role: str, message: msgspec.Struct
+    ) -> str | None:
+        """An unproven RecoveryComplete is refused before the monitor steps (module doc)."""
+        if not isinstance(message, RecoveryComplete) or self._account is None \
+                or self._new_key is None:
+            return None
+        try:
+            self._proven_completion(sender, message)
+        except AuraError as exc:
+            return exc.message
+        return None
+
+    def _proven_completion(self, sender: str, msg: RecoveryComplete) -> SecretReconstructed:
+        assert self._account is not None and self._new_key is not None
         if sender != self._new_device or msg.account_id != self._account.account_id or \
                 msg.new_device_public_key != self._new_key.raw:
             raise RecoveryError(f"RecoveryComplete from {sender} does not fit this session")
-        w = _completion_proven(sender, msg, self._account, self._session)
+        return _completion_proven(sender, msg, self._account, self._session)
+
+    def _on_complete(self, sender: str, msg: RecoveryComplete) -> list[eng.Effect]:
+        st = self._state
+        assert st is not None
+        w = self._proven_completion(sender, msg)
         self._state = (st.completed(w) if phase_of(st) is AwaitingCompletion
                        else st.completed_without_me(w))
         return [eng.Complete(result=self._summary())]
@@ -1291,24 +1306,38 @@ class DeviceDriver(_Replayable):
             if isinstance(msg, RecoveryPending):
                 return self._on_notice(inp.sender, msg)
             if isinstance(msg, RecoveryComplete) and ph is MayVeto:
-                assert self._notice is not None
-                if inp.sender != self._notice.new_device or \
-                        msg.account_id != self._notice.account_id or \
-                        msg.new_device_public_key != self._notice.new_device_public_key:
-                    raise RecoveryError(f"RecoveryComplete from {inp.sender} does not fit")
-                # only a proof of s against this device's own record of S ends the watch:
-                # a rejected announcement leaves the veto window open (module doc)
-                try:
-                    record = self.services.accounts.get(msg.account_id).account
-                except AuraError as exc:
-                    raise RecoveryError(f"RecoveryComplete: {exc.message}") from None
-                w = _completion_proven(inp.sender, msg, record, self._session)
+                w = self._proven_completion(inp.sender, msg)
                 self._state = st.completed(w)
                 return [eng.CancelTimer(name=WATCH_TIMER), eng.Complete(result=self._summary())]
         except RecoveryError as exc:
             return [_reject(inp.sender, exc.code, exc.message)]
         return [_reject(inp.sender, "wrong_phase",
                         f"{type(msg).__name__} from {inp.sender} in phase {ph.__name__}")]
+
+    def rejects_message(
+        self, sender: str, sender_role: str, message: msgspec.Struct
+    ) -> str | None:
+        """An unproven RecoveryComplete is refused before the monitor steps, so the veto
+        window stays open and the operator's veto still leaves (module doc)."""
+        if not isinstance(message, RecoveryComplete) or self._notice is None:
+            return None
+        try:
+            self._proven_completion(sender, message)
+        except AuraError as exc:
+            return exc.message
+        return None
+
+    def _proven_completion(self, sender: str, msg: RecoveryComplete) -> SecretReconstructed:
+        """Only a proof of s against this device's own record of S ends the watch."""
+        assert self._notice is not None
+        if sender != self._notice.new_device or msg.account_id != self._notice.account_id or \
+                msg.new_device_public_key != self._notice.new_device_public_key:
+            raise RecoveryError(f"RecoveryComplete from {sender} does not fit")
+        try:
+            record = self.services.accounts.get(msg.account_id).account
+        except AuraError as exc:
+            raise RecoveryError(f"RecoveryComplete: {exc.message}") from None
+        return _completion_proven(sender, msg, record, self._session)
 
     def _on_notice(self, sender: str, msg: RecoveryPending) -> list[eng.Effect]:
         st = self._state
