@@ -165,7 +165,9 @@ class Node:
                                   timers=timers, max_steps=cfg.journal.max_batch,
                                   on_durable=learn)
         self.executor = executor
-        control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log)
+        control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log,
+                                max_connections=cfg.control.max_connections,
+                                idle_timeout=cfg.control.idle_timeout_seconds)
 
         async with trio.open_nursery() as outer:
             outer.start_soon(executor.run)
