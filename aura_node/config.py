@@ -107,6 +107,27 @@ class ProtocolSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ControlSection:
+    """The control socket server (``aura_node.control.server``)."""
+
+    #: connections served at once; one more is answered ``busy`` (after its request is read)
+    max_connections: int = 64
+    #: an idle control connection is closed after this long
+    idle_timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionSection:
+    """The session table of a running node (``aura_node.runtime.sessions``)."""
+
+    #: an ended session stays in memory this long after it ended; later it is answered from
+    #: the journal (``ctl session ID``, replays), never from memory
+    ended_session_retention_seconds: float = 600.0
+    #: at most this many ended sessions are kept in memory (the oldest-ended go first)
+    ended_session_cache: int = 10000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogSection:
     level: str = "info"
     format: LogFormat = "auto"
@@ -126,6 +147,8 @@ class NodeConfig:
     journal: JournalSection = field(default_factory=JournalSection)
     transport: TransportSection = field(default_factory=TransportSection)
     protocols: ProtocolSection = field(default_factory=ProtocolSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    sessions: SessionSection = field(default_factory=SessionSection)
     log: LogSection = field(default_factory=LogSection)
     peers: tuple[PeerConfig, ...] = ()
 
@@ -145,6 +168,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "journal": JournalSection,
     "transport": TransportSection,
     "protocols": ProtocolSection,
+    "control": ControlSection,
+    "sessions": SessionSection,
     "log": LogSection,
 }
 _ALLOWED: dict[str, tuple[object, ...]] = {
@@ -229,6 +254,10 @@ def parse_config(text: str, *, source: str = "config.toml") -> NodeConfig:
             raise ConfigError("peers must be an array of tables ([[peers]])")
         peers = tuple(_build(PeerConfig, p, f"peers.{i}") for i, p in enumerate(raw_peers))
         node: NodeSection = sections["node"]
+        control: ControlSection | None = sections.get("control")
+        if control is not None and control.max_connections < 1:
+            raise ConfigError(
+                f"[control] max_connections must be at least 1, got {control.max_connections}")
         check_name(node.name, what="[node] name")
         parse_address(node.listen, what="[node] listen")
         seen: set[str] = set()

@@ -21,6 +21,11 @@ Start-up, in order (the qtile IPC / supervisor recipe):
    0600 from the moment it exists (a chmod after bind would leave a window); restore the umask,
    check the mode, listen, and only then report ``task_status.started()``.
 
+Past ``max_connections`` open connections a new one is refused with ``busy``, but only after
+its request line was read (``busy_read_timeout``, size-limited): closing a connection whose
+request is unread (or not yet sent) resets it, and the client would see a reset instead of
+the refusal.
+
 Every accepted connection is first checked with ``SO_PEERCRED``: a peer whose uid is not in
 ``allowed_uids`` (default: the node's own uid) gets one ``forbidden`` reply and is closed. The
 mode already keeps other users out; the uid check is the second lock, and it is what protects a
@@ -114,6 +119,7 @@ class ControlServer:
         idle_timeout: float = 300.0,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         backlog: int = 64,
+        busy_read_timeout: float = 1.0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self._handlers = dict(handlers)
@@ -125,6 +131,7 @@ class ControlServer:
         self._idle_timeout = idle_timeout
         self._max_request_bytes = max_request_bytes
         self._backlog = backlog
+        self._busy_read_timeout = busy_read_timeout
         self._conns: set[_Connection] = set()
         self._closing = False
         self._serve_scope = trio.CancelScope()
@@ -307,9 +314,10 @@ class ControlServer:
             return
         if open_now > self._max_connections:
             self._log.warning("control connection refused: busy", open=open_now)
-            await self._send_error(stream, None, Fault.BUSY,
-                                   f"{self._max_connections} control connections are open; "
-                                   "try again")
+            request_id = await self._read_refused_request(stream)
+            await self._send_error(stream, request_id, Fault.BUSY,
+                                   f"{self._max_connections} control connections are open "
+                                   "(the limit); try again")
             return
         framer = LineFramer(self._max_request_bytes)
         while True:
@@ -335,6 +343,31 @@ class ControlServer:
                     self._request_done.unpark_all()
                 if self.closing:  # a property: mypy would keep the narrowing from above
                     return
+
+    async def _read_refused_request(self, stream: trio.SocketStream) -> RequestId:
+        """Read the request line of a connection about to be refused; its id if readable.
+
+        Closing a socket whose receive queue holds unread bytes (or before the client's
+        request arrived, so its send hits a closed socket) resets the connection, and the
+        queued refusal is lost to the client as ``ECONNRESET``/``EPIPE``. Reading the
+        request first makes the refusal a reply. Bounded: ``busy_read_timeout`` seconds and
+        ``max_request_bytes``; a client that sends nothing in time still gets the reply."""
+        framer = LineFramer(self._max_request_bytes)
+        with trio.move_on_after(self._busy_read_timeout):
+            while True:
+                data = await stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    return None
+                try:
+                    lines = framer.feed(data)
+                except RequestTooLargeError:
+                    return None
+                if lines:
+                    try:
+                        return decode_request(lines[0]).id
+                    except BadRequestError as exc:
+                        return exc.request_id
+        return None
 
     async def _send_error(
         self, stream: trio.SocketStream, request_id: RequestId, code: Fault, message: str

@@ -146,6 +146,11 @@ class Node:
             services=NodeServices.from_config(cfg, self.key, accounts=store),
             resend_horizon=max(cfg.protocols.ping_timeout_seconds,
                                cfg.protocols.dkd_timeout_seconds),
+            # ended sessions leave memory after the window / beyond the cache; the journal
+            # (indexed by session) answers for them after that
+            ended_retention=cfg.sessions.ended_session_retention_seconds,
+            ended_cache=cfg.sessions.ended_session_cache,
+            journal_records=journal.journal.session_records,
         )
         self.runtime = runtime
         timers = TimerWheel(command_send)
@@ -165,7 +170,9 @@ class Node:
                                   timers=timers, max_steps=cfg.journal.max_batch,
                                   on_durable=learn)
         self.executor = executor
-        control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log)
+        control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log,
+                                max_connections=cfg.control.max_connections,
+                                idle_timeout=cfg.control.idle_timeout_seconds)
 
         async with trio.open_nursery() as outer:
             outer.start_soon(executor.run)

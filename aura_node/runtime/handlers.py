@@ -148,6 +148,8 @@ def control_handlers(node: Node) -> dict[str, Handler]:
         rt = node.runtime
         if rt is None:
             return {"sessions": []}
+        # --all: the active sessions and the ended ones still in memory (the
+        # [sessions] retention window and cache); older ones: `ctl session ID`
         show_all = bool(args.get("all", False))
         entries = rt.sessions.values() if show_all else rt.active_sessions()
         return {"sessions": [e.summary() for e in entries]}
@@ -155,7 +157,8 @@ def control_handlers(node: Node) -> dict[str, Handler]:
     async def session(args: dict[str, Any]) -> dict[str, Any]:
         assert node.runtime is not None
         try:
-            return node.runtime.get(str(args["session"])).detail()
+            # an ended session evicted from memory is answered from the journal
+            return node.runtime.describe(str(args["session"]))
         except UnknownSessionError as exc:
             raise p.NotFoundError(exc.message) from None
 

@@ -36,6 +36,15 @@ content (genesis seals a different share to every holder) emits one ``Send`` per
 one step - those are the same interaction too (:class:`SendGroups`), so the monitor steps on
 the first member of a role and again only when a member hears the same message type twice.
 
+Bounded memory: an ended session keeps its table entry (result, seen digests, sent
+envelopes) only ``ended_retention`` seconds and among the ``ended_cache`` most recently ended;
+older ones are evicted, oldest-ended first, once their end is durable (``final`` resolved). The
+journal keeps everything, so with ``journal_records`` (the journal's indexed
+``session_records``) an evicted session is still answered from it: a late duplicate is dropped,
+a replay gets our journaled envelopes again, any other message is refused as for a closed
+session, an opener never starts a second session under a journaled id, and
+:meth:`SessionRuntime.describe` reports it. Without ``journal_records`` nothing is evicted.
+
 Isolation: any exception from a driver, or a local monitor violation, aborts only that session
 (``session.fail`` journaled, logged with the session id); the step's other effects are dropped.
 """
@@ -248,6 +257,9 @@ class SessionRuntime:
         clock: Callable[[], float] = time.time,
         entropy: Callable[[int], bytes] = os.urandom,
         resend_horizon: float = 60.0,
+        ended_retention: float = 600.0,
+        ended_cache: int = 10000,
+        journal_records: Callable[[str], Sequence[eng.EvidenceRecord]] | None = None,
     ) -> None:
         self.key = key
         self.self_name = self_name
@@ -258,7 +270,13 @@ class SessionRuntime:
         self._clock = clock
         self._entropy = entropy
         self._resend_horizon = resend_horizon
+        self._ended_retention = ended_retention
+        self._ended_cache = ended_cache
+        self._journal_records = journal_records
         self.sessions: dict[str, SessionEntry] = {}
+        #: ended sessions still in ``sessions``, oldest-ended first (dicts keep insertion order)
+        self._ended: dict[str, float] = {}
+        self.evicted = 0
         self._active: set[str] = set()
         self._ended_outcomes = {"completed": 0, "failed": 0}
         self._ended_states: dict[str, int] = {}
@@ -295,6 +313,74 @@ class SessionRuntime:
         self._ended_outcomes[entry.outcome] += 1
         state = entry.state
         self._ended_states[state] = self._ended_states.get(state, 0) + 1
+        self._ended[entry.id] = entry.ended if entry.ended is not None else self._clock()
+
+    def prune(self, now: float | None = None) -> int:
+        """Evict ended sessions past the retention window or beyond the cache, oldest-ended
+        first; returns how many went. A session whose end is not durable yet (its ``final``
+        unresolved: the executor has not committed it) stops the sweep: it and anything newer
+        wait for the next call. Cheap when there is nothing to do (looks at one entry)."""
+        if self._journal_records is None:
+            return 0  # nothing to answer evicted sessions from: keep them
+        now = self._clock() if now is None else now
+        horizon = now - self._ended_retention
+        gone = 0
+        for sid, ended in list(self._ended.items()):
+            if len(self._ended) <= self._ended_cache and ended > horizon:
+                break
+            entry = self.sessions.get(sid)
+            if entry is not None and not entry.final.done:
+                break
+            del self._ended[sid]
+            self.sessions.pop(sid, None)
+            gone += 1
+        self.evicted += gone
+        return gone
+
+    def _journaled(self, session: str) -> tuple[float, list[eng.Evidence]] | None:
+        """The evidence of a session evicted from (or never loaded into) the table, from the
+        journal, with the time of its last record; None when the journal has no start record
+        for it (or no journal is given)."""
+        if self._journal_records is None:
+            return None
+        records = sorted(self._journal_records(session), key=lambda r: r.seq)
+        if not records:
+            return None
+        evidence = eng.parse_evidence(records)
+        if not any(isinstance(e, eng.Started) for e in evidence):
+            return None
+        return records[-1].ts, evidence
+
+    def describe(self, session: str) -> dict[str, Any]:
+        """``ctl session ID``: the table entry's detail, or for an ended session evicted from
+        memory, what its journal says (``evicted: true``); ``UnknownSessionError`` else."""
+        entry = self.sessions.get(session)
+        if entry is not None:
+            return entry.detail()
+        journaled = self._journaled(session)
+        if journaled is None:
+            raise UnknownSessionError(f"no session {session!r} on this node")
+        last_ts, evidence = journaled
+        start = next(e.start for e in evidence if isinstance(e, eng.Started))
+        end = next((e for e in evidence if isinstance(e, eng.Ended)), None)
+        out: dict[str, Any] = {
+            "session": session, "protocol": start.choreography, "role": start.role,
+            "started": start.now, "evicted": True,
+            "roles": dict(start.roles),
+            "messages_in": sum(isinstance(e, eng.Received) for e in evidence),
+            "messages_out": sum(isinstance(e, eng.Sent) for e in evidence),
+        }
+        if end is None:
+            # only a session that could not be rehydrated is in the journal but not in memory
+            out.update(state="Unknown", outcome="unknown", ended=None)
+        elif end.ok:
+            out.update(state="Completed", outcome="completed", result=dict(end.result))
+        else:
+            out.update(state="Failed", outcome="failed",
+                       error={"code": end.code, "reason": end.reason})
+        if end is not None:
+            out["ended"] = last_ts
+        return out
 
     def get(self, session: str) -> SessionEntry:
         entry = self.sessions.get(session)
@@ -309,6 +395,8 @@ class SessionRuntime:
     # --- commands ---------------------------------------------------------------------------
 
     def handle_command(self, cmd: Command) -> Step | None:
+        if self._ended:
+            self.prune()
         if isinstance(cmd, StartSession):
             return self._start(cmd)
         if isinstance(cmd, SessionControl):
@@ -329,7 +417,7 @@ class SessionRuntime:
                 raise eng.ParamsError(
                     f"this node must take role {spec.initiator_role!r} in the role assignment"
                 )
-            if cmd.session in self.sessions:
+            if cmd.session in self.sessions or self._journaled(cmd.session) is not None:
                 raise eng.ParamsError(f"session {cmd.session} exists already")
             start = eng.Start(
                 session=cmd.session, choreography=cmd.choreography, role=spec.initiator_role,
@@ -421,7 +509,15 @@ class SessionRuntime:
             self._log.warning("message_rejected", peer=peer, code=exc.code, reason=exc.message)
             return None
 
+        if self._ended:
+            self.prune(now)
         entry = self.sessions.get(env.session)
+        if entry is None and self._journal_records is not None:
+            journaled = self._journaled(env.session)
+            if journaled is not None:
+                # evicted from memory (ended long ago): answer from the journal, never re-open
+                return self._inbound_evicted(env, journaled[1], peer, opened.digest,
+                                             wire.replay, now)
         if entry is None:
             opener = spec.openers.get(env.step)
             if opener is None:
@@ -458,6 +554,39 @@ class SessionRuntime:
                            state=entry.outcome)
             return None
         return self._deliver(entry, peer, opened.message, env, digest, now, [])
+
+    def _inbound_evicted(
+        self, env: Envelope, evidence: Sequence[eng.Evidence], peer: str, digest: bytes,
+        replay: bool, now: float,
+    ) -> Step | None:
+        """A message for a session only the journal remembers: the same answers the table
+        entry would give (duplicate dropped, replay answered with our journaled envelopes,
+        anything else refused as for a closed session), never a new session."""
+        start = next(e.start for e in evidence if isinstance(e, eng.Started))
+        if start.choreography != env.choreography:
+            self.rejected += 1
+            self._log.warning("message_rejected", session=env.session, peer=peer,
+                              code="wrong_choreography",
+                              reason=f"session ran {start.choreography}, "
+                                     f"message is {env.choreography}/{env.step}")
+            return None
+        seen = any(isinstance(e, eng.Received) and e.envelope.digest == digest
+                   for e in evidence)
+        if not seen:
+            self.rejected += 1
+            self._log.info("session_closed", session=env.session, peer=peer, step=env.step,
+                           state="evicted")
+            return None
+        self.duplicates += 1
+        if not replay:
+            return None
+        step = Step(session=env.session, ts=now)
+        for e in evidence:
+            if isinstance(e, eng.Sent) and peer in e.to:
+                step.actions.append(Transmit(peer=peer, payload=encode_wire(e.envelope)))
+        self._log.info("replay_answered", session=env.session, peer=peer,
+                       resent=len(step.actions), from_journal=True)
+        return step if step.actions else None
 
     def _open_responder(
         self, spec: eng.ProtocolSpec, opener: eng.Opener, peer: str,
@@ -782,7 +911,11 @@ class SessionRuntime:
                 continue
             if step is not None:
                 steps.append(step)
-        self._log.info("rehydrated", sessions=len(self.sessions), **self.counts())
+        # journal order is start order: evict the oldest-*ended* first
+        self._ended = dict(sorted(self._ended.items(), key=lambda kv: kv[1]))
+        evicted = self.prune(now)
+        self._log.info("rehydrated", sessions=len(self.sessions), evicted=evicted,
+                       **self.counts())
         return steps
 
     def _rehydrate_one(

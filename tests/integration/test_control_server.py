@@ -11,6 +11,7 @@ import socket
 import stat
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -440,6 +441,80 @@ async def test_connection_limit_answers_busy() -> None:
                         break
                     except ControlReplyError:
                         await trio.sleep(0.02)
+
+
+def _late_request(path: str, delay: float) -> dict[str, Any]:
+    """A client that connects, waits ``delay`` s (the server is already deciding), then sends
+    its request and reads one reply line; a reset or broken pipe propagates."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        time.sleep(delay)
+        s.sendall(b'{"id": 77, "cmd": "status", "args": {}}\n')
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
+
+
+async def test_busy_refusal_is_a_reply_not_a_reset() -> None:
+    # The refused client's request arrives after the server decided to refuse: a server that
+    # answered and closed at once made the client's send fail (EPIPE/ECONNRESET) and lost
+    # the refusal; now the request is read first and the reply carries its id.
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"status": _status}, max_connections=1) as server:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hog:
+                hog.connect(path)
+                with trio.fail_after(5):
+                    while server.connection_count < 1:
+                        await trio.sleep(0.01)
+                reply = await trio.to_thread.run_sync(_late_request, path, 0.3)
+                assert reply["id"] == 77
+                assert reply["error"]["code"] == "busy"
+                assert "1 control connections are open" in reply["error"]["message"]
+
+
+async def test_burst_beyond_the_limit_all_get_busy_replies() -> None:
+    limit, extra = 4, 24
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"status": _status}, max_connections=limit) as server:
+            hogs = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(limit)]
+            try:
+                for h in hogs:
+                    h.connect(path)
+                with trio.fail_after(5):
+                    while server.connection_count < limit:
+                        await trio.sleep(0.01)
+                outcomes: list[str] = []
+
+                async def one(delay: float) -> None:
+                    try:
+                        if delay:
+                            reply = await trio.to_thread.run_sync(_late_request, path, delay)
+                            outcomes.append(reply.get("error", {}).get("code", "served"))
+                        else:
+                            await acall(path, "status")
+                            outcomes.append("served")
+                    except ControlReplyError as exc:
+                        outcomes.append(exc.remote_code)
+                    except (ControlConnectionError, OSError) as exc:
+                        outcomes.append(f"lost: {exc!r}")
+
+                with trio.fail_after(20):
+                    async with trio.open_nursery() as nursery:
+                        for i in range(extra):
+                            nursery.start_soon(one, 0.0 if i % 2 else 0.05)
+                assert len(outcomes) == extra
+                assert [o for o in outcomes if o != "busy"] == []
+            finally:
+                for h in hogs:
+                    h.close()
 
 
 async def test_graceful_close_sends_the_shutdown_reply_then_unlinks() -> None:

@@ -128,3 +128,21 @@ def test_every_choreography_deadline_has_a_setting() -> None:
         assert ProtocolSection().deadline(name) > 0
     with pytest.raises(ConfigError, match="no \\[protocols\\] setting"):
         ProtocolSection().deadline("nonsense")
+
+
+def test_control_and_sessions_sections_parse_render_and_check() -> None:
+    cfg = parse_config(GOOD + "\n[control]\nmax_connections = 3\nidle_timeout_seconds = 7\n"
+                       "\n[sessions]\nended_session_retention_seconds = 5\n"
+                       "ended_session_cache = 2\n")
+    assert cfg.control.max_connections == 3 and cfg.control.idle_timeout_seconds == 7.0
+    assert cfg.sessions.ended_session_retention_seconds == 5.0
+    assert cfg.sessions.ended_session_cache == 2
+    assert parse_config(render_config(cfg)) == cfg
+    defaults = parse_config(GOOD)
+    assert defaults.control.max_connections == 64
+    assert defaults.sessions.ended_session_cache == 10000
+    assert defaults.sessions.ended_session_retention_seconds == 600.0
+    with pytest.raises(ConfigError, match=r"\[control\] max_connections must be at least 1"):
+        parse_config(GOOD + "\n[control]\nmax_connections = 0\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config(GOOD + "\n[sessions]\nended_sessions = 1\n")

@@ -3,6 +3,8 @@ idempotent duplicates, rehydration and re-send from the journal (with a real jou
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,12 @@ from aura_node.protocols.ping.roles import PingResponderDriver
 from aura_node.protocols.services import NodeServices, PeerInfo
 from aura_node.runtime.executor import EffectExecutor
 from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import PeerDirectory, SessionFailedError, SessionRuntime
+from aura_node.runtime.sessions import (
+    PeerDirectory,
+    SessionFailedError,
+    SessionRuntime,
+    UnknownSessionError,
+)
 from aura_node.runtime.steps import (
     Arm,
     Outcome,
@@ -300,3 +307,131 @@ async def test_failed_start_answers_the_operator_with_the_reason() -> None:
     with pytest.raises(eng.ParamsError, match="not a pinned peer"):
         await reply2.wait()
     assert SessionFailedError.code == "session_failed"
+
+
+def evicting_runtime(name: str, clock: Clock, gcj: GroupCommitJournal, *, cache: int,
+                     retention: float = 600.0) -> SessionRuntime:
+    other = "b" if name == "a" else "a"
+    return SessionRuntime(
+        key=KEYS[name], self_name=name, peers=PeerDirectory({other: KEYS[other].public}),
+        protocols={"ping": PING}, monitor_for=choreography_monitor, clock=clock,
+        services=services(name), ended_retention=retention, ended_cache=cache,
+        journal_records=gcj.journal.session_records,
+    )
+
+
+async def test_ended_sessions_are_evicted_and_still_answered_from_the_journal(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    a = runtime("a", clock)
+    async with GroupCommitJournal.open(tmp_path / "b", KEYS["b"]) as gcj:
+        b = evicting_runtime("b", clock, gcj, cache=5, retention=100.0)
+        exchanges: dict[str, tuple[Step, Step]] = {}
+        for i in range(20):
+            sid = f"{i + 1:032x}"
+            s1, _ = start_ping(a, "b", sid)
+            s2 = deliver(s1, b, "a")
+            assert s2 is not None and kinds(s2)[-1] == "session.complete"
+            await _executor(gcj, RecordingNetwork(), [s2])  # durable: final resolved
+            exchanges[sid] = (s1, s2)
+            clock.now += 1.0
+            # the cache plus the one that ended since the last sweep
+            assert len(b.sessions) <= 6
+        assert b.evicted >= 14 and b.counts()["completed"] == 20
+        old = f"{1:032x}"
+        assert old not in b.sessions
+        s1, s2 = exchanges[old]
+        [ping] = [x.payload for x in s1.actions if isinstance(x, Transmit)]
+        [pong] = [x.payload for x in s2.actions if isinstance(x, Transmit)]
+        # a late duplicate of the opener: dropped, and no second session under that id
+        dup_before = b.duplicates
+        assert b.handle_inbound(Inbound("a", KEYS["a"].device_id, ping)) is None
+        assert b.duplicates == dup_before + 1 and old not in b.sessions
+        # a replay (the peer restarted): our journaled Pong again, byte for byte
+        replay = encode_wire(decode_wire(ping).envelope, replay=True)
+        step = b.handle_inbound(Inbound("a", KEYS["a"].device_id, replay))
+        assert step is not None and step.records == []
+        assert [(x.peer, x.payload) for x in step.actions if isinstance(x, Transmit)] == [
+            ("a", pong)]
+        # a *new* opener under the evicted id (a peer reusing it): refused, never re-opened
+        rejected = b.rejected
+        env = seal(KEYS["a"], choreography="ping", session=old, message=Ping(nonce=b"n" * 16))
+        assert b.handle_inbound(Inbound("a", KEYS["a"].device_id, encode_wire(env))) is None
+        assert b.rejected == rejected + 1 and old not in b.sessions
+        # an operator start under a journaled id is refused too
+        reply = Outcome()
+        assert b.handle_command(StartSession(
+            choreography="ping", params={"timeout": 5}, roles={"b": "initiator",
+                                                               "a": "responder"},
+            session=old, entropy=b"e" * 32, reply=reply)) is None
+        with pytest.raises(eng.ParamsError, match="exists already"):
+            await reply.wait()
+        # ctl session ID answers from the journal
+        view = b.describe(old)
+        assert view["evicted"] is True and view["outcome"] == "completed"
+        assert view["protocol"] == "ping" and view["role"] == "responder"
+        assert view["messages_in"] == 1 and view["messages_out"] == 1
+        assert isinstance(view["result"], dict) and "error" not in view
+        kept = f"{20:032x}"
+        assert b.describe(kept) == b.get(kept).detail() and "evicted" not in b.describe(kept)
+        with pytest.raises(UnknownSessionError):
+            b.describe("f" * 32)
+        # the retention window: past it every ended session leaves memory
+        clock.now += 200.0
+        b.prune()
+        assert b.sessions == {} and b.counts()["completed"] == 20
+
+
+async def test_rehydration_keeps_only_the_newest_ended_sessions(tmp_path: Path) -> None:
+    clock = Clock()
+    a = runtime("a", clock)
+    async with GroupCommitJournal.open(tmp_path / "b", KEYS["b"]) as gcj:
+        b = runtime("b", clock)  # no eviction (no journal given): keeps all
+        for i in range(8):
+            s1, _ = start_ping(a, "b", f"{i + 1:032x}")
+            s2 = deliver(s1, b, "a")
+            await _executor(gcj, RecordingNetwork(), [s2])  # type: ignore[list-item]
+            clock.now += 1.0
+        assert len(b.sessions) == 8 and b.evicted == 0
+        by_session: dict[str, list[Any]] = {}
+        for r in gcj.journal.records():
+            by_session.setdefault(r.session, []).append(r)
+        b2 = evicting_runtime("b", clock, gcj, cache=3)
+        b2.rehydrate(by_session)
+        assert sorted(b2.sessions) == [f"{i:032x}" for i in (6, 7, 8)]
+        assert b2.counts()["completed"] == 8
+        assert b2.describe(f"{1:032x}")["outcome"] == "completed"
+
+
+async def test_memory_per_ended_session_is_bounded(tmp_path: Path, full_run: bool) -> None:
+    """Python-heap growth per ended session with and without eviction (printed; the assert
+    is on the table size and on eviction saving most of it, not on timing)."""
+    n = 600 if full_run else 150
+    growth: dict[bool, float] = {}
+    for evict in (False, True):
+        clock = Clock()
+        a = runtime("a", clock)
+        async with GroupCommitJournal.open(tmp_path / f"b{evict}", KEYS["b"]) as gcj:
+            b = (evicting_runtime("b", clock, gcj, cache=10) if evict else runtime("b", clock))
+            # the initiator's side is made up front: only b's growth is measured
+            opens = [start_ping(a, "b", f"{i + 1:032x}")[0] for i in range(20 + n)]
+            for s1 in opens[:20]:  # warm up (first-use allocations), then the steady state
+                await _executor(gcj, RecordingNetwork(), [deliver(s1, b, "a")])  # type: ignore[list-item]
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                for s1 in opens[20:]:
+                    await _executor(gcj, RecordingNetwork(), [deliver(s1, b, "a")])  # type: ignore[list-item]
+                    clock.now += 0.01
+                gc.collect()
+                growth[evict] = (tracemalloc.get_traced_memory()[0] - base) / n
+            finally:
+                tracemalloc.stop()
+            if evict:
+                assert len(b.sessions) <= 11
+            else:
+                assert len(b.sessions) == n + 20
+    print(f"heap per ended session: kept {growth[False]:.0f} B, evicted {growth[True]:.0f} B")
+    assert growth[True] < growth[False] / 2
