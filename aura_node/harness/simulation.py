@@ -229,6 +229,11 @@ class Simulation:
         self.intercept: Callable[[str, str, bytes], bytes | None] | None = None
         #: nodes cut off from the network (everything to or from them is lost) until healed
         self.isolated: set[str] = set()
+        #: an at-least-once transport: a payload for a down node (or whose journaling crashed
+        #: the receiver) waits and is delivered again after the node's restart, instead of
+        #: being lost. Off by default (the daemon's transport does not promise this).
+        self.hold_while_down = False
+        self._held: dict[str, list[tuple[str, bytes]]] = {}
         self.log: list[str] = []
         self.stats = _Stats()
         self.steps = 0
@@ -417,6 +422,8 @@ class Simulation:
         for step in steps:
             if not self._commit(node, step):
                 return  # crashed again while resuming
+        for src, payload in self._held.pop(name, []):
+            self._schedule(self.now, "deliver", (src, name, payload))
 
     # --- network ------------------------------------------------------------------------------
 
@@ -453,6 +460,10 @@ class Simulation:
     def _deliver(self, src: str, dst: str, payload: bytes) -> None:
         node = self.nodes[dst]
         if node.runtime is None:
+            if self.hold_while_down:
+                self._held.setdefault(dst, []).append((src, payload))
+                self.note(f"held {src}->{dst} {_describe(payload)} (down)")
+                return
             self.stats.lost_down += 1
             self.note(f"lost {src}->{dst} {_describe(payload)} (down)")
             return
@@ -462,8 +473,8 @@ class Simulation:
         # unpinned peer is refused by the runtime, as the transport would refuse the link)
         step = node.runtime.handle_inbound(_Link(
             peer_name=src, device_id=self.nodes[src].key.device_id, payload=payload))
-        if step is not None:
-            self._commit(node, step)
+        if step is not None and not self._commit(node, step) and self.hold_while_down:
+            self._held.setdefault(dst, []).append((src, payload))  # not taken: sent again
 
     # --- the scheduler ----------------------------------------------------------------------------
 
