@@ -156,6 +156,8 @@ class SimNode:
     #: node's timer wheel (lost in a crash; rehydration re-arms from the journal)
     timers: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
     crashes: int = 0
+    #: journal appends (group commits attempted) here: :meth:`Simulation.crash_at_append`
+    appends: int = 0
 
     @property
     def up(self) -> bool:
@@ -172,6 +174,10 @@ class SimNode:
 
     def records(self, session: str | None = None) -> list[jf.JournalRecord]:
         return [r for r in self.journal.records() if session is None or r.session == session]
+
+    def journal_bytes(self) -> bytes:
+        """The node's journal as it would sit on disk (for "never journaled" checks)."""
+        return bytes(self.journal.data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +221,19 @@ class Simulation:
         self.faults = faults or Faults()
         #: append number (1-based, over all nodes) -> crash mode, whatever ``faults`` says
         self.crash_at = dict(crash_at or {})
+        #: (node, its k-th append, 1-based) -> crash mode: see :meth:`crash_at_append`
+        self.node_crash_at: dict[tuple[str, int], str] = {}
+        #: a misbehaving network / peer for tests: called with (src, dst, payload) for every
+        #: transmitted payload before the faults apply; returns the payload to send (possibly
+        #: altered) or None to drop it. Draws nothing from the rng, so replay is unaffected.
+        self.intercept: Callable[[str, str, bytes], bytes | None] | None = None
+        #: nodes cut off from the network (everything to or from them is lost) until healed
+        self.isolated: set[str] = set()
+        #: an at-least-once transport: a payload for a down node (or whose journaling crashed
+        #: the receiver) waits and is delivered again after the node's restart, instead of
+        #: being lost. Off by default (the daemon's transport does not promise this).
+        self.hold_while_down = False
+        self._held: dict[str, list[tuple[str, bytes]]] = {}
         self.log: list[str] = []
         self.stats = _Stats()
         self.steps = 0
@@ -269,6 +288,13 @@ class Simulation:
     def node(self, name: str) -> SimNode:
         return self.nodes[name]
 
+    def crash_at_append(self, node: str, k: int, mode: str = "lost") -> None:
+        """Crash ``node`` at its ``k``-th journal append (1-based), whatever ``faults`` says;
+        ``mode`` is one of :data:`CRASH_MODES`."""
+        if mode not in CRASH_MODES:
+            raise SimulationError(f"crash mode {mode!r} is not one of {CRASH_MODES}")
+        self.node_crash_at[(node, k)] = mode
+
     # --- operators --------------------------------------------------------------------------------
 
     def at(self, when: float, label: str, fn: Callable[[], object]) -> None:
@@ -320,11 +346,12 @@ class Simulation:
         False when the node crashed at this append point (no action runs)."""
         if step.records:
             self.stats.appends += 1
+            node.appends += 1
             idx = self.stats.appends
             entries = [jf.JournalEntry(session=step.session, kind=k, body=b, ts=step.ts)
                        for k, b in step.records]
             batch = node.journal.encode(entries)
-            mode = self.crash_at.get(idx)
+            mode = self.crash_at.get(idx, self.node_crash_at.get((node.name, node.appends)))
             if mode is None and self.faulty() and self.faults.crash > 0:
                 if self.rng.random() < self.faults.crash:
                     mode = self.rng.choice(CRASH_MODES)
@@ -395,10 +422,21 @@ class Simulation:
         for step in steps:
             if not self._commit(node, step):
                 return  # crashed again while resuming
+        for src, payload in self._held.pop(name, []):
+            self._schedule(self.now, "deliver", (src, name, payload))
 
     # --- network ------------------------------------------------------------------------------
 
     def _transmit(self, src: str, dst: str, payload: bytes) -> None:
+        if src in self.isolated or dst in self.isolated:
+            self.note(f"cut {src}->{dst} {_describe(payload)}")
+            return
+        if self.intercept is not None:
+            altered = self.intercept(src, dst, payload)
+            if altered is None:
+                self.note(f"intercepted {src}->{dst} {_describe(payload)}")
+                return
+            payload = altered
         f = self.faults
         faulty = self.faulty()
         if faulty and f.drop and self.rng.random() < f.drop:
@@ -422,6 +460,10 @@ class Simulation:
     def _deliver(self, src: str, dst: str, payload: bytes) -> None:
         node = self.nodes[dst]
         if node.runtime is None:
+            if self.hold_while_down:
+                self._held.setdefault(dst, []).append((src, payload))
+                self.note(f"held {src}->{dst} {_describe(payload)} (down)")
+                return
             self.stats.lost_down += 1
             self.note(f"lost {src}->{dst} {_describe(payload)} (down)")
             return
@@ -431,8 +473,8 @@ class Simulation:
         # unpinned peer is refused by the runtime, as the transport would refuse the link)
         step = node.runtime.handle_inbound(_Link(
             peer_name=src, device_id=self.nodes[src].key.device_id, payload=payload))
-        if step is not None:
-            self._commit(node, step)
+        if step is not None and not self._commit(node, step) and self.hold_while_down:
+            self._held.setdefault(dst, []).append((src, payload))  # not taken: sent again
 
     # --- the scheduler ----------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aura_node.config import ProtocolSection
 from aura_node.crypto import dkd
+from aura_node.harness.simulation import Faults, Simulation
 from aura_node.protocols.account import AccountEstablished, open_held_share
 from aura_node.protocols.genesis import roles as _genesis  # noqa: F401  (registers genesis)
 from aura_node.protocols.recovery import roles as rec
@@ -74,3 +76,37 @@ def device_fingerprint(sim: Sim, names: list[str], context: str) -> str:
         e = node.services.accounts.only()
         shares.append(open_held_share(e.account, e.shares[0], node.key))
     return fingerprint(est, shares, context)
+
+
+# --- the same world on the real runtime (aura_node.harness.simulation) --------------------------
+# (test_recovery_crash uses these; test_recovery_roles still uses the legacy Sim above)
+
+SIM_PROTOCOLS = ProtocolSection(recovery_cooldown_seconds=COOLDOWN)
+
+
+def sim_world(seed: int = 0, *, duplicates: float = 0.0,
+              pins: Mapping[str, list[str]] | None = None) -> Simulation:
+    sim = Simulation(seed, ROLES, faults=Faults(duplicate=duplicates), protocols=SIM_PROTOCOLS,
+                     pins=pins)
+    sim.start("d1", "genesis", roles=GENESIS_ROLES, params=GENESIS_PARAMS)
+    sim.run()
+    assert all(len(sim.nodes[n].accounts) == 1 for n in GENESIS_ROLES)
+    return sim
+
+
+def sim_account_id(sim: Simulation) -> str:
+    return sim.nodes["d1"].accounts.only().account.account_id
+
+
+def sim_start_recovery(sim: Simulation, guardians: tuple[str, ...] = ("g1", "g2", "g3"),
+                       account: str | None = None) -> str:
+    services = sim.nodes["n1"].services
+    params = rec.start_params({"account": account or sim_account_id(sim),
+                               "guardians": list(guardians)}, services)
+    return sim.start("n1", "recovery", roles=rec.session_roles(params), params=params)
+
+
+def settle(sim: Simulation, seconds: float = 10.0) -> None:
+    """Deliver what is in flight (and bring crashed nodes back) without reaching the recovery
+    deadlines: ``seconds`` of virtual time, far below the cooldown."""
+    sim.run(until=sim.now + seconds)

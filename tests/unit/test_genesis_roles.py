@@ -7,61 +7,70 @@ import pytest
 
 from aura_node.choreo import Choreography
 from aura_node.crypto.group import Point, Scalar, seeded_rng
+from aura_node.harness.simulation import Faults, Simulation
 from aura_node.protocols.account import open_held_share
 from aura_node.protocols.genesis import roles as gen
 from aura_node.protocols.genesis.choreography import SealedShare
 from aura_node.protocols.registry import REGISTRY
+from aura_node.protocols.services import PeerRole
 from aura_node.session.conformance import check_conformance
-from tests.unit.accounts_sim import Sim
 
-ROLES = {"d1": "device", "d2": "device", "d3": "device",
+ROLES: dict[str, PeerRole] = {"d1": "device", "d2": "device", "d3": "device",
          "g1": "guardian", "g2": "guardian", "g3": "guardian"}
 PARAMS = {"devices": ["d1", "d2", "d3"], "threshold": 2,
           "guardians": ["g1", "g2", "g3"], "guardian_threshold": 2, "timeout": 30}
-SESSION_ROLES = {"d1": "dealer", "d2": "devices", "d3": "devices",
+SESSION_ROLES: dict[str, PeerRole] = {"d1": "dealer", "d2": "devices", "d3": "devices",
                  "g1": "guardians", "g2": "guardians", "g3": "guardians"}
 
 
-def create(sim: Sim, dealer: str = "d1") -> str:
+def create(sim: Simulation, dealer: str = "d1") -> str:
     return sim.start(dealer, "genesis", roles=SESSION_ROLES, params=PARAMS)
+
+
+def world(seed: int, *, duplicates: float = 0.0) -> Simulation:
+    """The six nodes on the real runtime (deterministic simulation, optional duplicates)."""
+    return Simulation(seed, ROLES, faults=Faults(duplicate=duplicates))
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_genesis_establishes_the_same_account_on_every_holder(seed: int) -> None:
-    sim = Sim(ROLES, seed=seed, duplicates=0.3)
+    sim = world(seed, duplicates=0.3)
     sid = create(sim)
     sim.run()
-    out = sim.nodes["d1"].sessions[sid].outcome
+    dealer = sim.nodes["d1"].session(sid)
+    assert dealer is not None and dealer.outcome == "completed"
+    out = dealer.result
     assert out is not None and out["threshold"] == 2 and out["guardian_threshold"] == 2
     assert out["devices"] == ["d1", "d2", "d3"] and out["guardians"] == ["g1", "g2", "g3"]
-    views = {n: node.services.accounts.only().account.to_json()
+    views = {n: node.accounts.only().account.to_json()
              for n, node in sim.nodes.items()}
     assert all(v == out for v in views.values()), views
     # every holder can open its own share and it verifies against the commitments
     for n, node in sim.nodes.items():
-        est = node.services.accounts.only()
+        est = node.accounts.only()
         (held,) = est.shares
         share = open_held_share(est.account, held, node.key)
         assert share.index == est.account.holder(held.holder_set, n).index
     for n in ("d2", "d3", "g1"):
-        assert sim.nodes[n].sessions[sid].outcome == out
+        s = sim.nodes[n].session(sid)
+        assert s is not None and s.outcome == "completed" and s.result == out
 
 
 def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     monkeypatch.setattr(gen.GenesisDealerDriver, "test_rng",
                         staticmethod(seeded_rng(b"genesis-test")))
-    sim = Sim(ROLES, seed=1)
+    sim = world(1)
     create(sim)
     sim.run()
     # the dealer's first draw from that stream is the secret
     secret = Scalar.random(seeded_rng(b"genesis-test"))
-    est = sim.nodes["d2"].services.accounts.only()
+    est = sim.nodes["d2"].accounts.only()
     assert est.account.public_key == Point.base_mul(secret).to_bytes()
     # shares: evaluate every holder's opened share
     secrets = [secret.to_bytes()]
     for node in sim.nodes.values():
-        est = node.services.accounts.only()
+        est = node.accounts.only()
         secrets += [open_held_share(est.account, h, node.key).value.to_bytes()
                     for h in est.shares]
     assert len(set(secrets)) == 7
@@ -69,8 +78,11 @@ def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.M
         blob = node.journal_bytes()
         for s in secrets:
             assert s not in blob and s.hex().encode() not in blob
-    driver = sim.nodes["d1"].sessions[next(iter(sim.nodes["d1"].sessions))].driver
-    assert secret.to_bytes() not in msgspec.msgpack.encode(driver.status())  # type: ignore[union-attr]
+    runtime = sim.nodes["d1"].runtime
+    assert runtime is not None
+    (entry,) = runtime.sessions.values()
+    assert entry.driver is not None
+    assert secret.to_bytes() not in msgspec.msgpack.encode(entry.driver.status())
 
 
 def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
@@ -91,26 +103,30 @@ def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
         return out
 
     monkeypatch.setattr(gen.GenesisDealerDriver, "start", corrupt)
-    sim = Sim(ROLES, seed=2)
+    sim = world(2)
     sid = create(sim)
     sim.run()
-    d2 = sim.nodes["d2"].sessions[sid]
-    assert d2.error is not None and d2.error[0] == "share_rejected"
-    assert len(sim.nodes["d2"].services.accounts) == 0
-    dealer = sim.nodes["d1"].sessions[sid]
-    assert dealer.error is not None and dealer.error[0] == "aborted_by_peer"
-    assert dealer.outcome is None and len(sim.nodes["d1"].services.accounts) == 0
+    d2 = sim.nodes["d2"].session(sid)
+    assert d2 is not None and d2.error is not None and d2.error["code"] == "share_rejected"
+    assert len(sim.nodes["d2"].accounts) == 0
+    dealer = sim.nodes["d1"].session(sid)
+    assert dealer is not None and dealer.error is not None
+    assert dealer.error["code"] == "aborted_by_peer"
+    assert dealer.outcome == "failed" and dealer.result is None
+    assert len(sim.nodes["d1"].accounts) == 0
     for n in ("d3", "g1", "g2", "g3"):
-        assert sim.nodes[n].sessions[sid].error is not None
+        s = sim.nodes[n].session(sid)
+        assert s is not None and s.outcome == "failed" and s.error is not None
 
 
 def test_missing_ack_times_out() -> None:
-    sim = Sim(ROLES, seed=3)
-    sim.nodes["g3"].down = True
+    sim = world(3)
+    sim.isolated.add("g3")  # down for the whole run: its ack never comes
     sid = create(sim)
     sim.run()
-    err = sim.nodes["d1"].sessions[sid].error
-    assert err is not None and err[0] == "timeout" and "g3" in err[1]
+    dealer = sim.nodes["d1"].session(sid)
+    assert dealer is not None and dealer.error is not None
+    assert dealer.error["code"] == "timeout" and "g3" in dealer.error["reason"]
 
 
 @pytest.mark.parametrize("params, fragment", [
@@ -136,10 +152,10 @@ def test_typestate_conforms_to_the_projection(cls: type, role: str) -> None:
 
 
 def test_ack_verifier_rejects_non_members_and_wrong_shares() -> None:
-    sim = Sim(ROLES, seed=4)
+    sim = world(4)
     create(sim)
     sim.run()
-    rec = sim.nodes["d1"].services.accounts.only().account
+    rec = sim.nodes["d1"].accounts.only().account
     good = {n: gen.ShareAck(account_id=rec.account_id, holder_set="devices",
                             share_index=rec.holder("devices", n).index,
                             public_share=rec.holder("devices", n).public_share)

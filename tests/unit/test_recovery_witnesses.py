@@ -13,6 +13,7 @@ from aura_node.crypto.recovery import recovery_binding
 from aura_node.crypto.seal import seal_share
 from aura_node.crypto.shamir import Share
 from aura_node.errors import WitnessError
+from aura_node.harness.simulation import Simulation, node_key
 from aura_node.protocols.account import AccountRecord, open_held_share
 from aura_node.protocols.recovery.witnesses import (
     ApprovalThresholdMet,
@@ -21,40 +22,39 @@ from aura_node.protocols.recovery.witnesses import (
     reconstruct,
     sign_approval,
 )
-from tests.unit.accounts_sim import Sim, make_keys
 from tests.unit.test_genesis_roles import ROLES, create
 
 SESSION = "ab" * 16
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[Sim, AccountRecord]:
-    sim = Sim(ROLES, seed=7)
+def world() -> tuple[Simulation, AccountRecord]:
+    sim = Simulation(7, ROLES)
     create(sim)
     sim.run()
-    return sim, sim.nodes["g1"].services.accounts.only().account
+    return sim, sim.nodes["g1"].accounts.only().account
 
 
 NEW = DeviceKey.from_seed(b"n1".ljust(32, b"\0"))
 
 
-def pinned(sim: Sim) -> dict[str, object]:
+def pinned(sim: Simulation) -> dict[str, object]:
     return {n.key.device_id: n.key.public for n in sim.nodes.values()}
 
 
-def approvals(sim: Sim, acct: AccountRecord, names: list[str], session: str = SESSION,
+def approvals(sim: Simulation, acct: AccountRecord, names: list[str], session: str = SESSION,
               new: DeviceKey = NEW, account_id: str | None = None) -> list[object]:
     return [sign_approval(sim.nodes[n].key, session_id=session,
                           account_id=account_id or acct.account_id, new_device_key=new.public)
             for n in names]
 
 
-def verify(sim: Sim, acct: AccountRecord, items: list[object]) -> ApprovalThresholdMet:
+def verify(sim: Simulation, acct: AccountRecord, items: list[object]) -> ApprovalThresholdMet:
     return ApprovalThresholdMet.verify(items, account=acct, session_id=SESSION,  # type: ignore[arg-type]
                                        new_device=NEW.public, pinned=pinned(sim))  # type: ignore[arg-type]
 
 
-def test_threshold_of_guardian_approvals_verifies(world: tuple[Sim, AccountRecord]) -> None:
+def test_threshold_of_guardian_approvals_verifies(world: tuple[Simulation, AccountRecord]) -> None:
     sim, acct = world
     w = verify(sim, acct, approvals(sim, acct, ["g1", "g3"]))
     assert len(w.guardians) == 2 and w.account_id == acct.account_id
@@ -69,7 +69,7 @@ def test_threshold_of_guardian_approvals_verifies(world: tuple[Sim, AccountRecor
     ("wrong_account", "is not for account"),
     ("bad_signature", "does not verify"),
 ])
-def test_approval_verifier_rejects(world: tuple[Sim, AccountRecord], case: str,
+def test_approval_verifier_rejects(world: tuple[Simulation, AccountRecord], case: str,
                                    fragment: str) -> None:
     sim, acct = world
     if case == "below":
@@ -100,12 +100,12 @@ def test_witnesses_have_no_public_constructor() -> None:
         SharesCollected()  # type: ignore[call-arg]
 
 
-def _shares(sim: Sim, acct: AccountRecord, names: list[str], session: str = SESSION
+def _shares(sim: Simulation, acct: AccountRecord, names: list[str], session: str = SESSION
             ) -> list[SealedGuardianShare]:
     out = []
     for n in names:
         node = sim.nodes[n]
-        est = node.services.accounts.only()
+        est = node.accounts.only()
         share = open_held_share(est.account, est.shares[0], node.key)
         sealed = seal_share(share, NEW.public, recovery_binding(
             account_id=acct.account_id, session_id=session, new_device_id=NEW.device_id))
@@ -114,7 +114,7 @@ def _shares(sim: Sim, acct: AccountRecord, names: list[str], session: str = SESS
 
 
 def test_shares_collected_reconstructs_the_account_secret(
-        world: tuple[Sim, AccountRecord]) -> None:
+        world: tuple[Simulation, AccountRecord]) -> None:
     sim, acct = world
     w = SharesCollected.verify(_shares(sim, acct, ["g2", "g3"]), account=acct,
                                session_id=SESSION, device_key=NEW)
@@ -124,7 +124,7 @@ def test_shares_collected_reconstructs_the_account_secret(
     assert dkd_base(acct.account_id, "ctx")  # the recovered key feeds DKD (smoke)
 
 
-def test_shares_collected_rejects(world: tuple[Sim, AccountRecord]) -> None:
+def test_shares_collected_rejects(world: tuple[Simulation, AccountRecord]) -> None:
     sim, acct = world
     good = _shares(sim, acct, ["g1", "g2"])
     kw = {"account": acct, "session_id": SESSION, "device_key": NEW}
@@ -141,7 +141,7 @@ def test_shares_collected_rejects(world: tuple[Sim, AccountRecord]) -> None:
         SharesCollected.verify([good[0], other_session[0]], **kw)  # type: ignore[arg-type]
     # a share that fails its Feldman check: g2 seals a wrong value for its own index
     wrong = Share(index=good[1].index, value=open_held_share(
-        acct, sim.nodes["g1"].services.accounts.only().shares[0], sim.nodes["g1"].key).value)
+        acct, sim.nodes["g1"].accounts.only().shares[0], sim.nodes["g1"].key).value)
     bad = seal_share(wrong, NEW.public, recovery_binding(
         account_id=acct.account_id, session_id=SESSION, new_device_id=NEW.device_id))
     with pytest.raises(WitnessError, match="share from guardian g2 rejected"):
@@ -149,5 +149,5 @@ def test_shares_collected_rejects(world: tuple[Sim, AccountRecord]) -> None:
                                                              sealed=bad)], **kw)  # type: ignore[arg-type]
 
 
-def test_make_keys_is_deterministic() -> None:
-    assert make_keys(["a"])["a"].public == make_keys(["a"])["a"].public
+def test_node_keys_are_deterministic() -> None:
+    assert node_key(7, "a").public == node_key(7, "a").public != node_key(8, "a").public
