@@ -27,7 +27,9 @@ simulation does with it what the Trio executor does, in the same order: journal 
 seeded network, ``Arm``/``Disarm`` to the node's virtual timer table (fired back as
 ``TimerExpired`` with the armed generation), ``Resolve`` to the operator's waiting
 :class:`~aura_node.runtime.steps.Outcome`. A crash drops the runtime and its timers; a restart
-builds a fresh runtime and hands it the journal.
+builds a fresh runtime and hands it the journal, then tells every running peer's runtime that
+its link to the restarted node is up (``PeerUp``, as the daemon's link watcher does), so they
+re-send what their active sessions sent it.
 
 :class:`Simulation` owns one ``random.Random(seed)``: every choice (delays, faults, session
 ids, entropy, crash points, who runs what and when) is a draw from it, in an order that depends
@@ -92,6 +94,7 @@ from aura_node.runtime.steps import (
     Arm,
     Disarm,
     Outcome,
+    PeerUp,
     Resolve,
     SessionControl,
     StartSession,
@@ -231,7 +234,8 @@ class Simulation:
         self.isolated: set[str] = set()
         #: an at-least-once transport: a payload for a down node (or whose journaling crashed
         #: the receiver) waits and is delivered again after the node's restart, instead of
-        #: being lost. Off by default (the daemon's transport does not promise this).
+        #: being lost. Off by default (the daemon's transport does not promise this; the
+        #: runtime's re-send on ``PeerUp`` at the restart recovers what active sessions lost).
         self.hold_while_down = False
         self._held: dict[str, list[tuple[str, bytes]]] = {}
         self.log: list[str] = []
@@ -422,6 +426,15 @@ class Simulation:
         for step in steps:
             if not self._commit(node, step):
                 return  # crashed again while resuming
+        # its links come back up: every peer that pins it re-sends what its active sessions
+        # sent it (the daemon's PeerUp), covering what it lost while down or while journaling
+        for peer in self.nodes.values():
+            if peer.runtime is None or peer.name == name or name not in peer.peers:
+                continue
+            up = peer.runtime.handle_command(PeerUp(peer=name))
+            if up is not None:
+                self.note(f"{peer.name} peer-up {name} resend {len(up.actions)}")
+                self._commit(peer, up)
         for src, payload in self._held.pop(name, []):
             self._schedule(self.now, "deliver", (src, name, payload))
 

@@ -11,11 +11,13 @@ Start-up, in order (each step can fail with a clear error before the node says i
 4. start the peer network (listening; the actual address is logged), the control socket, the
    timer wheel, the executor and the two input consumers;
 5. queue the rehydration steps (re-sends of journaled envelopes, re-armed timers, aborts),
-   write ``node.pid``, send ``READY=1``.
+   write ``node.pid``, send ``READY=1``;
+6. watch the peer links: each link that comes (back) up becomes a ``PeerUp`` command, and the
+   runtime re-sends that peer what its active sessions sent it (end-to-end retransmission).
 
 Channels (all bounded; a full channel makes its producers wait):
 
-``command``  control requests (start a session, a session action) and timer expiries
+``command``  control requests (start a session, a session action), timer expiries, links up
 ``event``    ``InboundData`` from the peer network
 ``effect``   :class:`~aura_node.runtime.steps.Step` from the session runtime to the executor
 
@@ -50,12 +52,14 @@ from aura_node.runtime.executor import DurableHook, EffectExecutor
 from aura_node.runtime.monitors import choreography_monitor, registry_fingerprint
 from aura_node.runtime.notify import sd_notify
 from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
-from aura_node.runtime.steps import Command, Step
+from aura_node.runtime.steps import Command, PeerUp, Step
 from aura_node.runtime.timers import TimerWheel
 
 COMMAND_CAPACITY = 1024
 EVENT_CAPACITY = 4096
 EFFECT_CAPACITY = 4096
+#: how often the link watcher looks for links that came (back) up
+LINK_POLL_SECONDS = 0.5
 
 
 def peer_directory(cfg: NodeConfig) -> PeerDirectory:
@@ -198,6 +202,7 @@ class Node:
                     self.log.info("ready", sessions=runtime.counts(),
                                   control_socket=str(self.home.control_socket))
                     work.start_soon(self._watch_signals, signals)
+                    work.start_soon(self._watch_links, network, command_send)
                     await self._stop.wait()
                     self.ready = False
                     sd_notify("STOPPING=1")
@@ -212,6 +217,22 @@ class Node:
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
             self.request_shutdown(signal.Signals(signum).name)
+
+    async def _watch_links(self, network: Any, out: trio.MemorySendChannel[Command]) -> None:
+        """Queue a :class:`PeerUp` for every link that came (back) up since the last look.
+
+        The transport reports link states, not transitions, so they are polled: a link is
+        new when it is up now and was not up at the last look, or is up with a different
+        ``since`` (it went down and up again between two looks)."""
+        seen: dict[str, object] = {}
+        while True:
+            for peer, info in network.link_states().items():
+                since = info.get("since") if info.get("state") == "up" else None
+                if since is not None and seen.get(peer) != since:
+                    self.log.info("peer_up", peer=peer)
+                    await out.send(PeerUp(peer=peer))
+                seen[peer] = since
+            await trio.sleep(LINK_POLL_SECONDS)
 
     async def _consume_commands(
         self, recv: trio.MemoryReceiveChannel[Command], out: trio.MemorySendChannel[Step]

@@ -36,6 +36,12 @@ content (genesis seals a different share to every holder) emits one ``Send`` per
 one step - those are the same interaction too (:class:`SendGroups`), so the monitor steps on
 the first member of a role and again only when a member hears the same message type twice.
 
+Retransmission: when a peer's link comes (back) up (:class:`~aura_node.runtime.steps.PeerUp`,
+from the daemon's link watcher or the simulation's restart), every active session re-sends
+the envelopes it journaled for that peer as plain duplicates; together with the re-send of
+our own journaled envelopes after a restart this makes delivery end-to-end at-least-once for
+active sessions, whichever side crashed or lost the message.
+
 Bounded memory: an ended session keeps its table entry (result, seen digests, sent
 envelopes) only ``ended_retention`` seconds and among the ``ended_cache`` most recently ended;
 older ones are evicted, oldest-ended first, once their end is durable (``final`` resolved). The
@@ -86,6 +92,7 @@ from aura_node.runtime.steps import (
     Command,
     Disarm,
     Outcome,
+    PeerUp,
     Resolve,
     SessionControl,
     StartSession,
@@ -401,7 +408,36 @@ class SessionRuntime:
             return self._start(cmd)
         if isinstance(cmd, SessionControl):
             return self._control(cmd)
+        if isinstance(cmd, PeerUp):
+            return self._peer_up(cmd.peer)
         return self._timer(cmd)
+
+    def _peer_up(self, peer: str) -> Step | None:
+        """Re-send to ``peer`` every journaled envelope an active session addressed to it.
+
+        Plain duplicates (``replay=False``): a receiver that has an envelope drops it by
+        digest and answers nothing (no re-send storm between two nodes); one that lost it
+        (it was down, or crashed before journaling it) processes it now, and an opener
+        re-opens the session it never journaled. Ended sessions are left alone: a peer that
+        restarts re-sends its own envelopes as replays, and those are answered with ours.
+        Sessions in id order and each session's envelopes in send order, so the per-link
+        FIFO order of one session is kept and a seeded simulation stays deterministic."""
+        if peer not in self.peers:
+            return None
+        step = Step(session="", ts=self._clock())
+        sessions = 0
+        for sid in sorted(self._active):
+            entry = self.sessions[sid]
+            before = len(step.actions)
+            for to, env in entry.sent:
+                if peer in to:
+                    step.actions.append(Transmit(peer=peer, payload=encode_wire(env)))
+            sessions += len(step.actions) > before
+        if not step.actions:
+            return None
+        self._log.info("peer_up_resent", peer=peer, sessions=sessions,
+                       resent=len(step.actions))
+        return step
 
     def _start(self, cmd: StartSession) -> Step | None:
         now = self._clock()

@@ -1,6 +1,7 @@
 """What flows through the runtime's three channels.
 
-``command`` carries :data:`Command` (control requests and timer expiries), ``event`` carries
+``command`` carries :data:`Command` (control requests, timer expiries, peer links coming
+up), ``event`` carries
 the transport's ``InboundData``, ``effect`` carries :class:`Step`: everything one protocol
 step asks for, split into the journal records that must be durable first and the actions
 that may only run after that (send, arm/cancel a timer, answer a waiting control request).
@@ -102,7 +103,18 @@ class TimerExpired:
     generation: int
 
 
-Command = StartSession | SessionControl | TimerExpired
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerUp:
+    """The link to ``peer`` came (back) up: re-send it what active sessions sent it.
+
+    End-to-end retransmission: a payload the peer lost (it was down, or crashed before
+    journaling it) is otherwise re-sent only when *we* restart. The envelopes are journaled
+    already, so the answer is plain transmits, no records."""
+
+    peer: str
+
+
+Command = StartSession | SessionControl | TimerExpired | PeerUp
 
 # --- effects ------------------------------------------------------------------------------
 
