@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -318,11 +319,11 @@ class Choreography:
 # --- the builder --------------------------------------------------------------------------------
 
 
-class _Draft:
+class _Draft(ABC):
     """A statement whose nested blocks may still be filled in; frozen by ``freeze()``."""
 
-    def freeze(self) -> Statement:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def freeze(self) -> Statement: ...
 
 
 _Item: TypeAlias = "Statement | _Draft"

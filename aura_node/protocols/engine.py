@@ -267,6 +267,30 @@ class FailBody(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+class RejectionBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of a driver's ``<choreography>.rejected`` record: a peer message the driver refused
+    while the session carries on (the runtime logs one line per such record)."""
+
+    peer: str
+    code: str
+    reason: str
+
+
+def rejection(kind: str, *, peer: str, code: str, reason: str) -> RecordEvidence:
+    """The evidence record of a peer message a driver refused; ``kind`` is
+    ``"<choreography>.rejected"``."""
+    return RecordEvidence(kind=kind, body=encode_body(RejectionBody(peer=peer, code=code,
+                                                                     reason=reason)))
+
+
+def decode_rejection(body: bytes) -> RejectionBody | None:
+    """A ``*.rejected`` body, or ``None`` when it does not decode as one."""
+    try:
+        return _rejection_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
 class MisbehaviourBody(msgspec.Struct, frozen=True, kw_only=True):
     peer: str
     code: str
@@ -339,6 +363,7 @@ class Misbehaved:
 Evidence = Started | Received | Sent | TimerEvent | Controlled | Ended | DriverRecord | Misbehaved
 
 _enc = msgspec.msgpack.Encoder()
+_rejection_decoder = msgspec.msgpack.Decoder(RejectionBody)
 _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
     KIND_START: msgspec.msgpack.Decoder(StartBody),
     KIND_IN: msgspec.msgpack.Decoder(InBody),

@@ -808,23 +808,22 @@ class SessionRuntime:
         """One clear line per peer message a driver rejected (``*.rejected``) or per
         equivocation it proved (``*.equivocation``); the record itself is the evidence."""
         self.rejected += 1
-        try:
-            body = msgspec.msgpack.decode(eff.body)
-        except msgspec.DecodeError:
-            body = None
-        if not isinstance(body, dict):
-            body = {}
-        peer = body.get("peer")
         if eff.kind.endswith(".equivocation"):
+            try:
+                peer = msgspec.msgpack.decode(eff.body).get("peer")
+            except (msgspec.DecodeError, AttributeError):
+                peer = None
             self._log.warning("protocol_rejected", session=entry.id, kind=eff.kind,
                               choreography=entry.choreography, peer=peer,
                               code="equivocation",
                               reason=f"{peer} signed two different messages for one step; "
                                      "both are journaled as evidence")
             return
+        body = eng.decode_rejection(eff.body)
         self._log.warning("protocol_rejected", session=entry.id, kind=eff.kind,
-                          choreography=entry.choreography, peer=peer,
-                          code=str(body.get("code", "")), reason=str(body.get("reason", "")))
+                          choreography=entry.choreography,
+                          peer=body.peer if body else None, code=body.code if body else "",
+                          reason=body.reason if body else "")
 
     def _send(
         self, entry: SessionEntry, eff: eng.Send, step: Step,

@@ -52,6 +52,7 @@ Pure: no trio, no I/O, no clock.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar, final
@@ -563,8 +564,7 @@ class _Rejections:
 
     def reject(self, peer: str, exc: AuraError) -> eng.RecordEvidence:
         self.items.append((peer, exc.code, exc.message))
-        return eng.RecordEvidence(kind=KIND_REJECTED, body=msgspec.msgpack.encode(
-            {"peer": peer, "code": exc.code, "reason": exc.message}))
+        return eng.rejection(KIND_REJECTED, peer=peer, code=exc.code, reason=exc.message)
 
 
 def _equivocation_record(peer: str, first: SignedCommitment, second: SignedCommitment
@@ -655,8 +655,9 @@ class _DkdDriver(eng.ProtocolDriver):
         if not self.is_final:
             self._to_failed(timeout=False, abort=DkdAbort(reason=reason) if by_peer else None)
 
+    @abstractmethod
     def _to_failed(self, *, timeout: bool, abort: DkdAbort | None = None) -> None:
-        raise NotImplementedError
+        """Move this role's typestate to Failed from whatever phase it is in."""
 
     def resume(self, now: float) -> list[eng.Effect]:
         pending, self._pending = self._pending, []

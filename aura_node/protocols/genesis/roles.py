@@ -580,8 +580,7 @@ class GenesisGuardianHolder(
 
 def _reject(peer: str, code: str, reason: str) -> eng.RecordEvidence:
     """A rejected peer message, journaled as evidence (the session carries on)."""
-    body = msgspec.msgpack.encode({"peer": peer, "code": code, "reason": reason})
-    return eng.RecordEvidence(kind=KIND_REJECTED, body=body)
+    return eng.rejection(KIND_REJECTED, peer=peer, code=code, reason=reason)
 
 
 class GenesisDealerDriver(eng.ProtocolDriver):

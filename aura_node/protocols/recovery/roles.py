@@ -611,8 +611,7 @@ def failure_is_veto(code: str, reason: str) -> bool:
 
 def _reject(peer: str, code: str, reason: str) -> eng.RecordEvidence:
     """A rejected peer message, journaled as evidence (the session carries on)."""
-    body = msgspec.msgpack.encode({"peer": peer, "code": code, "reason": reason})
-    return eng.RecordEvidence(kind=KIND_REJECTED, body=body)
+    return eng.rejection(KIND_REJECTED, peer=peer, code=code, reason=reason)
 
 
 def _completion_proven(sender: str, msg: RecoveryComplete, account: AccountRecord,
