@@ -53,6 +53,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+PLUGIN_HELP = (
+    "load a plugin first: a module name, or a path to a .py file or a package directory "
+    "(repeatable; see README 'Plugins')"
+)
+
+
+def add_plugin_option(p: argparse.ArgumentParser, help_text: str = PLUGIN_HELP) -> None:
+    """``--plugin PLUGIN`` (repeatable), the same on every command that honours plugins."""
+    p.add_argument("--plugin", action="append", default=[], metavar="PLUGIN", help=help_text)
+
+
+def load_plugin_options(args: argparse.Namespace) -> list[Any]:
+    """Load the plugins of ``args.plugin`` (``aura_node.plugins.Plugin`` each); a bad one
+    raises ``PluginError``, which :func:`main` prints as one line."""
+    from aura_node.plugins import load_plugins
+
+    return load_plugins(list(getattr(args, "plugin", None) or []))
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False) + "\n")
     sys.stdout.flush()

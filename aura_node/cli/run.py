@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from aura_node.cli import add_plugin_option, load_plugin_options
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the node daemon in the foreground")
@@ -13,11 +15,10 @@ def register(sub: Any) -> None:
                    help="log line format (default: [log] format in config.toml)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None,
                    help="lowest level logged (default: [log] level in config.toml)")
-    p.add_argument(
-        "--plugin", action="append", default=[], metavar="MODULE",
-        help="import MODULE before start so it can register extra choreographies and "
-             "protocols (changes the registry hash: only peers running the same plugins link)",
-    )
+    add_plugin_option(
+        p, "load a plugin before start (module name, .py file or package directory; "
+        "repeatable): its protocols, choreographies and control commands join the node's. "
+        "It changes the registry hash: only peers running the same plugins link")
     p.set_defaults(handler=cmd_run)
 
 
@@ -29,6 +30,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = home.load_config()
     configure_logging(level=args.log_level or cfg.log.level,
                       fmt=args.log_format or cfg.log.format)
+    # Loaded here, before the daemon imports the protocol registry, so a missing or broken
+    # plugin is one line on stderr and exit 1, not a traceback out of the node's start-up.
+    plugins = load_plugin_options(args)
     from aura_node.runtime.daemon import run_node
 
-    return run_node(home, plugins=args.plugin)
+    return run_node(home, plugins=[p.module for p in plugins])
