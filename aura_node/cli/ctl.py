@@ -2,10 +2,14 @@
 
 Every subcommand sends exactly one request of the command table in
 ``aura_node.control.protocol`` and prints the reply's result as one JSON object on stdout.
+``ctl call COMMAND [--args JSON]`` sends any command, built-in or a plugin's, with the JSON
+object as its arguments; the node checks it (an unknown command is answered
+``unknown_command`` with the commands it has).
 
 Exit status: 0 success; 1 the node answered with an error (``aura-node: error: CODE: MESSAGE``
-on stderr) or the request could not be formed; 2 usage error (argparse); 3 the node is not
-running (no socket, or a stale one); 4 no reply (``--timeout`` passed, or the connection broke).
+on stderr) or the request could not be formed (e.g. ``call --args`` is not a JSON object); 2
+usage error (argparse); 3 the node is not running (no socket, or a stale one); 4 no reply
+(``--timeout`` passed, or the connection broke).
 
 Options accepted both right after ``ctl`` and after the subcommand (the later one wins):
 ``--home DIR`` (default ``$AURA_HOME``), ``--socket PATH`` (talk to that socket instead of
@@ -22,6 +26,7 @@ that ``aura-node ctl status`` imports no Trio, structlog, msgspec or cryptograph
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -31,6 +36,7 @@ from aura_node.cli import print_json
 from aura_node.control import client
 from aura_node.control.protocol import (
     COMMANDS,
+    SESSION_WAIT_GRACE_SECONDS,
     ControlConnectionError,
     ControlReplyError,
     ControlTimeoutError,
@@ -155,6 +161,23 @@ def _dkd(a: argparse.Namespace) -> dict[str, Any]:
     return _with_timeout(a, args)
 
 
+def _call_args(a: argparse.Namespace) -> dict[str, Any]:
+    """``--args JSON`` of ``ctl call``: a JSON object, else the request cannot be formed."""
+    try:
+        value = json.loads(a.args)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgsError(
+            f"--args is not valid JSON: {exc.msg} at column {exc.colno} of {a.args!r}"
+        ) from None
+    except RecursionError:
+        raise InvalidArgsError("--args is not valid JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise InvalidArgsError(
+            f"--args must be a JSON object (the command's arguments), got {a.args!r}"
+        )
+    return value
+
+
 def register(sub: Any) -> None:
     ctl = sub.add_parser(
         "ctl", help="talk to a running node over its control socket",
@@ -208,6 +231,14 @@ def register(sub: Any) -> None:
         p.add_argument("session", metavar="SESSION")
     _leaf(rsub, "pending", "recovery.pending", _no_args, "recoveries awaiting this guardian")
 
+    p = _leaf(csub, "call", "", _call_args,
+              "call any control command the node serves (built-in or a plugin's) with "
+              "--args as its arguments; --timeout is how long ctl waits (default: the "
+              "command's own timeout argument plus a few seconds, else 10 s)")
+    p.add_argument("command", metavar="COMMAND", help="the control command, e.g. status")
+    p.add_argument("--args", default="{}", metavar="JSON",
+                   help="the command's arguments as one JSON object (default {})")
+
 
 # --- handler -------------------------------------------------------------------------------------
 
@@ -218,13 +249,30 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def _call_wait(cmd: str, args: dict[str, Any], timeout: float | None) -> float:
+    """How long ``ctl call`` waits: ``--timeout``; else, for a command ctl does not know that
+    carries its own ``timeout`` argument (a plugin's session), that plus the grace the
+    built-in session commands get; else what the command table says."""
+    if timeout is not None:
+        return timeout
+    deadline = args.get("timeout")
+    if (cmd not in COMMANDS and isinstance(deadline, int | float)
+            and not isinstance(deadline, bool) and deadline > 0):
+        return float(deadline) + SESSION_WAIT_GRACE_SECONDS
+    return client_wait(cmd, args, None)
+
+
 def cmd_ctl(a: argparse.Namespace) -> int:
-    cmd: str = a.ctl_cmd
-    assert cmd in COMMANDS, cmd  # the parser only builds commands of the table
     build: ArgsBuilder = a.ctl_build
     args = build(a)
     path = a.socket if a.socket is not None else socket_path_for(a.home)
-    wait = client_wait(cmd, args, None if "timeout" in args else a.timeout)
+    if a.ctl_cmd == "":  # ctl call: any command, --timeout is only ctl's own wait
+        cmd: str = a.command
+        wait = _call_wait(cmd, args, a.timeout)
+    else:
+        cmd = a.ctl_cmd
+        assert cmd in COMMANDS, cmd  # the parser only builds commands of the table
+        wait = client_wait(cmd, args, None if "timeout" in args else a.timeout)
     try:
         result = client.call(path, cmd, args, timeout=wait)
     except NodeNotRunningError as exc:

@@ -213,3 +213,70 @@ def test_failures_print_one_line_on_stderr_and_exit_nonzero(
 
 def test_socket_path_for_uses_the_documented_file_name() -> None:
     assert os.path.basename(socket_path_for("/x")) == NodeHome(Path("/x")).control_socket.name
+
+
+# --- ctl call ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "cmd", "args", "wait"),
+    [
+        (["call", "status"], "status", {}, 10.0),
+        (["call", "bench.batch", "--args", '{"requests": []}'], "bench.batch",
+         {"requests": []}, 10.0),
+        # a built-in session command keeps its table wait; a plugin's own timeout arg is
+        # waited for with the same grace; --timeout always wins
+        (["call", "dkd", "--args", '{"context": "c", "timeout": 7}'], "dkd",
+         {"context": "c", "timeout": 7}, 12.0),
+        (["call", "pay.propose", "--args", '{"timeout": 20}'], "pay.propose",
+         {"timeout": 20}, 25.0),
+        (["call", "pay.propose", "--args", '{"timeout": 20}', "--timeout", "3"], "pay.propose",
+         {"timeout": 20}, 3.0),
+        (["--timeout", "4", "call", "x.y"], "x.y", {}, 4.0),
+    ],
+)
+def test_call_sends_any_command_with_its_json_args(
+    argv: list[str], cmd: str, args: dict[str, Any], wait: float, calls: list[Call],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["ctl", "--home", H, *argv]) == 0
+    assert calls == [(SOCK, cmd, args, wait)]
+    assert json.loads(capsys.readouterr().out) == {"cmd": cmd}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("{", "aura-node: error: --args is not valid JSON: Expecting property name enclosed in "
+              "double quotes at column 2 of '{'\n"),
+        ("[1, 2]", "aura-node: error: --args must be a JSON object (the command's arguments), "
+                   "got '[1, 2]'\n"),
+        ("null", "aura-node: error: --args must be a JSON object (the command's arguments), "
+                 "got 'null'\n"),
+    ],
+)
+def test_call_with_bad_json_args_is_one_line_and_sends_nothing(
+    args: str, message: str, calls: list[Call], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ctl", "--home", H, "call", "status", "--args", args]) == 1
+    assert capsys.readouterr() == ("", message)
+    assert calls == []
+
+
+def test_call_reports_the_nodes_fault_code(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    def unknown(*_a: Any, **_k: Any) -> dict[str, Any]:
+        raise ControlReplyError("unknown_command", "unknown command 'nope' (known: peers, status)")
+
+    monkeypatch.setattr(client, "call", unknown)
+    assert main(["ctl", "--home", H, "call", "nope"]) == 1
+    assert capsys.readouterr() == (
+        "", "aura-node: error: unknown_command: unknown command 'nope' (known: peers, status)\n")
+
+
+def test_call_needs_a_command(calls: list[Call], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["ctl", "--home", H, "call"])
+    assert info.value.code == 2
+    assert calls == []
+    capsys.readouterr()
