@@ -82,27 +82,6 @@ def _bench_tune(cfg: NodeConfig) -> NodeConfig:
     return replace(cfg, protocols=protocols, log=replace(cfg.log, level="warning"))
 
 
-class PluginCluster(Cluster):
-    """A ``Cluster`` whose nodes run with extra ``--plugin`` modules.
-
-    ``Cluster`` has no plugin option yet; this overrides its node start command only.
-    """
-
-    plugins: tuple[str, ...] = ()
-
-    def _start_node(self, name: str) -> None:
-        from aura_node.harness.procs import ManagedProcess
-
-        h = self.node(name)
-        if h.process is not None and h.process.alive():
-            return
-        argv = [self.python, "-m", "aura_node", "run", "--home", str(h.home)]
-        for p in self.plugins:
-            argv += ["--plugin", p]
-        h.process = ManagedProcess.spawn(name, argv, log_path=h.log_path, marker=str(h.home),
-                                         detached=self.detached)
-
-
 def rss_kb(pid: int) -> int:
     """Resident set size of ``pid`` in KiB (``VmRSS`` of ``/proc/PID/status``)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -380,8 +359,8 @@ def run_load(
     say = say or (lambda _msg: None)
     run = LoadRun(operations=operations, driver=driver, load=load, hold=hold)
     op: LoadOperation = load_named(load, timeout=OP_TIMEOUT_S)
-    cluster = PluginCluster(directory, nodes=3, seed=seed, tune=_bench_tune)
-    cluster.plugins = (PLUGIN,) if driver == "batch" else ()
+    cluster = Cluster(directory, nodes=3, seed=seed, tune=_bench_tune,
+                      plugins=(PLUGIN,) if driver == "batch" else ())
     with cluster:
         run.prepared = op.prepare(cluster)
         time.sleep(1.0)  # settle after genesis before the idle reading

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from aura_node.cli import print_json
+from aura_node.cli import add_plugin_option, load_plugin_options, print_json
 
 
 def _add_dir(p: argparse.ArgumentParser) -> None:
@@ -39,6 +39,8 @@ def _add_chaos_arguments(p: argparse.ArgumentParser) -> None:
                    help="each operation's session timeout in seconds (default 10)")
     p.add_argument("--keep", action="store_true", help="keep the temp directory after a clean run")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_plugin_option(p, "every node runs with this plugin (module name, .py file or package "
+                      "directory; repeatable)")
 
 
 def register(sub: Any) -> None:
@@ -53,6 +55,9 @@ def register(sub: Any) -> None:
     from aura_node.harness.simulation import add_arguments as add_simulation_arguments
 
     add_simulation_arguments(sim)
+    add_plugin_option(sim, "load a plugin first (module name, .py file or package directory; "
+                      "repeatable): its protocols run in the simulated nodes and its "
+                      "scenarios join --protocol")
     sim.set_defaults(handler=cmd_simulate)
 
     chaos = csub.add_parser(
@@ -70,6 +75,9 @@ def register(sub: Any) -> None:
     up.add_argument("--guardians", type=int, default=0, help="guardian nodes g1..gM (default 0)")
     up.add_argument("--seed", type=int, default=0, help="seed of the fault proxy's draws")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for ready")
+    add_plugin_option(
+        up, "every node runs with this plugin (module name, .py file or package directory; "
+        "repeatable); a stopped cluster started again keeps its plugins unless given")
     up.set_defaults(handler=cmd_up)
 
     down = csub.add_parser("down", help="stop every node (SIGTERM, SIGKILL after the grace)")
@@ -120,12 +128,17 @@ def register(sub: Any) -> None:
     _add_dir(tr)
     tr.add_argument("--session", required=True, help="session id (or a unique prefix)")
     tr.add_argument("--format", choices=("mermaid", "text"), default="mermaid")
+    add_plugin_option(tr)
     tr.set_defaults(handler=cmd_trace)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from aura_node.harness.cluster import Cluster
     from aura_node.harness.faults import HarnessError
+    from aura_node.plugins import plugin_arguments
+
+    # Loaded here first so a bad plugin is one line now, not a node that dies at start-up.
+    load_plugin_options(args)
 
     try:
         existing = Cluster.attach(args.dir)
@@ -140,10 +153,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         cluster = existing  # start the stopped cluster again on the same homes and ports
         cluster.ready_timeout = args.timeout
+        if args.plugin:
+            cluster.plugins = plugin_arguments(args.plugin)
     else:
         cluster = Cluster(
             args.dir, nodes=args.nodes, guardians=args.guardians, seed=args.seed,
-            detached=True, ready_timeout=args.timeout,
+            detached=True, ready_timeout=args.timeout, plugins=args.plugin,
         )
     cluster.start()
     state = cluster.to_json()
@@ -151,6 +166,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         {
             "dir": state["dir"],
             "proxy": state["proxy"],
+            "plugins": state["plugins"],
             "nodes": [
                 {k: n[k] for k in ("name", "role", "home", "pid", "listen", "device_id")}
                 for n in state["nodes"]
@@ -239,6 +255,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     from aura_node.harness.trace import load_session_trace, render_mermaid, render_text
 
+    load_plugin_options(args)
     trace = load_session_trace(args.dir, args.session)
     out = render_mermaid(trace) if args.format == "mermaid" else render_text(trace)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
@@ -254,4 +271,5 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from aura_node.harness.simulation import run_from_args
 
+    load_plugin_options(args)
     return run_from_args(args)

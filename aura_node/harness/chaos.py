@@ -83,6 +83,8 @@ class ChaosConfig:
     quiet_period: float = 20.0
     load: str = "dkd"
     op_timeout: float = 10.0
+    #: ``--plugin`` arguments every node runs with (see ``aura_node.plugins``)
+    plugins: tuple[str, ...] = ()
     tuning: NemesisTuning = field(default_factory=NemesisTuning)
 
     @property
@@ -123,6 +125,7 @@ class ChaosReport:
             "concurrency": c.concurrency,
             "load": c.load,
             "op_timeout": c.op_timeout,
+            "plugins": list(c.plugins),
             "session_deadline": c.session_deadline,
             "dir": str(self.directory),
             "prepared": self.prepared,
@@ -145,7 +148,8 @@ def render_report(r: ChaosReport) -> str:
     lines = [
         f"chaos run: seed {c.seed}, {c.nodes} devices + {c.guardians} guardians, "
         f"{c.duration:g} s of faults + {c.quiet_period:g} s quiet, load {c.load} x"
-        f"{c.concurrency} (timeout {c.op_timeout:g} s)",
+        f"{c.concurrency} (timeout {c.op_timeout:g} s)"
+        + (f", plugins {', '.join(c.plugins)}" if c.plugins else ""),
         f"operations: started {ops['started']}, completed {ops['completed']}, "
         f"failed {ops['failed']}",
     ]
@@ -267,7 +271,7 @@ def _start_cluster(config: ChaosConfig, directory: Path, say: Callable[[str], No
     """
     for attempt in range(1, START_ATTEMPTS + 1):
         cluster = Cluster(directory, nodes=config.nodes, guardians=config.guardians,
-                          seed=config.seed, tune=_chaos_tune(config))
+                          seed=config.seed, tune=_chaos_tune(config), plugins=config.plugins)
         try:
             return cluster.start()
         except ClusterNotReadyError as exc:
@@ -391,14 +395,16 @@ def run_chaos(
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from aura_node.cli import print_json
+    from aura_node.cli import load_plugin_options, print_json
 
+    # loaded here first, so a bad plugin is one line before any node starts
+    plugins = tuple(p.argument for p in load_plugin_options(args))
     if args.nodes < 1 or args.nodes + args.guardians < 2:
         raise HarnessError("a chaos run needs at least 2 nodes, 1 of them a device")
     config = ChaosConfig(
         nodes=args.nodes, guardians=args.guardians, duration=args.duration, seed=args.seed,
         concurrency=args.concurrency, quiet_period=args.quiet_period, load=args.load,
-        op_timeout=args.op_timeout,
+        op_timeout=args.op_timeout, plugins=plugins,
     )
     temp = args.dir is None
     directory = Path(args.dir or tempfile.mkdtemp(dir="/tmp", prefix="aura-chaos-")).absolute()

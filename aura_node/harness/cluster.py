@@ -7,15 +7,16 @@ Theory of operation. ``Cluster.start()``:
 2. starts the fault proxy (``harness/proxy.py``) and adds one dial link per ordered pair
    A->B; node A pins peer B at the proxy port of A->B, so every byte between nodes crosses the
    proxy and every fault is real TCP behaviour;
-3. starts every node with ``python -m aura_node run --home HOME`` in its own session, stdout
-   and stderr appended to ``DIR/logs/NAME.log``;
+3. starts every node with ``python -m aura_node run --home HOME`` (plus ``--plugin P`` for
+   each of the cluster's plugins, paths made absolute) in its own session, stdout and stderr
+   appended to ``DIR/logs/NAME.log``;
 4. waits until each node answers ``status`` with ``ready: true`` and every pinned peer link
    up, or fails naming the node and showing the tail of its log.
 
-The state (pids, homes, ports, the proxy) is written to ``DIR/cluster.json`` so ``cluster
-status`` and ``cluster down`` in a later command find the processes again. Every fault the
-harness injects (kill, restart, pause, resume here; link faults in the proxy) is appended to
-``DIR/faults.jsonl`` with the wall time and the target.
+The state (pids, homes, ports, the proxy, the plugins) is written to ``DIR/cluster.json`` so
+``cluster status``, ``down`` and ``restart`` in a later command find the processes again.
+Every fault the harness injects (kill, restart, pause, resume here; link faults in the proxy)
+is appended to ``DIR/faults.jsonl`` with the wall time and the target.
 
 Cleanup is not optional. A ``Cluster`` used as a context manager stops everything on exit,
 exception or not; a ``weakref.finalize`` (which also runs at interpreter exit) stops whatever
@@ -50,6 +51,7 @@ from aura_node.harness.faults import (
 )
 from aura_node.harness.procs import ExitReport, ManagedProcess, stop_many
 from aura_node.harness.proxy_client import ProxyClient
+from aura_node.plugins import child_argv, plugin_arguments
 
 STATE_VERSION = 1
 STATE_FILE = "cluster.json"
@@ -187,6 +189,7 @@ class Cluster:
         ready_timeout: float = 30.0,
         tune: Tune | None = tune_for_tests,
         python: str = sys.executable,
+        plugins: Sequence[str] = (),
     ) -> None:
         if nodes < 1 or guardians < 0 or nodes + guardians < 2:
             raise HarnessError(
@@ -199,6 +202,9 @@ class Cluster:
         self.ready_timeout = ready_timeout
         self.tune = tune
         self.python = python
+        #: ``--plugin`` arguments of every node (see ``aura_node.plugins.plugin_argument``);
+        #: the caller loads them first when it wants a bad one reported before any node starts
+        self.plugins = plugin_arguments(plugins)
         self.nodes: dict[str, NodeHandle] = {}
         self._planned = [(f"d{i}", "device") for i in range(1, nodes + 1)] + [
             (f"g{i}", "guardian") for i in range(1, guardians + 1)
@@ -367,7 +373,8 @@ class Cluster:
             return
         h.process = ManagedProcess.spawn(
             name,
-            [self.python, "-m", "aura_node", "run", "--home", str(h.home)],
+            [self.python, "-m", "aura_node", "run", "--home", str(h.home),
+             *child_argv(self.plugins)],
             log_path=h.log_path,
             marker=str(h.home),
             detached=self.detached,
@@ -424,6 +431,7 @@ class Cluster:
             "version": STATE_VERSION,
             "dir": str(self.dir),
             "seed": self.seed,
+            "plugins": list(self.plugins),
             "proxy": {
                 "pid": None if self.proxy_process is None else self.proxy_process.pid,
                 "control": str(self.control_path),
@@ -462,6 +470,7 @@ class Cluster:
             guardians=sum(n["role"] == "guardian" for n in nodes),
             seed=int(state.get("seed", 0)),
             detached=detached,
+            plugins=[str(p) for p in state.get("plugins", [])],
         )
         for n in nodes:
             h = NodeHandle(

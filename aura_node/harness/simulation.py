@@ -1025,7 +1025,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The simulation's options (also `aura-node cluster simulate`)."""
-    ap.add_argument("--protocol", choices=[*SCENARIOS, "all"], default="all")
+    # no argparse choices: a plugin (``cluster simulate --plugin``) may add scenarios, and it
+    # is loaded after parsing; run_from_args checks the name
+    ap.add_argument("--protocol", default="all", metavar="SCENARIO",
+                    help=f"the scenario to run: {', '.join(SCENARIOS)}, one a plugin adds, or "
+                         "all (default)")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed")
     ap.add_argument("--steps", type=int, default=200_000, help="step budget per run")
@@ -1044,6 +1048,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     configure_logging(level=args.runtime_log, fmt="console", stream=sys.stderr)
     protocols = list(SCENARIOS) if args.protocol == "all" else [args.protocol]
+    if args.protocol not in (*SCENARIOS, "all"):
+        raise SimulationError(f"no scenario {args.protocol!r} (have: {', '.join(SCENARIOS)}, "
+                              "all)")
     faults = Faults() if args.no_faults else Faults.chaos(0.0, intensity=args.intensity)
     failed = 0
     runs = 0
