@@ -272,9 +272,11 @@ def _where(exc: BaseException, origin: str | None) -> str:
 # --- what counts as registering something -----------------------------------------------------
 
 
-def _registrations() -> frozenset[str]:
-    """Everything a plugin can register, as comparable keys: protocols, choreographies,
-    control handler modules, simulation scenarios.
+def _registrations() -> frozenset[tuple[str, str, int]]:
+    """Everything a plugin can register, as comparable entries (registry, name, identity of
+    the registered object): protocols, choreographies, control handler modules, simulation
+    scenarios. The identity counts a plugin that *replaces* an entry (a test double of a
+    shipped driver) as registering something.
 
     The shipped protocols are loaded first, so a plugin that merely imports a shipped one is
     not taken for one that registered it. Registries whose module was never imported are
@@ -285,12 +287,12 @@ def _registrations() -> frozenset[str]:
     from aura_node.runtime import monitors
 
     engine.load_protocols()
-    keys = {f"protocol:{k}" for k in engine.PROTOCOLS}
-    keys.update(f"choreography:{k}" for k in monitors.node_registry())
+    keys = {("protocol", k, id(v)) for k, v in engine.PROTOCOLS.items()}
+    keys.update(("choreography", k, id(v)) for k, v in monitors.node_registry().items())
     handlers = sys.modules.get("aura_node.runtime.handlers")
     if handlers is not None:
-        keys.update(f"handlers:{m}" for m in handlers.HANDLER_MODULES)
+        keys.update(("handlers", m, 0) for m in handlers.HANDLER_MODULES)
     sim = sys.modules.get("aura_node.harness.simulation")
     if sim is not None:
-        keys.update(f"scenario:{k}" for k in sim.SCENARIOS)
+        keys.update(("scenario", k, id(v)) for k, v in sim.SCENARIOS.items())
     return frozenset(keys)

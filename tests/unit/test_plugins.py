@@ -22,6 +22,7 @@ from aura_node.plugins import (
     load_plugins,
     plugin_argument,
 )
+from aura_node.protocols import engine
 from aura_node.runtime import monitors
 
 #: a plugin that registers one choreography, split over a package's two files (the relative
@@ -59,6 +60,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Plugins loaded by a test leave no module, registry entry or sys.path entry behind."""
     modules = set(sys.modules)
     monkeypatch.setattr(monitors, "_EXTRA", dict(monitors._EXTRA))
+    engine.load_protocols()
+    monkeypatch.setattr(engine, "PROTOCOLS", dict(engine.PROTOCOLS))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.chdir(tmp_path)
     yield
@@ -230,6 +233,16 @@ def test_a_plugin_importing_only_a_shipped_protocol_registers_nothing(tmp_path: 
     write(tmp_path / "reexport.py", "from aura_node.protocols.dkd import roles  # noqa\n")
     with pytest.raises(PluginError, match="registers nothing"):
         load_plugin("reexport.py")
+
+
+def test_a_plugin_that_replaces_a_registered_protocol_counts(tmp_path: Path) -> None:
+    # the shape of a test double (tests/integration/nodeproc_plugins.py): same name, new spec
+    write(tmp_path / "swap_ping.py",
+          "from dataclasses import replace\nfrom aura_node.protocols import engine\n\n"
+          "engine.PROTOCOLS['ping'] = replace(engine.PROTOCOLS['ping'])\n")
+    before = engine.PROTOCOLS["ping"]
+    assert load_plugin("swap_ping.py").module == "swap_ping"
+    assert engine.PROTOCOLS["ping"] is not before
 
 
 def test_a_file_may_not_take_another_modules_name(tmp_path: Path) -> None:
