@@ -8,6 +8,7 @@ traceback; the CLI's own one-line output is checked with real processes in
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,3 +265,20 @@ def test_the_first_failure_stops_the_list(tmp_path: Path) -> None:
     with pytest.raises(PluginError, match="'missing_one' not found"):
         load_plugins(["aura_node.harness.load_plugin", "missing_one", "does_nothing.py"])
     assert "does_nothing" not in sys.modules
+
+
+def test_loading_a_protocol_plugin_imports_no_trio() -> None:
+    # the loader and the registries it looks at are pure: `choreo list --plugin` and the
+    # simulation load protocol plugins without the Trio shell
+    code = (
+        "import sys\n"
+        "from aura_node.plugins import load_plugins\n"
+        "[p] = load_plugins(['aura_node/runtime/bench_protocol.py'])\n"
+        "assert p.module == 'bench_protocol', p\n"
+        "bad = sorted(m for m in sys.modules if m == 'trio' or m.startswith('trio.'))\n"
+        "assert not bad, bad[:5]\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=repo, timeout=60)
+    assert proc.returncode == 0, proc.stderr
