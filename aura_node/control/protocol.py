@@ -30,7 +30,8 @@ the ``code`` of any ``AuraError`` a handler raises (e.g. ``config_invalid``, ``j
 
 Command table
 -------------
-The node implements exactly these requests; ``aura-node ctl`` sends exactly these. ``COMMANDS``
+The node implements these requests (plus those of its plugins, which ``aura-node ctl call``
+sends; an unknown one is answered ``unknown_command`` with the node's list). ``COMMANDS``
 below is the same table as data: the server validates ``args`` against it before a handler
 runs, and a unit test checks this text against ``render_command_table()``. Argument kinds:
 ``str`` non-empty string, ``int`` integer >= 1, ``number`` number > 0 (seconds), ``bool``,

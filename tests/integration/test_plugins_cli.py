@@ -218,3 +218,27 @@ def test_simulate_runs_a_scenario_a_plugin_adds() -> None:
     assert proc.stdout.startswith("ok seed 3 dkd-again: ")
     one_line_error(aura("cluster", "simulate", "--protocol", "dkd-again"),
                    "aura-node: error: no scenario 'dkd-again' (have: genesis, dkd, recovery, all)")
+
+
+def test_chaos_gives_its_nodes_the_plugins(tmp_path: Path) -> None:
+    # Only the hand-over is checked (a chaos run is minutes): the cluster chaos builds is
+    # replaced by one that reports the plugins it was given and stops the run there.
+    code = (
+        "import sys\n"
+        "from aura_node.cli import main\n"
+        "from aura_node.harness import chaos\n"
+        "from aura_node.harness.faults import HarnessError\n"
+        "def fake(directory, **kw):\n"
+        "    raise HarnessError(f\"cluster plugins {list(kw['plugins'])}\")\n"
+        "chaos.Cluster = fake\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "cluster", "chaos", "--nodes", "2", "--duration", "1",
+         "--seed", "1", "--dir", str(tmp_path / "c"),
+         "--plugin", "aura_node/harness/load_plugin.py",
+         "--plugin", "aura_node.runtime.bench_protocol"],
+        capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        f"aura-node: error: cluster plugins ['{LOAD_PLUGIN}', 'aura_node.runtime.bench_protocol']")
