@@ -48,9 +48,9 @@ def _install_extra_choreography() -> None:
 
 
 def _install_faulty_responder() -> None:
-    from aura_node.protocols.ping.roles import PingResponderDriver
+    from aura_node.protocols.ping.roles import SPEC
 
-    class FaultyResponder(PingResponderDriver):
+    class FaultyResponder(SPEC.driver_class("responder")):  # type: ignore[misc]
         def start(self, inp: eng.Start) -> list[eng.Effect]:
             if inp.opened_by == "c":
                 raise RuntimeError("injected driver bug for sessions opened by c")

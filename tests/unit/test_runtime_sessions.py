@@ -19,7 +19,6 @@ from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import decode_wire, encode_wire, seal
 from aura_node.protocols.ping.choreography import Ping, Pong
 from aura_node.protocols.ping.roles import SPEC as PING
-from aura_node.protocols.ping.roles import PingResponderDriver
 from aura_node.protocols.services import NodeServices, PeerInfo
 from aura_node.runtime.executor import EffectExecutor
 from aura_node.runtime.monitors import choreography_monitor
@@ -155,9 +154,9 @@ def test_bad_signature_and_unknown_sessions_touch_no_journal() -> None:
     assert b.sessions == {} and b.rejected == 3
 
 
-class ExplodingResponder(PingResponderDriver):
+class ExplodingResponder(PING.driver_class("responder")):  # type: ignore[misc]
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
-        if isinstance(inp.message, Ping) and inp.message.nonce.startswith(b"\xff"):
+        if isinstance(inp.message, Ping) and inp.envelope.session == "6" * 32:
             raise ZeroDivisionError("driver bug")
         return super().on_message(inp)
 
