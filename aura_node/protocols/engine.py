@@ -97,6 +97,13 @@ class DriverError(ProtocolError):
     code = "driver_error"
 
 
+class NondeterminismError(DriverError):
+    """Replaying a session's journaled inputs did not reproduce its journaled messages (the
+    runtime aborts that session with this code; see ``protocols.kit``)."""
+
+    code = "nondeterminism"
+
+
 # --- inputs -----------------------------------------------------------------------------------
 
 

@@ -95,10 +95,7 @@ RoleValue = ChoreographicProtocol[Any, Any]
 _RANDOM_DOMAIN = b"aura-node/kit/random/v1\n"
 
 
-class NondeterminismError(eng.DriverError):
-    """Replaying a session's journaled inputs did not reproduce its journaled messages."""
-
-    code = "nondeterminism"
+NondeterminismError = eng.NondeterminismError
 
 
 class NoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
