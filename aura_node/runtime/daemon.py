@@ -19,7 +19,7 @@ Channels (all bounded; a full channel makes its producers wait):
 
 ``command``  control requests (start a session, a session action), timer expiries, links up
 ``event``    ``InboundData`` from the peer network
-``effect``   :class:`~aura_node.runtime.steps.Step` from the session runtime to the executor
+``effect``   :class:`~aura_node.sessions.Step` from the session runtime to the executor
 
 Shutdown (SIGTERM, SIGINT or ``ctl shutdown``): ``STOPPING=1``; the control socket and the
 peer network stop taking work (their tasks are cancelled), the consumers stop, the effect
@@ -49,11 +49,17 @@ from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_estab
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
-from aura_node.runtime.monitors import choreography_monitor, registry_fingerprint
 from aura_node.runtime.notify import sd_notify
-from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
-from aura_node.runtime.steps import Command, PeerUp, Step
 from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import (
+    Command,
+    PeerDirectory,
+    PeerUp,
+    SessionRuntime,
+    Step,
+    choreography_monitor,
+    registry_fingerprint,
+)
 
 COMMAND_CAPACITY = 1024
 EVENT_CAPACITY = 4096

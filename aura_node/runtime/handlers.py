@@ -18,8 +18,13 @@ import trio
 
 from aura_node.config import NodeHome
 from aura_node.errors import AuraError
-from aura_node.runtime.sessions import SessionFailedError, UnknownSessionError
-from aura_node.runtime.steps import Outcome, SessionControl, StartSession
+from aura_node.sessions import (
+    Outcome,
+    SessionControl,
+    SessionFailedError,
+    StartSession,
+    UnknownSessionError,
+)
 
 if TYPE_CHECKING:
     from aura_node.runtime.daemon import Node

@@ -40,7 +40,7 @@ from aura_node.control import protocol as p
 from aura_node.errors import AuraError
 from aura_node.protocols.engine import ParamsError
 from aura_node.runtime.handlers import Handler, control_session, start_session, wait_session
-from aura_node.runtime.sessions import SessionEntry, SessionFailedError, UnknownSessionError
+from aura_node.sessions import SessionEntry, SessionFailedError, UnknownSessionError
 
 if TYPE_CHECKING:
     from aura_node.runtime.daemon import Node

@@ -8,11 +8,11 @@ import sys
 
 import aura_node
 
-PURE_PACKAGES = ("choreo", "session", "protocols", "crypto", "journal.format")
+PURE_PACKAGES = ("choreo", "session", "sessions", "protocols", "crypto", "journal.format")
 
 
 def _pure_modules() -> list[str]:
-    names = ["aura_node.errors", "aura_node.config", "aura_node.runtime.sessions",
+    names = ["aura_node.errors", "aura_node.config",
              "aura_node.harness.simulation"]  # the simulation drives the real SessionRuntime
     for info in pkgutil.walk_packages(aura_node.__path__, "aura_node."):
         rel = info.name.removeprefix("aura_node.")

@@ -8,7 +8,7 @@ import pytest
 from aura_node.choreo import Monitor
 from aura_node.errors import AuraError
 from aura_node.protocols.registry import REGISTRY
-from aura_node.runtime import monitors
+from aura_node.sessions import _monitors as monitors
 
 
 def _outcome(m: Monitor, role: str, msg: object, inbound: bool) -> str:

@@ -21,23 +21,21 @@ from aura_node.protocols.ping.choreography import Ping, Pong
 from aura_node.protocols.ping.roles import SPEC as PING
 from aura_node.protocols.services import NodeServices, PeerInfo
 from aura_node.runtime.executor import EffectExecutor
-from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import (
-    PeerDirectory,
-    SessionFailedError,
-    SessionRuntime,
-    UnknownSessionError,
-)
-from aura_node.runtime.steps import (
+from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import (
     Arm,
     Outcome,
+    PeerDirectory,
     Resolve,
+    SessionFailedError,
+    SessionRuntime,
     StartSession,
     Step,
     TimerExpired,
     Transmit,
+    UnknownSessionError,
+    choreography_monitor,
 )
-from aura_node.runtime.timers import TimerWheel
 
 KEYS = {"a": DeviceKey.from_seed(b"a" * 32), "b": DeviceKey.from_seed(b"b" * 32)}
 
