@@ -534,7 +534,7 @@ def _convert_params(params_type: type[msgspec.Struct], params: Mapping[str, Any]
     try:
         return msgspec.convert(dict(params), params_type)
     except msgspec.ValidationError as exc:
-        raise eng.ParamsError(f"bad parameters: {exc}") from None
+        raise eng.ParamsError(f"parameters do not fit {params_type.__name__}: {exc}") from None
 
 
 # --- registration --------------------------------------------------------------------------------

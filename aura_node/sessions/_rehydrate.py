@@ -126,7 +126,9 @@ class Rehydration(EffectApplication):
         except Exception as exc:
             entry.driver = None
             self._log.warning("rehydrate_abort", session=sid, reason=repr(exc))
-            return self._abort(entry, [], eng.DriverError(f"rehydration failed: {exc}"), now)
+            err = (exc if isinstance(exc, eng.NondeterminismError)
+                   else eng.DriverError(f"rehydration failed: {exc}"))
+            return self._abort(entry, [], err, now)
         entry.driver, entry.monitor = driver, monitor
         self._active.add(sid)
         self._log.info("session_rehydrated", session=sid, choreography=entry.choreography,

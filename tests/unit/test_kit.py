@@ -71,7 +71,7 @@ def test_registration_builds_the_spec_from_the_declarations() -> None:
 def test_params_are_validated_by_their_struct() -> None:
     assert SPEC.validate_params({}) == {"timeout": 10.0}
     assert SPEC.validate_params({"timeout": 3}) == {"timeout": 3.0}
-    for bad, why in (({"timeout": 0}, "positive"), ({"timeout": True}, "bool"),
+    for bad, why in (({"timeout": 0}, "Expected `float` >= 0|> 0"), ({"timeout": True}, "bool"),
                      ({"nonce": 1}, "unknown field")):
         with pytest.raises(eng.ParamsError, match=why):
             SPEC.validate_params(bad)

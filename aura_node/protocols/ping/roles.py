@@ -8,26 +8,19 @@ come from ``abort=Failed``; rehydration is the kit's deterministic replay.
 
 from __future__ import annotations
 
-from typing import TypeVar, final
+from typing import Annotated, TypeVar, final
 
 import msgspec
 
-from aura_node.errors import RemoteProtocolError
-from aura_node.protocols.kit import Step, protocol
+from aura_node.kit import RemoteProtocolError, Step, protocol
 from aura_node.protocols.ping.choreography import PING, Ping, Pong
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
 
 S = TypeVar("S")
-NONCE_BYTES = 16
-DEADLINE_TIMER = "deadline"
 
 
 class PingParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    timeout: float = msgspec.field(default=10.0)
-
-    def __post_init__(self) -> None:
-        if self.timeout <= 0:
-            raise ValueError(f"ping timeout must be a positive number, got {self.timeout!r}")
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class PingChoreography:
@@ -55,13 +48,13 @@ class PingInitiator(ChoreographicProtocol[PingChoreography, S], choreography="pi
     sent_at: float
 
     def __init__(self: PingInitiator[Probing], step: Step[PingParams]) -> None:
-        self._begin(nonce=step.random(NONCE_BYTES, "nonce"), sent_at=step.now)
+        self._begin(nonce=step.random(16, "nonce"), sent_at=step.now)
 
     @transition(source=Probing, target=AwaitingPong, action="send", message=Ping,
                 peer="responder")
     def send_ping(self: PingInitiator[Probing], step: Step[PingParams]
                   ) -> tuple[PingInitiator[AwaitingPong], Ping]:
-        step.arm(DEADLINE_TIMER, at=step.now + step.params.timeout)
+        step.arm("deadline", at=step.now + step.params.timeout)
         return self._advance(PingInitiator[AwaitingPong]), Ping(nonce=self.nonce)
 
     @transition(source=AwaitingPong, target=Completed, action="recv", message=Pong,
@@ -71,7 +64,7 @@ class PingInitiator(ChoreographicProtocol[PingChoreography, S], choreography="pi
         if pong.nonce != self.nonce:
             raise RemoteProtocolError(f"Pong echoes nonce {pong.nonce.hex()[:32]}, "
                                       f"expected {self.nonce.hex()}")
-        step.cancel(DEADLINE_TIMER)
+        step.cancel("deadline")
         step.complete(peer=step.sender, rtt_ms=round((step.now - self.sent_at) * 1000.0, 3))
         return self._advance(PingInitiator[Completed])
 
