@@ -16,7 +16,8 @@ for the smallest complete example. Import from here, not from the private module
   :func:`verify_threshold_evidence`, :class:`ThresholdEvidence`;
 * errors a transition raises: :class:`RemoteProtocolError` (the peer's fault: that message is
   rejected and journaled, the session goes on), :class:`WitnessError`, :class:`ParamsError`;
-* registration: :func:`protocol` (conformance-checked against the projection), :class:`NoParams`.
+* registration: :func:`protocol` (conformance-checked against the projection), :class:`NoParams`,
+  and :func:`command` for the control commands that start a session (``ctl call NAME``).
 
 This module only re-exports; it is pure (no trio).
 """
@@ -62,6 +63,7 @@ __all__ = [
     "Witness",
     "WitnessError",
     "choreography",
+    "command",
     "phase_of",
     "protocol",
     "requires",

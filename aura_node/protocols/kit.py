@@ -84,6 +84,7 @@ __all__ = [
     "Protocol",
     "RoleDriver",
     "Step",
+    "command",
     "final_phases",
     "protocol",
 ]
@@ -551,6 +552,22 @@ class Protocol:
     drivers: Mapping[str, type[RoleDriver]] = field(default_factory=dict)
 
 
+def command(
+    name: str,
+    help: str,
+    *,
+    roles: Callable[[Mapping[str, Any], str], Mapping[str, str]],
+    params: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    wait: bool = True,
+) -> eng.StartCommand:
+    """Declare a control command that starts a session (see ``engine.StartCommand``):
+    ``roles(args, self_name)`` -> device name -> role, ``params(args)`` -> session params."""
+    if not name or any(c.isspace() for c in name):
+        raise eng.DriverError(f"command name {name!r} must be non-empty without spaces")
+    return eng.StartCommand(name=name, help=help, roles=roles,
+                            params=params or (lambda args: {}), wait=wait)
+
+
 def _bindings_from_params(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
     return {k: v for k, v in start.params.items()
             if isinstance(v, int) and not isinstance(v, bool)}
@@ -564,6 +581,7 @@ def protocol(
     openers: Mapping[str, eng.Opener] | None = None,
     bindings: Callable[[eng.Start, msgspec.Struct | None], dict[str, int]] | None = None,
     conformance_bindings: Mapping[str, int] | None = None,
+    commands: Sequence[eng.StartCommand] = (),
 ) -> Protocol:
     """Register a protocol: check every role class against its projection, build one driver per
     role from its declarations, and register the engine spec.
@@ -571,7 +589,8 @@ def protocol(
     ``initiator``: the role the operator's device takes when it starts a session (default: the
     first role class). ``openers``: which inbound message opens a session on a responder
     (default: every role's first receive, from its initial phase). ``bindings``: role-set sizes
-    and thresholds of a session for its monitor (default: the int params).
+    and thresholds of a session for its monitor (default: the int params). ``commands``: the
+    control commands that start a session of it (:func:`command`), served by every node.
     """
     name = chor.name
     by_role: dict[str, type[RoleValue]] = {}
@@ -624,5 +643,6 @@ def protocol(
         initiator_role=initiator if initiator is not None else roles[0].role,
         validate_params=validate,
         bindings=bindings or _bindings_from_params,
+        commands=tuple(commands),
     ))
     return Protocol(choreography=chor, roles=by_role, params=params, spec=spec, drivers=drivers)
