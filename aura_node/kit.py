@@ -27,7 +27,7 @@ from __future__ import annotations
 from aura_node.choreo import ALL, ChoreographyBuilder, Role, Threshold, choreography
 from aura_node.errors import RemoteProtocolError, WitnessError
 from aura_node.protocols.engine import ParamsError
-from aura_node.protocols.kit import NondeterminismError, NoParams, Protocol, Step, protocol
+from aura_node.protocols.kit import NondeterminismError, NoParams, Protocol, Step, command, protocol
 from aura_node.session.typestate import (
     ChoreographicProtocol,
     Phase,
