@@ -230,7 +230,7 @@ def accepted_rate(root: Path, n: int) -> float:
     from aura_node.crypto.keys import DeviceKey
     from aura_node.harness import bench_protocol
     from aura_node.protocols.envelope import encode_wire, seal
-    from aura_node.sessions import registry_fingerprint
+    from aura_node.protocols.registry import registry_fingerprint
     from aura_node.transport import PeerNetwork
 
     recv = BenchNode(root, "recv", plugins=("aura_node.harness.bench_protocol",))

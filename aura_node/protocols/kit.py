@@ -50,8 +50,10 @@ commit): :meth:`RoleDriver.resume` returns them, identical. Protocol code never 
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
 validation from a msgspec ``params`` Struct), runs the conformance check of every role class
-against its projection (refusing the protocol with the first difference) and
-registers it. Pure: no trio, no I/O.
+against its projection (refusing the protocol with the first difference) and registers it:
+the engine spec (``engine.PROTOCOLS``) and, for a plugin, its choreography
+(``registry.node_registry()``, whose hash the transport hello carries) in one call.
+Pure: no trio, no I/O.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from aura_node.choreo import Choreography
 from aura_node.errors import LocalProtocolError, RemoteProtocolError
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import Envelope
+from aura_node.protocols.registry import node_registry, register_choreography
 from aura_node.protocols.services import NodeServices
 from aura_node.session.conformance import check_conformance
 from aura_node.session.typestate import (
@@ -593,6 +596,9 @@ def protocol(
     control commands that start a session of it (:func:`command`), served by every node.
     """
     name = chor.name
+    known = node_registry().get(name)
+    if known is not None and known is not chor:
+        raise eng.DriverError(f"a choreography named {name!r} is registered already")
     by_role: dict[str, type[RoleValue]] = {}
     for cls in roles:
         if cls.choreography != name:
@@ -645,4 +651,5 @@ def protocol(
         bindings=bindings or _bindings_from_params,
         commands=tuple(commands),
     ))
+    register_choreography(chor)  # one registration: the spec above and the choreography
     return Protocol(choreography=chor, roles=by_role, params=params, spec=spec, drivers=drivers)

@@ -47,6 +47,7 @@ from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
 from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_established
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
+from aura_node.protocols.registry import registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
 from aura_node.runtime.notify import sd_notify
@@ -58,7 +59,6 @@ from aura_node.sessions import (
     SessionRuntime,
     Step,
     choreography_monitor,
-    registry_fingerprint,
 )
 
 COMMAND_CAPACITY = 1024

@@ -25,9 +25,6 @@ from aura_node.sessions._inbound import MAX_EARLY, DriverObjectionError, Inbound
 from aura_node.sessions._monitors import (
     SessionMonitor,
     choreography_monitor,
-    node_registry,
-    register_choreography,
-    registry_fingerprint,
 )
 from aura_node.sessions._runtime import SessionRuntime
 from aura_node.sessions._steps import (
@@ -78,7 +75,4 @@ __all__ = [
     "Transmit",
     "UnknownSessionError",
     "choreography_monitor",
-    "node_registry",
-    "register_choreography",
-    "registry_fingerprint",
 ]

@@ -32,7 +32,7 @@ class EchoAbort(msgspec.Struct, frozen=True, kw_only=True):
 
 def _install_extra_choreography() -> None:
     from aura_node.choreo import ChoreographyBuilder, choreography
-    from aura_node.sessions import register_choreography
+    from aura_node.protocols.registry import register_choreography
 
     @choreography("echo", abort=EchoAbort)
     def ECHO(c: ChoreographyBuilder) -> None:
