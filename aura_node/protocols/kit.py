@@ -245,6 +245,8 @@ class _Table:
     timeouts: Mapping[type[Phase], tuple[TransitionDecl, ...]]
     commands: Mapping[tuple[type[Phase], str], TransitionDecl]
     final: frozenset[type[Phase]]
+    #: message types some phase gathers (a late one in another phase is a straggler)
+    gathered: frozenset[type]
 
     @classmethod
     def of(cls, role_cls: type[RoleValue]) -> _Table:
@@ -277,8 +279,10 @@ class _Table:
                 raise eng.DriverError(
                     f"{name}.{d.method}: declare the abort phase once with the class keyword "
                     "abort=..., not one abort transition per phase")
+        gathered = frozenset(d.message for d in inbound.values()
+                             if d.action == "gather" and d.message is not None)
         return cls(inbound, automatic, {k: tuple(v) for k, v in timeouts.items()}, commands,
-                   final_phases(role_cls))
+                   final_phases(role_cls), gathered)
 
 
 class RoleDriver(eng.ProtocolDriver):
@@ -328,6 +332,10 @@ class RoleDriver(eng.ProtocolDriver):
         value = self._live()
         phase = phase_of(value)
         decl = type(self).table.inbound.get((phase, type(inp.message)))
+        if decl is None and type(inp.message) in type(self).table.gathered:
+            # a straggler: a member's answer to a gather that already reached its quorum (the
+            # monitor accepts each member once); its msg.in is journaled, nothing else to do
+            return []
         if decl is None:
             raise LocalProtocolError(
                 f"can't handle {type(inp.message).__name__} from {inp.sender} "

@@ -290,3 +290,199 @@ def test_typestate_values_stay_linear_under_the_kit() -> None:
     with pytest.raises(ConsumedStateError, match="abort edge to Failed"):
         _ = old.nonce
     assert AwaitingPong is not Failed and PingResponder.abort_phase is Failed
+
+
+# --- a gather over a role set, with a straggler ------------------------------------------------
+
+
+class Ballot(msgspec.Struct, frozen=True, kw_only=True):
+    question: str
+
+
+class Vote(msgspec.Struct, frozen=True, kw_only=True):
+    yes: bool
+
+
+class Tally(msgspec.Struct, frozen=True, kw_only=True):
+    yes: int
+    voters: list[str]
+
+
+class Ack(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class VoteAbort(msgspec.Struct, frozen=True, kw_only=True):
+    reason: str
+
+
+@choreography("kit-vote", abort=VoteAbort, abort_phase="VoteFailed")
+def VOTE(c: ChoreographyBuilder) -> None:
+    coord = c.role("coordinator")
+    voters = c.role_set("voters", size="n", minimum=2)
+    k = c.threshold("k", of=voters, minimum=1)
+    c.phase(coord, "Asking")
+    c.phase(voters, "Waiting")
+    c.send(coord, voters, Ballot)
+    c.phase(coord, "Counting")
+    c.phase(voters, "Voting")
+    c.gather(voters, coord, Vote, threshold=k, deadline="vote_timeout")
+    c.phase(coord, "Announcing")
+    c.phase(voters, "Listening")
+    c.send(coord, voters, Tally)
+    c.phase(coord, "Confirming")
+    c.phase(voters, "Acking")
+    c.gather(voters, coord, Ack, threshold=k, deadline="vote_timeout")
+    c.phase(coord, "Closed")
+    c.phase(voters, "Closed")
+
+
+class VoteParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    k: int
+    n: int
+
+
+class VoteChoreo:
+    pass
+
+
+@final
+class Asking(Phase): ...
+@final
+class Counting(Phase): ...
+@final
+class Announcing(Phase): ...
+@final
+class Confirming(Phase): ...
+@final
+class Closed(Phase): ...
+@final
+class Waiting(Phase): ...
+@final
+class Voting(Phase): ...
+@final
+class Listening(Phase): ...
+@final
+class Acking(Phase): ...
+@final
+class VoteFailed(Phase): ...
+
+
+@final
+class Coordinator(ChoreographicProtocol[VoteChoreo, S], choreography="kit-vote",
+                  role="coordinator", initial=Asking, abort=VoteFailed):
+    votes: tuple[tuple[str, bool], ...]
+    acks: frozenset[str]
+
+    def __init__(self: Coordinator[Asking], step: Step[VoteParams]) -> None:
+        self._begin(votes=(), acks=frozenset())
+        step.arm("deadline", at=step.now + 10)
+
+    @transition(source=Asking, target=Counting, action="send", message=Ballot, peer="voters")
+    def ask(self: Coordinator[Asking], step: Step[VoteParams]
+            ) -> tuple[Coordinator[Counting], Ballot]:
+        return self._advance(Coordinator[Counting]), Ballot(question="lunch?")
+
+    @transition(source=Counting, target=Announcing, action="gather", message=Vote,
+                peer="voters")
+    def count(self: Coordinator[Counting], vote: Vote, step: Step[VoteParams]
+              ) -> Coordinator[Counting] | Coordinator[Announcing]:
+        from aura_node.errors import RemoteProtocolError
+
+        if any(who == step.sender for who, _ in self.votes):
+            raise RemoteProtocolError(f"{step.sender} voted twice")
+        votes = (*self.votes, (step.sender, vote.yes))
+        if len(votes) < step.params.k:
+            return self._advance(Coordinator[Counting], votes=votes)
+        return self._advance(Coordinator[Announcing], votes=votes)
+
+    @transition(source=Announcing, target=Confirming, action="send", message=Tally,
+                peer="voters")
+    def announce(self: Coordinator[Announcing], step: Step[VoteParams]
+                 ) -> tuple[Coordinator[Confirming], Tally]:
+        tally = Tally(yes=sum(y for _, y in self.votes), voters=[w for w, _ in self.votes])
+        return self._advance(Coordinator[Confirming]), tally
+
+    @transition(source=Confirming, target=Closed, action="gather", message=Ack, peer="voters")
+    def confirm(self: Coordinator[Confirming], ack: Ack, step: Step[VoteParams]
+                ) -> Coordinator[Confirming] | Coordinator[Closed]:
+        acks = self.acks | {step.sender}
+        if len(acks) < step.params.k:
+            return self._advance(Coordinator[Confirming], acks=acks)
+        step.cancel("deadline")
+        step.complete(yes=sum(y for _, y in self.votes))
+        return self._advance(Coordinator[Closed], acks=acks)
+
+
+@final
+class Voter(ChoreographicProtocol[VoteChoreo, S], choreography="kit-vote", role="voters",
+            initial=Waiting, abort=VoteFailed):
+    def __init__(self: Voter[Waiting], step: Step[VoteParams]) -> None:
+        self._begin()
+
+    @transition(source=Waiting, target=Voting, action="recv", message=Ballot,
+                peer="coordinator")
+    def receive(self: Voter[Waiting], ballot: Ballot, step: Step[VoteParams]) -> Voter[Voting]:
+        return self._advance(Voter[Voting])
+
+    @transition(source=Voting, target=Listening, action="send", message=Vote,
+                peer="coordinator")
+    def vote(self: Voter[Voting], step: Step[VoteParams]) -> tuple[Voter[Listening], Vote]:
+        return self._advance(Voter[Listening]), Vote(yes=step.random(1, "vote")[0] % 2 == 0)
+
+    @transition(source=Listening, target=Acking, action="recv", message=Tally,
+                peer="coordinator")
+    def hear(self: Voter[Listening], tally: Tally, step: Step[VoteParams]) -> Voter[Acking]:
+        return self._advance(Voter[Acking])
+
+    @transition(source=Acking, target=Closed, action="send", message=Ack, peer="coordinator")
+    def ack(self: Voter[Acking], step: Step[VoteParams]) -> tuple[Voter[Closed], Ack]:
+        return self._advance(Voter[Closed]), Ack()
+
+
+VOTE_PROTOCOL = protocol(VOTE, Coordinator, Voter, params=VoteParams,
+                         conformance_bindings={"n": 3, "k": 2})
+COORD = VOTE_PROTOCOL.spec.driver_class("coordinator")
+
+
+def _vote_in(sender: str, message: msgspec.Struct, now: float = 101.0) -> eng.MessageIn:
+    env = seal(DeviceKey.from_seed(sender.encode() * 16), choreography="kit-vote",
+               session=SID, message=message)
+    return eng.MessageIn(sender=sender, sender_role="voters", message=message, envelope=env,
+                         now=now)
+
+
+def test_a_gather_stays_until_its_quorum_then_the_kit_settles() -> None:
+    assert VOTE_PROTOCOL.spec.openers == {
+        "Ballot": eng.Opener(sender_role="coordinator", role="voters")}
+    d = COORD(SERVICES)
+    out = d.start(eng.Start(session=SID, choreography="kit-vote", role="coordinator",
+                            self_name="c", roles={"c": "coordinator", "v1": "voters",
+                                                  "v2": "voters", "v3": "voters"},
+                            params={"k": 2, "n": 3}, now=100.0, entropy=ENTROPY))
+    assert eng.Send(to=("v1", "v2", "v3"), message=Ballot(question="lunch?")) in out
+    assert d.on_message(_vote_in("v1", Vote(yes=True))) == []
+    assert d.status()["phase"] == "Counting"
+    dup = d.on_message(_vote_in("v1", Vote(yes=False)))
+    assert [type(e) for e in dup] == [eng.RecordEvidence] and "twice" in dup[0].body.decode(
+        errors="replace")
+    out = d.on_message(_vote_in("v2", Vote(yes=False)))
+    assert out == [eng.Send(to=("v1", "v2", "v3"), message=Tally(yes=1, voters=["v1", "v2"]))]
+    assert d.status()["phase"] == "Confirming"
+    # v3's vote arrives after the quorum: a straggler, not a reason to abort
+    assert d.on_message(_vote_in("v3", Vote(yes=True))) == []
+    assert d.on_message(_vote_in("v1", Ack())) == []
+    out = d.on_message(_vote_in("v3", Ack()))
+    assert out == [eng.CancelTimer(name="deadline"), eng.Complete(result={"yes": 1})]
+    assert d.is_final
+
+
+def test_a_gather_that_times_out_fails_the_session() -> None:
+    d = COORD(SERVICES)
+    d.start(eng.Start(session=SID, choreography="kit-vote", role="coordinator", self_name="c",
+                      roles={"c": "coordinator", "v1": "voters", "v2": "voters"},
+                      params={"k": 2, "n": 2}, now=100.0, entropy=ENTROPY))
+    d.on_message(_vote_in("v1", Vote(yes=True)))
+    out = d.on_timer(eng.TimerFired(name="deadline", now=999.0))
+    assert len(out) == 1 and isinstance(out[0], eng.Fail) and out[0].code == "timeout"
+    assert "Counting" in out[0].reason
