@@ -328,7 +328,7 @@ def VOTE(c: ChoreographyBuilder) -> None:
     c.phase(voters, "Voting")
     c.gather(voters, coord, Vote, threshold=k, deadline="vote_timeout")
     c.phase(coord, "Announcing")
-    c.phase(voters, "Listening")
+    c.phase(voters, "Hearing")
     c.send(coord, voters, Tally)
     c.phase(coord, "Confirming")
     c.phase(voters, "Acking")
@@ -361,7 +361,7 @@ class Waiting(Phase): ...
 @final
 class Voting(Phase): ...
 @final
-class Listening(Phase): ...
+class Hearing(Phase): ...
 @final
 class Acking(Phase): ...
 @final
@@ -425,14 +425,14 @@ class Voter(ChoreographicProtocol[VoteChoreo, S], choreography="kit-vote", role=
     def receive(self: Voter[Waiting], ballot: Ballot, step: Step[VoteParams]) -> Voter[Voting]:
         return self._advance(Voter[Voting])
 
-    @transition(source=Voting, target=Listening, action="send", message=Vote,
+    @transition(source=Voting, target=Hearing, action="send", message=Vote,
                 peer="coordinator")
-    def vote(self: Voter[Voting], step: Step[VoteParams]) -> tuple[Voter[Listening], Vote]:
-        return self._advance(Voter[Listening]), Vote(yes=step.random(1, "vote")[0] % 2 == 0)
+    def vote(self: Voter[Voting], step: Step[VoteParams]) -> tuple[Voter[Hearing], Vote]:
+        return self._advance(Voter[Hearing]), Vote(yes=step.random(1, "vote")[0] % 2 == 0)
 
-    @transition(source=Listening, target=Acking, action="recv", message=Tally,
+    @transition(source=Hearing, target=Acking, action="recv", message=Tally,
                 peer="coordinator")
-    def hear(self: Voter[Listening], tally: Tally, step: Step[VoteParams]) -> Voter[Acking]:
+    def hear(self: Voter[Hearing], tally: Tally, step: Step[VoteParams]) -> Voter[Acking]:
         return self._advance(Voter[Acking])
 
     @transition(source=Acking, target=Closed, action="send", message=Ack, peer="coordinator")
