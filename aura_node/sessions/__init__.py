@@ -51,6 +51,7 @@ from aura_node.sessions._table import (
     SessionEntry,
     SessionFailedError,
     UnknownSessionError,
+    peer_directory,
 )
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "UnknownSessionError",
     "choreography_monitor",
     "node_registry",
+    "peer_directory",
     "register_choreography",
     "registry_fingerprint",
 ]
