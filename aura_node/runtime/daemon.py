@@ -41,8 +41,8 @@ from typing import Any
 
 import trio
 
-from aura_node.config import NodeConfig, NodeHome
-from aura_node.crypto.keys import DeviceKey, DevicePublicKey
+from aura_node.config import NodeHome
+from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
 from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_established
@@ -50,15 +50,16 @@ from aura_node.protocols.engine import EvidenceRecord, load_protocols
 from aura_node.protocols.registry import registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
+from aura_node.runtime.handlers import control_handlers
 from aura_node.runtime.notify import sd_notify
 from aura_node.runtime.timers import TimerWheel
 from aura_node.sessions import (
     Command,
-    PeerDirectory,
     PeerUp,
     SessionRuntime,
     Step,
     choreography_monitor,
+    peer_directory,
 )
 
 COMMAND_CAPACITY = 1024
@@ -66,10 +67,6 @@ EVENT_CAPACITY = 4096
 EFFECT_CAPACITY = 4096
 #: how often the link watcher looks for links that came (back) up
 LINK_POLL_SECONDS = 0.5
-
-
-def peer_directory(cfg: NodeConfig) -> PeerDirectory:
-    return PeerDirectory({p.name: DevicePublicKey.from_hex(p.public_key) for p in cfg.peers})
 
 
 class Node:
@@ -136,7 +133,6 @@ class Node:
 
     async def _run_with_journal(self, journal: Any, signals: Any) -> None:
         from aura_node.control.server import ControlServer
-        from aura_node.runtime.handlers import control_handlers
         from aura_node.transport import PeerNetwork
 
         cfg = self.config

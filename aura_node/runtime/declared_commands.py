@@ -20,22 +20,25 @@ are ``invalid_args`` naming the command; a session that fails answers ``session_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aura_node.control import protocol as p
 from aura_node.errors import AuraError
 from aura_node.protocols.engine import ProtocolSpec, StartCommand
-from aura_node.runtime.handlers import Handler, control_session, start_session, wait_session
+from aura_node.runtime.handlers import (
+    Handler,
+    RunningNode,
+    control_session,
+    start_session,
+    wait_session,
+)
 from aura_node.sessions import SessionFailedError, UnknownSessionError
-
-if TYPE_CHECKING:
-    from aura_node.runtime.daemon import Node
 
 #: the action command every protocol's running sessions answer
 SESSION_ACTION = "session.action"
 
 
-def _need_ready(node: Node) -> None:
+def _need_ready(node: RunningNode) -> None:
     if not node.ready or node.runtime is None:
         raise p.NotReadyError("the node is starting (rehydrating or links not listening)")
 
@@ -49,7 +52,7 @@ def _wait_seconds(args: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     return float(raw) + p.SESSION_WAIT_GRACE_SECONDS / 2
 
 
-def _start_handler(node: Node, spec: ProtocolSpec, cmd: StartCommand) -> Handler:
+def _start_handler(node: RunningNode, spec: ProtocolSpec, cmd: StartCommand) -> Handler:
     async def handle(args: dict[str, Any]) -> dict[str, Any]:
         _need_ready(node)
         given = {k: v for k, v in args.items() if k != "timeout"}
@@ -74,7 +77,7 @@ def _start_handler(node: Node, spec: ProtocolSpec, cmd: StartCommand) -> Handler
     return handle
 
 
-def handlers(node: Node) -> dict[str, Handler]:
+def handlers(node: RunningNode) -> dict[str, Handler]:
     table: dict[str, Handler] = {}
     for spec in node.protocols.values():
         for cmd in spec.commands:

@@ -48,6 +48,7 @@ from aura_node.sessions._table import (
     SessionEntry,
     SessionFailedError,
     UnknownSessionError,
+    peer_directory,
 )
 
 __all__ = [
@@ -75,4 +76,5 @@ __all__ = [
     "Transmit",
     "UnknownSessionError",
     "choreography_monitor",
+    "peer_directory",
 ]

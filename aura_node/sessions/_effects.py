@@ -23,30 +23,11 @@ from typing import Any
 
 import msgspec
 
-from aura_node.errors import (
-    AuraError,
-)
+from aura_node.errors import AuraError
 from aura_node.protocols import engine as eng
-from aura_node.protocols.envelope import (
-    Envelope,
-    encode_envelope,
-    encode_wire,
-    seal,
-)
-from aura_node.sessions._steps import (
-    Arm,
-    Disarm,
-    Outcome,
-    Resolve,
-    Step,
-    Transmit,
-)
-from aura_node.sessions._table import (
-    RoleMonitor,
-    SessionEntry,
-    SessionFailedError,
-    SessionTable,
-)
+from aura_node.protocols.envelope import Envelope, encode_envelope, encode_wire, seal
+from aura_node.sessions._steps import Arm, Disarm, Outcome, Resolve, Step, Transmit
+from aura_node.sessions._table import RoleMonitor, SessionEntry, SessionFailedError, SessionTable
 
 #: driver record kinds that reject a peer's message (``genesis.rejected``, ``dkd.rejected``,
 #: ``recovery.rejected``, ``dkd.equivocation``): logged as they are journaled

@@ -28,11 +28,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from aura_node.errors import (
-    AuraError,
-    BadSignatureError,
-    RemoteProtocolError,
-)
+from aura_node.errors import AuraError, BadSignatureError, RemoteProtocolError
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import (
     Envelope,
@@ -43,10 +39,7 @@ from aura_node.protocols.envelope import (
     open_envelope,
 )
 from aura_node.sessions._effects import EffectApplication, _start_record
-from aura_node.sessions._steps import (
-    Step,
-    Transmit,
-)
+from aura_node.sessions._steps import Step, Transmit
 from aura_node.sessions._table import SessionEntry
 
 

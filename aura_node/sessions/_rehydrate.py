@@ -16,16 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aura_node.protocols import engine as eng
-from aura_node.protocols.envelope import (
-    Envelope,
-    encode_wire,
-)
+from aura_node.protocols.envelope import Envelope, encode_wire
 from aura_node.sessions._effects import EffectApplication, SendGroups
-from aura_node.sessions._steps import (
-    Arm,
-    Step,
-    Transmit,
-)
+from aura_node.sessions._steps import Arm, Step, Transmit
 from aura_node.sessions._table import SessionEntry, SessionFailedError
 
 

@@ -13,13 +13,9 @@ active sessions, whichever side crashed or lost the message.
 
 from __future__ import annotations
 
-from aura_node.errors import (
-    AuraError,
-)
+from aura_node.errors import AuraError
 from aura_node.protocols import engine as eng
-from aura_node.protocols.envelope import (
-    encode_wire,
-)
+from aura_node.protocols.envelope import encode_wire
 from aura_node.sessions._effects import _start_record
 from aura_node.sessions._inbound import InboundDelivery
 from aura_node.sessions._rehydrate import Rehydration

@@ -26,20 +26,14 @@ from typing import Any, Protocol
 
 import msgspec
 
+from aura_node.config import NodeConfig
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
-from aura_node.errors import (
-    LocalProtocolError,
-    ProtocolError,
-)
+from aura_node.errors import LocalProtocolError, ProtocolError
 from aura_node.logs import get_logger
 from aura_node.protocols import engine as eng
-from aura_node.protocols.envelope import (
-    Envelope,
-)
+from aura_node.protocols.envelope import Envelope
 from aura_node.protocols.services import NodeServices
-from aura_node.sessions._steps import (
-    Outcome,
-)
+from aura_node.sessions._steps import Outcome
 
 
 class SessionFailedError(ProtocolError):
@@ -166,6 +160,10 @@ class PeerDirectory:
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+
+def peer_directory(cfg: NodeConfig) -> PeerDirectory:
+    return PeerDirectory({p.name: DevicePublicKey.from_hex(p.public_key) for p in cfg.peers})
 
 
 class SessionTable:
