@@ -118,7 +118,7 @@ class ControlSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionSection:
-    """The session table of a running node (``aura_node.runtime.sessions``)."""
+    """The session table of a running node (``aura_node.sessions``)."""
 
     #: an ended session stays in memory this long after it ended; later it is answered from
     #: the journal (``ctl session ID``, replays), never from memory

@@ -4,7 +4,7 @@ Figures, each against a floor measured in the same run on the same machine:
 
 ``signed messages accepted/s``
     A receiving node process (loaded with the one-way ``bench-notice`` protocol, see
-    ``aura_node.runtime.bench_protocol``) gets pre-signed envelopes over an established mTLS
+    ``aura_node.harness.bench_protocol``) gets pre-signed envelopes over an established mTLS
     link from this process; each one is decoded, its signature verified with the link's pinned
     key, a session opened with its monitor, the monitor checked, the driver run, and three
     records journaled (group commit). Timed until the node's ``ctl status`` counts them all.
@@ -228,12 +228,12 @@ def accepted_rate(root: Path, n: int) -> float:
 
     from aura_node.config import NodeConfig, NodeSection, PeerConfig
     from aura_node.crypto.keys import DeviceKey
+    from aura_node.harness import bench_protocol
     from aura_node.protocols.envelope import encode_wire, seal
-    from aura_node.runtime import bench_protocol
-    from aura_node.runtime.monitors import registry_fingerprint
+    from aura_node.protocols.registry import registry_fingerprint
     from aura_node.transport import PeerNetwork
 
-    recv = BenchNode(root, "recv", plugins=("aura_node.runtime.bench_protocol",))
+    recv = BenchNode(root, "recv", plugins=("aura_node.harness.bench_protocol",))
     key = DeviceKey.generate()
     port = _free_port()
     recv.pin("bench", key.public.hex(), port)

@@ -10,9 +10,13 @@ Public surface (everything else is private to the package):
 - Renderers in ``aura_node.choreo.render``.
 - Errors in ``aura_node.choreo.errors``.
 
-Pure code: no Trio, no sockets, no clock, no disk.
+Pure code: no Trio, no sockets, no clock, no disk. Modules from the bottom up (each imports
+only those before it): ``errors``, ``local``, ``syntax`` (the AST), ``projection``,
+``wellformed``, ``dsl`` (builder, decorator, :class:`Choreography`); ``monitor`` needs
+only ``errors`` and ``local``; ``render`` and ``simulate`` come last.
 """
 
+from aura_node.choreo.dsl import Choreography, ChoreographyBuilder, choreography
 from aura_node.choreo.errors import (
     BindingError,
     ChoreographyErrors,
@@ -26,14 +30,7 @@ from aura_node.choreo.errors import (
 )
 from aura_node.choreo.local import LocalTransition, LocalType
 from aura_node.choreo.monitor import Monitor
-from aura_node.choreo.syntax import (
-    ALL,
-    Choreography,
-    ChoreographyBuilder,
-    Role,
-    Threshold,
-    choreography,
-)
+from aura_node.choreo.syntax import ALL, Role, Threshold
 
 __all__ = [
     "ALL",

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from aura_node.choreo.errors import BindingError, IllFormedChoreography
 from aura_node.choreo.local import Action, LocalTransition, LocalType
@@ -42,7 +42,6 @@ from aura_node.choreo.syntax import (
     AllToAll,
     Block,
     Choice,
-    Choreography,
     Declaration,
     End,
     Gather,
@@ -54,6 +53,9 @@ from aura_node.choreo.syntax import (
     Threshold,
     ThresholdExpr,
 )
+
+if TYPE_CHECKING:  # the argument's type only: dsl sits above this module
+    from aura_node.choreo.dsl import Choreography
 
 # --- local trees ------------------------------------------------------------------------------
 

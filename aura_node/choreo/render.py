@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
+from aura_node.choreo.dsl import Choreography
 from aura_node.choreo.local import LocalTransition, LocalType
 from aura_node.choreo.syntax import (
     Abort,
@@ -20,7 +21,6 @@ from aura_node.choreo.syntax import (
     AllToAll,
     Block,
     Choice,
-    Choreography,
     End,
     Gather,
     Loop,

@@ -28,9 +28,9 @@ from typing import Any
 
 import msgspec
 
+from aura_node.choreo.dsl import Choreography
 from aura_node.choreo.errors import EarlyMessageError
 from aura_node.choreo.monitor import Monitor
-from aura_node.choreo.syntax import Choreography
 
 Member = tuple[str, int]
 

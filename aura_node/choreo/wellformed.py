@@ -22,6 +22,7 @@ The trace of an error is the sequence of global interactions leading to it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from aura_node.choreo.errors import (
     BindingError,
@@ -37,7 +38,6 @@ from aura_node.choreo.syntax import (
     AllToAll,
     Block,
     Choice,
-    Choreography,
     Declaration,
     End,
     Gather,
@@ -49,6 +49,9 @@ from aura_node.choreo.syntax import (
     ThresholdExpr,
     is_message_type,
 )
+
+if TYPE_CHECKING:  # the argument's type only: dsl sits above this module
+    from aura_node.choreo.dsl import Choreography
 
 __all__ = ["ChoreographyErrors", "IllFormedChoreography", "analyse", "used_messages"]
 

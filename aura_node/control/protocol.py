@@ -293,9 +293,15 @@ def client_wait(cmd: str, args: dict[str, Any], wait: float | None) -> float:
     if wait is not None:
         return wait
     spec = COMMANDS.get(cmd)
-    if spec is None or not spec.long_running:
-        return DEFAULT_WAIT_SECONDS
     deadline = args.get("timeout")
+    if spec is None:
+        # a protocol's declared command (``ctl call``): it may run a session, so wait for its
+        # ``timeout`` argument, or as long as a session waits by default
+        if isinstance(deadline, int | float) and not isinstance(deadline, bool):
+            return float(deadline) + SESSION_WAIT_GRACE_SECONDS
+        return DEFAULT_SESSION_WAIT_SECONDS
+    if not spec.long_running:
+        return DEFAULT_WAIT_SECONDS
     if isinstance(deadline, int | float) and not isinstance(deadline, bool):
         return float(deadline) + SESSION_WAIT_GRACE_SECONDS
     return DEFAULT_SESSION_WAIT_SECONDS

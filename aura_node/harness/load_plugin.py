@@ -21,22 +21,19 @@ to ``runtime.handlers.HANDLER_MODULES``, which ``control_handlers(node)`` reads.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from aura_node.errors import AuraError
-from aura_node.runtime.handlers import HANDLER_MODULES, Handler
-
-if TYPE_CHECKING:
-    from aura_node.runtime.daemon import Node
+from aura_node.runtime.handlers import HANDLER_MODULES, Handler, RunningNode
 
 COMMAND = "bench.batch"
 #: requests in one batch; a reply carries one small object per request (16 MiB reply cap)
 MAX_BATCH = 50_000
 
 
-def handlers(node: Node) -> dict[str, Handler]:
+def handlers(node: RunningNode) -> dict[str, Handler]:
     table: dict[str, Handler] = {}
 
     async def batch(args: dict[str, Any]) -> dict[str, Any]:

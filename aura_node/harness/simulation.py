@@ -12,21 +12,21 @@ the session runtime (``SessionRuntime``:        network: per-message delay, drop
   drivers, early messages, abort fan-out,       clock: virtual seconds; timers fire in order
   replay answers, rehydration)                  crashes: at a journal append (the group is lost,
 pure drivers (genesis, DKD, recovery)             torn, or durable with its sends lost), then a
-choreography monitors (``runtime.monitors``)      restart after a random downtime
+choreography monitors (``sessions._monitors``)    restart after a random downtime
 signed envelopes (``DeviceKey.from_seed``)      operators: scheduled ``start`` / ``approve`` /
 journal format (``BatchEncoder`` records,         ``veto`` calls
   signed checkpoints, ``scan_segment``)         executor + timer wheel: :meth:`Simulation._commit`
 
-Each node runs the daemon's own :class:`~aura_node.runtime.sessions.SessionRuntime` over a
+Each node runs the daemon's own :class:`~aura_node.sessions.SessionRuntime` over a
 :class:`~aura_node.harness.sim_journal.MemoryJournal` (the on-disk format, in memory). The
 runtime is synchronous at its core: every input (``handle_command`` for a start, a control
 action or a timer expiry; ``handle_inbound`` for a payload; ``rehydrate`` after a restart)
-returns a :class:`~aura_node.runtime.steps.Step` of journal records and actions, and the
+returns a :class:`~aura_node.sessions.Step` of journal records and actions, and the
 simulation does with it what the Trio executor does, in the same order: journal the records
 (one group commit, where a crash may strike), then perform the actions - ``Transmit`` to the
 seeded network, ``Arm``/``Disarm`` to the node's virtual timer table (fired back as
 ``TimerExpired`` with the armed generation), ``Resolve`` to the operator's waiting
-:class:`~aura_node.runtime.steps.Outcome`. A crash drops the runtime and its timers; a restart
+:class:`~aura_node.sessions.Outcome`. A crash drops the runtime and its timers; a restart
 builds a fresh runtime and hands it the journal, then tells every running peer's runtime that
 its link to the restarted node is up (``PeerUp``, as the daemon's link watcher does), so they
 re-send what their active sessions sent it.
@@ -88,19 +88,21 @@ from aura_node.protocols.account import (
 )
 from aura_node.protocols.envelope import decode_wire
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
-from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import PeerDirectory, SessionEntry, SessionRuntime
-from aura_node.runtime.steps import (
+from aura_node.sessions import (
     Arm,
     Disarm,
     Outcome,
+    PeerDirectory,
     PeerUp,
     Resolve,
     SessionControl,
+    SessionEntry,
+    SessionRuntime,
     StartSession,
     Step,
     TimerExpired,
     Transmit,
+    choreography_monitor,
 )
 
 #: protocol deadlines in the simulated world (seconds of virtual time)

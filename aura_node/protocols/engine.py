@@ -97,6 +97,13 @@ class DriverError(ProtocolError):
     code = "driver_error"
 
 
+class NondeterminismError(DriverError):
+    """Replaying a session's journaled inputs did not reproduce its journaled messages (the
+    runtime aborts that session with this code; see ``protocols.kit``)."""
+
+    code = "nondeterminism"
+
+
 # --- inputs -----------------------------------------------------------------------------------
 
 
@@ -530,6 +537,30 @@ def _no_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _no_params_from_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartCommand:
+    """A control command (``aura-node ctl call NAME --args JSON``) that starts a session of its
+    protocol with this device in the initiator role, declared by the protocol (pure functions of
+    the request's arguments); the node serves every declared command the same way.
+
+    ``roles(args, self_name)`` gives the session's role assignment (device name -> role) and
+    ``params(args)`` its parameters (validated by the protocol's params); either raises
+    ``ValueError``/``KeyError``/``TypeError``/:class:`ParamsError` with a message for the
+    operator. The request's ``timeout`` argument (seconds) is reserved: how long to wait for the
+    session's result. ``wait=False`` answers with the session id as soon as the start is durable.
+    """
+
+    name: str
+    help: str
+    roles: Callable[[Mapping[str, Any], str], Mapping[str, str]]
+    params: Callable[[Mapping[str, Any]], Mapping[str, Any]] = _no_params_from_args
+    wait: bool = True
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProtocolSpec:
     """How the runtime runs one choreography."""
@@ -549,6 +580,8 @@ class ProtocolSpec:
     #: ``project(role, bindings)``), from the start input and, for a responder, the opening
     #: message
     bindings: Callable[[Start, msgspec.Struct | None], dict[str, int]] = _no_bindings
+    #: the control commands this protocol declares (served by the node, ``ctl call``)
+    commands: tuple[StartCommand, ...] = ()
 
     def __post_init__(self) -> None:
         for role, cls in self.drivers.items():

@@ -18,6 +18,7 @@ from types import MappingProxyType
 
 from aura_node.choreo import Choreography
 from aura_node.choreo.render import canonical
+from aura_node.errors import ChoreographyError
 from aura_node.protocols.dkd.choreography import DKD
 from aura_node.protocols.genesis.choreography import GENESIS
 from aura_node.protocols.ping.choreography import PING
@@ -48,6 +49,32 @@ def hash_registry(registry: Mapping[str, Choreography]) -> bytes:
 
 
 REGISTRY: Mapping[str, Choreography] = build_registry(PING, GENESIS, DKD, RECOVERY)
+
+
+_PLUGINS: dict[str, Choreography] = {}
+
+
+def register_choreography(chor: Choreography) -> Choreography:
+    """Add a (plugin) choreography to the registry this node runs; call at import time,
+    before the node starts (``kit.protocol`` does it for a protocol's choreography). Checked for
+    well-formedness like the shipped ones; a name never maps to two choreographies."""
+    chor.check_or_raise()
+    if REGISTRY.get(chor.name, chor) is not chor or _PLUGINS.get(chor.name, chor) is not chor:
+        raise ChoreographyError(f"a choreography named {chor.name!r} is registered already")
+    if chor.name not in REGISTRY:
+        _PLUGINS[chor.name] = chor
+    return chor
+
+
+def node_registry() -> Mapping[str, Choreography]:
+    """Every choreography this node runs: the shipped ones and the plugins'."""
+    return {**REGISTRY, **_PLUGINS}
+
+
+def registry_fingerprint() -> bytes:
+    """sha256 identifying every choreography this node runs (shipped + plugins); the transport
+    hello carries it, so peers with different protocol definitions refuse each other."""
+    return hash_registry(node_registry())
 
 
 @cache

@@ -19,7 +19,7 @@ Channels (all bounded; a full channel makes its producers wait):
 
 ``command``  control requests (start a session, a session action), timer expiries, links up
 ``event``    ``InboundData`` from the peer network
-``effect``   :class:`~aura_node.runtime.steps.Step` from the session runtime to the executor
+``effect``   :class:`~aura_node.sessions.Step` from the session runtime to the executor
 
 Shutdown (SIGTERM, SIGINT or ``ctl shutdown``): ``STOPPING=1``; the control socket and the
 peer network stop taking work (their tasks are cancelled), the consumers stop, the effect
@@ -41,29 +41,32 @@ from typing import Any
 
 import trio
 
-from aura_node.config import NodeConfig, NodeHome
-from aura_node.crypto.keys import DeviceKey, DevicePublicKey
+from aura_node.config import NodeHome
+from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
 from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_established
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
+from aura_node.protocols.registry import registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
-from aura_node.runtime.monitors import choreography_monitor, registry_fingerprint
+from aura_node.runtime.handlers import control_handlers
 from aura_node.runtime.notify import sd_notify
-from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
-from aura_node.runtime.steps import Command, PeerUp, Step
 from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import (
+    Command,
+    PeerUp,
+    SessionRuntime,
+    Step,
+    choreography_monitor,
+    peer_directory,
+)
 
 COMMAND_CAPACITY = 1024
 EVENT_CAPACITY = 4096
 EFFECT_CAPACITY = 4096
 #: how often the link watcher looks for links that came (back) up
 LINK_POLL_SECONDS = 0.5
-
-
-def peer_directory(cfg: NodeConfig) -> PeerDirectory:
-    return PeerDirectory({p.name: DevicePublicKey.from_hex(p.public_key) for p in cfg.peers})
 
 
 class Node:
@@ -130,7 +133,6 @@ class Node:
 
     async def _run_with_journal(self, journal: Any, signals: Any) -> None:
         from aura_node.control.server import ControlServer
-        from aura_node.runtime.handlers import control_handlers
         from aura_node.transport import PeerNetwork
 
         cfg = self.config

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One task reads :class:`~aura_node.runtime.steps.Step` values from the bounded effect channel.
+One task reads :class:`~aura_node.sessions.Step` values from the bounded effect channel.
 It takes every step already waiting (``receive_nowait``, up to ``max_steps``), appends all
 their records in **one** group commit (one write, one fdatasync, one signed checkpoint, shared
 by every session that had something to say meanwhile), and only when that append has returned
@@ -34,8 +34,8 @@ import trio
 
 from aura_node.errors import AuraError
 from aura_node.logs import get_logger
-from aura_node.runtime.steps import Arm, Disarm, Resolve, Step, Transmit
 from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import Arm, Disarm, Resolve, Step, Transmit
 
 #: (session, kind, body) records + the batch timestamp -> durable when the await returns
 AppendBatch = Callable[[Sequence[tuple[str, str, bytes]], float], Awaitable[None]]

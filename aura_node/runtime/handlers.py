@@ -12,17 +12,62 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
-from aura_node.config import NodeHome
+from aura_node.config import NodeConfig, NodeHome
+from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import AuraError
-from aura_node.runtime.sessions import SessionFailedError, UnknownSessionError
-from aura_node.runtime.steps import Outcome, SessionControl, StartSession
+from aura_node.protocols.engine import ProtocolSpec
+from aura_node.runtime.executor import EffectExecutor
+from aura_node.sessions import (
+    Command,
+    Outcome,
+    SessionControl,
+    SessionFailedError,
+    SessionRuntime,
+    StartSession,
+    UnknownSessionError,
+    peer_directory,
+)
 
-if TYPE_CHECKING:
-    from aura_node.runtime.daemon import Node
+
+class RunningNode(Protocol):
+    """The running node as control handlers see it (``runtime.daemon.Node`` is one).
+
+    Handler modules depend on this, never on the daemon: the daemon builds the handler table,
+    so a handler importing the daemon back would close an import circle. Read-only except
+    ``config`` (``reload`` swaps it)."""
+
+    config: NodeConfig
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def key(self) -> DeviceKey: ...
+    @property
+    def home(self) -> NodeHome: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def listen(self) -> tuple[str, int] | None: ...
+    @property
+    def registry_hash(self) -> bytes: ...
+    @property
+    def protocols(self) -> Mapping[str, ProtocolSpec]: ...
+    @property
+    def runtime(self) -> SessionRuntime | None: ...
+    @property
+    def network(self) -> Any: ...
+    @property
+    def executor(self) -> EffectExecutor | None: ...
+    @property
+    def command_send(self) -> trio.MemorySendChannel[Command] | None: ...
+    @property
+    def log(self) -> Any: ...
+    def request_shutdown(self, reason: str) -> None: ...
+
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -30,7 +75,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 #: ``handlers(node) -> dict[str, Handler]`` and builds them with :func:`start_session`,
 #: :func:`wait_session` and :func:`control_session` below. Protocol packages are pure (no
 #: trio), so these modules live in the shell; later issues append theirs here.
-HANDLER_MODULES: list[str] = ["aura_node.runtime.protocol_commands"]
+HANDLER_MODULES: list[str] = ["aura_node.runtime.protocol_commands",
+                               "aura_node.runtime.declared_commands"]
 
 
 def _errors() -> Any:
@@ -39,7 +85,7 @@ def _errors() -> Any:
     return protocol
 
 
-def peer_views(node: Node) -> list[dict[str, Any]]:
+def peer_views(node: RunningNode) -> list[dict[str, Any]]:
     links: Mapping[str, Any] = node.network.link_states() if node.network is not None else {}
     out = []
     for p in node.config.peers:
@@ -65,7 +111,7 @@ def _device_id(public_key_hex: str) -> str:
 
 
 async def start_session(
-    node: Node, choreography: str, *, roles: Mapping[str, str],
+    node: RunningNode, choreography: str, *, roles: Mapping[str, str],
     params: Mapping[str, Any] | None = None,
 ) -> str:
     """Start a session through the command channel; returns its id once the start (and the
@@ -81,7 +127,7 @@ async def start_session(
     return session
 
 
-async def wait_session(node: Node, session: str, timeout: float) -> dict[str, Any]:
+async def wait_session(node: RunningNode, session: str, timeout: float) -> dict[str, Any]:
     """Wait until ``session`` ended (durably); its result, or the error it failed with.
     A driver failure coded ``timeout`` and an expired wait both become the control
     ``timeout`` fault."""
@@ -101,7 +147,7 @@ async def wait_session(node: Node, session: str, timeout: float) -> dict[str, An
 
 
 async def control_session(
-    node: Node, session: str, action: str, args: Mapping[str, Any] | None = None
+    node: RunningNode, session: str, action: str, args: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run an operator action (approve, veto, ...) on an active session; the driver's reply
     once its effects are durable."""
@@ -112,7 +158,7 @@ async def control_session(
     return await reply.wait()
 
 
-def control_handlers(node: Node) -> dict[str, Handler]:
+def control_handlers(node: RunningNode) -> dict[str, Handler]:
     p = _errors()
 
     def need_ready() -> None:
@@ -168,7 +214,6 @@ def control_handlers(node: Node) -> dict[str, Handler]:
 
     async def reload(_args: dict[str, Any]) -> dict[str, Any]:
         from aura_node.protocols.services import NodeServices
-        from aura_node.runtime.daemon import peer_directory
 
         need_ready()
         cfg = NodeHome(node.home.root).load_config()

@@ -32,18 +32,21 @@ session that fails answers with ``session_failed`` (or ``timeout``) and the driv
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from aura_node.control import protocol as p
 from aura_node.errors import AuraError
 from aura_node.protocols.engine import ParamsError
-from aura_node.runtime.handlers import Handler, control_session, start_session, wait_session
-from aura_node.runtime.sessions import SessionEntry, SessionFailedError, UnknownSessionError
-
-if TYPE_CHECKING:
-    from aura_node.runtime.daemon import Node
+from aura_node.runtime.handlers import (
+    Handler,
+    RunningNode,
+    control_session,
+    start_session,
+    wait_session,
+)
+from aura_node.sessions import SessionEntry, SessionFailedError, UnknownSessionError
 
 #: seconds a handler waits beyond a session's own deadline: the driver's deadline fails the
 #: session first (with a reason naming the phase); this only covers that failure's commit
@@ -52,12 +55,12 @@ WAIT_GRACE_SECONDS = 2.0
 STATUS_COMMIT_WAIT_SECONDS = 5.0
 
 
-def _need_ready(node: Node) -> None:
+def _need_ready(node: RunningNode) -> None:
     if not node.ready or node.runtime is None:
         raise p.NotReadyError("the node is starting (rehydrating or links not listening)")
 
 
-async def _start(node: Node, choreography: str, roles: Mapping[str, str],
+async def _start(node: RunningNode, choreography: str, roles: Mapping[str, str],
                  params: Mapping[str, Any]) -> str:
     """Start a session; operator errors (params, unknown peers) become ``invalid_args``."""
     try:
@@ -68,7 +71,7 @@ async def _start(node: Node, choreography: str, roles: Mapping[str, str],
         raise p.InvalidArgsError(exc.message) from None
 
 
-def _entry(node: Node, session: str) -> SessionEntry:
+def _entry(node: RunningNode, session: str) -> SessionEntry:
     assert node.runtime is not None
     try:
         return node.runtime.get(session)
@@ -76,7 +79,7 @@ def _entry(node: Node, session: str) -> SessionEntry:
         raise p.NotFoundError(exc.message) from None
 
 
-def _recovery_entry(node: Node, session: str) -> SessionEntry:
+def _recovery_entry(node: RunningNode, session: str) -> SessionEntry:
     entry = _entry(node, session)
     if entry.choreography != "recovery":
         raise p.InvalidArgsError(
@@ -139,7 +142,7 @@ def _name_of(services: Any, who: str) -> str:
     return str(name) if name else who
 
 
-def handlers(node: Node) -> dict[str, Handler]:
+def handlers(node: RunningNode) -> dict[str, Handler]:
     """The protocol commands of ``node`` (see ``HANDLER_MODULES``)."""
 
     def services() -> Any:

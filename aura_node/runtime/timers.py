@@ -2,7 +2,7 @@
 
 Drivers arm timers with absolute *wall-clock* deadlines (so a deadline journaled before a
 crash means the same instant after the restart). The wheel sleeps until the earliest one and
-posts :class:`~aura_node.runtime.steps.TimerExpired` to the command channel; the session
+posts :class:`~aura_node.sessions.TimerExpired` to the command channel; the session
 runtime decides whether it still matters (a timer re-armed or cancelled since has a newer
 generation, and the stale expiry is ignored). Cancelling is lazy: the heap entry stays and is
 skipped when it surfaces.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import trio
 
-from aura_node.runtime.steps import Command, TimerExpired
+from aura_node.sessions import Command, TimerExpired
 
 
 class TimerWheel:

@@ -19,7 +19,9 @@ grain:
    declared too. Peers are shown in reports but not compared (role-set names belong to the
    choreography). ``local`` declarations have no counterpart on the wire and are not compared;
    their phases must still exist in the local type. Transitions the projection marks
-   ``implicit`` (the abort path it adds to every state) may be declared but need not be.
+   ``implicit`` (the abort path it adds to every state) may be declared but need not be, and
+   neither need a deadline's ``timeout`` into the abort phase of a class that declares it
+   (``abort=``): the authoring kit fails the session there when an undeclared timer fires.
 3. Walk both phase graphs breadth-first from the initial phase, and at each phase compare the
    outgoing edges. The first difference raises :class:`ConformanceError`, naming the phase,
    the edge, which side has it, and the local states or method behind it.
@@ -199,10 +201,17 @@ def check_conformance(
         if d.action != "local":
             typed.setdefault(_decl_edge(d), d)
 
+    # a class with ``abort=`` gets the deadline edges into its abort phase from the kit: a timer
+    # with no declared timeout transition fails the session there
+    abort = getattr(cls, "abort_phase", None)
+    kit_timeouts = {e for e in local_edges
+                    if abort is not None and e.action == "timeout"
+                    and e.target == abort.__name__}
     order = _bfs_phases(initial, [*local_edges, *typed])
     for here in order:
         for edge, t in local_edges.items():
-            if edge.source == here and edge not in typed and not _implicit(t):
+            if (edge.source == here and edge not in typed and not _implicit(t)
+                    and edge not in kit_timeouts):
                 raise ConformanceError(
                     f"{who}: in phase {here} the local type has {edge.describe()} "
                     f"({t.action} {_name(t.message)} with {t.peer}, states {t.source!r} -> "

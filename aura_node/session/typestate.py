@@ -132,6 +132,10 @@ class TransitionDecl:
     action: Action
     message: type | None
     peer: str | None
+    #: for a ``local`` transition: the operator control action that runs it (``ctl``)
+    command: str | None = None
+    #: for a ``timeout`` transition: the timer it handles (``None``: any timer)
+    timer: str | None = None
 
     def describe(self) -> str:
         msg = self.message.__name__ if self.message is not None else "-"
@@ -188,6 +192,8 @@ class ChoreographicProtocol(Generic[C, S]):
     choreography: ClassVar[str]
     role: ClassVar[str]
     initial_phase: ClassVar[type[Phase]]
+    #: the phase every non-final phase may abort to (class keyword ``abort``), or None
+    abort_phase: ClassVar[type[Phase] | None]
     _aura_transitions: ClassVar[tuple[TransitionDecl, ...]]
     _aura_fields: ClassVar[frozenset[str]]
 
@@ -197,6 +203,7 @@ class ChoreographicProtocol(Generic[C, S]):
         choreography: str,
         role: str,
         initial: type[Phase],
+        abort: type[Phase] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -211,6 +218,9 @@ class ChoreographicProtocol(Generic[C, S]):
         cls.choreography = choreography
         cls.role = role
         cls.initial_phase = initial
+        if abort is not None and not (isinstance(abort, type) and issubclass(abort, Phase)):
+            raise TypeError(f"{cls.__qualname__}: abort={abort!r} is not a Phase subclass")
+        cls.abort_phase = abort
         decls: list[TransitionDecl] = []
         for name, value in cls.__dict__.items():
             decl = getattr(value, "__aura_transition__", None)
@@ -257,7 +267,9 @@ class ChoreographicProtocol(Generic[C, S]):
                 f"{type(self).__qualname__}.{running.decl.method} built two successors"
             )
         phase = self._aura_phase_from_alias(successor)
-        if phase is not running.decl.target:
+        # a gather may also stay where it is: one more member answered, no quorum yet
+        stays = running.decl.action == "gather" and phase is running.decl.source
+        if phase is not running.decl.target and not stays:
             raise LocalProtocolError(
                 f"{type(self).__qualname__}.{running.decl.method} is declared to go to "
                 f"{running.decl.target.__name__} but built a {_phase_name(phase)} successor"
@@ -269,6 +281,27 @@ class ChoreographicProtocol(Generic[C, S]):
         new._aura_init(phase, _PENDING, fields)
         object.__setattr__(self, "_aura_successor", new)
         return cast(R, new)
+
+    def _aura_abort(self) -> ChoreographicProtocol[C, Any]:
+        """Consume this live value and return it in the class's ``abort`` phase (the abort
+        edge every non-final phase has, declared once by the ``abort`` class keyword). Used by
+        the authoring kit's dispatcher; the value's fields carry over unchanged."""
+        target = type(self).abort_phase
+        if target is None:
+            raise LocalProtocolError(
+                f"{type(self).__qualname__} declares no abort phase (class keyword abort=...)"
+            )
+        self._aura_require_initialised()
+        d = self.__dict__
+        with d["_aura_lock"]:
+            if d["_aura_status"] != _LIVE:
+                raise self._aura_consumed_error()
+            d["_aura_status"] = _CONSUMED
+            d["_aura_where"] = f"the abort edge to {target.__name__}"
+        fields = {n: d[n] for n in type(self)._aura_fields}
+        new = object.__new__(type(self))
+        new._aura_init(target, _LIVE, fields)
+        return new
 
     @classmethod
     def _restore(cls, value_type: type[R], /, **fields: object) -> R:
@@ -482,6 +515,8 @@ def transition(
     action: Action,
     message: type | None = None,
     peer: str | None = None,
+    command: str | None = None,
+    timer: str | None = None,
 ) -> Callable[[F], F]:
     """Declare a method as the transition ``source -> target`` and guard it at runtime.
 
@@ -498,6 +533,10 @@ def transition(
         raise TypeError(f"a {action!r} transition must declare its message type")
     if message is not None and not isinstance(message, type):
         raise TypeError(f"message={message!r} is not a type")
+    if command is not None and action != "local":
+        raise TypeError(f"command={command!r} needs action='local', got {action!r}")
+    if timer is not None and action != "timeout":
+        raise TypeError(f"timer={timer!r} needs action='timeout', got {action!r}")
 
     def decorate(fn: F) -> F:
         decl = TransitionDecl(
@@ -507,6 +546,8 @@ def transition(
             action=action,
             message=message,
             peer=peer,
+            command=command,
+            timer=timer,
         )
 
         @functools.wraps(fn)

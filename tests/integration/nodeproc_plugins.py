@@ -32,7 +32,7 @@ class EchoAbort(msgspec.Struct, frozen=True, kw_only=True):
 
 def _install_extra_choreography() -> None:
     from aura_node.choreo import ChoreographyBuilder, choreography
-    from aura_node.runtime.monitors import register_choreography
+    from aura_node.protocols.registry import register_choreography
 
     @choreography("echo", abort=EchoAbort)
     def ECHO(c: ChoreographyBuilder) -> None:
@@ -48,9 +48,9 @@ def _install_extra_choreography() -> None:
 
 
 def _install_faulty_responder() -> None:
-    from aura_node.protocols.ping.roles import PingResponderDriver
+    from aura_node.protocols.ping.roles import SPEC
 
-    class FaultyResponder(PingResponderDriver):
+    class FaultyResponder(SPEC.driver_class("responder")):  # type: ignore[misc]
         def start(self, inp: eng.Start) -> list[eng.Effect]:
             if inp.opened_by == "c":
                 raise RuntimeError("injected driver bug for sessions opened by c")

@@ -36,10 +36,16 @@ from aura_node.protocols.genesis.roles import KIND_REJECTED, deal_shares, parse_
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.runtime.daemon import account_folder
 from aura_node.runtime.executor import EffectExecutor
-from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
-from aura_node.runtime.steps import Outcome, StartSession, Step, Transmit
 from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import (
+    Outcome,
+    PeerDirectory,
+    SessionRuntime,
+    StartSession,
+    Step,
+    Transmit,
+    choreography_monitor,
+)
 
 ROLES: dict[str, PeerRole] = {"d1": "device", "d2": "device", "d3": "device",
                               "g1": "guardian", "g2": "guardian"}

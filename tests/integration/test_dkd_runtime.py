@@ -22,9 +22,16 @@ from aura_node.protocols import engine as eng
 from aura_node.protocols.account import AccountStore
 from aura_node.protocols.services import NodeServices, PeerInfo
 from aura_node.runtime.daemon import account_folder
-from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
-from aura_node.runtime.steps import Outcome, Resolve, StartSession, Step, Transmit
+from aura_node.sessions import (
+    Outcome,
+    PeerDirectory,
+    Resolve,
+    SessionRuntime,
+    StartSession,
+    Step,
+    Transmit,
+    choreography_monitor,
+)
 
 NAMES = ("d1", "d2", "d3")
 KEYS = {n: DeviceKey.from_seed(f"dkd-{n}".encode().ljust(32, b"\0")) for n in NAMES}

@@ -23,7 +23,7 @@ from aura_node.config import NodeConfig, NodeSection, PeerConfig
 from aura_node.crypto.keys import DeviceKey
 from aura_node.protocols.envelope import encode_wire, seal
 from aura_node.protocols.ping.choreography import Ping, Pong
-from aura_node.runtime.monitors import registry_fingerprint
+from aura_node.protocols.registry import registry_fingerprint
 from aura_node.transport import PeerNetwork
 from tests.integration.nodeproc import NodeProc, cluster, free_port
 

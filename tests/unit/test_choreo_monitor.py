@@ -21,8 +21,8 @@ from aura_node.choreo import (
     UnexpectedSendError,
     choreography,
 )
+from aura_node.choreo.dsl import Choreography
 from aura_node.choreo.simulate import sample_message
-from aura_node.choreo.syntax import Choreography
 from aura_node.errors import LocalProtocolError, RemoteProtocolError
 from aura_node.protocols.dkd.choreography import (
     DKD,

@@ -190,6 +190,10 @@ def test_client_wait_follows_session_deadlines() -> None:
     assert client_wait("dkd", {"context": "c"}, None) == protocol.DEFAULT_SESSION_WAIT_SECONDS
     assert client_wait("dkd", {"context": "c", "timeout": 2}, None) == (
         2 + protocol.SESSION_WAIT_GRACE_SECONDS)
+    # a protocol's declared command (ctl call) may run a session: its timeout, else a session's
+    assert client_wait("payment.propose", {}, None) == protocol.DEFAULT_SESSION_WAIT_SECONDS
+    assert client_wait("payment.propose", {"timeout": 4}, None) == (
+        4 + protocol.SESSION_WAIT_GRACE_SECONDS)
 
 
 def test_fault_codes_are_distinct_snake_case() -> None:

@@ -13,8 +13,8 @@ from aura_node.errors import AuraError, TransportError
 from aura_node.journal import Journal, JournalEntry
 from aura_node.journal.group_commit import GroupCommitJournal
 from aura_node.runtime.executor import EffectExecutor
-from aura_node.runtime.steps import Outcome, Resolve, Step, Transmit
 from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import Outcome, Resolve, Step, Transmit
 
 KEY = DeviceKey.from_seed(b"k" * 32)
 

@@ -8,7 +8,7 @@ import pytest
 from aura_node.choreo import Monitor
 from aura_node.errors import AuraError
 from aura_node.protocols.registry import REGISTRY
-from aura_node.runtime import monitors
+from aura_node.sessions import _monitors as monitors
 
 
 def _outcome(m: Monitor, role: str, msg: object, inbound: bool) -> str:
@@ -81,15 +81,18 @@ def test_a_plugin_choreography_changes_the_registry_hash() -> None:
         c.phase(b, "B")
         c.send(a, b, Hi)
 
-    before = monitors.registry_fingerprint()
-    monitors.register_choreography(HI)
+    from aura_node.protocols import registry
+
+    before = registry.registry_fingerprint()
+    registry.register_choreography(HI)
     try:
-        assert monitors.registry_fingerprint() != before
+        assert registry.registry_fingerprint() != before
         assert monitors.choreography_monitor("test-hi", "b", {}).state()
         with pytest.raises(AuraError, match="registered already"):
-            monitors.register_choreography(REGISTRY["ping"])
+            registry.register_choreography(HI.__class__(HI.decl))  # same name, another object
+        assert registry.register_choreography(REGISTRY["ping"]) is REGISTRY["ping"]  # no-op
     finally:
-        monitors._EXTRA.pop("test-hi")
+        registry._PLUGINS.pop("test-hi")
         monitors._project.cache_clear()
         monitors._template.cache_clear()
-    assert monitors.registry_fingerprint() == before
+    assert registry.registry_fingerprint() == before

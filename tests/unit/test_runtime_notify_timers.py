@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from aura_node.runtime.notify import sd_notify
-from aura_node.runtime.steps import Command, TimerExpired
 from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import Command, TimerExpired
 
 
 def test_sd_notify_without_socket_is_a_noop() -> None:

@@ -9,9 +9,16 @@ from aura_node.crypto.keys import DeviceKey
 from aura_node.protocols.envelope import decode_wire
 from aura_node.protocols.ping.roles import SPEC as PING
 from aura_node.protocols.services import NodeServices, PeerInfo
-from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import PeerDirectory, SessionRuntime
-from aura_node.runtime.steps import Outcome, PeerUp, StartSession, Step, Transmit
+from aura_node.sessions import (
+    Outcome,
+    PeerDirectory,
+    PeerUp,
+    SessionRuntime,
+    StartSession,
+    Step,
+    Transmit,
+    choreography_monitor,
+)
 
 KEYS = {n: DeviceKey.from_seed(n.encode() * 32) for n in ("a", "b", "c")}
 

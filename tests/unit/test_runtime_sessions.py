@@ -19,26 +19,23 @@ from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import decode_wire, encode_wire, seal
 from aura_node.protocols.ping.choreography import Ping, Pong
 from aura_node.protocols.ping.roles import SPEC as PING
-from aura_node.protocols.ping.roles import PingResponderDriver
 from aura_node.protocols.services import NodeServices, PeerInfo
 from aura_node.runtime.executor import EffectExecutor
-from aura_node.runtime.monitors import choreography_monitor
-from aura_node.runtime.sessions import (
-    PeerDirectory,
-    SessionFailedError,
-    SessionRuntime,
-    UnknownSessionError,
-)
-from aura_node.runtime.steps import (
+from aura_node.runtime.timers import TimerWheel
+from aura_node.sessions import (
     Arm,
     Outcome,
+    PeerDirectory,
     Resolve,
+    SessionFailedError,
+    SessionRuntime,
     StartSession,
     Step,
     TimerExpired,
     Transmit,
+    UnknownSessionError,
+    choreography_monitor,
 )
-from aura_node.runtime.timers import TimerWheel
 
 KEYS = {"a": DeviceKey.from_seed(b"a" * 32), "b": DeviceKey.from_seed(b"b" * 32)}
 
@@ -155,9 +152,9 @@ def test_bad_signature_and_unknown_sessions_touch_no_journal() -> None:
     assert b.sessions == {} and b.rejected == 3
 
 
-class ExplodingResponder(PingResponderDriver):
+class ExplodingResponder(PING.driver_class("responder")):  # type: ignore[misc]
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
-        if isinstance(inp.message, Ping) and inp.message.nonce.startswith(b"\xff"):
+        if isinstance(inp.message, Ping) and inp.envelope.session == "6" * 32:
             raise ZeroDivisionError("driver bug")
         return super().on_message(inp)
 
@@ -298,7 +295,7 @@ async def test_failed_start_answers_the_operator_with_the_reason() -> None:
     assert a.handle_command(StartSession(
         choreography="ping", params={"timeout": -1}, roles={"a": "initiator", "b": "responder"},
         session="7" * 32, entropy=b"e" * 32, reply=reply)) is None
-    with pytest.raises(eng.ParamsError, match="positive number"):
+    with pytest.raises(eng.ParamsError, match="> 0"):
         await reply.wait()
     reply2 = Outcome()
     a.handle_command(StartSession(
@@ -435,3 +432,36 @@ async def test_memory_per_ended_session_is_bounded(tmp_path: Path, full_run: boo
                 assert len(b.sessions) == n + 20
     print(f"heap per ended session: kept {growth[False]:.0f} B, evicted {growth[True]:.0f} B")
     assert growth[True] < growth[False] / 2
+
+
+def test_a_journal_the_replay_contradicts_aborts_that_session_as_nondeterminism() -> None:
+    """Rehydration is the kit's replay: a journaled message the same inputs would not send
+    (here a Ping with another nonce) aborts only that session, coded ``nondeterminism``."""
+    from aura_node.protocols.envelope import encode_envelope
+
+    clock = Clock()
+    a1 = runtime("a", clock)
+    honest, _ = start_ping(a1, "b", sid="1" * 32)
+    tampered, _ = start_ping(a1, "b", sid="2" * 32)
+    forged = seal(KEYS["a"], choreography="ping", session="2" * 32, message=Ping(nonce=b"z" * 16))
+    records = []
+    for kind, body in tampered.records:
+        if kind == eng.KIND_OUT:
+            body = eng.encode_body(eng.OutBody(to=["b"], envelope=encode_envelope(forged)))
+        records.append((kind, body))
+    by_session = {
+        "1" * 32: [_Rec(seq=i, ts=0.0, session="1" * 32, kind=k, body=b)
+                   for i, (k, b) in enumerate(honest.records)],
+        "2" * 32: [_Rec(seq=10 + i, ts=0.0, session="2" * 32, kind=k, body=b)
+                   for i, (k, b) in enumerate(records)],
+    }
+    a2 = runtime("a", clock)
+    steps = a2.rehydrate(by_session)
+    bad = a2.get("2" * 32)
+    assert bad.outcome == "failed" and bad.error is not None
+    assert bad.error["code"] == "nondeterminism"
+    assert "2" * 32 in bad.error["reason"] and "Ping" in bad.error["reason"]
+    fail = [k for s in steps if s.session == "2" * 32 for k, _ in s.records]
+    assert eng.KIND_FAIL in fail  # journaled, and the peer is told (abort fan-out)
+    good = a2.get("1" * 32)
+    assert good.outcome == "active" and good.state == "AwaitingPong"

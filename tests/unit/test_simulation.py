@@ -306,7 +306,7 @@ def test_personalised_genesis_shares_fail_a_per_send_outbound_check() -> None:
     to one role within one driver input as one logical send. Replaying the dealer's journal
     into its monitor one check per Send fails; the runtime's own checks let genesis complete."""
     from aura_node.choreo.errors import UnexpectedSendError
-    from aura_node.runtime.monitors import choreography_monitor
+    from aura_node.sessions import choreography_monitor
 
     sim = Simulation(2, dict.fromkeys(["d1", "d2", "d3"], "device"))
     sid = create_account(sim, "d1", ["d1", "d2", "d3"], 2)

@@ -6,13 +6,10 @@ choreography's abort message (built when a session fails, fanned out to every ot
 recognised when a peer sends it), and deadline handling that is a no-op in states without a
 deadline (drivers may run local timers, e.g. a recovery cooldown).
 
-The registry this node runs is ``aura_node.protocols.registry.REGISTRY`` plus the
-choreographies that ``aura-node run --plugin MODULE`` modules add with
-:func:`register_choreography` (experimental or site-specific protocols). Its hash (the same
-``hash_registry`` the shipped registry uses) goes into the transport hello, so a node with a
-different set of choreographies - a plugin, or simply another aura-node version - is refused
-by its peers with both hashes in the error instead of misunderstanding them mid-session.
-Projections are cached per (choreography, role, bindings); monitors are per session.
+The registry this node runs is ``aura_node.protocols.registry.node_registry()``: the shipped
+choreographies plus those ``--plugin`` modules register (``kit.protocol`` does it). A name
+never maps to two choreographies, so projections are cached per (choreography, role,
+bindings) for the life of the process; monitors are per session.
 """
 
 from __future__ import annotations
@@ -23,37 +20,9 @@ from typing import Any, cast
 
 import msgspec
 
-from aura_node.choreo import Choreography, LocalType, Monitor
+from aura_node.choreo import LocalType, Monitor
 from aura_node.errors import ChoreographyError
-
-_EXTRA: dict[str, Choreography] = {}
-
-
-def register_choreography(chor: Choreography) -> Choreography:
-    """Add a (plugin) choreography to the registry this node runs; call at import time,
-    before the node starts. Checked for well-formedness like the shipped ones."""
-    from aura_node.protocols.registry import REGISTRY
-
-    chor.check_or_raise()
-    if chor.name in REGISTRY or _EXTRA.get(chor.name, chor) is not chor:
-        raise ChoreographyError(f"a choreography named {chor.name!r} is registered already")
-    _EXTRA[chor.name] = chor
-    _project.cache_clear()
-    _template.cache_clear()
-    return chor
-
-
-def node_registry() -> Mapping[str, Choreography]:
-    from aura_node.protocols.registry import REGISTRY
-
-    return {**REGISTRY, **_EXTRA}
-
-
-def registry_fingerprint() -> bytes:
-    """sha256 identifying every choreography this node runs (shipped + plugins)."""
-    from aura_node.protocols.registry import hash_registry
-
-    return hash_registry(node_registry())
+from aura_node.protocols.registry import node_registry
 
 
 @lru_cache(maxsize=1024)

@@ -20,8 +20,8 @@ import msgspec
 
 from aura_node.choreo import ChoreographyBuilder, choreography
 from aura_node.protocols import engine as eng
+from aura_node.protocols.registry import register_choreography
 from aura_node.protocols.services import NodeServices
-from aura_node.runtime.monitors import register_choreography
 
 
 class Notice(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,73 @@
+"""The public authoring API: everything a protocol (shipped or plugin) is written with.
+
+A protocol is its choreography plus one typestate class per role; see
+``docs/writing-a-protocol.md`` for the walk-through and ``aura_node/protocols/ping/roles.py``
+for the smallest complete example. Import from here, not from the private modules::
+
+    from aura_node.kit import (ChoreographicProtocol, ChoreographyBuilder, Phase, Step,
+                               choreography, protocol, transition)
+
+* the language: :func:`choreography`, :class:`ChoreographyBuilder` (roles, role sets,
+  thresholds, sends, gathers, choices, loops, deadlines, abort);
+* roles: :class:`ChoreographicProtocol` (class keywords ``choreography``, ``role``,
+  ``initial``, ``abort``), :class:`Phase`, :func:`transition`, :func:`requires`, :func:`phase_of`;
+* the step a transition sees and the effects it asks for: :class:`Step`;
+* witnesses: :class:`Witness`, :class:`NoPublicConstructor`, :class:`SignedStatement`,
+  :func:`verify_threshold_evidence`, :class:`ThresholdEvidence`;
+* errors a transition raises: :class:`RemoteProtocolError` (the peer's fault: that message is
+  rejected and journaled, the session goes on), :class:`WitnessError`, :class:`ParamsError`;
+* registration: :func:`protocol` (conformance-checked against the projection), :class:`NoParams`,
+  and :func:`command` for the control commands that start a session (``ctl call NAME``).
+
+This module only re-exports; it is pure (no trio).
+"""
+
+from __future__ import annotations
+
+from aura_node.choreo import ALL, ChoreographyBuilder, Role, Threshold, choreography
+from aura_node.errors import RemoteProtocolError, WitnessError
+from aura_node.protocols.engine import ParamsError
+from aura_node.protocols.kit import NondeterminismError, NoParams, Protocol, Step, command, protocol
+from aura_node.session.typestate import (
+    ChoreographicProtocol,
+    Phase,
+    phase_of,
+    requires,
+    transition,
+)
+from aura_node.session.witness import (
+    NoPublicConstructor,
+    SignedStatement,
+    ThresholdEvidence,
+    Witness,
+    verify_statement,
+    verify_threshold_evidence,
+)
+
+__all__ = [
+    "ALL",
+    "ChoreographicProtocol",
+    "ChoreographyBuilder",
+    "NoParams",
+    "NoPublicConstructor",
+    "NondeterminismError",
+    "ParamsError",
+    "Phase",
+    "Protocol",
+    "RemoteProtocolError",
+    "Role",
+    "SignedStatement",
+    "Step",
+    "ThresholdEvidence",
+    "Threshold",
+    "Witness",
+    "WitnessError",
+    "choreography",
+    "command",
+    "phase_of",
+    "protocol",
+    "requires",
+    "transition",
+    "verify_statement",
+    "verify_threshold_evidence",
+]

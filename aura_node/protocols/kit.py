@@ -1,0 +1,663 @@
+"""The authoring kit: a protocol is its choreography and its role classes' transitions.
+
+Theory of operation
+-------------------
+A protocol author writes two things: the choreography (``aura_node.choreo``) and, per role, one
+typestate class (``aura_node.session.typestate``) whose ``@transition`` declarations say what the
+role does in each phase. That declaration table is the single source of truth, the h11 way:
+this module turns it into the runtime's :class:`~aura_node.protocols.engine.ProtocolDriver`
+(dispatch), checks it against the projection when the protocol registers (conformance), and the
+monitors and diagrams come from the same choreography. Nobody writes ``on_message`` /
+``on_abort`` / ``rehydrate`` by hand.
+
+Dispatch (one :class:`RoleDriver` per session, generic over the role class):
+
+* **start**: the role class's constructor ``__init__(self: Role[Initial], step: Step[P])`` makes
+  the initial value from the session's :class:`Step` (params, roles, journaled entropy, ``now``).
+* **message** M from a member of role R in phase P: the transition declared
+  ``(source=P, action="recv" | "gather", message=M)`` is called as ``method(value, msg, step)``.
+  A ``gather`` is called once per arriving member and returns either its own phase (no quorum
+  yet: it keeps what it learned in its fields) or its target (the witness is built).
+* **timer** fired in phase P: the ``timeout`` transition from P (matching ``timer=`` if given);
+  none declared and P not final: the session fails with code ``timeout``.
+* **control action** A in phase P: the ``local`` transition from P declared ``command=A``,
+  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator.
+* **abort**, this side's or a peer's: the class keyword ``abort=Failed`` declares the abort edge
+  of every non-final phase once; the kit moves the value there.
+* After every input the kit **settles** the value: while the current phase has a ``send`` (or a
+  ``local`` without a command) transition, it runs it - ``method(value, step)`` returning the
+  successor and the message (sent to every device of the declared peer role) or a mapping
+  device -> message (per-member content, e.g. sealed shares). Reaching a final phase (one with
+  no outgoing transitions) ends the session: ``Complete`` (with ``step.complete(...)``'s result)
+  or, in the abort phase, ``Fail``.
+
+A transition that raises :class:`~aura_node.errors.RemoteProtocolError` (a witness that does not
+verify, a bad signature, a wrong nonce) *rejects that message*: the value stays live (the guard
+voids the half-built successor), a ``<choreography>.rejected`` evidence record names the peer
+and the reason, and the session goes on. Any other exception aborts the session (the runtime
+journals it and tells the peers).
+
+Rehydration is **deterministic replay** (:meth:`RoleDriver.rehydrate`): the session's journaled
+inputs - ``session.start`` with its entropy, ``msg.in``, ``timer.fired``, ``session.control`` -
+are fed again, in journal order, to the same pure code. Randomness reaches protocol code only as
+the journaled entropy (:meth:`Step.random`), time only as the journaled ``now`` (a timer's ``now``
+is its deadline, live and in replay). Every message the replay sends must equal the journaled
+one byte for byte; any difference raises :class:`NondeterminismError` (the runtime aborts the
+session with code ``nondeterminism``, naming session, step and message). Sends the replay
+produces beyond the journal were computed but never made durable (a crash inside the group
+commit): :meth:`RoleDriver.resume` returns them, identical. Protocol code never sees the journal.
+
+Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
+(message types from the choreography, openers from the roles' first receives, parameter
+validation from a msgspec ``params`` Struct), runs the conformance check of every role class
+against its projection (refusing the protocol with the first difference) and registers it:
+the engine spec (``engine.PROTOCOLS``) and, for a plugin, its choreography
+(``registry.node_registry()``, whose hash the transport hello carries) in one call.
+Pure: no trio, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
+
+import msgspec
+
+from aura_node.choreo import Choreography
+from aura_node.errors import LocalProtocolError, RemoteProtocolError
+from aura_node.protocols import engine as eng
+from aura_node.protocols.envelope import Envelope
+from aura_node.protocols.registry import node_registry, register_choreography
+from aura_node.protocols.services import NodeServices
+from aura_node.session.conformance import check_conformance
+from aura_node.session.typestate import (
+    ChoreographicProtocol,
+    Phase,
+    TransitionDecl,
+    declared_transitions,
+    phase_of,
+)
+
+__all__ = [
+    "NoParams",
+    "NondeterminismError",
+    "Protocol",
+    "RoleDriver",
+    "Step",
+    "command",
+    "final_phases",
+    "protocol",
+]
+
+P = TypeVar("P")
+RoleValue = ChoreographicProtocol[Any, Any]
+
+#: domain separation for :meth:`Step.random`
+_RANDOM_DOMAIN = b"aura-node/kit/random/v1\n"
+
+
+NondeterminismError = eng.NondeterminismError
+
+
+class NoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The parameters of a protocol that takes none."""
+
+
+# --- the step: what a transition sees and says -----------------------------------------------
+
+
+class Step(Generic[P]):
+    """One input being handled: the session's facts plus the effects a transition asks for.
+
+    Handed to every transition (and the constructor). Everything here is journaled input
+    (params, roles, ``now``, entropy) or an effect the runtime journals before it acts on it.
+    """
+
+    __slots__ = (
+        "_effects", "_driver", "envelope", "now", "sender", "sender_role",
+    )
+
+    def __init__(self, driver: RoleDriver, *, now: float, sender: str = "",
+                 sender_role: str = "", envelope: Envelope | None = None) -> None:
+        self._driver = driver
+        self._effects: list[eng.Effect] = []
+        #: the journaled time of this input (a timer's is its deadline)
+        self.now = now
+        #: for a message input: the sending device's name and role, and the signed envelope
+        self.sender = sender
+        self.sender_role = sender_role
+        self.envelope = envelope
+
+    # facts
+    @property
+    def session(self) -> str:
+        return self._driver.session
+
+    @property
+    def self_name(self) -> str:
+        return self._driver.self_name
+
+    @property
+    def params(self) -> P:
+        return cast(P, self._driver.params)
+
+    @property
+    def services(self) -> NodeServices:
+        """This node's key, pinned peers, accounts and protocol settings."""
+        return self._driver.services
+
+    @property
+    def roles(self) -> Mapping[str, str]:
+        """Device name -> role, as far as this session knows it."""
+        return self._driver.roles
+
+    @property
+    def entropy(self) -> bytes:
+        """The session's journaled start entropy (prefer :meth:`random`)."""
+        return self._driver.entropy
+
+    @property
+    def opened_by(self) -> str | None:
+        return self._driver.opened_by
+
+    def members(self, role: str) -> tuple[str, ...]:
+        """The devices playing ``role`` (or role set) in this session, in assignment order."""
+        return tuple(n for n, r in self._driver.roles.items() if r == role)
+
+    def the(self, role: str) -> str:
+        """The one device playing ``role``."""
+        names = self.members(role)
+        if len(names) != 1:
+            raise eng.ParamsError(f"{self._driver.choreography} needs exactly one {role}, "
+                                  f"got {list(names)}")
+        return names[0]
+
+    def random(self, n: int, label: str) -> bytes:
+        """``n`` bytes derived from the journaled entropy and ``label`` (deterministic, so a
+        replay after a crash draws the same ones). Never a secret: the journal holds the seed."""
+        out = b""
+        counter = 0
+        key = self._driver.entropy
+        while len(out) < n:
+            msg = _RANDOM_DOMAIN + label.encode() + b"\0" + counter.to_bytes(4, "big")
+            out += hmac.new(key, msg, hashlib.sha256).digest()
+            counter += 1
+        return out[:n]
+
+    # effects
+    def learn_roles(self, roles: Mapping[str, str]) -> None:
+        """Extend the session's role assignment (a responder learns it from the opening)."""
+        self._driver.roles.update(roles)
+
+    def arm(self, name: str, *, at: float) -> None:
+        """Arm timer ``name`` for the absolute time ``at`` (re-arming replaces it)."""
+        self._driver.timers[name] = at
+        self._effects.append(eng.ArmTimer(name=name, deadline=at))
+
+    def cancel(self, name: str) -> None:
+        self._driver.timers.pop(name, None)
+        self._effects.append(eng.CancelTimer(name=name))
+
+    def record(self, kind: str, body: bytes) -> None:
+        """Journal a record of this protocol's own ``kind`` (evidence that is not a message)."""
+        self._effects.append(eng.RecordEvidence(kind=kind, body=body))
+
+    def reply(self, **result: Any) -> None:
+        """Answer the control action being handled."""
+        self._effects.append(eng.Reply(result=result))
+
+    def complete(self, **result: Any) -> None:
+        """End the session successfully with ``result`` (when the role reaches a final phase)."""
+        self._effects.append(eng.Complete(result=result))
+
+    def fail(self, code: str, reason: str) -> None:
+        """End the session as failed (the runtime aborts it and tells every peer)."""
+        self._effects.append(eng.Fail(code=code, reason=reason))
+
+    def send(self, to: Sequence[str], message: msgspec.Struct) -> None:
+        """An extra send inside a transition (prefer returning the message from a ``send``
+        transition, which the declaration table describes)."""
+        self._effects.append(eng.Send(to=tuple(to), message=message))
+
+
+# --- the generic driver --------------------------------------------------------------------
+
+
+def final_phases(cls: type[RoleValue]) -> frozenset[type[Phase]]:
+    """Phases with no declared way out (plus the abort phase): reaching one ends the role."""
+    decls = declared_transitions(cls)
+    sources = {d.source for d in decls}
+    phases = {cls.initial_phase} | {d.target for d in decls} | sources
+    if cls.abort_phase is not None:
+        phases.add(cls.abort_phase)
+    return frozenset(p for p in phases if p not in sources)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """A role class's declarations indexed for dispatch."""
+
+    inbound: Mapping[tuple[type[Phase], type], TransitionDecl]
+    automatic: Mapping[type[Phase], TransitionDecl]
+    timeouts: Mapping[type[Phase], tuple[TransitionDecl, ...]]
+    commands: Mapping[tuple[type[Phase], str], TransitionDecl]
+    final: frozenset[type[Phase]]
+    #: message types some phase gathers (a late one in another phase is a straggler)
+    gathered: frozenset[type]
+
+    @classmethod
+    def of(cls, role_cls: type[RoleValue]) -> _Table:
+        inbound: dict[tuple[type[Phase], type], TransitionDecl] = {}
+        automatic: dict[type[Phase], TransitionDecl] = {}
+        timeouts: dict[type[Phase], list[TransitionDecl]] = {}
+        commands: dict[tuple[type[Phase], str], TransitionDecl] = {}
+        name = role_cls.__qualname__
+        for d in declared_transitions(role_cls):
+            if d.action in ("recv", "gather"):
+                assert d.message is not None
+                key = (d.source, d.message)
+                if key in inbound:
+                    raise eng.DriverError(
+                        f"{name}: {d.method} and {inbound[key].method} both handle "
+                        f"{d.message.__name__} in phase {d.source.__name__}")
+                inbound[key] = d
+            elif d.action == "send" or (d.action == "local" and d.command is None):
+                if d.source in automatic:
+                    raise eng.DriverError(
+                        f"{name}: phase {d.source.__name__} has two automatic transitions, "
+                        f"{automatic[d.source].method} and {d.method}; decide in one of them")
+                automatic[d.source] = d
+            elif d.action == "timeout":
+                timeouts.setdefault(d.source, []).append(d)
+            elif d.action == "local":
+                assert d.command is not None
+                commands[(d.source, d.command)] = d
+            elif d.action == "abort":
+                raise eng.DriverError(
+                    f"{name}.{d.method}: declare the abort phase once with the class keyword "
+                    "abort=..., not one abort transition per phase")
+        gathered = frozenset(d.message for d in inbound.values()
+                             if d.action == "gather" and d.message is not None)
+        return cls(inbound, automatic, {k: tuple(v) for k, v in timeouts.items()}, commands,
+                   final_phases(role_cls), gathered)
+
+
+class RoleDriver(eng.ProtocolDriver):
+    """The runtime driver of one role, generated from its typestate class's declarations.
+
+    Subclassed once per role by :func:`protocol` (``role_class``, ``spec`` set there); protocol
+    authors never subclass it.
+    """
+
+    role_class: ClassVar[type[RoleValue]]
+    params_type: ClassVar[type[msgspec.Struct]]
+    table: ClassVar[_Table]
+    #: message types of the choreography by envelope step name
+    message_types: ClassVar[Mapping[str, type[msgspec.Struct]]]
+    abort_type: ClassVar[type[msgspec.Struct]]
+
+    def __init__(self, services: NodeServices) -> None:
+        super().__init__(services)
+        self.value: RoleValue | None = None
+        self.session = ""
+        self.self_name = services.self_name
+        self.entropy = b""
+        self.opened_by: str | None = None
+        self.params: msgspec.Struct = NoParams()
+        self._roles: dict[str, str] = {}
+        #: timers this session armed: name -> deadline (a fired timer's ``now``)
+        self.timers: dict[str, float] = {}
+        self.result: dict[str, Any] = {}
+        self._pending: list[eng.Effect] = []
+
+    @property
+    def roles(self) -> dict[str, str]:
+        return self._roles
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def start(self, inp: eng.Start) -> list[eng.Effect]:
+        self.session, self.entropy, self.opened_by = inp.session, inp.entropy, inp.opened_by
+        self.self_name = inp.self_name
+        self._roles = dict(inp.roles)
+        self.params = _convert_params(type(self).params_type, inp.params)
+        step: Step[Any] = Step(self, now=inp.now)
+        self.value = type(self).role_class(step)  # type: ignore[call-arg]
+        return self._settle(step)
+
+    def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
+        value = self._live()
+        phase = phase_of(value)
+        decl = type(self).table.inbound.get((phase, type(inp.message)))
+        if decl is None and type(inp.message) in type(self).table.gathered:
+            # a straggler: a member's answer to a gather that already reached its quorum (the
+            # monitor accepts each member once); its msg.in is journaled, nothing else to do
+            return []
+        if decl is None:
+            raise LocalProtocolError(
+                f"can't handle {type(inp.message).__name__} from {inp.sender} "
+                f"({inp.sender_role}) when role={self.role} and phase={phase.__name__}")
+        step: Step[Any] = Step(self, now=inp.now, sender=inp.sender,
+                               sender_role=inp.sender_role, envelope=inp.envelope)
+        try:
+            self.value = getattr(value, decl.method)(inp.message, step)
+        except RemoteProtocolError as exc:
+            return [*step._effects, self._rejection(inp.sender, exc)]
+        return self._settle(step)
+
+    def on_timer(self, inp: eng.TimerFired) -> list[eng.Effect]:
+        deadline = self.timers.pop(inp.name, None)
+        now = inp.now if deadline is None else deadline
+        value = self._live()
+        phase = phase_of(value)
+        if phase in type(self).table.final:
+            return []  # a stale timer: the role is done
+        for decl in type(self).table.timeouts.get(phase, ()):
+            if decl.timer is None or decl.timer == inp.name:
+                step: Step[Any] = Step(self, now=now)
+                self.value = getattr(value, decl.method)(step)
+                return self._settle(step, timed_out=True)
+        return [eng.Fail(code="timeout",
+                         reason=f"{self.choreography} {self.role}: timer {inp.name!r} expired "
+                                f"in phase {phase.__name__}")]
+
+    def on_control(self, inp: eng.ControlAction) -> list[eng.Effect]:
+        value = self._live()
+        phase = phase_of(value)
+        decl = type(self).table.commands.get((phase, inp.action))
+        if decl is None:
+            known = sorted({c for (_, c) in type(self).table.commands})
+            raise LocalProtocolError(
+                f"{self.choreography}/{self.role} has no control action {inp.action!r} in "
+                f"phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")
+        step: Step[Any] = Step(self, now=inp.now)
+        self.value = getattr(value, decl.method)(dict(inp.args), step)
+        effects = self._settle(step)
+        if not any(isinstance(e, eng.Reply) for e in effects):
+            effects.append(eng.Reply(result={"phase": phase_of(self._live()).__name__}))
+        return effects
+
+    def on_abort(self, reason: str, *, by_peer: str | None) -> None:
+        value = self.value
+        if value is None or phase_of(value) in type(self).table.final:
+            return
+        self.value = value._aura_abort()
+
+    def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
+        hook = getattr(type(self).role_class, "accepts_abort_from", None)
+        if hook is None or self.value is None:
+            return True
+        return bool(hook(self.value, sender, sender_role))
+
+    def rejects_message(self, sender: str, sender_role: str, message: msgspec.Struct
+                        ) -> str | None:
+        hook = getattr(type(self).role_class, "screen", None)
+        if hook is None or self.value is None:
+            return None
+        return cast("str | None", hook(self.value, sender, sender_role, message))
+
+    def resume(self, now: float) -> list[eng.Effect]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def status(self) -> dict[str, Any]:
+        if self.value is None:
+            return {"phase": "Starting"}
+        out: dict[str, Any] = {"phase": phase_of(self.value).__name__}
+        describe = getattr(self.value, "describe", None)
+        if describe is not None:
+            out.update(describe())
+        return out
+
+    @property
+    def is_final(self) -> bool:
+        return self.value is not None and phase_of(self.value) in type(self).table.final
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _live(self) -> RoleValue:
+        if self.value is None:
+            raise LocalProtocolError(f"{self.choreography}/{self.role}: session not started")
+        return self.value
+
+    def _rejection(self, peer: str, exc: RemoteProtocolError) -> eng.RecordEvidence:
+        return eng.rejection(f"{self.choreography}.rejected", peer=peer, code=exc.code,
+                             reason=str(exc))
+
+    def _settle(self, step: Step[Any], *, timed_out: bool = False) -> list[eng.Effect]:
+        """Run the automatic transitions (sends, decisions) until the role waits or ends."""
+        table = type(self).table
+        for _ in range(1000):
+            value = self._live()
+            phase = phase_of(value)
+            decl = table.automatic.get(phase)
+            if decl is None or any(isinstance(e, eng.Fail) for e in step._effects):
+                break
+            mark = len(step._effects)
+            returned = getattr(value, decl.method)(step)
+            if decl.action == "send":
+                # the message goes first, then what the transition armed or recorded with it
+                self.value, out = returned
+                step._effects[mark:mark] = self._sends(decl, out, step)
+            else:
+                self.value = returned
+        else:  # pragma: no cover - a declaration table with a cycle of automatic steps
+            raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
+                                  "do not stop")
+        effects = step._effects
+        phase = phase_of(self._live())
+        ended = any(isinstance(e, eng.Complete | eng.Fail) for e in effects)
+        if phase in table.final and not ended:
+            if phase is type(self).role_class.abort_phase:
+                effects.append(eng.Fail(
+                    code="timeout" if timed_out else "aborted",
+                    reason=f"{self.choreography} {self.role} ended in {phase.__name__}"))
+            else:
+                effects.append(eng.Complete(result={}))
+        for e in effects:
+            if isinstance(e, eng.Complete):
+                self.result = dict(e.result)
+        return effects
+
+    def _sends(self, decl: TransitionDecl, out: object, step: Step[Any]) -> list[eng.Effect]:
+        if isinstance(out, Mapping):
+            for msg in out.values():
+                self._check_out(decl, msg)
+            return [eng.Send(to=(name,), message=msg) for name, msg in out.items()]
+        self._check_out(decl, out)
+        assert decl.peer is not None
+        to = step.members(decl.peer)
+        return [eng.Send(to=to, message=cast(msgspec.Struct, out))] if to else []
+
+    def _check_out(self, decl: TransitionDecl, msg: object) -> None:
+        if decl.message is not None and not isinstance(msg, decl.message):
+            raise eng.DriverError(
+                f"{type(self).role_class.__qualname__}.{decl.method} is declared to send "
+                f"{decl.message.__name__} but returned {type(msg).__name__}")
+
+    # --- rehydration by deterministic replay -----------------------------------------------------
+
+    @classmethod
+    def rehydrate(cls, evidence: Sequence[eng.EvidenceRecord], services: NodeServices
+                  ) -> Self | None:
+        drv = cls(services)
+        replayed: list[tuple[int, eng.Send]] = []  # (input seq, send)
+        journaled: list[eng.Sent] = []
+        started = False
+        last: list[eng.Effect] = []
+        for ev in eng.parse_evidence(evidence):
+            effects: list[eng.Effect] | None = None
+            if isinstance(ev, eng.Started):
+                if started:
+                    raise NondeterminismError(f"session {ev.start.session} started twice")
+                started = True
+                effects = drv.start(ev.start)
+            elif not started:
+                continue
+            elif isinstance(ev, eng.Received):
+                msg = eng.decode_message(ev.envelope, cls.message_types[ev.envelope.step])
+                if isinstance(msg, cls.abort_type):
+                    drv.on_abort(getattr(msg, "reason", ""), by_peer=ev.sender)
+                    continue
+                effects = drv.on_message(eng.MessageIn(
+                    sender=ev.sender, sender_role=ev.sender_role, message=msg,
+                    envelope=ev.envelope, now=ev.now))
+            elif isinstance(ev, eng.TimerEvent) and ev.event == "fired":
+                effects = drv.on_timer(eng.TimerFired(name=ev.name, now=ev.deadline))
+            elif isinstance(ev, eng.Controlled):
+                effects = drv.on_control(eng.ControlAction(action=ev.action, args=ev.args,
+                                                           now=ev.now))
+            elif isinstance(ev, eng.Sent):
+                journaled.append(ev)
+            if effects is not None:
+                replayed.extend((ev.seq, e) for e in effects if isinstance(e, eng.Send))
+                last = effects
+        if not started:
+            return None
+        abort_step = cls.abort_type.__name__
+        own = [s for s in journaled if s.envelope.step != abort_step]
+        session = drv.session
+        for i, sent in enumerate(own):
+            if i >= len(replayed):
+                raise NondeterminismError(
+                    f"session {session}: the journal holds {sent.envelope.step} "
+                    f"(msg.out record {sent.seq}) that replaying its inputs does not send")
+            seq, again = replayed[i]
+            body = msgspec.msgpack.encode(again.message)
+            if (sent.envelope.step != type(again.message).__name__
+                    or sent.envelope.body != body or tuple(sent.to) != again.to):
+                raise NondeterminismError(
+                    f"session {session}: replaying input record {seq} sends "
+                    f"{type(again.message).__name__} to {list(again.to)}, but the journal "
+                    f"holds {sent.envelope.step} to {list(sent.to)} (msg.out record "
+                    f"{sent.seq}) with different content")
+        missing = [s for _, s in replayed[len(own):]]
+        if missing:
+            # computed but never durable (a crash inside the group commit): due again, identical
+            drv._pending = [*missing, *(e for e in last if not isinstance(e, eng.Send))]
+        return drv
+
+
+def _convert_params(params_type: type[msgspec.Struct], params: Mapping[str, Any]
+                    ) -> msgspec.Struct:
+    try:
+        return msgspec.convert(dict(params), params_type)
+    except msgspec.ValidationError as exc:
+        raise eng.ParamsError(f"parameters do not fit {params_type.__name__}: {exc}") from None
+
+
+# --- registration --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Protocol:
+    """A registered protocol: its choreography, role classes, parameters and engine spec."""
+
+    choreography: Choreography
+    roles: Mapping[str, type[RoleValue]]
+    params: type[msgspec.Struct]
+    spec: eng.ProtocolSpec
+    drivers: Mapping[str, type[RoleDriver]] = field(default_factory=dict)
+
+
+def command(
+    name: str,
+    help: str,
+    *,
+    roles: Callable[[Mapping[str, Any], str], Mapping[str, str]],
+    params: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    wait: bool = True,
+) -> eng.StartCommand:
+    """Declare a control command that starts a session (see ``engine.StartCommand``):
+    ``roles(args, self_name)`` -> device name -> role, ``params(args)`` -> session params."""
+    if not name or any(c.isspace() for c in name):
+        raise eng.DriverError(f"command name {name!r} must be non-empty without spaces")
+    return eng.StartCommand(name=name, help=help, roles=roles,
+                            params=params or (lambda args: {}), wait=wait)
+
+
+def _bindings_from_params(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
+    return {k: v for k, v in start.params.items()
+            if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def protocol(
+    chor: Choreography,
+    *roles: type[RoleValue],
+    params: type[msgspec.Struct] = NoParams,
+    initiator: str | None = None,
+    openers: Mapping[str, eng.Opener] | None = None,
+    bindings: Callable[[eng.Start, msgspec.Struct | None], dict[str, int]] | None = None,
+    conformance_bindings: Mapping[str, int] | None = None,
+    commands: Sequence[eng.StartCommand] = (),
+) -> Protocol:
+    """Register a protocol: check every role class against its projection, build one driver per
+    role from its declarations, and register the engine spec.
+
+    ``initiator``: the role the operator's device takes when it starts a session (default: the
+    first role class). ``openers``: which inbound message opens a session on a responder
+    (default: every role's first receive, from its initial phase). ``bindings``: role-set sizes
+    and thresholds of a session for its monitor (default: the int params). ``commands``: the
+    control commands that start a session of it (:func:`command`), served by every node.
+    """
+    name = chor.name
+    known = node_registry().get(name)
+    if known is not None and known is not chor:
+        raise eng.DriverError(f"a choreography named {name!r} is registered already")
+    by_role: dict[str, type[RoleValue]] = {}
+    for cls in roles:
+        if cls.choreography != name:
+            raise eng.DriverError(f"{cls.__qualname__} implements choreography "
+                                  f"{cls.choreography!r}, registered with {name!r}")
+        if cls.role not in chor.roles:
+            raise eng.DriverError(f"{cls.__qualname__} plays role {cls.role!r}; {name} has "
+                                  f"roles {', '.join(chor.roles)}")
+        if cls.role in by_role:
+            raise eng.DriverError(f"two classes play {name}/{cls.role}")
+        abort = cls.abort_phase
+        if abort is None or abort.__name__ != chor.decl.abort_phase:
+            raise eng.DriverError(
+                f"{cls.__qualname__} must declare abort={chor.decl.abort_phase} (the "
+                f"choreography's abort phase), got {getattr(abort, '__name__', None)}")
+        check_conformance(cls, chor.project(cls.role, dict(conformance_bindings or {}) or None))
+        by_role[cls.role] = cls
+    messages: dict[str, type[msgspec.Struct]] = {}
+    for m in chor.messages:
+        if not (isinstance(m, type) and issubclass(m, msgspec.Struct)):
+            raise eng.DriverError(f"{name}: message {m!r} is not a msgspec Struct")
+        messages[m.__name__] = m
+    abort_type = messages[chor.decl.abort_message.__name__]
+    drivers: dict[str, type[RoleDriver]] = {}
+    for role, cls in by_role.items():
+        drivers[role] = cast(type[RoleDriver], type(
+            f"{cls.__name__}Driver", (RoleDriver,),
+            {"choreography": name, "role": role, "role_class": cls, "params_type": params,
+             "table": _Table.of(cls), "message_types": messages, "abort_type": abort_type,
+             "__module__": cls.__module__},
+        ))
+    if openers is None:
+        openers = {}
+        for role, cls in by_role.items():
+            for d in declared_transitions(cls):
+                if (d.source is cls.initial_phase and d.action in ("recv", "gather")
+                        and d.message is not None and d.peer is not None):
+                    openers[d.message.__name__] = eng.Opener(sender_role=d.peer, role=role)
+
+    def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
+        return cast(dict[str, Any], msgspec.to_builtins(_convert_params(params, raw)))
+
+    spec = eng.register_protocol(eng.ProtocolSpec(
+        choreography=name,
+        drivers=drivers,
+        message_types=messages,
+        openers=openers,
+        initiator_role=initiator if initiator is not None else roles[0].role,
+        validate_params=validate,
+        bindings=bindings or _bindings_from_params,
+        commands=tuple(commands),
+    ))
+    register_choreography(chor)  # one registration: the spec above and the choreography
+    return Protocol(choreography=chor, roles=by_role, params=params, spec=spec, drivers=drivers)
