@@ -284,11 +284,12 @@ def _registrations() -> frozenset[tuple[str, str, int]]:
     Trio or the simulation just to look.
     """
     from aura_node.protocols import engine
-    from aura_node.runtime import monitors
+    from aura_node.protocols.registry import node_registry
 
     engine.load_protocols()
+    # a protocol's declared control commands are part of its spec (kit.command)
     keys = {("protocol", k, id(v)) for k, v in engine.PROTOCOLS.items()}
-    keys.update(("choreography", k, id(v)) for k, v in monitors.node_registry().items())
+    keys.update(("choreography", k, id(v)) for k, v in node_registry().items())
     handlers = sys.modules.get("aura_node.runtime.handlers")
     if handlers is not None:
         keys.update(("handlers", m, 0) for m in handlers.HANDLER_MODULES)

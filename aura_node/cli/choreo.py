@@ -48,8 +48,7 @@ def register(sub: Any) -> None:
 def _registry(args: argparse.Namespace) -> tuple[Mapping[str, Choreography], str]:
     """The choreographies a node with ``args.plugin`` runs (name order) and their hash."""
     load_plugin_options(args)
-    from aura_node.protocols.registry import hash_registry
-    from aura_node.runtime.monitors import node_registry
+    from aura_node.protocols.registry import hash_registry, node_registry
 
     registry = dict(sorted(node_registry().items()))
     return registry, hash_registry(registry).hex()

@@ -36,7 +36,6 @@ from aura_node.cli import print_json
 from aura_node.control import client
 from aura_node.control.protocol import (
     COMMANDS,
-    SESSION_WAIT_GRACE_SECONDS,
     ControlConnectionError,
     ControlReplyError,
     ControlTimeoutError,
@@ -234,7 +233,8 @@ def register(sub: Any) -> None:
     p = _leaf(csub, "call", "", _call_args,
               "call any control command the node serves (built-in or a plugin's) with "
               "--args as its arguments; --timeout is how long ctl waits (default: the "
-              "command's own timeout argument plus a few seconds, else 10 s)")
+              "command's own timeout argument plus a few seconds; else 10 s for a built-in "
+              "query, 120 s for any other command, which may run a session)")
     p.add_argument("command", metavar="COMMAND", help="the control command, e.g. status")
     p.add_argument("--args", default="{}", metavar="JSON",
                    help="the command's arguments as one JSON object (default {})")
@@ -249,26 +249,13 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def _call_wait(cmd: str, args: dict[str, Any], timeout: float | None) -> float:
-    """How long ``ctl call`` waits: ``--timeout``; else, for a command ctl does not know that
-    carries its own ``timeout`` argument (a plugin's session), that plus the grace the
-    built-in session commands get; else what the command table says."""
-    if timeout is not None:
-        return timeout
-    deadline = args.get("timeout")
-    if (cmd not in COMMANDS and isinstance(deadline, int | float)
-            and not isinstance(deadline, bool) and deadline > 0):
-        return float(deadline) + SESSION_WAIT_GRACE_SECONDS
-    return client_wait(cmd, args, None)
-
-
 def cmd_ctl(a: argparse.Namespace) -> int:
     build: ArgsBuilder = a.ctl_build
     args = build(a)
     path = a.socket if a.socket is not None else socket_path_for(a.home)
     if a.ctl_cmd == "":  # ctl call: any command, --timeout is only ctl's own wait
         cmd: str = a.command
-        wait = _call_wait(cmd, args, a.timeout)
+        wait = client_wait(cmd, args, a.timeout)
     else:
         cmd = a.ctl_cmd
         assert cmd in COMMANDS, cmd  # the parser only builds commands of the table

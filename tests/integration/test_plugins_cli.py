@@ -3,9 +3,11 @@
 ``ctl call`` of a plugin's control command, and every command's one-line refusal of a
 missing or broken plugin.
 
-The plugins are the repository's own: ``aura_node/harness/load_plugin.py`` (a control
-command, ``bench.batch``) and ``aura_node/runtime/bench_protocol.py`` (a choreography and a
-protocol, ``bench-notice``), loaded by path or by module name.
+The plugins: ``tests/plugins/hello.py`` (a protocol written only with the public kit, with a
+declared command ``hello.send``), and the repository's own ``aura_node/harness/load_plugin.py``
+(a control command through the handler-module hook, ``bench.batch``) and
+``aura_node/harness/bench_protocol.py`` (a protocol, ``bench-notice``), loaded by path or by
+module name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pytest
 from tests.integration.nodeproc import REPO, cluster
 
 LOAD_PLUGIN = REPO / "aura_node" / "harness" / "load_plugin.py"
-BENCH_PROTOCOL = REPO / "aura_node" / "runtime" / "bench_protocol.py"
+BENCH_PROTOCOL = REPO / "aura_node" / "harness" / "bench_protocol.py"
+HELLO = REPO / "tests" / "plugins" / "hello.py"
 
 
 def aura(*args: str, cwd: Path = REPO, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
@@ -113,38 +116,46 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 def test_cluster_up_runs_the_plugins_on_every_node(short_dir: Path, tmp_path: Path) -> None:
     # a relative path (from the repository) and a module name
     up = _ok(aura("cluster", "up", "--dir", str(short_dir), "--nodes", "2",
-                  "--plugin", "aura_node/harness/load_plugin.py",
-                  "--plugin", "aura_node.runtime.bench_protocol"))
+                  "--plugin", "tests/plugins/hello.py",
+                  "--plugin", "aura_node.harness.load_plugin"))
     d = str(short_dir)
     try:
         # paths are made absolute for the nodes (and for later commands run elsewhere)
-        assert up["plugins"] == [str(LOAD_PLUGIN), "aura_node.runtime.bench_protocol"]
-        # `cluster up` waited for every link: the nodes agree on the registry with the plugin
+        assert up["plugins"] == [str(HELLO), "aura_node.harness.load_plugin"]
+        # `cluster up` waited for every link: the nodes agree on the registry with the plugin;
+        # the plugin protocol's declared command runs a session between them
         home1 = str(short_dir / "nodes" / "d1")
-        batch = {"requests": [["ping", {"peer": "d2", "timeout": 10}]]}
-        result = _ok(aura("ctl", "--home", home1, "call", "bench.batch",
-                          "--args", json.dumps(batch)))
-        [outcome] = result["outcomes"]
-        assert outcome["ok"] is True, outcome
-        # the session the plugin command ran is drawn from the journals
-        proc = aura("trace", "--dir", d, "--session", outcome["session"], "--format", "text",
-                    "--plugin", "aura_node.runtime.bench_protocol")
+        result = _ok(aura("ctl", "--home", home1, "call", "hello.send",
+                          "--args", '{"peer": "d2", "text": "hi there", "timeout": 10}'))
+        assert (result["reply"], result["by"]) == ("HI THERE", "d2"), result
+        # its own argument check answers invalid_args, one line
+        proc = aura("ctl", "--home", home1, "call", "hello.send", "--args", '{"text": "x"}')
+        assert proc.returncode == 1
+        one_line_error(proc, "aura-node: error: invalid_args: hello.send: peer must name "
+                             "another pinned device, got None")
+        # the plugin session is drawn from the journals like a shipped one
+        proc = aura("trace", "--dir", d, "--session", result["session"], "--format", "text",
+                    "--plugin", str(HELLO))
         assert proc.returncode == 0, proc.stderr
-        assert "d1" in proc.stdout and "d2" in proc.stdout
+        assert proc.stdout.startswith(f"hello session {result['session']}")
+        assert "-- Hello -->" in proc.stdout and "<- Reply ---" in proc.stdout
 
         # restarted by a later command from another directory, a node runs the plugins again
         _ok(aura("cluster", "kill", "--dir", d, "d2", cwd=tmp_path))
         _ok(aura("cluster", "restart", "--dir", d, "d2", cwd=tmp_path))
         home2 = str(short_dir / "nodes" / "d2")
-        again = _ok(aura("ctl", "--home", home2, "call", "bench.batch", "--args",
-                         json.dumps({"requests": [["ping", {"peer": "d1", "timeout": 10}]]})))
-        assert again["outcomes"][0]["ok"] is True, again
+        again = _ok(aura("ctl", "--home", home2, "call", "hello.send",
+                         "--args", '{"peer": "d1", "text": "back", "timeout": 10}'))
+        assert (again["reply"], again["by"]) == ("BACK", "d1"), again
+        batch = _ok(aura("ctl", "--home", home2, "call", "bench.batch",
+                         "--args", '{"requests": [["status", {}]]}'))
+        assert batch["outcomes"][0]["ok"] is True, batch
         started = [json.loads(line) for line in
                    (short_dir / "logs" / "d2.log").read_text().splitlines()
                    if '"starting"' in line]
         assert [e["plugins"] for e in started] == [
-            ["load_plugin", "aura_node.runtime.bench_protocol"]] * 2
-        assert "bench-notice" in started[-1]["protocols"]
+            ["hello", "aura_node.harness.load_plugin"]] * 2
+        assert "hello" in started[-1]["protocols"]
     finally:
         _ok(aura("cluster", "down", "--dir", d))
 
@@ -188,7 +199,7 @@ def test_choreo_commands_show_a_plugins_choreography() -> None:
     assert shown.returncode == 0 and shown.stdout.startswith("sequenceDiagram\n")
     assert "    sender->>receiver: Notice\n" in shown.stdout
     role = aura("choreo", "show", "bench-notice", "--role", "receiver", "--format", "dot",
-                "--plugin", "aura_node.runtime.bench_protocol")
+                "--plugin", "aura_node.harness.bench_protocol")
     assert role.returncode == 0 and role.stdout.startswith('digraph "bench-notice/receiver" {')
     check = aura("choreo", "check", "--plugin", str(BENCH_PROTOCOL))
     assert check.returncode == 0 and "ok  bench-notice:" in check.stdout
@@ -237,8 +248,8 @@ def test_chaos_gives_its_nodes_the_plugins(tmp_path: Path) -> None:
         [sys.executable, "-c", code, "cluster", "chaos", "--nodes", "2", "--duration", "1",
          "--seed", "1", "--dir", str(tmp_path / "c"),
          "--plugin", "aura_node/harness/load_plugin.py",
-         "--plugin", "aura_node.runtime.bench_protocol"],
+         "--plugin", "aura_node.harness.bench_protocol"],
         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (
-        f"aura-node: error: cluster plugins ['{LOAD_PLUGIN}', 'aura_node.runtime.bench_protocol']")
+        f"aura-node: error: cluster plugins ['{LOAD_PLUGIN}', 'aura_node.harness.bench_protocol']")

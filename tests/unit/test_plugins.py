@@ -23,8 +23,7 @@ from aura_node.plugins import (
     load_plugins,
     plugin_argument,
 )
-from aura_node.protocols import engine
-from aura_node.runtime import monitors
+from aura_node.protocols import engine, registry
 
 #: a plugin that registers one choreography, split over a package's two files (the relative
 #: import checks that a package directory is loaded as a package)
@@ -49,7 +48,7 @@ def HELLO(c: ChoreographyBuilder) -> None:
     c.send(a, b, Hello)
 '''
 REGISTER = '''
-from aura_node.runtime.monitors import register_choreography
+from aura_node.protocols.registry import register_choreography
 from .choreography import HELLO
 
 register_choreography(HELLO)
@@ -60,7 +59,7 @@ register_choreography(HELLO)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Plugins loaded by a test leave no module, registry entry or sys.path entry behind."""
     modules = set(sys.modules)
-    monkeypatch.setattr(monitors, "_EXTRA", dict(monitors._EXTRA))
+    monkeypatch.setattr(registry, "_PLUGINS", dict(registry._PLUGINS))
     engine.load_protocols()
     monkeypatch.setattr(engine, "PROTOCOLS", dict(engine.PROTOCOLS))
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -71,8 +70,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
         origin = getattr(sys.modules[name], "__file__", None) or ""
         if origin.startswith(str(tmp_path)) or name.startswith("hello_mod"):
             del sys.modules[name]
-    monitors._project.cache_clear()
-    monitors._template.cache_clear()
 
 
 def write(path: Path, text: str) -> Path:
@@ -114,25 +111,25 @@ def test_a_package_directory_loads_as_a_package(tmp_path: Path) -> None:
     assert plugin.module == "hello_plugin"
     assert plugin.origin == str(tmp_path / "hello_plugin" / "__init__.py")
     assert plugin.argument == str(tmp_path / "hello_plugin")
-    assert "test-plugin-hello" in monitors.node_registry()
+    assert "test-plugin-hello" in registry.node_registry()
     # the same file again is the module already loaded, not a second registration
     assert load_plugin(str(tmp_path / "hello_plugin")).module == "hello_plugin"
 
 
 def test_a_file_loads_as_its_stem(tmp_path: Path) -> None:
     write(tmp_path / "sub" / "solo_plugin.py",
-          CHOREO + "\nfrom aura_node.runtime.monitors import register_choreography\n"
+          CHOREO + "\nfrom aura_node.protocols.registry import register_choreography\n"
           "register_choreography(HELLO)\n")
     plugin = load_plugin("sub/solo_plugin.py")
     assert (plugin.module, plugin.argument) == ("solo_plugin", str(tmp_path / "sub" /
                                                                    "solo_plugin.py"))
-    assert sys.modules["solo_plugin"].HELLO is monitors.node_registry()["test-plugin-hello"]
+    assert sys.modules["solo_plugin"].HELLO is registry.node_registry()["test-plugin-hello"]
 
 
 def test_a_module_name_is_also_looked_up_in_the_current_directory(tmp_path: Path) -> None:
     write(tmp_path / "hello_mod" / "choreography.py", CHOREO)
     write(tmp_path / "hello_file.py",
-          "from aura_node.runtime.monitors import register_choreography\n"
+          "from aura_node.protocols.registry import register_choreography\n"
           "from hello_mod.choreography import HELLO\n\nregister_choreography(HELLO)\n")
     # the file imports hello_mod through sys.path: the current directory, as python -m has
     sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
@@ -147,7 +144,7 @@ def test_a_module_name_is_also_looked_up_in_the_current_directory(tmp_path: Path
     plugin = load_plugin("hello_reg")
     assert (plugin.module, plugin.argument) == ("hello_reg", "hello_reg")
     assert plugin.origin == str(tmp_path / "hello_reg.py")
-    assert "test-plugin-hello" in monitors.node_registry()
+    assert "test-plugin-hello" in registry.node_registry()
 
 
 # --- failures: one line each ------------------------------------------------------------------
@@ -209,7 +206,7 @@ def test_a_multi_line_error_is_cut_to_its_first_line(tmp_path: Path) -> None:
     ill_formed = CHOREO.replace("c.send(a, b, Hello)",
                                 "c.send(a, b, Hello)\n    c.send(b, b, Hello)")
     write(tmp_path / "bad_choreo.py", ill_formed
-          + "\nfrom aura_node.runtime.monitors import register_choreography\n"
+          + "\nfrom aura_node.protocols.registry import register_choreography\n"
             "register_choreography(HELLO)\n")
     with pytest.raises(PluginError) as info:
         load_plugin("bad_choreo.py")
@@ -273,7 +270,7 @@ def test_loading_a_protocol_plugin_imports_no_trio() -> None:
     code = (
         "import sys\n"
         "from aura_node.plugins import load_plugins\n"
-        "[p] = load_plugins(['aura_node/runtime/bench_protocol.py'])\n"
+        "[p] = load_plugins(['aura_node/harness/bench_protocol.py'])\n"
         "assert p.module == 'bench_protocol', p\n"
         "bad = sorted(m for m in sys.modules if m == 'trio' or m.startswith('trio.'))\n"
         "assert not bad, bad[:5]\n"
