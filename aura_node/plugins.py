@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-A plugin is an ordinary Python module that registers what it brings *when it is imported*
-(the same calls a shipped protocol makes). The loader only imports; it knows nothing of the
-registries except :func:`_registrations`, the one place that looks at them to tell a plugin
-that registered something from one that registered nothing.
+A plugin is an ordinary Python module that registers what it brings *when it is imported*,
+with the same public API a shipped protocol uses (``aura_node.kit.protocol`` registers a
+protocol, its choreography and its control commands). The loader only imports; it knows
+nothing of the registries except :func:`_registrations`, the one place that looks at them to
+tell a plugin that registered something from one that registered nothing.
 
 ``--plugin X`` (repeatable, on ``run``, ``cluster up``, ``cluster simulate``, ``cluster chaos``,
 ``choreo list|show|check`` and ``trace``) names the plugin one of three ways:
