@@ -9,6 +9,14 @@ from aura_node.cli import main
 from tests.unit.test_choreo_errors import SHOP
 
 
+@pytest.fixture(autouse=True)
+def shipped_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands show what a node runs, plugins included; other test modules register
+    plugin choreographies in this process at import (test_kit), so these tests, which are
+    about the shipped ones, start from none."""
+    monkeypatch.setattr(registry, "_PLUGINS", {})
+
+
 def test_check_passes_on_the_shipped_choreographies(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["choreo", "check"]) == 0
     out = capsys.readouterr().out
