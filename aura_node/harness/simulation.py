@@ -47,6 +47,19 @@ key ``s·H`` computed directly from the shares; a recovered device holds the ori
 key; a guardian releases its share only after an accepted ``ShareRequest`` and its own cooldown,
 never after a veto or its own deadline).
 
+The same world is the protocol tests' harness (there is no other in-memory runtime: a test
+that drives a protocol drives the daemon's runtime). Tests observe what a node does, not what
+a driver holds: :meth:`Simulation.describe` / :meth:`Simulation.status` (``ctl session show``),
+the journal views of :class:`SimNode` (``sent``, ``rejections``, ``misbehaviour``,
+``evidence``), :meth:`Simulation.timer`; they act as operators (:meth:`Simulation.start`,
+:meth:`Simulation.control`, :meth:`Simulation.at`) or as a hostile peer or network
+(``intercept`` to alter, drop or hold a payload in flight, :meth:`Simulation.inject` /
+:meth:`Simulation.post` to deliver one now or later, sealed with the peer's own key), and crash
+nodes (:meth:`Simulation.crash`, :meth:`Simulation.crash_at_append`). An account "as a genesis
+would leave it" is dealt without running one by :func:`dealt_account` (pure: the record and
+each holder's sealed share) and :meth:`Simulation.deal_account` (journaled on each holder):
+the one dealt-account fixture of the tests and the benchmarks.
+
 Use: ``python -m aura_node.harness.simulation --protocol all --seed 7 --seeds 1000``; a
 failing seed prints its violations, and ``--seed N --log`` replays it with the event log
 (``--runtime-log info`` adds the runtimes' own log lines on stderr).

@@ -311,7 +311,7 @@ def test_after_a_veto_every_driver_reports_vetoed() -> None:
     settle(sim)
     approve(sim, sid, "g1", "g2")
     settle(sim)
-    assert sim.control("d1", sid, "veto")["state"] == "Vetoed"
+    assert sim.control("d1", sid, "veto") == {"session": sid, "state": "Vetoed"}
     sim.run()
     for name in NODES:
         e = entry(sim, name, sid)
