@@ -45,8 +45,8 @@ from aura_node.protocols.recovery.choreography import (
 from aura_node.protocols.recovery.witnesses import sign_approval
 from aura_node.protocols.registry import REGISTRY
 from aura_node.protocols.services import PeerRole
-from aura_node.runtime.sessions import SessionEntry
 from aura_node.session.conformance import check_conformance
+from aura_node.sessions import SessionEntry
 
 NODES: dict[str, PeerRole] = {
     "d1": "device", "d2": "device", "g1": "guardian", "g2": "guardian", "g3": "guardian",
