@@ -18,7 +18,8 @@ from aura_node.crypto.memo import MemoizedPublicKey, VerificationMemo
 from aura_node.errors import BadSignatureError, WitnessError
 from aura_node.protocols.dkd.roles import (
     SPEC,
-    _DkdDriver,
+    DkdInitiator,
+    DkdParticipant,
     _facts_for,
     make_contribution,
     session_params,
@@ -178,9 +179,10 @@ def test_verifications_per_session_and_share_opened_once_per_account() -> None:
         sid = f"{k:032x}"
         assert c.result("d1", sid) == c.result("d2", sid) != None  # noqa: E711
         for name in ("d1", "d2"):
-            drv = c.devices[name].sessions[sid].driver
-            assert isinstance(drv, _DkdDriver)
-            memo = drv._memo
+            # the session's memo: in the facts of the role value the generated driver runs
+            value = c.devices[name].sessions[sid].driver.value  # type: ignore[attr-defined]
+            assert isinstance(value, DkdInitiator | DkdParticipant) and value.pool is not None
+            memo = value.pool.facts.memo
             # 2 commitments (own + the other's) and 2 DLEQ proofs (own + the other's), once each
             assert memo.counts["ed25519"] == 2, (name, memo)
             assert memo.counts["dleq"] == 2, (name, memo)

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from aura_node.crypto.group import Point, Scalar
 from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import WitnessError
 from aura_node.protocols import engine as eng
@@ -218,7 +219,13 @@ def _lying(devs: dict[str, Device], liar: str, step: str, lie: Any) -> Cluster:
 
 
 def _rejections(devs: dict[str, Device], name: str, sid: str = SID) -> list[tuple[str, str, str]]:
-    return list(devs[name].sessions[sid].driver.rejections.items)  # type: ignore[attr-defined]
+    """The ``dkd.rejected`` records ``name`` journaled in ``sid``: (peer, code, reason)."""
+    out = []
+    for rec in devs[name].records(sid):
+        body = eng.decode_rejection(rec.body) if rec.kind == "dkd.rejected" else None
+        if body is not None:
+            out.append((body.peer, body.code, body.reason))
+    return out
 
 
 def _honest_reference(n: int, t: int) -> set[str]:
@@ -272,11 +279,11 @@ def test_message_in_the_wrong_phase_is_rejected_by_the_monitor() -> None:
 def test_reveal_not_matching_its_commitment_is_rejected() -> None:
     devs = account_devices(4, 2)
 
+    other_point = Point.base_mul(Scalar.from_int(7)).to_bytes()  # a valid point, not P_2
+
     def lie(item: InFlight, msg: DkdReveal) -> InFlight:
-        other = devs["d1"].sessions[SID].driver._reveals  # type: ignore[attr-defined]
-        init = next(iter(other.values()))
         return _reseal(item, devs, DkdReveal(reveal=msgspec.structs.replace(
-            msg.reveal, point=init.point)))
+            msg.reveal, point=other_point)))
 
     c = _run(devs, "d1", cluster=_lying(devs, "d2", "DkdReveal", lie))
     assert any(code == "dkd_bad_reveal" and "does not match" in r
