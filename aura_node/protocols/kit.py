@@ -51,7 +51,8 @@ Three rules for roles that talk to role sets (threshold protocols):
 A transition that raises :class:`~aura_node.errors.RemoteProtocolError` (a witness that does not
 verify, a bad signature, a wrong nonce) *rejects that message*: the value stays live (the guard
 voids the half-built successor), a ``<choreography>.rejected`` evidence record names the peer
-and the reason, and the session goes on. Any other exception aborts the session (the runtime
+and the reason, and the session goes on (:meth:`Step.reject` journals the same record for part
+of a message and lets the transition go on). Any other exception aborts the session (the runtime
 journals it and tells the peers).
 
 Rehydration is **deterministic replay** (:meth:`RoleDriver.rehydrate`): the session's journaled
@@ -62,7 +63,9 @@ is its deadline, live and in replay). Every message the replay sends must equal 
 one byte for byte; any difference raises :class:`NondeterminismError` (the runtime aborts the
 session with code ``nondeterminism``, naming session, step and message). Sends the replay
 produces beyond the journal were computed but never made durable (a crash inside the group
-commit): :meth:`RoleDriver.resume` returns them, identical. Protocol code never sees the journal.
+commit): :meth:`RoleDriver.resume` returns them, identical. Inputs journaled after the role
+reached a final phase are skipped (nothing can change an ended role; a runtime journals nothing
+for an ended session, a harness may). Protocol code never sees the journal.
 
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
@@ -532,6 +535,8 @@ class RoleDriver(eng.ProtocolDriver):
                 effects = drv.start(ev.start)
             elif not started:
                 continue
+            elif drv.is_final and not isinstance(ev, eng.Sent):
+                continue  # the role had ended: nothing journaled after that can change it
             elif isinstance(ev, eng.Received):
                 msg = eng.decode_message(ev.envelope, cls.message_types[ev.envelope.step])
                 if isinstance(msg, cls.abort_type):

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, final
+from typing import Annotated, Any, TypeAlias, TypeVar, final
 
 import msgspec
 
@@ -108,18 +108,17 @@ class DkdParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: every holder asked, this device first
     participants: tuple[str, ...] = ()
     account_id: str = ""
-    threshold: int = 0
+    threshold: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: seconds; ``None``: this node's ``dkd_timeout_seconds``
-    timeout: float | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
     def __post_init__(self) -> None:
         if not all(self.participants) or len(set(self.participants)) != len(self.participants):
             raise ValueError(f"dkd participants must be distinct device names, got "
                              f"{list(self.participants)}")
-        if self.threshold < 0:
-            raise ValueError(f"dkd threshold must be a positive integer, got {self.threshold}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"dkd timeout must be a positive number, got {self.timeout}")
+
+
+DkdStep: TypeAlias = Step[DkdParams]
 
 
 class DkdResultMismatch(RemoteProtocolError):
@@ -225,7 +224,7 @@ class Pool:
     commitments: tuple[SignedCommitment, ...] = ()
     reveals: tuple[RevealedPartial, ...] = ()
 
-    def add(self, c: SignedCommitment, step: Step[DkdParams]) -> Pool:
+    def add(self, c: SignedCommitment, step: DkdStep) -> Pool:
         """``c`` pooled, or ``WitnessError`` if it does not verify; a second, different
         commitment of one device is journaled as equivocation evidence (and pooled, so the
         witness excludes that device)."""
@@ -242,7 +241,7 @@ class Pool:
                 {"peer": step.sender, "first": seen[0], "second": c}))
         return replace(self, commitments=(*self.commitments, c))
 
-    def add_each(self, cs: Iterable[SignedCommitment], step: Step[DkdParams]) -> Pool:
+    def add_each(self, cs: Iterable[SignedCommitment], step: DkdStep) -> Pool:
         """Pool every commitment that verifies; each one that does not is a rejection."""
         pool = self
         for c in cs:
@@ -267,7 +266,7 @@ class Pool:
             return None
 
 
-def _check_sender(step: Step[DkdParams], device_id: str, what: str) -> None:
+def _check_sender(step: DkdStep, device_id: str, what: str) -> None:
     expected = step.services.member(step.sender).device_id
     if device_id != expected:
         raise SenderMismatchError(f"{what} from {step.sender} names device {device_id[:40]}, "
@@ -281,7 +280,7 @@ def _result(facts: DkdSessionFacts, services: NodeServices, witness: VerifiedRev
             "fingerprint": key.fingerprint, "public_key": key.public_key.hex()}
 
 
-def _time_out(step: Step[DkdParams], timeout: float, phase: str) -> None:
+def _time_out(step: DkdStep, timeout: float, phase: str) -> None:
     step.fail("timeout", f"dkd session {step.session} did not complete within {timeout:g} s "
                          f"(phase {phase})")
 
@@ -305,7 +304,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
     verified: VerifiedReveals | None
     key: DerivedKey | None
 
-    def __init__(self: DkdInitiator[Initializing], step: Step[DkdParams]) -> None:
+    def __init__(self: DkdInitiator[Initializing], step: DkdStep) -> None:
         p, services = step.params, step.services
         if not p.context:
             raise eng.ParamsError("dkd context must be a non-empty string")
@@ -333,8 +332,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
                 "commitments": len({c.device_id for c in self.pool.commitments})}
 
     @transition(source=Initializing, target=Completed, action="local")
-    def derive_alone(self: DkdInitiator[Initializing], step: Step[DkdParams]
-                     ) -> DkdInitiator[Completed]:
+    def derive_alone(self: DkdInitiator[Initializing], step: DkdStep) -> DkdInitiator[Completed]:
         """A t = 1 account needs no other holder: ``K = s·H`` from this device alone."""
         facts = self.pool.facts
         if facts.threshold != 1:
@@ -347,7 +345,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
 
     @transition(source=Initializing, target=CommitmentPhase, action="send", message=DkdRequest,
                 peer=PARTICIPANTS)
-    def send_request(self: DkdInitiator[Initializing], step: Step[DkdParams]
+    def send_request(self: DkdInitiator[Initializing], step: DkdStep
                      ) -> tuple[DkdInitiator[CommitmentPhase], DkdRequest]:
         facts = self.pool.facts
         step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
@@ -358,7 +356,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
     @transition(source=CommitmentPhase, target=RevealPhase, action="gather",
                 message=DkdCommitment, peer=PARTICIPANTS)
     def gather_commitment(self: DkdInitiator[CommitmentPhase], msg: DkdCommitment,
-                          step: Step[DkdParams]
+                          step: DkdStep
                           ) -> DkdInitiator[CommitmentPhase] | DkdInitiator[RevealPhase]:
         _check_sender(step, msg.commitment.device_id, "DkdCommitment")
         pool = self.pool.add(msg.commitment, step)
@@ -369,7 +367,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
 
     @transition(source=RevealPhase, target=RevealPhase, action="send", message=DkdCollected,
                 peer=PARTICIPANTS)
-    def send_collected(self: DkdInitiator[RevealPhase], step: Step[DkdParams]
+    def send_collected(self: DkdInitiator[RevealPhase], step: DkdStep
                        ) -> tuple[DkdInitiator[RevealPhase], DkdCollected]:
         counted = _need(self.collected).evidence.statements
         return self._advance(DkdInitiator[RevealPhase]), DkdCollected(
@@ -380,13 +378,13 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
 
     @transition(source=RevealPhase, target=RevealPhase, action="local", message=DkdCommitment)
     def pool_late_commitment(self: DkdInitiator[RevealPhase], msg: DkdCommitment,
-                             step: Step[DkdParams]) -> DkdInitiator[RevealPhase]:
+                             step: DkdStep) -> DkdInitiator[RevealPhase]:
         _check_sender(step, msg.commitment.device_id, "DkdCommitment")
         return self._advance(DkdInitiator[RevealPhase], pool=self.pool.add(msg.commitment, step))
 
     @transition(source=RevealPhase, target=Finalizing, action="gather", message=DkdReveal,
                 peer=PARTICIPANTS)
-    def gather_reveal(self: DkdInitiator[RevealPhase], msg: DkdReveal, step: Step[DkdParams]
+    def gather_reveal(self: DkdInitiator[RevealPhase], msg: DkdReveal, step: DkdStep
                       ) -> DkdInitiator[RevealPhase] | DkdInitiator[Finalizing]:
         r = msg.reveal
         _check_sender(step, r.device_id, "DkdReveal")
@@ -409,7 +407,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
 
     @transition(source=Finalizing, target=Completed, action="send", message=DkdComplete,
                 peer=PARTICIPANTS)
-    def send_complete(self: DkdInitiator[Finalizing], step: Step[DkdParams]
+    def send_complete(self: DkdInitiator[Finalizing], step: DkdStep
                       ) -> tuple[DkdInitiator[Completed], DkdComplete]:
         verified, key = _need(self.verified), _need(self.key)
         step.cancel(DEADLINE_TIMER)
@@ -418,14 +416,13 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
             reveals=verified.reveals, public_key=key.public_key, fingerprint=key.fingerprint)
 
     @transition(source=CommitmentPhase, target=Failed, action="timeout")
-    def time_out_commitments(self: DkdInitiator[CommitmentPhase], step: Step[DkdParams]
+    def time_out_commitments(self: DkdInitiator[CommitmentPhase], step: DkdStep
                              ) -> DkdInitiator[Failed]:
         _time_out(step, self.timeout, "CommitmentPhase")
         return self._advance(DkdInitiator[Failed])
 
     @transition(source=RevealPhase, target=Failed, action="timeout")
-    def time_out_reveals(self: DkdInitiator[RevealPhase], step: Step[DkdParams]
-                         ) -> DkdInitiator[Failed]:
+    def time_out_reveals(self: DkdInitiator[RevealPhase], step: DkdStep) -> DkdInitiator[Failed]:
         _time_out(step, self.timeout, "RevealPhase")
         return self._advance(DkdInitiator[Failed])
 
@@ -441,13 +438,13 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
     own: OwnContribution | None
     pool: Pool | None
 
-    def __init__(self: DkdParticipant[Initializing], step: Step[DkdParams]) -> None:
+    def __init__(self: DkdParticipant[Initializing], step: DkdStep) -> None:
         self._begin(timeout=step.services.protocols.dkd_timeout_seconds, own=None, pool=None)
 
     @transition(source=Initializing, target=CommitmentPhase, action="recv", message=DkdRequest,
                 peer=INITIATOR)
     def receive_request(self: DkdParticipant[Initializing], req: DkdRequest,
-                        step: Step[DkdParams]) -> DkdParticipant[CommitmentPhase]:
+                        step: DkdStep) -> DkdParticipant[CommitmentPhase]:
         """The consent policy: answer only a request of an account this device holds, at its
         threshold, from its first holder, naming this device, for a non-empty context, with
         the initiator's own valid commitment."""
@@ -486,7 +483,7 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
 
     @transition(source=CommitmentPhase, target=CommitmentPhase, action="send",
                 message=DkdCommitment, peer=INITIATOR)
-    def send_commitment(self: DkdParticipant[CommitmentPhase], step: Step[DkdParams]
+    def send_commitment(self: DkdParticipant[CommitmentPhase], step: DkdStep
                         ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
         step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
         return (self._advance(DkdParticipant[CommitmentPhase]),
@@ -495,7 +492,7 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
     @transition(source=CommitmentPhase, target=RevealPhase, action="recv", message=DkdCollected,
                 peer=INITIATOR)
     def receive_collected(self: DkdParticipant[CommitmentPhase], msg: DkdCollected,
-                          step: Step[DkdParams]) -> DkdParticipant[RevealPhase]:
+                          step: DkdStep) -> DkdParticipant[RevealPhase]:
         _check_sender(step, msg.reveal.device_id, "DkdCollected reveal")
         pool = _need(self.pool).add_each((*msg.commitments, msg.reveal.commitment), step)
         collected = pool.collected()
@@ -510,14 +507,14 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
 
     @transition(source=RevealPhase, target=Finalizing, action="send", message=DkdReveal,
                 peer=INITIATOR)
-    def send_reveal(self: DkdParticipant[RevealPhase], step: Step[DkdParams]
+    def send_reveal(self: DkdParticipant[RevealPhase], step: DkdStep
                     ) -> tuple[DkdParticipant[Finalizing], DkdReveal]:
         return self._advance(DkdParticipant[Finalizing]), DkdReveal(reveal=_need(self.own).reveal)
 
     @transition(source=Finalizing, target=Completed, action="recv", message=DkdComplete,
                 peer=INITIATOR)
     def receive_complete(self: DkdParticipant[Finalizing], msg: DkdComplete,
-                         step: Step[DkdParams]) -> DkdParticipant[Completed]:
+                         step: DkdStep) -> DkdParticipant[Completed]:
         pool = _need(self.pool).add_each((r.commitment for r in msg.reveals), step)
         collected = pool.collected()
         facts = pool.facts
@@ -536,13 +533,13 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
         return self._advance(DkdParticipant[Completed], pool=pool)
 
     @transition(source=CommitmentPhase, target=Failed, action="timeout")
-    def time_out_commitment(self: DkdParticipant[CommitmentPhase], step: Step[DkdParams]
+    def time_out_commitment(self: DkdParticipant[CommitmentPhase], step: DkdStep
                             ) -> DkdParticipant[Failed]:
         _time_out(step, self.timeout, "CommitmentPhase")
         return self._advance(DkdParticipant[Failed])
 
     @transition(source=Finalizing, target=Failed, action="timeout")
-    def time_out_finalizing(self: DkdParticipant[Finalizing], step: Step[DkdParams]
+    def time_out_finalizing(self: DkdParticipant[Finalizing], step: DkdStep
                             ) -> DkdParticipant[Failed]:
         _time_out(step, self.timeout, "Finalizing")
         return self._advance(DkdParticipant[Failed])
@@ -572,17 +569,14 @@ def session_params(args: Mapping[str, Any], services: NodeServices) -> dict[str,
                else services.accounts.only())
     except AccountError as exc:
         raise eng.ParamsError(f"dkd: {exc.message}") from None
-    account = est.account
+    account, me = est.account, services.self_name
     devices = [h.name for h in account.devices]
-    me = services.self_name
-    if me not in devices:
-        raise eng.ParamsError(f"dkd: this device ({me}) is not a holder of account "
-                              f"{account.account_id} (holders: {', '.join(devices)})")
     asked = shaped.participants or devices
-    for name in asked:
+    for name in (me, *asked):
         if name not in devices:
-            raise eng.ParamsError(f"dkd: participant {name!r} is not a device of account "
-                                  f"{account.account_id} (devices: {', '.join(devices)})")
+            raise eng.ParamsError(f"dkd: {'this device' if name == me else 'participant'} "
+                                  f"{name!r} is not a device of account {account.account_id} "
+                                  f"(devices: {', '.join(devices)})")
     holders = [me, *[n for n in asked if n != me]]
     if account.threshold > 1 and len(holders) < account.threshold:
         raise eng.ParamsError(
@@ -640,24 +634,3 @@ PROTOCOL = protocol(DKD, DkdInitiator, DkdParticipant, params=DkdParams, initiat
                     bindings=bindings)
 SPEC = PROTOCOL.spec
 
-__all__ = [
-    "DEADLINE_TIMER",
-    "KIND_EQUIVOCATION",
-    "KIND_REJECTED",
-    "PROTOCOL",
-    "SPEC",
-    "CommitmentPhase",
-    "Completed",
-    "DkdInitiator",
-    "DkdParams",
-    "DkdParticipant",
-    "Failed",
-    "Finalizing",
-    "Initializing",
-    "Pool",
-    "RevealPhase",
-    "bindings",
-    "make_contribution",
-    "session_params",
-    "session_roles",
-]
