@@ -265,6 +265,15 @@ class Pool:
         except WitnessError:
             return None
 
+    def verified(self) -> VerifiedReveals | None:
+        """``t`` pooled reveals that open counted commitments, if there are that many yet."""
+        collected = self.collected()
+        try:
+            return None if collected is None else VerifiedReveals.verify(
+                collected, self.reveals, self.facts)
+        except WitnessError:
+            return None
+
 
 def _check_sender(step: DkdStep, device_id: str, what: str) -> None:
     expected = step.services.member(step.sender).device_id
@@ -395,14 +404,10 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
                 pool = pool.with_reveal(r)
             except RevealError as exc:
                 step.reject(exc)  # the commitment it carried still counts as evidence
-        collected = pool.collected()
-        try:
-            if collected is None:
-                raise WitnessError("fewer than t honest commitments")
-            witness = VerifiedReveals.verify(collected, pool.reveals, pool.facts)
-        except WitnessError:  # no quorum of verified reveals yet: keep what this one taught
+        witness = pool.verified()
+        if witness is None:  # no quorum of verified reveals yet: keep what this one taught
             return self._advance(DkdInitiator[RevealPhase], pool=pool)
-        return self._advance(DkdInitiator[Finalizing], pool=pool, collected=collected,
+        return self._advance(DkdInitiator[Finalizing], pool=pool, collected=witness.commitments,
                              verified=witness, key=derive_from(witness, pool.facts))
 
     @transition(source=Finalizing, target=Completed, action="send", message=DkdComplete,
