@@ -31,10 +31,28 @@ Dispatch (one :class:`RoleDriver` per session, generic over the role class):
   no outgoing transitions) ends the session: ``Complete`` (with ``step.complete(...)``'s result)
   or, in the abort phase, ``Fail``.
 
+Three rules for roles that talk to role sets (threshold protocols):
+
+* **A send inside a phase** (``send`` with ``target == source``: the projection's self-loop,
+  e.g. a member's answer to a gather before it waits for the result in the same phase) runs
+  once each time the role *enters* that phase, not on every settle - staying in the phase (a
+  gather that has no quorum yet, a late message) does not send it again.
+* **Choice between automatic transitions.** A phase may declare several automatic
+  transitions; the kit tries them in declaration order and runs the first that does not
+  raise :class:`Decline` (raise it before asking for any effect; the guard keeps the value
+  live). None chosen: the role waits for an input.
+* **Late messages.** The monitor admits messages no projected transition of the current phase
+  takes: a straggler of a gather that already has its quorum (members the quorum did not
+  count), or a receive whose deadline passed. ``local`` with ``message=M`` (``target ==
+  source``) declares what the role does with such an M in that phase, called like a receive
+  (``method(value, msg, step)``); conformance ignores it (it is not on the projection's
+  wire). A message with no transition in the current phase is refused as before.
+
 A transition that raises :class:`~aura_node.errors.RemoteProtocolError` (a witness that does not
 verify, a bad signature, a wrong nonce) *rejects that message*: the value stays live (the guard
 voids the half-built successor), a ``<choreography>.rejected`` evidence record names the peer
-and the reason, and the session goes on. Any other exception aborts the session (the runtime
+and the reason, and the session goes on (:meth:`Step.reject` journals the same record for part
+of a message and lets the transition go on). Any other exception aborts the session (the runtime
 journals it and tells the peers).
 
 Rehydration is **deterministic replay** (:meth:`RoleDriver.rehydrate`): the session's journaled
@@ -45,7 +63,9 @@ is its deadline, live and in replay). Every message the replay sends must equal 
 one byte for byte; any difference raises :class:`NondeterminismError` (the runtime aborts the
 session with code ``nondeterminism``, naming session, step and message). Sends the replay
 produces beyond the journal were computed but never made durable (a crash inside the group
-commit): :meth:`RoleDriver.resume` returns them, identical. Protocol code never sees the journal.
+commit): :meth:`RoleDriver.resume` returns them, identical. Inputs journaled after the role
+reached a final phase are skipped (nothing can change an ended role; a runtime journals nothing
+for an ended session, a harness may). Protocol code never sees the journal.
 
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
@@ -82,6 +102,7 @@ from aura_node.session.typestate import (
 )
 
 __all__ = [
+    "Decline",
     "NoParams",
     "NondeterminismError",
     "Protocol",
@@ -100,6 +121,10 @@ _RANDOM_DOMAIN = b"aura-node/kit/random/v1\n"
 
 
 NondeterminismError = eng.NondeterminismError
+
+
+class Decline(Exception):
+    """Raised by an automatic transition to leave a phase's choice to the next one declared."""
 
 
 class NoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -205,6 +230,12 @@ class Step(Generic[P]):
         """Journal a record of this protocol's own ``kind`` (evidence that is not a message)."""
         self._effects.append(eng.RecordEvidence(kind=kind, body=body))
 
+    def reject(self, exc: RemoteProtocolError) -> None:
+        """Journal a ``<choreography>.rejected`` record for (part of) the message being handled
+        and carry on: for a transition that keeps what else the message taught it (raising
+        the error instead rejects the whole message and keeps nothing)."""
+        self._effects.append(self._driver._rejection(self.sender, exc))
+
     def reply(self, **result: Any) -> None:
         """Answer the control action being handled."""
         self._effects.append(eng.Reply(result=result))
@@ -241,7 +272,8 @@ class _Table:
     """A role class's declarations indexed for dispatch."""
 
     inbound: Mapping[tuple[type[Phase], type], TransitionDecl]
-    automatic: Mapping[type[Phase], TransitionDecl]
+    #: per phase, its automatic transitions in declaration order (several: a choice)
+    automatic: Mapping[type[Phase], tuple[TransitionDecl, ...]]
     timeouts: Mapping[type[Phase], tuple[TransitionDecl, ...]]
     commands: Mapping[tuple[type[Phase], str], TransitionDecl]
     final: frozenset[type[Phase]]
@@ -251,12 +283,17 @@ class _Table:
     @classmethod
     def of(cls, role_cls: type[RoleValue]) -> _Table:
         inbound: dict[tuple[type[Phase], type], TransitionDecl] = {}
-        automatic: dict[type[Phase], TransitionDecl] = {}
+        automatic: dict[type[Phase], list[TransitionDecl]] = {}
         timeouts: dict[type[Phase], list[TransitionDecl]] = {}
         commands: dict[tuple[type[Phase], str], TransitionDecl] = {}
         name = role_cls.__qualname__
         for d in declared_transitions(role_cls):
-            if d.action in ("recv", "gather"):
+            late = d.action == "local" and d.message is not None
+            if late and (d.target is not d.source or d.command is not None):
+                raise eng.DriverError(
+                    f"{name}.{d.method}: a late-message handler (local with message=) stays "
+                    f"in its phase {d.source.__name__} and is not a control command")
+            if d.action in ("recv", "gather") or late:
                 assert d.message is not None
                 key = (d.source, d.message)
                 if key in inbound:
@@ -265,11 +302,7 @@ class _Table:
                         f"{d.message.__name__} in phase {d.source.__name__}")
                 inbound[key] = d
             elif d.action == "send" or (d.action == "local" and d.command is None):
-                if d.source in automatic:
-                    raise eng.DriverError(
-                        f"{name}: phase {d.source.__name__} has two automatic transitions, "
-                        f"{automatic[d.source].method} and {d.method}; decide in one of them")
-                automatic[d.source] = d
+                automatic.setdefault(d.source, []).append(d)
             elif d.action == "timeout":
                 timeouts.setdefault(d.source, []).append(d)
             elif d.action == "local":
@@ -281,7 +314,8 @@ class _Table:
                     "abort=..., not one abort transition per phase")
         gathered = frozenset(d.message for d in inbound.values()
                              if d.action == "gather" and d.message is not None)
-        return cls(inbound, automatic, {k: tuple(v) for k, v in timeouts.items()}, commands,
+        return cls(inbound, {k: tuple(v) for k, v in automatic.items()},
+                   {k: tuple(v) for k, v in timeouts.items()}, commands,
                    final_phases(role_cls), gathered)
 
 
@@ -312,6 +346,9 @@ class RoleDriver(eng.ProtocolDriver):
         self.timers: dict[str, float] = {}
         self.result: dict[str, Any] = {}
         self._pending: list[eng.Effect] = []
+        #: the phase the last settle ended in, and whether its send-in-place ran since entry
+        self._entered: type[Phase] | None = None
+        self._sent_in_place = False
 
     @property
     def roles(self) -> dict[str, str]:
@@ -433,17 +470,30 @@ class RoleDriver(eng.ProtocolDriver):
         for _ in range(1000):
             value = self._live()
             phase = phase_of(value)
-            decl = table.automatic.get(phase)
-            if decl is None or any(isinstance(e, eng.Fail) for e in step._effects):
+            if phase is not self._entered:
+                self._entered, self._sent_in_place = phase, False
+            if any(isinstance(e, eng.Fail) for e in step._effects):
                 break
             mark = len(step._effects)
-            returned = getattr(value, decl.method)(step)
-            if decl.action == "send":
-                # the message goes first, then what the transition armed or recorded with it
-                self.value, out = returned
-                step._effects[mark:mark] = self._sends(decl, out, step)
+            for decl in table.automatic.get(phase, ()):
+                in_place = decl.target is decl.source
+                if in_place and self._sent_in_place:
+                    continue  # sent once since the role entered this phase
+                try:
+                    returned = getattr(value, decl.method)(step)
+                except Decline:
+                    del step._effects[mark:]
+                    continue
+                if decl.action == "send":
+                    # the message goes first, then what the transition armed or recorded
+                    self.value, out = returned
+                    step._effects[mark:mark] = self._sends(decl, out, step)
+                else:
+                    self.value = returned
+                self._sent_in_place = self._sent_in_place or in_place
+                break
             else:
-                self.value = returned
+                break  # nothing (more) to do on its own: the role waits for an input
         else:  # pragma: no cover - a declaration table with a cycle of automatic steps
             raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
                                   "do not stop")
@@ -497,6 +547,8 @@ class RoleDriver(eng.ProtocolDriver):
                 effects = drv.start(ev.start)
             elif not started:
                 continue
+            elif drv.is_final and not isinstance(ev, eng.Sent):
+                continue  # the role had ended: nothing journaled after that can change it
             elif isinstance(ev, eng.Received):
                 msg = eng.decode_message(ev.envelope, cls.message_types[ev.envelope.step])
                 if isinstance(msg, cls.abort_type):

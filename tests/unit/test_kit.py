@@ -211,6 +211,12 @@ def test_replay_of_a_responder_with_a_ping_in_and_no_pong_out() -> None:
     assert d is not None and d.status()["phase"] == "Completed"
     assert d.resume(101.0) == [eng.Send(to=("a",), message=Pong(nonce=b"n" * 16)),
                                eng.Complete(result={})]
+    # an input journaled after the role ended (a harness may keep one) is not replayed
+    again = eng.InBody(sender="a", sender_role="initiator", envelope=encode_envelope(ping),
+                       now=101.0)
+    late = RESPONDER.rehydrate([*recs, Rec(seq=2, ts=101.0, session=SID, kind=eng.KIND_IN,
+                                           body=eng.encode_body(again))], SERVICES)
+    assert late is not None and late.status()["phase"] == "Completed"
 
 
 # --- registration refuses what does not match the projection --------------------------------
