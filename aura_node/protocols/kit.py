@@ -47,6 +47,42 @@ session with code ``nondeterminism``, naming session, step and message). Sends t
 produces beyond the journal were computed but never made durable (a crash inside the group
 commit): :meth:`RoleDriver.resume` returns them, identical. Protocol code never sees the journal.
 
+Sends whose content cannot be recomputed (``@unrepeatable``)
+-----------------------------------------------------------
+Replay recomputes every send from journaled inputs, and :meth:`Step.random` is derived from the
+journaled entropy, so anything drawn from it is derivable from the journal. A protocol that
+must create a *secret* (the genesis dealer's account secret, and the HPKE ephemeral keys that
+seal its shares) cannot draw it there: the journal is evidence and must hold no secret, nor
+anything a secret follows from. Such a draw is a declared exception, one automatic transition
+at a time::
+
+    @unrepeatable(record="genesis.dealt")
+    @transition(source=Dealing, target=..., action="send", ...)
+    def deal(self, step):
+        body = step.draw(lambda: encode(deal_with_os_randomness()))
+
+Live, :meth:`Step.draw` calls ``make`` (which may use the OS CSPRNG) and journals what it
+returns as a ``record`` record in the same step as the sends (so the draw and its messages are
+durable together or not at all); ``make`` must return only public or sealed data, the secret
+dies inside it. On replay the kit does not call ``make``: it hands back the body of the next
+journaled ``record`` record, and the transition goes on deterministically from it. So replay
+restores only what the journal proves, and the byte-for-byte check of the sends still holds:
+sends recomputed from the journaled draw must equal the journaled ones. A replay that reaches
+the draw with no such record left, or leaves one unused, is :class:`NondeterminismError`.
+
+Several sends in one phase, one message from several role sets, empty role sets
+--------------------------------------------------------------------------------
+A choreography may label one phase around consecutive interactions (genesis: the dealer sends
+``SealedShare`` to the devices, then ``SealedGuardianShare`` to the guardians, in
+``Dealing``). Conformance then wants a self-loop send (target = source) besides the send that
+leaves; the kit runs a phase's self-loop sends first, once each in declaration order, then its
+one leaving automatic transition. Two receives or gathers of the same message from different
+role sets in one phase are dispatched by the sender's role. A gather from a role set that has
+no member in this session (genesis without guardians) is complete on arrival for the monitor,
+but no message will ever reach it: declared ``@may_be_empty``, its method is called with
+``None`` for the message each time the role settles in its source phase, and stays there or
+returns its target (the phase's earlier gathers are done, by its fields).
+
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
 validation from a msgspec ``params`` Struct), runs the conformance check of every role class
@@ -85,10 +121,13 @@ __all__ = [
     "RoleDriver",
     "Step",
     "final_phases",
+    "may_be_empty",
     "protocol",
+    "unrepeatable",
 ]
 
 P = TypeVar("P")
+F = TypeVar("F", bound=Callable[..., Any])
 RoleValue = ChoreographicProtocol[Any, Any]
 
 #: domain separation for :meth:`Step.random`
@@ -183,6 +222,25 @@ class Step(Generic[P]):
             counter += 1
         return out[:n]
 
+    def draw(self, make: Callable[[], bytes]) -> bytes:
+        """The one draw of a transition declared :func:`unrepeatable`: live, ``make()`` (which
+        may use the OS CSPRNG; it must return only public or sealed bytes), journaled as the
+        declared record; on replay, that journaled record's body (``make`` is not called)."""
+        drv = self._driver
+        kind, drv._drawing = drv._drawing, None
+        if kind is None:
+            raise eng.DriverError("step.draw outside a transition declared @unrepeatable, or "
+                                  "twice in one")
+        if drv._recalled is None:
+            body = make()
+            self._effects.append(eng.RecordEvidence(kind=kind, body=body))
+            return body
+        journaled = drv._recalled.get(kind)
+        if not journaled:
+            raise NondeterminismError(f"session {drv.session}: replay reaches a draw of {kind} "
+                                      f"but the journal holds no {kind} record for it")
+        return journaled.pop(0)
+
     # effects
     def learn_roles(self, roles: Mapping[str, str]) -> None:
         """Extend the session's role assignment (a responder learns it from the opening)."""
@@ -219,6 +277,32 @@ class Step(Generic[P]):
         self._effects.append(eng.Send(to=tuple(to), message=message))
 
 
+def unrepeatable(*, record: str) -> Callable[[F], F]:
+    """Declare an automatic transition (a send or a decision) whose content cannot be
+    recomputed on replay: it makes its one draw with :meth:`Step.draw`, journaled as
+    ``record`` (see the module doc). Put it above ``@transition``."""
+    def mark(fn: F) -> F:
+        decl = getattr(fn, "__aura_transition__", None)
+        if not isinstance(decl, TransitionDecl) or decl.action not in ("send", "local") \
+                or decl.command is not None:
+            raise TypeError(f"@unrepeatable({record!r}) on {fn.__name__}: put it above the "
+                            "@transition of a send or of a local step without command")
+        fn.__aura_unrepeatable__ = record  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def may_be_empty(fn: F) -> F:
+    """Declare a gather whose role set may have no member in a session: the kit then calls it
+    with ``None`` for the message whenever the role settles in its source phase (module doc).
+    Put it above ``@transition``."""
+    decl = getattr(fn, "__aura_transition__", None)
+    if not isinstance(decl, TransitionDecl) or decl.action != "gather":
+        raise TypeError(f"@may_be_empty on {fn.__name__}: put it above a gather's @transition")
+    fn.__aura_may_be_empty__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 # --- the generic driver --------------------------------------------------------------------
 
 
@@ -241,6 +325,11 @@ class _Table:
     timeouts: Mapping[type[Phase], tuple[TransitionDecl, ...]]
     commands: Mapping[tuple[type[Phase], str], TransitionDecl]
     final: frozenset[type[Phase]]
+    #: self-loop sends run before the phase's leaving automatic transition (module doc)
+    preludes: Mapping[type[Phase], tuple[TransitionDecl, ...]] = field(default_factory=dict)
+    #: receives/gathers of one message from several role sets in one phase, by sender role
+    by_peer: Mapping[tuple[type[Phase], type, str], TransitionDecl] = field(
+        default_factory=dict)
 
     @classmethod
     def of(cls, role_cls: type[RoleValue]) -> _Table:
@@ -248,16 +337,31 @@ class _Table:
         automatic: dict[type[Phase], TransitionDecl] = {}
         timeouts: dict[type[Phase], list[TransitionDecl]] = {}
         commands: dict[tuple[type[Phase], str], TransitionDecl] = {}
+        preludes: dict[type[Phase], list[TransitionDecl]] = {}
+        by_peer: dict[tuple[type[Phase], type, str], TransitionDecl] = {}
         name = role_cls.__qualname__
-        for d in declared_transitions(role_cls):
+        decls = declared_transitions(role_cls)
+        for d in decls:
             if d.action in ("recv", "gather"):
                 assert d.message is not None
                 key = (d.source, d.message)
+                other = inbound.get(key)
+                if (other is not None and other.peer and d.peer
+                        and (d.source, d.message, d.peer) not in by_peer
+                        and other.peer != d.peer):  # told apart by the sender's role
+                    by_peer[(d.source, d.message, other.peer)] = other
+                    by_peer[(d.source, d.message, d.peer)] = d
+                    continue
                 if key in inbound:
                     raise eng.DriverError(
                         f"{name}: {d.method} and {inbound[key].method} both handle "
                         f"{d.message.__name__} in phase {d.source.__name__}")
                 inbound[key] = d
+            elif d.action == "send" and d.target is d.source and any(
+                    o.source is d.source and o.target is not d.source
+                    and (o.action == "send" or (o.action == "local" and o.command is None))
+                    for o in decls):
+                preludes.setdefault(d.source, []).append(d)
             elif d.action == "send" or (d.action == "local" and d.command is None):
                 if d.source in automatic:
                     raise eng.DriverError(
@@ -274,7 +378,7 @@ class _Table:
                     f"{name}.{d.method}: declare the abort phase once with the class keyword "
                     "abort=..., not one abort transition per phase")
         return cls(inbound, automatic, {k: tuple(v) for k, v in timeouts.items()}, commands,
-                   final_phases(role_cls))
+                   final_phases(role_cls), {k: tuple(v) for k, v in preludes.items()}, by_peer)
 
 
 class RoleDriver(eng.ProtocolDriver):
@@ -290,6 +394,10 @@ class RoleDriver(eng.ProtocolDriver):
     #: message types of the choreography by envelope step name
     message_types: ClassVar[Mapping[str, type[msgspec.Struct]]]
     abort_type: ClassVar[type[msgspec.Struct]]
+    #: the record an ``@unrepeatable`` transition now running may draw (module doc)
+    _drawing: str | None = None
+    #: during replay: journaled draw records by kind, oldest first (``None`` when live)
+    _recalled: dict[str, list[bytes]] | None = None
 
     def __init__(self, services: NodeServices) -> None:
         super().__init__(services)
@@ -323,7 +431,9 @@ class RoleDriver(eng.ProtocolDriver):
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
         value = self._live()
         phase = phase_of(value)
-        decl = type(self).table.inbound.get((phase, type(inp.message)))
+        table = type(self).table
+        decl = (table.by_peer.get((phase, type(inp.message), inp.sender_role))
+                or table.inbound.get((phase, type(inp.message))))
         if decl is None:
             raise LocalProtocolError(
                 f"can't handle {type(inp.message).__name__} from {inp.sender} "
@@ -422,16 +532,15 @@ class RoleDriver(eng.ProtocolDriver):
             value = self._live()
             phase = phase_of(value)
             decl = table.automatic.get(phase)
-            if decl is None or any(isinstance(e, eng.Fail) for e in step._effects):
+            if any(isinstance(e, eng.Fail) for e in step._effects):
                 break
-            mark = len(step._effects)
-            returned = getattr(value, decl.method)(step)
-            if decl.action == "send":
-                # the message goes first, then what the transition armed or recorded with it
-                self.value, out = returned
-                step._effects[mark:mark] = self._sends(decl, out, step)
-            else:
-                self.value = returned
+            if decl is None:
+                if self._offer_empty_gathers(phase, step):
+                    continue
+                break
+            for pre in table.preludes.get(phase, ()):
+                self._automatic(pre, step)
+            self._automatic(decl, step)
         else:  # pragma: no cover - a declaration table with a cycle of automatic steps
             raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
                                   "do not stop")
@@ -449,6 +558,37 @@ class RoleDriver(eng.ProtocolDriver):
             if isinstance(e, eng.Complete):
                 self.result = dict(e.result)
         return effects
+
+    def _automatic(self, decl: TransitionDecl, step: Step[Any]) -> None:
+        """Run one automatic transition (a send or a decision) on the live value."""
+        value = self._live()
+        method = getattr(value, decl.method)
+        self._drawing = getattr(method, "__aura_unrepeatable__", None)
+        mark = len(step._effects)
+        returned = method(step)
+        if self._drawing is not None:
+            raise eng.DriverError(f"{type(self).role_class.__qualname__}.{decl.method} is "
+                                  f"declared @unrepeatable({self._drawing!r}) but never drew")
+        if decl.action == "send":
+            # the message goes first, then what the transition armed or recorded with it
+            self.value, out = returned
+            step._effects[mark:mark] = self._sends(decl, out, step)
+        else:
+            self.value = returned
+
+    def _offer_empty_gathers(self, phase: type[Phase], step: Step[Any]) -> bool:
+        """Call the ``@may_be_empty`` gathers from ``phase`` whose role set has no member
+        here with no message; True when one moved the role on."""
+        for d in declared_transitions(type(self).role_class):
+            value = self._live()
+            method = getattr(value, d.method)
+            if (d.source is phase and d.action == "gather" and d.peer is not None
+                    and not step.members(d.peer)
+                    and getattr(method, "__aura_may_be_empty__", False)):
+                self.value = method(None, step)
+                if phase_of(self.value) is not phase:
+                    return True
+        return False
 
     def _sends(self, decl: TransitionDecl, out: object, step: Step[Any]) -> list[eng.Effect]:
         if isinstance(out, Mapping):
@@ -476,7 +616,13 @@ class RoleDriver(eng.ProtocolDriver):
         journaled: list[eng.Sent] = []
         started = False
         last: list[eng.Effect] = []
-        for ev in eng.parse_evidence(evidence):
+        parsed = eng.parse_evidence(evidence)
+        draws = {getattr(getattr(cls.role_class, d.method), "__aura_unrepeatable__", None)
+                 for d in declared_transitions(cls.role_class)} - {None}
+        if draws:  # @unrepeatable: replay takes these draws from the journal (module doc)
+            drv._recalled = {k: [ev.body for ev in parsed if isinstance(ev, eng.DriverRecord)
+                                 and ev.kind == k] for k in draws if k is not None}
+        for ev in parsed:
             effects: list[eng.Effect] | None = None
             if isinstance(ev, eng.Started):
                 if started:
@@ -505,6 +651,11 @@ class RoleDriver(eng.ProtocolDriver):
                 last = effects
         if not started:
             return None
+        unused = sorted(k for k, left in (drv._recalled or {}).items() if left)
+        if unused:
+            raise NondeterminismError(f"session {drv.session}: the journal holds {unused[0]} "
+                                      "draws that replaying its inputs does not make")
+        drv._recalled = None  # from here on the driver is live: a new draw is a fresh one
         abort_step = cls.abort_type.__name__
         own = [s for s in journaled if s.envelope.step != abort_step]
         session = drv.session
@@ -549,6 +700,20 @@ class Protocol:
     params: type[msgspec.Struct]
     spec: eng.ProtocolSpec
     drivers: Mapping[str, type[RoleDriver]] = field(default_factory=dict)
+
+
+def _params_of(role: str, initiator: str, params: type[msgspec.Struct]
+               ) -> type[msgspec.Struct]:
+    """Params are the operator's, given to the initiator; a responder starts from a peer's
+    message with none, so its ``step.params`` is the Struct's defaults, or :class:`NoParams`
+    when the Struct has required fields (annotate that role's steps ``Step[NoParams]``)."""
+    if role == initiator:
+        return params
+    try:
+        msgspec.convert({}, params)
+    except msgspec.ValidationError:
+        return NoParams
+    return params
 
 
 def _bindings_from_params(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
@@ -598,10 +763,12 @@ def protocol(
         messages[m.__name__] = m
     abort_type = messages[chor.decl.abort_message.__name__]
     drivers: dict[str, type[RoleDriver]] = {}
+    first = initiator if initiator is not None else roles[0].role
     for role, cls in by_role.items():
         drivers[role] = cast(type[RoleDriver], type(
             f"{cls.__name__}Driver", (RoleDriver,),
-            {"choreography": name, "role": role, "role_class": cls, "params_type": params,
+            {"choreography": name, "role": role, "role_class": cls,
+             "params_type": _params_of(role, first, params),
              "table": _Table.of(cls), "message_types": messages, "abort_type": abort_type,
              "__module__": cls.__module__},
         ))

@@ -58,7 +58,7 @@ def test_genesis_establishes_the_same_account_on_every_holder(seed: int) -> None
 
 def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    monkeypatch.setattr(gen.GenesisDealerDriver, "test_rng",
+    monkeypatch.setattr(gen.GenesisDealer, "test_rng",
                         staticmethod(seeded_rng(b"genesis-test")))
     sim = world(1)
     create(sim)
@@ -87,9 +87,10 @@ def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.M
 
 def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = gen.GenesisDealerDriver.start
+    dealer = gen.SPEC.driver_class("dealer")
+    real = dealer.start
 
-    def corrupt(self: gen.GenesisDealerDriver, inp: object) -> list[object]:
+    def corrupt(self: object, inp: object) -> list[object]:
         effects = real(self, inp)  # type: ignore[arg-type]
         out = []
         for e in effects:
@@ -102,7 +103,7 @@ def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
             out.append(e)
         return out
 
-    monkeypatch.setattr(gen.GenesisDealerDriver, "start", corrupt)
+    monkeypatch.setattr(dealer, "start", corrupt)
     sim = world(2)
     sid = create(sim)
     sim.run()
