@@ -87,8 +87,8 @@ def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.M
 
 def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    dealer = gen.SPEC.driver_class("dealer")
-    real = dealer.start
+    dealer_driver = gen.SPEC.driver_class("dealer")
+    real = dealer_driver.start
 
     def corrupt(self: object, inp: object) -> list[object]:
         effects = real(self, inp)  # type: ignore[arg-type]
@@ -103,7 +103,7 @@ def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
             out.append(e)
         return out
 
-    monkeypatch.setattr(dealer, "start", corrupt)
+    monkeypatch.setattr(dealer_driver, "start", corrupt)
     sim = world(2)
     sid = create(sim)
     sim.run()
