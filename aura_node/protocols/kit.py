@@ -77,11 +77,13 @@ A choreography may label one phase around consecutive interactions (genesis: the
 ``Dealing``). Conformance then wants a self-loop send (target = source) besides the send that
 leaves; the kit runs a phase's self-loop sends first, once each in declaration order, then its
 one leaving automatic transition. Two receives or gathers of the same message from different
-role sets in one phase are dispatched by the sender's role. A gather from a role set that has
-no member in this session (genesis without guardians) is complete on arrival for the monitor,
-but no message will ever reach it: declared ``@may_be_empty``, its method is called with
-``None`` for the message each time the role settles in its source phase, and stays there or
-returns its target (the phase's earlier gathers are done, by its fields).
+role sets in one phase are dispatched by the sender's role. A gather that can be completed by
+another input of its phase is declared ``@polled``: besides its own messages, its method is
+called with ``None`` for the message each time the role settles in its source phase, and stays
+there or returns its target (it decides from its fields). That is how a gather from a role set
+with no member in this session completes (genesis without guardians: the monitor counts it
+complete on arrival, but no message will ever reach it), and how the last gather of a phase
+completes when an earlier one's last message comes after its own (a harness without monitors).
 
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
@@ -121,7 +123,7 @@ __all__ = [
     "RoleDriver",
     "Step",
     "final_phases",
-    "may_be_empty",
+    "polled",
     "protocol",
     "unrepeatable",
 ]
@@ -292,14 +294,14 @@ def unrepeatable(*, record: str) -> Callable[[F], F]:
     return mark
 
 
-def may_be_empty(fn: F) -> F:
-    """Declare a gather whose role set may have no member in a session: the kit then calls it
+def polled(fn: F) -> F:
+    """Declare a gather that another input of its phase may complete: the kit also calls it
     with ``None`` for the message whenever the role settles in its source phase (module doc).
     Put it above ``@transition``."""
     decl = getattr(fn, "__aura_transition__", None)
     if not isinstance(decl, TransitionDecl) or decl.action != "gather":
-        raise TypeError(f"@may_be_empty on {fn.__name__}: put it above a gather's @transition")
-    fn.__aura_may_be_empty__ = True  # type: ignore[attr-defined]
+        raise TypeError(f"@polled on {fn.__name__}: put it above a gather's @transition")
+    fn.__aura_polled__ = True  # type: ignore[attr-defined]
     return fn
 
 
@@ -535,7 +537,7 @@ class RoleDriver(eng.ProtocolDriver):
             if any(isinstance(e, eng.Fail) for e in step._effects):
                 break
             if decl is None:
-                if self._offer_empty_gathers(phase, step):
+                if self._poll_gathers(phase, step):
                     continue
                 break
             for pre in table.preludes.get(phase, ()):
@@ -576,15 +578,12 @@ class RoleDriver(eng.ProtocolDriver):
         else:
             self.value = returned
 
-    def _offer_empty_gathers(self, phase: type[Phase], step: Step[Any]) -> bool:
-        """Call the ``@may_be_empty`` gathers from ``phase`` whose role set has no member
-        here with no message; True when one moved the role on."""
+    def _poll_gathers(self, phase: type[Phase], step: Step[Any]) -> bool:
+        """Call the ``@polled`` gathers from ``phase`` with no message; True when one moved
+        the role on."""
         for d in declared_transitions(type(self).role_class):
-            value = self._live()
-            method = getattr(value, d.method)
-            if (d.source is phase and d.action == "gather" and d.peer is not None
-                    and not step.members(d.peer)
-                    and getattr(method, "__aura_may_be_empty__", False)):
+            method = getattr(self._live(), d.method)
+            if d.source is phase and getattr(method, "__aura_polled__", False):
                 self.value = method(None, step)
                 if phase_of(self.value) is not phase:
                     return True

@@ -23,7 +23,7 @@ from aura_node.protocols.kit import (
     RoleDriver,
     Step,
     final_phases,
-    may_be_empty,
+    polled,
     protocol,
     unrepeatable,
 )
@@ -375,7 +375,7 @@ class Dealer(ChoreographicProtocol[HelloChoreo, S], choreography="kit-deal", rol
     def ack_b(self: Dealer[Collecting], ack: Ack, step: Step[Any]) -> Dealer[Collecting]:
         return self._advance(Dealer[Collecting], acked=(*self.acked, f"b:{step.sender}"))
 
-    @may_be_empty
+    @polled
     @transition(source=Collecting, target=Dealt, action="gather", message=Ack, peer="cs")
     def ack_c(self: Dealer[Collecting], ack: Ack | None, step: Step[Any]
               ) -> Dealer[Collecting] | Dealer[Dealt]:
@@ -446,12 +446,18 @@ def test_several_sends_in_one_phase_run_in_order_and_a_draw_is_journaled(
         result={"acked": ["b:b1", "b:b2", "c:c1"]})]
 
 
-def test_a_gather_from_an_empty_role_set_is_offered_none(dealer: type[RoleDriver]) -> None:
+def test_a_polled_gather_completes_on_another_input_of_its_phase(
+        dealer: type[RoleDriver]) -> None:
     d = dealer(SERVICES)
-    d.start(_deal_start())  # no cs at all
-    assert d.status()["phase"] == "Collecting"  # the bs acks are not in yet
+    d.start(_deal_start())  # no cs at all: its gather never gets a message
+    assert d.status()["phase"] == "Collecting"  # polled, but the bs acks are not in yet
     assert d.on_message(_ack("b1", "bs")) == []
     assert d.on_message(_ack("b2", "bs")) == [eng.Complete(result={"acked": ["b:b1", "b:b2"]})]
+    d = dealer(SERVICES)
+    d.start(_deal_start("c1"))
+    assert d.on_message(_ack("c1", "cs")) == d.on_message(_ack("b1", "bs")) == []
+    assert d.on_message(_ack("b2", "bs")) == [eng.Complete(  # cs answered before the bs did
+        result={"acked": ["c:c1", "b:b1", "b:b2"]})]
 
 
 def test_replay_takes_an_unrepeatable_draw_from_the_journal(dealer: type[RoleDriver]) -> None:
@@ -481,7 +487,7 @@ def test_replay_refuses_a_draw_the_journal_does_not_prove(dealer: type[RoleDrive
         dealer.rehydrate([*recs, Rec(99, 100.0, SID, drawn.kind, drawn.body)], SERVICES)
 
 
-def test_unrepeatable_and_may_be_empty_are_declared_where_they_apply() -> None:
+def test_unrepeatable_and_polled_are_declared_where_they_apply() -> None:
     def recv(self: Any, m: Ack, step: Any) -> Any: ...
 
     receive = transition(source=Collecting, target=Dealt, action="recv", message=Ack,
@@ -489,7 +495,7 @@ def test_unrepeatable_and_may_be_empty_are_declared_where_they_apply() -> None:
     with pytest.raises(TypeError, match="above the @transition of a send"):
         unrepeatable(record="x.y")(receive)
     with pytest.raises(TypeError, match="above a gather"):
-        may_be_empty(receive)
+        polled(receive)
     with pytest.raises(TypeError, match="above the @transition"):
         unrepeatable(record="x.y")(recv)  # below @transition: nothing declared yet
 

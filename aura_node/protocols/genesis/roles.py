@@ -36,8 +36,8 @@ acknowledges it. The dealer counts an acknowledgement only from the holder it de
 own index and public share; the witness :class:`AcknowledgedShares` (built by
 :func:`verify_acks`) proves every holder acknowledged, and only then the dealer journals its
 own ``account.established``, announces completion and completes with the account's JSON.
-Without guardians the guardians' gather is empty: it is ``@may_be_empty`` and completes once
-the devices' acknowledgements are in. Rehydration is the kit's replay; there is no fold here.
+The guardians' gather is ``@polled``: without guardians it gets no message, and it completes
+once the devices' acknowledgements are in. Rehydration is the kit's replay; there is no fold here.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from aura_node.protocols.genesis.choreography import (
     SealedShare,
     ShareAck,
 )
-from aura_node.protocols.kit import NoParams, Step, may_be_empty, protocol, unrepeatable
+from aura_node.protocols.kit import NoParams, Step, polled, protocol, unrepeatable
 from aura_node.protocols.services import NodeServices
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
 from aura_node.session.witness import Witness
@@ -350,7 +350,7 @@ class GenesisDealer(ChoreographicProtocol[GenesisChoreography, S], choreography=
                             step: Step[GenesisParams]) -> GenesisDealer[CollectingAcks]:
         return self._advance(GenesisDealer[CollectingAcks], acks=self._counted(ack, step))
 
-    @may_be_empty
+    @polled
     @transition(source=CollectingAcks, target=Announcing, action="gather", message=ShareAck,
                 peer="guardians")
     def guardian_acknowledged(self: GenesisDealer[CollectingAcks], ack: ShareAck | None,
