@@ -582,8 +582,10 @@ class RoleDriver(eng.ProtocolDriver):
         """Call the ``@polled`` gathers from ``phase`` with no message; True when one moved
         the role on."""
         for d in declared_transitions(type(self).role_class):
+            if d.source is not phase or d.action != "gather":
+                continue
             method = getattr(self._live(), d.method)
-            if d.source is phase and getattr(method, "__aura_polled__", False):
+            if getattr(method, "__aura_polled__", False):
                 self.value = method(None, step)
                 if phase_of(self.value) is not phase:
                     return True

@@ -123,7 +123,8 @@ class GenesisParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     guardians: tuple[str, ...] = ()
     #: default: a majority of the guardians (0 without guardians)
     guardian_threshold: int | None = None
-    #: seconds; None: the node's ``protocols.genesis_timeout_seconds``
+    #: seconds; None: the node's ``protocols.genesis_timeout_seconds`` (``ctl account create``
+    #: fills it in, so the journaled start holds it and a replay never depends on the config)
     timeout: float | None = None
 
     def __post_init__(self) -> None:
