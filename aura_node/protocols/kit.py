@@ -70,8 +70,8 @@ restores only what the journal proves, and the byte-for-byte check of the sends 
 sends recomputed from the journaled draw must equal the journaled ones. A replay that reaches
 the draw with no such record left, or leaves one unused, is :class:`NondeterminismError`.
 
-Several sends in one phase, one message from several role sets, empty role sets
---------------------------------------------------------------------------------
+Several sends in one phase, one message from several role sets, polled gathers
+-------------------------------------------------------------------------------
 A choreography may label one phase around consecutive interactions (genesis: the dealer sends
 ``SealedShare`` to the devices, then ``SealedGuardianShare`` to the guardians, in
 ``Dealing``). Conformance then wants a self-loop send (target = source) besides the send that
@@ -89,7 +89,9 @@ Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the de
 (message types from the choreography, openers from the roles' first receives, parameter
 validation from a msgspec ``params`` Struct), runs the conformance check of every role class
 against its projection (refusing the protocol with the first difference) and
-registers it. Pure: no trio, no I/O.
+registers it. Params are the operator's, for the initiator; a responder, opened by a peer's
+message, gets the Struct's defaults, or :class:`NoParams` when it has required fields.
+Pure: no trio, no I/O.
 """
 
 from __future__ import annotations

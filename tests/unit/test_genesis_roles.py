@@ -18,6 +18,7 @@ from aura_node.protocols.account import open_held_share
 from aura_node.protocols.envelope import seal
 from aura_node.protocols.genesis import roles as gen
 from aura_node.protocols.genesis.choreography import SealedShare
+from aura_node.protocols.kit import NoParams
 from aura_node.protocols.registry import REGISTRY
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.session.conformance import check_conformance
@@ -242,3 +243,11 @@ def test_a_journal_written_by_the_hand_written_drivers_still_replays() -> None:
         out = dealer.on_message(eng.MessageIn(sender=name, sender_role=role,
                                               message=ack.message, envelope=env, now=1004.0))
     assert isinstance(out[-1], eng.Complete) and out[-1].result["account_id"] == account_id
+
+
+def test_holders_are_opened_without_params() -> None:
+    """Only the dealer gets the operator's params; a holder is opened by the dealer's share
+    and GenesisParams has required fields, so the kit gives the holders NoParams."""
+    assert gen.PROTOCOL.drivers["dealer"].params_type is gen.GenesisParams
+    assert gen.PROTOCOL.drivers["devices"].params_type is NoParams
+    assert gen.PROTOCOL.drivers["guardians"].params_type is NoParams
