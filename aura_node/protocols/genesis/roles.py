@@ -412,7 +412,7 @@ class GenesisDealer(ChoreographicProtocol[GenesisChoreography, S], choreography=
 # --- the holders (devices and guardians: one machine, one class per role) -----------------------
 
 
-def verify_share(m: AnyShare, holder_set: HolderSet, step: Step[Any]) -> ShareAck:
+def verify_share(m: AnyShare, holder_set: HolderSet, step: Step[NoParams]) -> ShareAck:
     """Open and verify this device's share, journal the account it establishes, arm the wait
     for the outcome, and return the acknowledgement (``ShareRejectedError`` otherwise)."""
     key = step.services.device_key
@@ -445,7 +445,7 @@ def verify_share(m: AnyShare, holder_set: HolderSet, step: Step[Any]) -> ShareAc
                     share_index=m.share_index, public_share=public_share)
 
 
-def check_complete(m: AnyShare | None, done: GenesisComplete, step: Step[Any]) -> None:
+def check_complete(m: AnyShare | None, done: GenesisComplete, step: Step[NoParams]) -> None:
     """The dealer's announcement is for the account this holder acknowledged."""
     assert m is not None
     record = decode_record(m.account)
