@@ -36,8 +36,9 @@ Three rules for roles that talk to role sets (threshold protocols):
 * **A send inside a phase** (``send`` with ``target == source``: the projection's self-loop,
   e.g. a member's answer to a gather before it waits for the result in the same phase) runs
   once each time the role *enters* that phase, not on every settle - staying in the phase (a
-  gather that has no quorum yet, a late message) does not send it again.
-* **Choice between automatic transitions.** A phase may declare several automatic
+  gather that has no quorum yet, a late message) does not send it again. A phase's sends that
+  stay run before the automatic transitions that leave it.
+* **Choice between automatic transitions.** A phase may declare several automatic (leaving)
   transitions; the kit tries them in declaration order and runs the first that does not
   raise :class:`Decline` (raise it before asking for any effect; the guard keeps the value
   live). None chosen: the role waits for an input.
@@ -67,12 +68,52 @@ commit): :meth:`RoleDriver.resume` returns them, identical. Inputs journaled aft
 reached a final phase are skipped (nothing can change an ended role; a runtime journals nothing
 for an ended session, a harness may). Protocol code never sees the journal.
 
+Sends whose content cannot be recomputed (``@unrepeatable``)
+-----------------------------------------------------------
+Replay recomputes every send from journaled inputs, and :meth:`Step.random` is derived from the
+journaled entropy, so anything drawn from it is derivable from the journal. A protocol that
+must create a *secret* (the genesis dealer's account secret, and the HPKE ephemeral keys that
+seal its shares) cannot draw it there: the journal is evidence and must hold no secret, nor
+anything a secret follows from. Such a draw is a declared exception, one automatic transition
+at a time::
+
+    @unrepeatable(record="genesis.dealt")
+    @transition(source=Dealing, target=..., action="send", ...)
+    def deal(self, step):
+        body = step.draw(lambda: encode(deal_with_os_randomness()))
+
+Live, :meth:`Step.draw` calls ``make`` (which may use the OS CSPRNG) and journals what it
+returns as a ``record`` record in the same step as the sends (so the draw and its messages are
+durable together or not at all); ``make`` must return only public or sealed data, the secret
+dies inside it. On replay the kit does not call ``make``: it hands back the body of the next
+journaled ``record`` record, and the transition goes on deterministically from it. So replay
+restores only what the journal proves, and the byte-for-byte check of the sends still holds:
+sends recomputed from the journaled draw must equal the journaled ones. A replay that reaches
+the draw with no such record left, or leaves one unused, is :class:`NondeterminismError`.
+
+Several sends in one phase, one message from several role sets, polled gathers
+-------------------------------------------------------------------------------
+A choreography may label one phase around consecutive interactions (genesis: the dealer sends
+``SealedShare`` to the devices, then ``SealedGuardianShare`` to the guardians, in
+``Dealing``). Conformance then wants a self-loop send (target = source) besides the send that
+leaves; by the first rule above the kit runs a phase's self-loop sends first, once each per
+entry in declaration order, then its leaving automatic transitions. Two receives or gathers
+of the same message from different role sets in one phase are dispatched by the sender's role. A gather that can be completed by
+another input of its phase is declared ``@polled``: besides its own messages, its method is
+called with ``None`` for the message each time the role settles in its source phase, and stays
+there or returns its target (it decides from its fields). That is how a gather from a role set
+with no member in this session completes (genesis without guardians: the monitor counts it
+complete on arrival, but no message will ever reach it), and how the last gather of a phase
+completes when an earlier one's last message comes after its own (a harness without monitors).
+
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
 validation from a msgspec ``params`` Struct), runs the conformance check of every role class
 against its projection (refusing the protocol with the first difference) and registers it:
 the engine spec (``engine.PROTOCOLS``) and, for a plugin, its choreography
-(``registry.node_registry()``, whose hash the transport hello carries) in one call.
+(``registry.node_registry()``, whose hash the transport hello carries) in one call. Params are
+the operator's, for the initiator; a responder, opened by a peer's message, gets the Struct's
+defaults, or :class:`NoParams` when it has required fields.
 Pure: no trio, no I/O.
 """
 
@@ -110,10 +151,13 @@ __all__ = [
     "Step",
     "command",
     "final_phases",
+    "polled",
     "protocol",
+    "unrepeatable",
 ]
 
 P = TypeVar("P")
+F = TypeVar("F", bound=Callable[..., Any])
 RoleValue = ChoreographicProtocol[Any, Any]
 
 #: domain separation for :meth:`Step.random`
@@ -212,6 +256,25 @@ class Step(Generic[P]):
             counter += 1
         return out[:n]
 
+    def draw(self, make: Callable[[], bytes]) -> bytes:
+        """The one draw of a transition declared :func:`unrepeatable`: live, ``make()`` (which
+        may use the OS CSPRNG; it must return only public or sealed bytes), journaled as the
+        declared record; on replay, that journaled record's body (``make`` is not called)."""
+        drv = self._driver
+        kind, drv._drawing = drv._drawing, None
+        if kind is None:
+            raise eng.DriverError("step.draw outside a transition declared @unrepeatable, or "
+                                  "twice in one")
+        if drv._recalled is None:
+            body = make()
+            self._effects.append(eng.RecordEvidence(kind=kind, body=body))
+            return body
+        journaled = drv._recalled.get(kind)
+        if not journaled:
+            raise NondeterminismError(f"session {drv.session}: replay reaches a draw of {kind} "
+                                      f"but the journal holds no {kind} record for it")
+        return journaled.pop(0)
+
     # effects
     def learn_roles(self, roles: Mapping[str, str]) -> None:
         """Extend the session's role assignment (a responder learns it from the opening)."""
@@ -254,6 +317,32 @@ class Step(Generic[P]):
         self._effects.append(eng.Send(to=tuple(to), message=message))
 
 
+def unrepeatable(*, record: str) -> Callable[[F], F]:
+    """Declare an automatic transition (a send or a decision) whose content cannot be
+    recomputed on replay: it makes its one draw with :meth:`Step.draw`, journaled as
+    ``record`` (see the module doc). Put it above ``@transition``."""
+    def mark(fn: F) -> F:
+        decl = getattr(fn, "__aura_transition__", None)
+        if not isinstance(decl, TransitionDecl) or decl.action not in ("send", "local") \
+                or decl.command is not None:
+            raise TypeError(f"@unrepeatable({record!r}) on {fn.__name__}: put it above the "
+                            "@transition of a send or of a local step without command")
+        fn.__aura_unrepeatable__ = record  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def polled(fn: F) -> F:
+    """Declare a gather that another input of its phase may complete: the kit also calls it
+    with ``None`` for the message whenever the role settles in its source phase (module doc).
+    Put it above ``@transition``."""
+    decl = getattr(fn, "__aura_transition__", None)
+    if not isinstance(decl, TransitionDecl) or decl.action != "gather":
+        raise TypeError(f"@polled on {fn.__name__}: put it above a gather's @transition")
+    fn.__aura_polled__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 # --- the generic driver --------------------------------------------------------------------
 
 
@@ -279,6 +368,9 @@ class _Table:
     final: frozenset[type[Phase]]
     #: message types some phase gathers (a late one in another phase is a straggler)
     gathered: frozenset[type]
+    #: receives/gathers of one message from several role sets in one phase, by sender role
+    by_peer: Mapping[tuple[type[Phase], type, str], TransitionDecl] = field(
+        default_factory=dict)
 
     @classmethod
     def of(cls, role_cls: type[RoleValue]) -> _Table:
@@ -286,8 +378,10 @@ class _Table:
         automatic: dict[type[Phase], list[TransitionDecl]] = {}
         timeouts: dict[type[Phase], list[TransitionDecl]] = {}
         commands: dict[tuple[type[Phase], str], TransitionDecl] = {}
+        by_peer: dict[tuple[type[Phase], type, str], TransitionDecl] = {}
         name = role_cls.__qualname__
-        for d in declared_transitions(role_cls):
+        decls = declared_transitions(role_cls)
+        for d in decls:
             late = d.action == "local" and d.message is not None
             if late and (d.target is not d.source or d.command is not None):
                 raise eng.DriverError(
@@ -296,6 +390,13 @@ class _Table:
             if d.action in ("recv", "gather") or late:
                 assert d.message is not None
                 key = (d.source, d.message)
+                other = inbound.get(key)
+                if (other is not None and other.peer and d.peer
+                        and (d.source, d.message, d.peer) not in by_peer
+                        and other.peer != d.peer):  # told apart by the sender's role
+                    by_peer[(d.source, d.message, other.peer)] = other
+                    by_peer[(d.source, d.message, d.peer)] = d
+                    continue
                 if key in inbound:
                     raise eng.DriverError(
                         f"{name}: {d.method} and {inbound[key].method} both handle "
@@ -314,9 +415,12 @@ class _Table:
                     "abort=..., not one abort transition per phase")
         gathered = frozenset(d.message for d in inbound.values()
                              if d.action == "gather" and d.message is not None)
-        return cls(inbound, {k: tuple(v) for k, v in automatic.items()},
-                   {k: tuple(v) for k, v in timeouts.items()}, commands,
-                   final_phases(role_cls), gathered)
+        # per phase: its sends that stay in it first (once per entry), then the leaving ones
+        ordered = {k: (*(d for d in v if d.target is d.source),
+                       *(d for d in v if d.target is not d.source))
+                   for k, v in automatic.items()}
+        return cls(inbound, ordered, {k: tuple(v) for k, v in timeouts.items()}, commands,
+                   final_phases(role_cls), gathered, by_peer)
 
 
 class RoleDriver(eng.ProtocolDriver):
@@ -332,6 +436,10 @@ class RoleDriver(eng.ProtocolDriver):
     #: message types of the choreography by envelope step name
     message_types: ClassVar[Mapping[str, type[msgspec.Struct]]]
     abort_type: ClassVar[type[msgspec.Struct]]
+    #: the record an ``@unrepeatable`` transition now running may draw (module doc)
+    _drawing: str | None = None
+    #: during replay: journaled draw records by kind, oldest first (``None`` when live)
+    _recalled: dict[str, list[bytes]] | None = None
 
     def __init__(self, services: NodeServices) -> None:
         super().__init__(services)
@@ -348,7 +456,8 @@ class RoleDriver(eng.ProtocolDriver):
         self._pending: list[eng.Effect] = []
         #: the phase the last settle ended in, and whether its send-in-place ran since entry
         self._entered: type[Phase] | None = None
-        self._sent_in_place = False
+        #: methods of the sends that stay in their phase, run since the role entered it
+        self._done_in_place: set[str] = set()
 
     @property
     def roles(self) -> dict[str, str]:
@@ -368,8 +477,10 @@ class RoleDriver(eng.ProtocolDriver):
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
         value = self._live()
         phase = phase_of(value)
-        decl = type(self).table.inbound.get((phase, type(inp.message)))
-        if decl is None and type(inp.message) in type(self).table.gathered:
+        table = type(self).table
+        decl = (table.by_peer.get((phase, type(inp.message), inp.sender_role))
+                or table.inbound.get((phase, type(inp.message))))
+        if decl is None and type(inp.message) in table.gathered:
             # a straggler: a member's answer to a gather that already reached its quorum (the
             # monitor accepts each member once); its msg.in is journaled, nothing else to do
             return []
@@ -471,28 +582,26 @@ class RoleDriver(eng.ProtocolDriver):
             value = self._live()
             phase = phase_of(value)
             if phase is not self._entered:
-                self._entered, self._sent_in_place = phase, False
+                self._entered, self._done_in_place = phase, set()
             if any(isinstance(e, eng.Fail) for e in step._effects):
                 break
-            mark = len(step._effects)
             for decl in table.automatic.get(phase, ()):
                 in_place = decl.target is decl.source
-                if in_place and self._sent_in_place:
+                if in_place and decl.method in self._done_in_place:
                     continue  # sent once since the role entered this phase
+                mark = len(step._effects)
                 try:
-                    returned = getattr(value, decl.method)(step)
+                    self._automatic(decl, step)
                 except Decline:
+                    self._drawing = None
                     del step._effects[mark:]
                     continue
-                if decl.action == "send":
-                    # the message goes first, then what the transition armed or recorded
-                    self.value, out = returned
-                    step._effects[mark:mark] = self._sends(decl, out, step)
-                else:
-                    self.value = returned
-                self._sent_in_place = self._sent_in_place or in_place
+                if in_place:
+                    self._done_in_place.add(decl.method)
                 break
             else:
+                if self._poll_gathers(phase, step):
+                    continue
                 break  # nothing (more) to do on its own: the role waits for an input
         else:  # pragma: no cover - a declaration table with a cycle of automatic steps
             raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
@@ -511,6 +620,36 @@ class RoleDriver(eng.ProtocolDriver):
             if isinstance(e, eng.Complete):
                 self.result = dict(e.result)
         return effects
+
+    def _automatic(self, decl: TransitionDecl, step: Step[Any]) -> None:
+        """Run one automatic transition (a send or a decision) on the live value."""
+        value = self._live()
+        method = getattr(value, decl.method)
+        self._drawing = getattr(method, "__aura_unrepeatable__", None)
+        mark = len(step._effects)
+        returned = method(step)
+        if self._drawing is not None:
+            raise eng.DriverError(f"{type(self).role_class.__qualname__}.{decl.method} is "
+                                  f"declared @unrepeatable({self._drawing!r}) but never drew")
+        if decl.action == "send":
+            # the message goes first, then what the transition armed or recorded with it
+            self.value, out = returned
+            step._effects[mark:mark] = self._sends(decl, out, step)
+        else:
+            self.value = returned
+
+    def _poll_gathers(self, phase: type[Phase], step: Step[Any]) -> bool:
+        """Call the ``@polled`` gathers from ``phase`` with no message; True when one moved
+        the role on."""
+        for d in declared_transitions(type(self).role_class):
+            if d.source is not phase or d.action != "gather":
+                continue
+            method = getattr(self._live(), d.method)
+            if getattr(method, "__aura_polled__", False):
+                self.value = method(None, step)
+                if phase_of(self.value) is not phase:
+                    return True
+        return False
 
     def _sends(self, decl: TransitionDecl, out: object, step: Step[Any]) -> list[eng.Effect]:
         if isinstance(out, Mapping):
@@ -538,7 +677,13 @@ class RoleDriver(eng.ProtocolDriver):
         journaled: list[eng.Sent] = []
         started = False
         last: list[eng.Effect] = []
-        for ev in eng.parse_evidence(evidence):
+        parsed = eng.parse_evidence(evidence)
+        draws = {getattr(getattr(cls.role_class, d.method), "__aura_unrepeatable__", None)
+                 for d in declared_transitions(cls.role_class)} - {None}
+        if draws:  # @unrepeatable: replay takes these draws from the journal (module doc)
+            drv._recalled = {k: [ev.body for ev in parsed if isinstance(ev, eng.DriverRecord)
+                                 and ev.kind == k] for k in draws if k is not None}
+        for ev in parsed:
             effects: list[eng.Effect] | None = None
             if isinstance(ev, eng.Started):
                 if started:
@@ -569,6 +714,11 @@ class RoleDriver(eng.ProtocolDriver):
                 last = effects
         if not started:
             return None
+        unused = sorted(k for k, left in (drv._recalled or {}).items() if left)
+        if unused:
+            raise NondeterminismError(f"session {drv.session}: the journal holds {unused[0]} "
+                                      "draws that replaying its inputs does not make")
+        drv._recalled = None  # from here on the driver is live: a new draw is a fresh one
         abort_step = cls.abort_type.__name__
         own = [s for s in journaled if s.envelope.step != abort_step]
         session = drv.session
@@ -631,6 +781,20 @@ def command(
                             params=params or (lambda args: {}), wait=wait)
 
 
+def _params_of(role: str, initiator: str, params: type[msgspec.Struct]
+               ) -> type[msgspec.Struct]:
+    """Params are the operator's, given to the initiator; a responder starts from a peer's
+    message with none, so its ``step.params`` is the Struct's defaults, or :class:`NoParams`
+    when the Struct has required fields (annotate that role's steps ``Step[NoParams]``)."""
+    if role == initiator:
+        return params
+    try:
+        msgspec.convert({}, params)
+    except msgspec.ValidationError:
+        return NoParams
+    return params
+
+
 def _bindings_from_params(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
     return {k: v for k, v in start.params.items()
             if isinstance(v, int) and not isinstance(v, bool)}
@@ -683,10 +847,12 @@ def protocol(
         messages[m.__name__] = m
     abort_type = messages[chor.decl.abort_message.__name__]
     drivers: dict[str, type[RoleDriver]] = {}
+    first = initiator if initiator is not None else roles[0].role
     for role, cls in by_role.items():
         drivers[role] = cast(type[RoleDriver], type(
             f"{cls.__name__}Driver", (RoleDriver,),
-            {"choreography": name, "role": role, "role_class": cls, "params_type": params,
+            {"choreography": name, "role": role, "role_class": cls,
+             "params_type": _params_of(role, first, params),
              "table": _Table.of(cls), "message_types": messages, "abort_type": abort_type,
              "__module__": cls.__module__},
         ))

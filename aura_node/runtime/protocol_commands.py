@@ -175,7 +175,8 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         for name in params.guardians:
             roles.setdefault(name, "guardians")
         timeout = params.timeout or node.config.protocols.genesis_timeout_seconds
-        sid = await _start(node, "genesis", roles, params.to_json())
+        # journaled with the start: a replay then does not depend on the node's config
+        sid = await _start(node, "genesis", roles, {**params.to_json(), "timeout": timeout})
         return await wait_session(node, sid, timeout + WAIT_GRACE_SECONDS)
 
     async def account_show(_args: dict[str, Any]) -> dict[str, Any]:
