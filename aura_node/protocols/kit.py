@@ -21,15 +21,30 @@ Dispatch (one :class:`RoleDriver` per session, generic over the role class):
 * **timer** fired in phase P: the ``timeout`` transition from P (matching ``timer=`` if given);
   none declared and P not final: the session fails with code ``timeout``.
 * **control action** A in phase P: the ``local`` transition from P declared ``command=A``,
-  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator.
+  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator. A ``send``
+  may carry ``command=A`` too (an operator's decision that sends: ``method(value, args, step)``
+  returns ``(successor, message)`` like any send). An action the role has, asked for in a phase
+  where it has no transition, is an operator's mistake, not a protocol failure: the reply says
+  so (``error``, with the role's status) and nothing changes.
 * **abort**, this side's or a peer's: the class keyword ``abort=Failed`` declares the abort edge
-  of every non-final phase once; the kit moves the value there.
+  of every non-final phase once; the kit moves the value there. An optional role-class hook
+  ``aborting(self, reason, by_peer) -> Mapping[str, object]`` names field changes the abort
+  phase's value takes (what the abort said, e.g. that a peer ended the session over a veto).
 * After every input the kit **settles** the value: while the current phase has a ``send`` (or a
   ``local`` without a command) transition, it runs it - ``method(value, step)`` returning the
   successor and the message (sent to every device of the declared peer role) or a mapping
   device -> message (per-member content, e.g. sealed shares). Reaching a final phase (one with
   no outgoing transitions) ends the session: ``Complete`` (with ``step.complete(...)``'s result)
-  or, in the abort phase, ``Fail``.
+  or, in the abort phase, ``Fail``. A phase may also have one automatic ``send`` that stays in
+  it (a send inside the phase): it runs once, when the role *enters* the phase, before the
+  phase's leaving automatic transition if there is one; staying (a gather that waits for more)
+  does not run it again.
+
+A message with no transition in the current phase (the monitor let it through: a straggler of
+a closed gather, a race) is the peer's problem, not the session's: it is rejected like a
+:class:`~aura_node.errors.RemoteProtocolError` with code ``wrong_phase``. A role that must act
+on a gather's stragglers declares a ``gather`` from the gather's target phase that stays there
+(conformance accepts it, see :mod:`aura_node.session.conformance`).
 
 A transition that raises :class:`~aura_node.errors.RemoteProtocolError` (a witness that does not
 verify, a bad signature, a wrong nonce) *rejects that message*: the value stays live (the guard
@@ -46,6 +61,16 @@ one byte for byte; any difference raises :class:`NondeterminismError` (the runti
 session with code ``nondeterminism``, naming session, step and message). Sends the replay
 produces beyond the journal were computed but never made durable (a crash inside the group
 commit): :meth:`RoleDriver.resume` returns them, identical. Protocol code never sees the journal.
+
+One declared exception (``@transition(..., action="send", replay="journal")``): a send whose
+content draws randomness that must *not* be derivable from the journal - a share HPKE-sealed
+to another device (its ephemeral key would otherwise follow from the journaled entropy, and
+with it the share). Replay runs the transition (its state change is replayed) but cannot
+recompute the bytes; it checks that the journal holds a message of the same type to the same
+devices at that point and keeps the journaled one (the one that left the device, never a
+second version). The successor must not depend on the message's random content, so what
+replay restores is only what the journal proves. A send of such a transition that was never
+durable is sent fresh by :meth:`RoleDriver.resume` (nobody saw the lost one).
 
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
@@ -225,7 +250,12 @@ class Step(Generic[P]):
 def final_phases(cls: type[RoleValue]) -> frozenset[type[Phase]]:
     """Phases with no declared way out (plus the abort phase): reaching one ends the role."""
     decls = declared_transitions(cls)
-    sources = {d.source for d in decls}
+    # a gather's stragglers (a gather that stays in the phase another gather of the same
+    # message leads to) are no way out: they arrive after the role moved on
+    into = {(d.message, d.target) for d in decls if d.action == "gather" and d.source
+            is not d.target}
+    sources = {d.source for d in decls if not (d.action == "gather" and d.source is d.target
+                                               and (d.message, d.source) in into)}
     phases = {cls.initial_phase} | {d.target for d in decls} | sources
     if cls.abort_phase is not None:
         phases.add(cls.abort_phase)
@@ -238,6 +268,8 @@ class _Table:
 
     inbound: Mapping[tuple[type[Phase], type], TransitionDecl]
     automatic: Mapping[type[Phase], TransitionDecl]
+    #: automatic sends that stay in their phase: run once on entering it
+    on_entry: Mapping[type[Phase], TransitionDecl]
     timeouts: Mapping[type[Phase], tuple[TransitionDecl, ...]]
     commands: Mapping[tuple[type[Phase], str], TransitionDecl]
     final: frozenset[type[Phase]]
@@ -246,6 +278,7 @@ class _Table:
     def of(cls, role_cls: type[RoleValue]) -> _Table:
         inbound: dict[tuple[type[Phase], type], TransitionDecl] = {}
         automatic: dict[type[Phase], TransitionDecl] = {}
+        on_entry: dict[type[Phase], TransitionDecl] = {}
         timeouts: dict[type[Phase], list[TransitionDecl]] = {}
         commands: dict[tuple[type[Phase], str], TransitionDecl] = {}
         name = role_cls.__qualname__
@@ -258,23 +291,24 @@ class _Table:
                         f"{name}: {d.method} and {inbound[key].method} both handle "
                         f"{d.message.__name__} in phase {d.source.__name__}")
                 inbound[key] = d
-            elif d.action == "send" or (d.action == "local" and d.command is None):
-                if d.source in automatic:
+            elif d.command is None and d.action in ("send", "local"):
+                auto = on_entry if d.action == "send" and d.target is d.source else automatic
+                if d.source in auto:
                     raise eng.DriverError(
                         f"{name}: phase {d.source.__name__} has two automatic transitions, "
-                        f"{automatic[d.source].method} and {d.method}; decide in one of them")
-                automatic[d.source] = d
+                        f"{auto[d.source].method} and {d.method}; decide in one of them")
+                auto[d.source] = d
             elif d.action == "timeout":
                 timeouts.setdefault(d.source, []).append(d)
-            elif d.action == "local":
+            elif d.action in ("local", "send"):
                 assert d.command is not None
                 commands[(d.source, d.command)] = d
             elif d.action == "abort":
                 raise eng.DriverError(
                     f"{name}.{d.method}: declare the abort phase once with the class keyword "
                     "abort=..., not one abort transition per phase")
-        return cls(inbound, automatic, {k: tuple(v) for k, v in timeouts.items()}, commands,
-                   final_phases(role_cls))
+        return cls(inbound, automatic, on_entry, {k: tuple(v) for k, v in timeouts.items()},
+                   commands, final_phases(role_cls))
 
 
 class RoleDriver(eng.ProtocolDriver):
@@ -304,6 +338,8 @@ class RoleDriver(eng.ProtocolDriver):
         self.timers: dict[str, float] = {}
         self.result: dict[str, Any] = {}
         self._pending: list[eng.Effect] = []
+        #: sends of ``replay="journal"`` transitions (replay keeps the journaled message)
+        self._journal_wins: list[eng.Send] = []
 
     @property
     def roles(self) -> dict[str, str]:
@@ -318,23 +354,23 @@ class RoleDriver(eng.ProtocolDriver):
         self.params = _convert_params(type(self).params_type, inp.params)
         step: Step[Any] = Step(self, now=inp.now)
         self.value = type(self).role_class(step)  # type: ignore[call-arg]
-        return self._settle(step)
+        return self._settle(step, before=None)
 
     def on_message(self, inp: eng.MessageIn) -> list[eng.Effect]:
         value = self._live()
         phase = phase_of(value)
         decl = type(self).table.inbound.get((phase, type(inp.message)))
         if decl is None:
-            raise LocalProtocolError(
+            return [self._rejection(inp.sender, _WrongPhaseError(
                 f"can't handle {type(inp.message).__name__} from {inp.sender} "
-                f"({inp.sender_role}) when role={self.role} and phase={phase.__name__}")
+                f"({inp.sender_role}) when role={self.role} and phase={phase.__name__}"))]
         step: Step[Any] = Step(self, now=inp.now, sender=inp.sender,
                                sender_role=inp.sender_role, envelope=inp.envelope)
         try:
             self.value = getattr(value, decl.method)(inp.message, step)
         except RemoteProtocolError as exc:
             return [*step._effects, self._rejection(inp.sender, exc)]
-        return self._settle(step)
+        return self._settle(step, before=phase)
 
     def on_timer(self, inp: eng.TimerFired) -> list[eng.Effect]:
         deadline = self.timers.pop(inp.name, None)
@@ -347,7 +383,7 @@ class RoleDriver(eng.ProtocolDriver):
             if decl.timer is None or decl.timer == inp.name:
                 step: Step[Any] = Step(self, now=now)
                 self.value = getattr(value, decl.method)(step)
-                return self._settle(step, timed_out=True)
+                return self._settle(step, before=phase, timed_out=True)
         return [eng.Fail(code="timeout",
                          reason=f"{self.choreography} {self.role}: timer {inp.name!r} expired "
                                 f"in phase {phase.__name__}")]
@@ -358,12 +394,21 @@ class RoleDriver(eng.ProtocolDriver):
         decl = type(self).table.commands.get((phase, inp.action))
         if decl is None:
             known = sorted({c for (_, c) in type(self).table.commands})
+            if inp.action in known:  # an operator's mistake: say so, change nothing
+                return [eng.Reply(result={**self.status(), "error": (
+                    f"{inp.action} is not possible in phase {phase.__name__}")})]
             raise LocalProtocolError(
                 f"{self.choreography}/{self.role} has no control action {inp.action!r} in "
                 f"phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")
         step: Step[Any] = Step(self, now=inp.now)
-        self.value = getattr(value, decl.method)(dict(inp.args), step)
-        effects = self._settle(step)
+        mark = len(step._effects)
+        returned = getattr(value, decl.method)(dict(inp.args), step)
+        if decl.action == "send":
+            self.value, out = returned
+            step._effects[mark:mark] = self._sends(decl, out, step)
+        else:
+            self.value = returned
+        effects = self._settle(step, before=phase)
         if not any(isinstance(e, eng.Reply) for e in effects):
             effects.append(eng.Reply(result={"phase": phase_of(self._live()).__name__}))
         return effects
@@ -372,7 +417,9 @@ class RoleDriver(eng.ProtocolDriver):
         value = self.value
         if value is None or phase_of(value) in type(self).table.final:
             return
-        self.value = value._aura_abort()
+        hook = getattr(type(self).role_class, "aborting", None)
+        changes = {} if hook is None else dict(hook(value, reason, by_peer))
+        self.value = value._aura_abort(**changes)
 
     def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
         hook = getattr(type(self).role_class, "accepts_abort_from", None)
@@ -415,13 +462,17 @@ class RoleDriver(eng.ProtocolDriver):
         return eng.rejection(f"{self.choreography}.rejected", peer=peer, code=exc.code,
                              reason=str(exc))
 
-    def _settle(self, step: Step[Any], *, timed_out: bool = False) -> list[eng.Effect]:
-        """Run the automatic transitions (sends, decisions) until the role waits or ends."""
+    def _settle(self, step: Step[Any], *, before: type[Phase] | None,
+                timed_out: bool = False) -> list[eng.Effect]:
+        """Run the automatic transitions (sends, decisions) until the role waits or ends.
+        ``before``: the phase before this input (None at start), to know what was entered."""
         table = type(self).table
+        entered = before is None or phase_of(self._live()) is not before
         for _ in range(1000):
             value = self._live()
             phase = phase_of(value)
-            decl = table.automatic.get(phase)
+            decl = table.on_entry.get(phase) if entered else None
+            decl = decl or table.automatic.get(phase)
             if decl is None or any(isinstance(e, eng.Fail) for e in step._effects):
                 break
             mark = len(step._effects)
@@ -432,6 +483,7 @@ class RoleDriver(eng.ProtocolDriver):
                 step._effects[mark:mark] = self._sends(decl, out, step)
             else:
                 self.value = returned
+            entered = phase_of(self._live()) is not phase
         else:  # pragma: no cover - a declaration table with a cycle of automatic steps
             raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
                                   "do not stop")
@@ -454,11 +506,15 @@ class RoleDriver(eng.ProtocolDriver):
         if isinstance(out, Mapping):
             for msg in out.values():
                 self._check_out(decl, msg)
-            return [eng.Send(to=(name,), message=msg) for name, msg in out.items()]
-        self._check_out(decl, out)
-        assert decl.peer is not None
-        to = step.members(decl.peer)
-        return [eng.Send(to=to, message=cast(msgspec.Struct, out))] if to else []
+            sends = [eng.Send(to=(name,), message=msg) for name, msg in out.items()]
+        else:
+            self._check_out(decl, out)
+            assert decl.peer is not None
+            to = step.members(decl.peer)
+            sends = [eng.Send(to=to, message=cast(msgspec.Struct, out))] if to else []
+        if decl.replay == "journal":
+            self._journal_wins.extend(sends)
+        return list(sends)
 
     def _check_out(self, decl: TransitionDecl, msg: object) -> None:
         if decl.message is not None and not isinstance(msg, decl.message):
@@ -514,7 +570,9 @@ class RoleDriver(eng.ProtocolDriver):
                     f"session {session}: the journal holds {sent.envelope.step} "
                     f"(msg.out record {sent.seq}) that replaying its inputs does not send")
             seq, again = replayed[i]
-            body = msgspec.msgpack.encode(again.message)
+            # a replay="journal" send: same type and devices, the journaled bytes stand
+            fresh = any(again is s for s in drv._journal_wins)
+            body = sent.envelope.body if fresh else msgspec.msgpack.encode(again.message)
             if (sent.envelope.step != type(again.message).__name__
                     or sent.envelope.body != body or tuple(sent.to) != again.to):
                 raise NondeterminismError(
@@ -522,11 +580,16 @@ class RoleDriver(eng.ProtocolDriver):
                     f"{type(again.message).__name__} to {list(again.to)}, but the journal "
                     f"holds {sent.envelope.step} to {list(sent.to)} (msg.out record "
                     f"{sent.seq}) with different content")
+        drv._journal_wins = []
         missing = [s for _, s in replayed[len(own):]]
         if missing:
             # computed but never durable (a crash inside the group commit): due again, identical
             drv._pending = [*missing, *(e for e in last if not isinstance(e, eng.Send))]
         return drv
+
+
+class _WrongPhaseError(RemoteProtocolError):
+    code = "wrong_phase"
 
 
 def _convert_params(params_type: type[msgspec.Struct], params: Mapping[str, Any]

@@ -20,6 +20,11 @@ grain:
    choreography). ``local`` declarations have no counterpart on the wire and are not compared;
    their phases must still exist in the local type. Transitions the projection marks
    ``implicit`` (the abort path it adds to every state) may be declared but need not be.
+   A class that declares its abort phase once (class keyword ``abort=``) has every local
+   ``abort`` edge into that phase, explicit ones included. A gather's *stragglers* (members
+   answering after its quorum, which the monitor accepts) may have a declared ``gather``
+   transition that stays in the gather's target phase: ``Q --gather M--> Q`` conforms when the
+   local type gathers ``M`` into ``Q``.
 3. Walk both phase graphs breadth-first from the initial phase, and at each phase compare the
    outgoing edges. The first difference raises :class:`ConformanceError`, naming the phase,
    the edge, which side has it, and the local states or method behind it.
@@ -199,10 +204,13 @@ def check_conformance(
         if d.action != "local":
             typed.setdefault(_decl_edge(d), d)
 
+    abort = cls.abort_phase.__name__ if cls.abort_phase is not None else None
+    stragglers = {(e.message, e.target) for e in local_edges if e.action == "gather"}
     order = _bfs_phases(initial, [*local_edges, *typed])
     for here in order:
         for edge, t in local_edges.items():
-            if edge.source == here and edge not in typed and not _implicit(t):
+            if (edge.source == here and edge not in typed and not _implicit(t)
+                    and not (edge.action == "abort" and edge.target == abort)):
                 raise ConformanceError(
                     f"{who}: in phase {here} the local type has {edge.describe()} "
                     f"({t.action} {_name(t.message)} with {t.peer}, states {t.source!r} -> "
@@ -210,7 +218,9 @@ def check_conformance(
                     f"{_near_miss(edge, typed)}"
                 )
         for edge, d in typed.items():
-            if edge.source == here and edge not in local_edges:
+            straggler = (edge.action == "gather" and edge.source == edge.target
+                         and (edge.message, edge.target) in stragglers)
+            if edge.source == here and edge not in local_edges and not straggler:
                 raise ConformanceError(
                     f"{who}: in phase {here} {cls.__qualname__}.{d.method} declares "
                     f"{edge.describe()}, which the local type does not allow"

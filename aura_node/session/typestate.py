@@ -136,6 +136,11 @@ class TransitionDecl:
     command: str | None = None
     #: for a ``timeout`` transition: the timer it handles (``None``: any timer)
     timer: str | None = None
+    #: how deterministic replay treats this transition's sends: ``"recompute"`` (compare the
+    #: recomputed message with the journaled one byte for byte) or ``"journal"`` (the content
+    #: draws fresh randomness that must not be derivable from the journal, e.g. an HPKE
+    #: ephemeral key: replay keeps the journaled message; see ``aura_node.protocols.kit``)
+    replay: Literal["recompute", "journal"] = "recompute"
 
     def describe(self) -> str:
         msg = self.message.__name__ if self.message is not None else "-"
@@ -282,10 +287,11 @@ class ChoreographicProtocol(Generic[C, S]):
         object.__setattr__(self, "_aura_successor", new)
         return cast(R, new)
 
-    def _aura_abort(self) -> ChoreographicProtocol[C, Any]:
+    def _aura_abort(self, **changes: object) -> ChoreographicProtocol[C, Any]:
         """Consume this live value and return it in the class's ``abort`` phase (the abort
         edge every non-final phase has, declared once by the ``abort`` class keyword). Used by
-        the authoring kit's dispatcher; the value's fields carry over unchanged."""
+        the authoring kit's dispatcher; the value's fields carry over, with ``changes`` (what
+        the role's ``aborting`` hook learned from the abort) applied."""
         target = type(self).abort_phase
         if target is None:
             raise LocalProtocolError(
@@ -298,7 +304,9 @@ class ChoreographicProtocol(Generic[C, S]):
                 raise self._aura_consumed_error()
             d["_aura_status"] = _CONSUMED
             d["_aura_where"] = f"the abort edge to {target.__name__}"
+        self._aura_check_fields(changes, complete=False)
         fields = {n: d[n] for n in type(self)._aura_fields}
+        fields.update(changes)
         new = object.__new__(type(self))
         new._aura_init(target, _LIVE, fields)
         return new
@@ -517,13 +525,17 @@ def transition(
     peer: str | None = None,
     command: str | None = None,
     timer: str | None = None,
+    replay: Literal["recompute", "journal"] = "recompute",
 ) -> Callable[[F], F]:
     """Declare a method as the transition ``source -> target`` and guard it at runtime.
 
     ``action`` says what happens on the wire: ``send``/``recv`` one message, ``gather`` a
     threshold of messages (the witness is the method's argument), ``timeout``, ``abort``, or a
-    ``local`` step with no message. The body must return ``self._advance(Cls[target], ...)``,
-    alone or as the first item of a tuple (``(successor, effects)``, the sans-IO step shape).
+    ``local`` step with no message. ``command`` names the operator control action that runs a
+    ``local`` step or a ``send`` (an operator's decision that sends, e.g. an approval).
+    ``replay="journal"``: a ``send`` whose content replay cannot recompute (kit module doc).
+    The body must return ``self._advance(Cls[target], ...)``, alone or as the first item of a
+    tuple (``(successor, effects)``, the sans-IO step shape).
     """
     _check_phase_type("source", source)
     _check_phase_type("target", target)
@@ -533,8 +545,10 @@ def transition(
         raise TypeError(f"a {action!r} transition must declare its message type")
     if message is not None and not isinstance(message, type):
         raise TypeError(f"message={message!r} is not a type")
-    if command is not None and action != "local":
-        raise TypeError(f"command={command!r} needs action='local', got {action!r}")
+    if command is not None and action not in ("local", "send"):
+        raise TypeError(f"command={command!r} needs action 'local' or 'send', got {action!r}")
+    if replay != "recompute" and (action != "send" or replay != "journal"):
+        raise TypeError(f"replay={replay!r} needs action='send' and replay='journal'")
     if timer is not None and action != "timeout":
         raise TypeError(f"timer={timer!r} needs action='timeout', got {action!r}")
 
@@ -548,6 +562,7 @@ def transition(
             peer=peer,
             command=command,
             timer=timer,
+            replay=replay,
         )
 
         @functools.wraps(fn)

@@ -58,9 +58,9 @@ def test_recovery_restores_the_account_on_the_new_device(seed: int) -> None:
     sim.run(timers=False)
     # every guardian has the request; `recovery pending` material
     for g in ("g1", "g2", "g3"):
-        drv = sim.nodes[g].sessions[sid].driver
-        assert isinstance(drv, rec.GuardianDriver) and drv.awaiting_approval
-        assert drv.pending_entry() == {"session": sid, "account": acct, "new_device": "n1"}
+        st = entry_status(sim, g, sid)
+        assert st["phase"] == "Deciding"
+        assert (st["session"], st["account"], st["new_device"]) == (sid, acct, "n1")
     approve(sim, sid, "g1", "g3")
     sim.run(timers=False)
     st = entry_status(sim, "n1", sid)
@@ -249,10 +249,11 @@ def test_replayed_approval_from_another_session_is_rejected() -> None:
     sim.run(timers=False)
     approve(sim, old, "g1")
     sim.run(timers=False)
-    old_approval = sim.nodes["n1"].sessions[old].driver._approvals["g1"]  # type: ignore[union-attr]
+    (msg,) = [eng.decode_message(ev.envelope, GuardianApproval)  # g1's, from n1's journal
+              for ev in eng.parse_evidence(sim.nodes["n1"].records(old))
+              if isinstance(ev, eng.Received) and ev.envelope.step == "GuardianApproval"]
     sid = start_recovery(sim)
     sim.run(timers=False)
-    msg = GuardianApproval(approval=rec.to_wire(old_approval[0]), account=old_approval[1])
     sim.receive("g1", "n1", seal(sim.nodes["g1"].key, choreography="recovery", session=sid,
                                  message=msg))
     reasons = [r["reason"] for r in rejected(sim, "n1", sid)]
@@ -271,14 +272,14 @@ def test_a_share_failing_its_feldman_check_is_rejected_and_honest_guardians_suff
         out: list[eng.Effect] = []
         for e in effects:
             if isinstance(e, eng.Send) and isinstance(e.message, SealedRecoveryShare):
-                acct = self._account
-                assert acct is not None and self._new_key is not None
+                acct = self.services.accounts.only().account
+                new_key = sim.nodes["n1"].key.public
                 bad = Share(index=e.message.share_index, value=Scalar.from_int(12345))
                 e = eng.Send(to=e.to, message=SealedRecoveryShare(
                     share_index=e.message.share_index, sealed_share=seal_share(
-                        bad, self._new_key, recovery_binding(
-                            account_id=acct.account_id, session_id=self._session,
-                            new_device_id=self._new_key.device_id))))
+                        bad, new_key, recovery_binding(
+                            account_id=acct.account_id, session_id=self.session,
+                            new_device_id=new_key.device_id))))
             out.append(e)
         return out
 
@@ -550,9 +551,10 @@ def test_a_notice_listing_other_guardians_is_rejected() -> None:
     sim.run(timers=False)
     approve(sim, sid, "g1", "g2")
     sim.run(timers=False)
-    drv = sim.nodes["d1"].sessions[sid].driver
-    assert isinstance(drv, rec.DeviceDriver) and drv._notice is not None
-    forged = msgspec.structs.replace(drv._notice, guardians=("g1", "g2"))
+    notice = next(eng.decode_message(ev.envelope, RecoveryPending)  # from d1's journal
+                  for ev in eng.parse_evidence(sim.nodes["d1"].records(sid))
+                  if isinstance(ev, eng.Received) and ev.envelope.step == "RecoveryPending")
+    forged = msgspec.structs.replace(notice, guardians=("g1", "g2"))
     assert isinstance(forged, RecoveryPending)
     sim.receive("g3", "d1", seal(sim.nodes["g3"].key, choreography="recovery", session=sid,
                                  message=forged))
