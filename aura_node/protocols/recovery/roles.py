@@ -192,6 +192,10 @@ class RecoveryParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(f"{self.new_device} cannot be its own guardian")
 
 
+#: what every recovery transition is handed
+RStep = Step[RecoveryParams]
+
+
 # --- phases -----------------------------------------------------------------------------------
 
 
@@ -289,7 +293,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     done: RecoveryComplete | None
     vetoed_by: str
 
-    def __init__(self: NewDevice[Initiated], step: Step[RecoveryParams]) -> None:
+    def __init__(self: NewDevice[Initiated], step: RStep) -> None:
         if not step.params.new_device:
             raise eng.ParamsError("recovery start needs account, guardians and new_device")
         self._begin(session=step.session, params=step.params, approvals={}, account=None,
@@ -297,8 +301,8 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
 
     @transition(source=Initiated, target=CollectingApprovals, action="send",
                 message=RecoveryRequest, peer="guardians")
-    def ask(self: NewDevice[Initiated], step: Step[RecoveryParams]
-            ) -> tuple[NewDevice[CollectingApprovals], RecoveryRequest]:
+    def ask(self: NewDevice[Initiated], step: RStep
+                ) -> tuple[NewDevice[CollectingApprovals], RecoveryRequest]:
         p = self.params
         step.arm(APPROVAL_TIMER,
                  at=step.now + step.services.protocols.recovery_approval_timeout_seconds)
@@ -308,12 +312,9 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
 
     @transition(source=CollectingApprovals, target=CollectingShares, action="gather",
                 message=GuardianApproval, peer="guardians")
-    def approved(self: NewDevice[CollectingApprovals], msg: GuardianApproval,
-                 step: Step[RecoveryParams]
-                 ) -> NewDevice[CollectingApprovals] | NewDevice[CollectingShares]:
-        sender, services = step.sender, step.services
-        if step.sender_role != "guardians":
-            raise RecoveryError(f"{sender} is not a guardian here")
+    def approved(self: NewDevice[CollectingApprovals], msg: GuardianApproval, step: RStep
+                ) -> NewDevice[CollectingApprovals] | NewDevice[CollectingShares]:
+        sender, services = step.sender, step.services  # a guardian (the monitor checked)
         st = to_statement(msg.approval)
         guardian_key = services.member(sender).public_key
         try:
@@ -365,13 +366,12 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
 
     @transition(source=CollectingShares, target=CollectingShares, action="gather",
                 message=GuardianApproval, peer="guardians")
-    def late_approval(self: NewDevice[CollectingShares], msg: GuardianApproval,
-                      step: Step[RecoveryParams]) -> NewDevice[CollectingShares]:
+    def late_approval(self: NewDevice[CollectingShares], msg: GuardianApproval, step: RStep
+                ) -> NewDevice[CollectingShares]:
         return self._advance(NewDevice[CollectingShares])  # a straggler: threshold met already
 
     @transition(source=CollectingApprovals, target=Failed, action="timeout")
-    def approvals_timed_out(self: NewDevice[CollectingApprovals], step: Step[RecoveryParams]
-                            ) -> NewDevice[Failed]:
+    def approvals_timed_out(self: NewDevice[CollectingApprovals], step: RStep) -> NewDevice[Failed]:
         step.fail("timeout", f"{len(self.approvals)} guardian approval(s) by the deadline "
                              f"({', '.join(sorted(self.approvals)) or 'none'}); not enough for "
                              "the account's guardian threshold")
@@ -379,8 +379,8 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
 
     @transition(source=CollectingShares, target=CollectingShares, action="send",
                 message=ShareRequest, peer="guardians")
-    def request_shares(self: NewDevice[CollectingShares], step: Step[RecoveryParams]
-                       ) -> tuple[NewDevice[CollectingShares], ShareRequest]:
+    def request_shares(self: NewDevice[CollectingShares], step: RStep
+                ) -> tuple[NewDevice[CollectingShares], ShareRequest]:
         p = step.services.protocols
         step.arm(SHARE_TIMER, at=step.now + p.recovery_cooldown_seconds
                  + p.recovery_share_timeout_seconds)
@@ -388,16 +388,15 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
 
     @transition(source=CollectingShares, target=Vetoed, action="gather", message=RecoveryVetoed,
                 peer="guardians")
-    def vetoed(self: NewDevice[CollectingShares], msg: RecoveryVetoed,
-               step: Step[RecoveryParams]) -> NewDevice[Vetoed]:
+    def vetoed(self: NewDevice[CollectingShares], msg: RecoveryVetoed, step: RStep
+                ) -> NewDevice[Vetoed]:
         step.fail("vetoed", f"{step.sender} reports a veto by {msg.vetoed_by}: {msg.reason}")
         return self._advance(NewDevice[Vetoed], vetoed_by=msg.vetoed_by)
 
     @transition(source=CollectingShares, target=Reconstructing, action="gather",
                 message=SealedRecoveryShare, peer="guardians")
-    def share(self: NewDevice[CollectingShares], msg: SealedRecoveryShare,
-              step: Step[RecoveryParams]
-              ) -> NewDevice[CollectingShares] | NewDevice[Reconstructing]:
+    def share(self: NewDevice[CollectingShares], msg: SealedRecoveryShare, step: RStep
+                ) -> NewDevice[CollectingShares] | NewDevice[Reconstructing]:
         account, sender, key = self.account, step.sender, step.services.device_key
         assert account is not None
         try:
@@ -452,8 +451,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
             new_device_public_key=key.public.raw, proof_point=proof_point, proof=proof))
 
     @transition(source=CollectingShares, target=Failed, action="timeout")
-    def shares_timed_out(self: NewDevice[CollectingShares], step: Step[RecoveryParams]
-                         ) -> NewDevice[Failed]:
+    def shares_timed_out(self: NewDevice[CollectingShares], step: RStep) -> NewDevice[Failed]:
         names = sorted(s.sender for s in self.shares)
         step.fail("timeout", f"{len(names)} verified guardian share(s) by the deadline "
                              f"({', '.join(names) or 'none'})")
@@ -461,15 +459,15 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
 
     @transition(source=Reconstructing, target=Reconstructing, action="send",
                 message=RecoveryComplete, peer="guardians")
-    def announce_to_guardians(self: NewDevice[Reconstructing], step: Step[RecoveryParams]
-                              ) -> tuple[NewDevice[Reconstructing], RecoveryComplete]:
+    def announce_to_guardians(self: NewDevice[Reconstructing], step: RStep
+                ) -> tuple[NewDevice[Reconstructing], RecoveryComplete]:
         assert self.done is not None
         return self._advance(NewDevice[Reconstructing]), self.done
 
     @transition(source=Reconstructing, target=Completed, action="send",
                 message=RecoveryComplete, peer="devices")
-    def announce_to_devices(self: NewDevice[Reconstructing], step: Step[RecoveryParams]
-                            ) -> tuple[NewDevice[Completed], RecoveryComplete]:
+    def announce_to_devices(self: NewDevice[Reconstructing], step: RStep
+                ) -> tuple[NewDevice[Completed], RecoveryComplete]:
         assert self.done is not None
         step.complete(session=self.session, account=self.params.account,
                       guardians=list(self.params.guardians), state="Completed")
@@ -503,7 +501,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     vetoed_by: str
     veto_reason: str
 
-    def __init__(self: Guardian[AwaitingRequest], step: Step[RecoveryParams]) -> None:
+    def __init__(self: Guardian[AwaitingRequest], step: RStep) -> None:
         self._begin(session=step.session, new_device=step.opened_by or "", new_key=None,
                     account=None, approved=False, forwarded=(), signers=(), cooldown_ends=0.0,
                     vetoed_by="", veto_reason="")
@@ -516,8 +514,8 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
 
     @transition(source=AwaitingRequest, target=Deciding, action="recv", message=RecoveryRequest,
                 peer="new_device")
-    def requested(self: Guardian[AwaitingRequest], msg: RecoveryRequest,
-                  step: Step[RecoveryParams]) -> Guardian[Deciding]:
+    def requested(self: Guardian[AwaitingRequest], msg: RecoveryRequest, step: RStep
+                ) -> Guardian[Deciding]:
         sender, services = step.sender, step.services
         if sender != self.new_device:
             raise RecoveryError(f"request from {sender}, the session was opened by "
@@ -540,7 +538,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
 
     @transition(source=Deciding, target=AwaitingThreshold, action="send",
                 message=GuardianApproval, peer="new_device", command="approve")
-    def approve(self: Guardian[Deciding], args: dict[str, Any], step: Step[RecoveryParams]
+    def approve(self: Guardian[Deciding], args: dict[str, Any], step: RStep
                 ) -> tuple[Guardian[AwaitingThreshold], GuardianApproval]:
         assert self.account is not None and self.new_key is not None
         approval = sign_approval(step.services.device_key, session_id=self.session,
@@ -550,7 +548,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
         return self._advance(Guardian[AwaitingThreshold], approved=True), GuardianApproval(
             approval=to_wire(approval), account=msgspec.msgpack.encode(self.account))
 
-    def _threshold(self, msg: ShareRequest, step: Step[RecoveryParams]) -> dict[str, Any]:
+    def _threshold(self, msg: ShareRequest, step: RStep) -> dict[str, Any]:
         """The changes of a verified ``ShareRequest``: the cooldown starts (either phase)."""
         assert self.account is not None and self.new_key is not None
         if step.sender != self.new_device:
@@ -569,37 +567,35 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
 
     @transition(source=AwaitingThreshold, target=CoolingDown, action="recv",
                 message=ShareRequest, peer="new_device")
-    def threshold_met(self: Guardian[AwaitingThreshold], msg: ShareRequest,
-                      step: Step[RecoveryParams]) -> Guardian[CoolingDown]:
+    def threshold_met(self: Guardian[AwaitingThreshold], msg: ShareRequest, step: RStep
+                ) -> Guardian[CoolingDown]:
         return self._advance(Guardian[CoolingDown], **self._threshold(msg, step))
 
     @transition(source=Deciding, target=CoolingDown, action="recv", message=ShareRequest,
                 peer="new_device")
-    def threshold_met_without_me(self: Guardian[Deciding], msg: ShareRequest,
-                                 step: Step[RecoveryParams]) -> Guardian[CoolingDown]:
+    def threshold_met_without_me(self: Guardian[Deciding], msg: ShareRequest, step: RStep
+                ) -> Guardian[CoolingDown]:
         return self._advance(Guardian[CoolingDown], **self._threshold(msg, step))
 
-    def _no_request(self, step: Step[RecoveryParams]) -> None:
+    def _no_request(self, step: RStep) -> None:
         what = "approved" if self.approved else "had not approved"
         step.fail("timeout", f"no valid ShareRequest from {self.new_device} by this guardian's "
                              f"deadline (it {what}); no share released")
 
     @transition(source=Deciding, target=Failed, action="timeout")
-    def no_request_undecided(self: Guardian[Deciding], step: Step[RecoveryParams]
-                             ) -> Guardian[Failed]:
+    def no_request_undecided(self: Guardian[Deciding], step: RStep) -> Guardian[Failed]:
         self._no_request(step)
         return self._advance(Guardian[Failed])
 
     @transition(source=AwaitingThreshold, target=Failed, action="timeout")
-    def no_request(self: Guardian[AwaitingThreshold], step: Step[RecoveryParams]
-                   ) -> Guardian[Failed]:
+    def no_request(self: Guardian[AwaitingThreshold], step: RStep) -> Guardian[Failed]:
         self._no_request(step)
         return self._advance(Guardian[Failed])
 
     @transition(source=CoolingDown, target=CoolingDown, action="send", message=RecoveryPending,
                 peer="devices")
-    def notify_devices(self: Guardian[CoolingDown], step: Step[RecoveryParams]
-                       ) -> tuple[Guardian[CoolingDown], RecoveryPending]:
+    def notify_devices(self: Guardian[CoolingDown], step: RStep
+                ) -> tuple[Guardian[CoolingDown], RecoveryPending]:
         assert self.account is not None and self.new_key is not None
         return self._advance(Guardian[CoolingDown]), RecoveryPending(
             account_id=self.account.account_id, new_device=self.new_device,
@@ -610,8 +606,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
 
     @transition(source=CoolingDown, target=Vetoed, action="gather", message=RecoveryVeto,
                 peer="devices")
-    def vetoed(self: Guardian[CoolingDown], msg: RecoveryVeto, step: Step[RecoveryParams]
-               ) -> Guardian[Vetoed]:
+    def vetoed(self: Guardian[CoolingDown], msg: RecoveryVeto, step: RStep) -> Guardian[Vetoed]:
         assert self.account is not None
         if step.roles.get(step.sender) != "devices":
             raise RecoveryError(f"veto from {step.sender}, who is not a device of the account")
@@ -622,20 +617,18 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
 
     @transition(source=Vetoed, target=Vetoed, action="send", message=RecoveryVetoed,
                 peer="new_device")
-    def report_veto(self: Guardian[Vetoed], step: Step[RecoveryParams]
-                    ) -> tuple[Guardian[Vetoed], RecoveryVetoed]:
+    def report_veto(self: Guardian[Vetoed], step: RStep) -> tuple[Guardian[Vetoed], RecoveryVetoed]:
         step.fail("vetoed", f"vetoed by {self.vetoed_by}: {self.veto_reason}")
         return self._advance(Guardian[Vetoed]), RecoveryVetoed(vetoed_by=self.vetoed_by,
                                                                 reason=self.veto_reason)
 
     @transition(source=CoolingDown, target=Releasing, action="timeout")
-    def cooled_down(self: Guardian[CoolingDown], step: Step[RecoveryParams]
-                    ) -> Guardian[Releasing]:
+    def cooled_down(self: Guardian[CoolingDown], step: RStep) -> Guardian[Releasing]:
         return self._advance(Guardian[Releasing])
 
     @transition(source=Releasing, target=AwaitingCompletion, action="send",
                 message=SealedRecoveryShare, peer="new_device", replay="journal")
-    def release(self: Guardian[Releasing], step: Step[RecoveryParams]
+    def release(self: Guardian[Releasing], step: RStep
                 ) -> tuple[Guardian[AwaitingCompletion], dict[str, SealedRecoveryShare]]:
         # the devices watch until cooldown end + share timeout; so long does this guardian
         # wait for the announcement (the new device's share deadline is no later)
@@ -654,40 +647,38 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
         return self._advance(Guardian[AwaitingCompletion]), {self.new_device: SealedRecoveryShare(
             share_index=share.index, sealed_share=sealed)}
 
-    def _done(self, msg: RecoveryComplete, step: Step[RecoveryParams]) -> None:
+    def _done(self, msg: RecoveryComplete, step: RStep) -> None:
         assert self.account is not None
         self._proven(step.sender, msg)
         step.complete(**self._summary("Completed"))
 
     @transition(source=Releasing, target=Completed, action="recv", message=RecoveryComplete,
                 peer="new_device")
-    def completed_unreleased(self: Guardian[Releasing], msg: RecoveryComplete,
-                             step: Step[RecoveryParams]) -> Guardian[Completed]:
+    def completed_unreleased(self: Guardian[Releasing], msg: RecoveryComplete, step: RStep
+                ) -> Guardian[Completed]:
         self._done(msg, step)  # (Releasing is left at once; the choreography allows this)
         return self._advance(Guardian[Completed])
 
     @transition(source=AwaitingCompletion, target=Completed, action="recv",
                 message=RecoveryComplete, peer="new_device")
-    def completed(self: Guardian[AwaitingCompletion], msg: RecoveryComplete,
-                  step: Step[RecoveryParams]) -> Guardian[Completed]:
+    def completed(self: Guardian[AwaitingCompletion], msg: RecoveryComplete, step: RStep
+                ) -> Guardian[Completed]:
         self._done(msg, step)
         return self._advance(Guardian[Completed])
 
-    def _no_completion(self, step: Step[RecoveryParams]) -> None:
+    def _no_completion(self, step: RStep) -> None:
         what = ("its share was released" if self.approved
                 else "it released no share (it had not approved)")
         step.fail("timeout", f"no RecoveryComplete from {self.new_device} by this guardian's "
                              f"deadline; {what}; the recovery's outcome is unknown here")
 
     @transition(source=Releasing, target=Failed, action="timeout")
-    def no_completion_unreleased(self: Guardian[Releasing], step: Step[RecoveryParams]
-                                 ) -> Guardian[Failed]:
+    def no_completion_unreleased(self: Guardian[Releasing], step: RStep) -> Guardian[Failed]:
         self._no_completion(step)
         return self._advance(Guardian[Failed])
 
     @transition(source=AwaitingCompletion, target=Failed, action="timeout")
-    def no_completion(self: Guardian[AwaitingCompletion], step: Step[RecoveryParams]
-                      ) -> Guardian[Failed]:
+    def no_completion(self: Guardian[AwaitingCompletion], step: RStep) -> Guardian[Failed]:
         self._no_completion(step)
         return self._advance(Guardian[Failed])
 
@@ -701,7 +692,10 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     def screen(self, sender: str, sender_role: str, message: msgspec.Struct) -> str | None:
         """An unproven RecoveryComplete is refused before the monitor steps (module doc)."""
         if isinstance(message, RecoveryComplete) and self.new_key is not None:
-            return _objection(lambda: self._proven(sender, message))
+            try:
+                self._proven(sender, message)
+            except AuraError as exc:
+                return exc.message
         return None
 
     def aborting(self, reason: str, by_peer: str | None) -> dict[str, object]:
@@ -734,11 +728,11 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
     #: a guardian's abort reported a veto (this device's or another's)
     vetoed_by: str
 
-    def __init__(self: AccountDevice[Watching], step: Step[RecoveryParams]) -> None:
+    def __init__(self: AccountDevice[Watching], step: RStep) -> None:
         self._begin(session=step.session, notice=None, record=None, notified_by=(),
                     watch_until=0.0, vetoed=False, vetoed_by="")
 
-    def _own_record(self, msg: RecoveryPending, step: Step[RecoveryParams]) -> AccountRecord:
+    def _own_record(self, msg: RecoveryPending, step: RStep) -> AccountRecord:
         sender = step.sender
         try:
             record = step.services.accounts.get(msg.account_id).account
@@ -754,8 +748,8 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
 
     @transition(source=Watching, target=MayVeto, action="gather", message=RecoveryPending,
                 peer="guardians")
-    def notified(self: AccountDevice[Watching], msg: RecoveryPending,
-                 step: Step[RecoveryParams]) -> AccountDevice[MayVeto]:
+    def notified(self: AccountDevice[Watching], msg: RecoveryPending, step: RStep
+                ) -> AccountDevice[MayVeto]:
         record, services = self._own_record(msg, step), step.services
         try:
             ApprovalThresholdMet.verify(
@@ -776,8 +770,8 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
 
     @transition(source=MayVeto, target=MayVeto, action="gather", message=RecoveryPending,
                 peer="guardians")
-    def notified_again(self: AccountDevice[MayVeto], msg: RecoveryPending,
-                       step: Step[RecoveryParams]) -> AccountDevice[MayVeto]:
+    def notified_again(self: AccountDevice[MayVeto], msg: RecoveryPending, step: RStep
+                ) -> AccountDevice[MayVeto]:
         self._own_record(msg, step)
         assert self.notice is not None
         if (msg.account_id, msg.new_device_public_key) != (
@@ -793,14 +787,13 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
         return self._advance(AccountDevice[MayVeto], notified_by=by, watch_until=msg.watch_until)
 
     @transition(source=Watching, target=Failed, action="timeout")
-    def never_notified(self: AccountDevice[Watching], step: Step[RecoveryParams]
-                       ) -> AccountDevice[Failed]:
+    def never_notified(self: AccountDevice[Watching], step: RStep) -> AccountDevice[Failed]:
         return self._advance(AccountDevice[Failed])
 
     @transition(source=MayVeto, target=MayVeto, action="send", message=RecoveryVeto,
                 peer="guardians", command="veto")
-    def veto(self: AccountDevice[MayVeto], args: dict[str, Any], step: Step[RecoveryParams]
-             ) -> tuple[AccountDevice[MayVeto], RecoveryVeto | dict[str, RecoveryVeto]]:
+    def veto(self: AccountDevice[MayVeto], args: dict[str, Any], step: RStep
+                ) -> tuple[AccountDevice[MayVeto], RecoveryVeto | dict[str, RecoveryVeto]]:
         step.reply(session=self.session, state="Vetoed")
         if self.vetoed:  # one veto per device: the first one stands
             return self._advance(AccountDevice[MayVeto]), {}
@@ -811,16 +804,15 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
 
     @transition(source=MayVeto, target=Completed, action="recv", message=RecoveryComplete,
                 peer="new_device")
-    def completed(self: AccountDevice[MayVeto], msg: RecoveryComplete,
-                  step: Step[RecoveryParams]) -> AccountDevice[Completed]:
+    def completed(self: AccountDevice[MayVeto], msg: RecoveryComplete, step: RStep
+                ) -> AccountDevice[Completed]:
         self._proven(step.sender, msg)
         step.cancel(WATCH_TIMER)
         step.complete(**self._summary("Completed"))
         return self._advance(AccountDevice[Completed])
 
     @transition(source=MayVeto, target=Completed, action="timeout")
-    def stop_watching(self: AccountDevice[MayVeto], step: Step[RecoveryParams]
-                      ) -> AccountDevice[Completed]:
+    def stop_watching(self: AccountDevice[MayVeto], step: RStep) -> AccountDevice[Completed]:
         step.complete(**self._summary("Completed"))
         return self._advance(AccountDevice[Completed])
 
@@ -837,7 +829,10 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
         """An unproven RecoveryComplete is refused before the monitor steps, so the veto
         window stays open and the operator's veto still leaves (module doc)."""
         if isinstance(message, RecoveryComplete) and self.notice is not None:
-            return _objection(lambda: self._proven(sender, message))
+            try:
+                self._proven(sender, message)
+            except AuraError as exc:
+                return exc.message
         return None
 
     def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
@@ -932,14 +927,6 @@ def _veto_fields(vetoed_by: str, reason: str, by_peer: str | None) -> dict[str, 
     return {"vetoed_by": by_peer} if abort_is_veto(reason, by_peer) and not vetoed_by else {}
 
 
-def _objection(check: Any) -> str | None:
-    try:
-        check()
-    except AuraError as exc:
-        return exc.message
-    return None
-
-
 def _completion_proven(sender: str, msg: RecoveryComplete, account: AccountRecord,
                        session_id: str) -> SecretReconstructed:
     """Verify ``msg``'s proof of ``s`` against ``account`` (the verifier's own record)."""
@@ -983,16 +970,10 @@ def decode_record(data: bytes) -> AccountRecord:
 
 def _pinned_guardians(record: AccountRecord, services: NodeServices
                       ) -> dict[str, DevicePublicKey]:
-    """Device id -> pinned key of the record's guardians this device has pinned."""
-    out: dict[str, DevicePublicKey] = {}
-    for h in record.guardians:
-        try:
-            info = services.member(h.name)
-        except AuraError:
-            continue
-        if info.device_id == h.device_id:
-            out[h.device_id] = info.public_key
-    return out
+    """Device id -> pinned key of the record's guardians (by name) this device has pinned."""
+    known = {n: services.member(n) for n in (services.self_name, *services.peers)}
+    return {h.device_id: known[h.name].public_key for h in record.guardians
+            if h.name in known and known[h.name].device_id == h.device_id}
 
 
 def _pinned_names(names: Sequence[str], services: NodeServices) -> list[str]:
