@@ -298,13 +298,13 @@ class ChoreographicProtocol(Generic[C, S]):
                 f"{type(self).__qualname__} declares no abort phase (class keyword abort=...)"
             )
         self._aura_require_initialised()
+        self._aura_check_fields(changes, complete=False)
         d = self.__dict__
         with d["_aura_lock"]:
             if d["_aura_status"] != _LIVE:
                 raise self._aura_consumed_error()
             d["_aura_status"] = _CONSUMED
             d["_aura_where"] = f"the abort edge to {target.__name__}"
-        self._aura_check_fields(changes, complete=False)
         fields = {n: d[n] for n in type(self)._aura_fields}
         fields.update(changes)
         new = object.__new__(type(self))
