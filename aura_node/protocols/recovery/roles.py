@@ -97,7 +97,7 @@ Pure: no trio, no I/O, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar, final
 
 import msgspec
@@ -356,8 +356,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
                     pinned=_pinned_guardians(record, services))
             except WitnessError:
                 continue
-            step.learn_roles({n: "devices" for n in _pinned_names(
-                [h.name for h in record.devices], services) if n not in step.roles})
+            _learn(step, [h.name for h in record.devices], "devices")
             step.cancel(APPROVAL_TIMER)
             return self._advance(NewDevice[CollectingShares], approvals=approvals,
                                  account=record, forwarded=tuple(
@@ -529,11 +528,8 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
         except AuraError as exc:
             raise RecoveryError(f"not a guardian of {msg.account_id}: {exc.message}") from None
         names = {h.name for h in account.guardians}
-        roles = {**dict.fromkeys(_pinned_names([g for g in msg.guardians if g in names],
-                                               services), "guardians"),
-                 **dict.fromkeys(_pinned_names([h.name for h in account.devices], services),
-                                 "devices")}
-        step.learn_roles({n: r for n, r in roles.items() if n not in step.roles})
+        _learn(step, [g for g in msg.guardians if g in names], "guardians")
+        _learn(step, [h.name for h in account.devices], "devices")
         return self._advance(Guardian[Deciding], account=account, new_key=sender_key)
 
     @transition(source=Deciding, target=AwaitingThreshold, action="send",
@@ -684,10 +680,8 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
 
     def _proven(self, sender: str, msg: RecoveryComplete) -> SecretReconstructed:
         assert self.account is not None and self.new_key is not None
-        if sender != self.new_device or msg.account_id != self.account.account_id or \
-                msg.new_device_public_key != self.new_key.raw:
-            raise RecoveryError(f"RecoveryComplete from {sender} does not fit this session")
-        return _completion_proven(sender, msg, self.account, self.session)
+        return _completion_proven(sender, msg, self.new_device, self.new_key.raw, self.account,
+                                  self.session)
 
     def screen(self, sender: str, sender_role: str, message: msgspec.Struct) -> str | None:
         """An unproven RecoveryComplete is refused before the monitor steps (module doc)."""
@@ -758,12 +752,10 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
                 pinned=_pinned_guardians(record, services))
         except (WitnessError, ValueError) as exc:
             raise RecoveryError(f"notice from {step.sender}: approvals rejected: {exc}") from None
-        roles = dict.fromkeys(_pinned_names([h.name for h in record.guardians], services),
-                              "guardians")
+        _learn(step, [h.name for h in record.guardians], "guardians")
         pinned_new = services.peers.get(msg.new_device)
         if pinned_new is not None and pinned_new.public_key.raw == msg.new_device_public_key:
-            roles.setdefault(msg.new_device, "new_device")
-        step.learn_roles({n: r for n, r in roles.items() if n not in step.roles})
+            _learn(step, [msg.new_device], "new_device")
         step.arm(WATCH_TIMER, at=msg.watch_until)
         return self._advance(AccountDevice[MayVeto], notice=msg, record=record,
                              notified_by=(step.sender,), watch_until=msg.watch_until)
@@ -820,10 +812,8 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
         """Only a proof of s against this device's own record of S ends the watch."""
         notice, record = self.notice, self.record
         assert notice is not None and record is not None
-        if sender != notice.new_device or msg.account_id != notice.account_id or \
-                msg.new_device_public_key != notice.new_device_public_key:
-            raise RecoveryError(f"RecoveryComplete from {sender} does not fit")
-        return _completion_proven(sender, msg, record, self.session)
+        return _completion_proven(sender, msg, notice.new_device, notice.new_device_public_key,
+                                  record, self.session)
 
     def screen(self, sender: str, sender_role: str, message: msgspec.Struct) -> str | None:
         """An unproven RecoveryComplete is refused before the monitor steps, so the veto
@@ -927,9 +917,13 @@ def _veto_fields(vetoed_by: str, reason: str, by_peer: str | None) -> dict[str, 
     return {"vetoed_by": by_peer} if abort_is_veto(reason, by_peer) and not vetoed_by else {}
 
 
-def _completion_proven(sender: str, msg: RecoveryComplete, account: AccountRecord,
-                       session_id: str) -> SecretReconstructed:
-    """Verify ``msg``'s proof of ``s`` against ``account`` (the verifier's own record)."""
+def _completion_proven(sender: str, msg: RecoveryComplete, new_device: str, new_key: bytes,
+                       account: AccountRecord, session_id: str) -> SecretReconstructed:
+    """Check that ``msg`` comes from the session's new device and verify its proof of ``s``
+    against ``account`` (the verifier's own record)."""
+    if sender != new_device or msg.account_id != account.account_id or \
+            msg.new_device_public_key != new_key:
+        raise RecoveryError(f"RecoveryComplete from {sender} does not fit this session")
     if msg.account_public_key != account.public_key:
         raise RecoveryError(f"RecoveryComplete from {sender} names account key "
                             f"{msg.account_public_key.hex()}, the record here holds "
@@ -976,8 +970,10 @@ def _pinned_guardians(record: AccountRecord, services: NodeServices
             if h.name in known and known[h.name].device_id == h.device_id}
 
 
-def _pinned_names(names: Sequence[str], services: NodeServices) -> list[str]:
-    return [n for n in names if n != services.self_name and n in services.peers]
+def _learn(step: RStep, names: Iterable[str], role: str) -> None:
+    """Give the pinned peers among ``names`` ``role`` in this session (assigned roles stay)."""
+    peers = step.services.peers
+    step.learn_roles({n: role for n in names if n in peers and n not in step.roles})
 
 
 PROTOCOL = protocol(RECOVERY, NewDevice, Guardian, AccountDevice, params=RecoveryParams,
