@@ -302,7 +302,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     @transition(source=Initiated, target=CollectingApprovals, action="send",
                 message=RecoveryRequest, peer="guardians")
     def ask(self: NewDevice[Initiated], step: RStep
-                ) -> tuple[NewDevice[CollectingApprovals], RecoveryRequest]:
+            ) -> tuple[NewDevice[CollectingApprovals], RecoveryRequest]:
         p = self.params
         step.arm(APPROVAL_TIMER,
                  at=step.now + step.services.protocols.recovery_approval_timeout_seconds)
@@ -313,7 +313,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     @transition(source=CollectingApprovals, target=CollectingShares, action="gather",
                 message=GuardianApproval, peer="guardians")
     def approved(self: NewDevice[CollectingApprovals], msg: GuardianApproval, step: RStep
-                ) -> NewDevice[CollectingApprovals] | NewDevice[CollectingShares]:
+            ) -> NewDevice[CollectingApprovals] | NewDevice[CollectingShares]:
         sender, services = step.sender, step.services  # a guardian (the monitor checked)
         st = to_statement(msg.approval)
         guardian_key = services.member(sender).public_key
@@ -366,7 +366,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     @transition(source=CollectingShares, target=CollectingShares, action="gather",
                 message=GuardianApproval, peer="guardians")
     def late_approval(self: NewDevice[CollectingShares], msg: GuardianApproval, step: RStep
-                ) -> NewDevice[CollectingShares]:
+            ) -> NewDevice[CollectingShares]:
         return self._advance(NewDevice[CollectingShares])  # a straggler: threshold met already
 
     @transition(source=CollectingApprovals, target=Failed, action="timeout")
@@ -379,7 +379,7 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     @transition(source=CollectingShares, target=CollectingShares, action="send",
                 message=ShareRequest, peer="guardians")
     def request_shares(self: NewDevice[CollectingShares], step: RStep
-                ) -> tuple[NewDevice[CollectingShares], ShareRequest]:
+            ) -> tuple[NewDevice[CollectingShares], ShareRequest]:
         p = step.services.protocols
         step.arm(SHARE_TIMER, at=step.now + p.recovery_cooldown_seconds
                  + p.recovery_share_timeout_seconds)
@@ -388,14 +388,14 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     @transition(source=CollectingShares, target=Vetoed, action="gather", message=RecoveryVetoed,
                 peer="guardians")
     def vetoed(self: NewDevice[CollectingShares], msg: RecoveryVetoed, step: RStep
-                ) -> NewDevice[Vetoed]:
+            ) -> NewDevice[Vetoed]:
         step.fail("vetoed", f"{step.sender} reports a veto by {msg.vetoed_by}: {msg.reason}")
         return self._advance(NewDevice[Vetoed], vetoed_by=msg.vetoed_by)
 
     @transition(source=CollectingShares, target=Reconstructing, action="gather",
                 message=SealedRecoveryShare, peer="guardians")
     def share(self: NewDevice[CollectingShares], msg: SealedRecoveryShare, step: RStep
-                ) -> NewDevice[CollectingShares] | NewDevice[Reconstructing]:
+            ) -> NewDevice[CollectingShares] | NewDevice[Reconstructing]:
         account, sender, key = self.account, step.sender, step.services.device_key
         assert account is not None
         try:
@@ -459,14 +459,14 @@ class NewDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHO
     @transition(source=Reconstructing, target=Reconstructing, action="send",
                 message=RecoveryComplete, peer="guardians")
     def announce_to_guardians(self: NewDevice[Reconstructing], step: RStep
-                ) -> tuple[NewDevice[Reconstructing], RecoveryComplete]:
+            ) -> tuple[NewDevice[Reconstructing], RecoveryComplete]:
         assert self.done is not None
         return self._advance(NewDevice[Reconstructing]), self.done
 
     @transition(source=Reconstructing, target=Completed, action="send",
                 message=RecoveryComplete, peer="devices")
     def announce_to_devices(self: NewDevice[Reconstructing], step: RStep
-                ) -> tuple[NewDevice[Completed], RecoveryComplete]:
+            ) -> tuple[NewDevice[Completed], RecoveryComplete]:
         assert self.done is not None
         step.complete(session=self.session, account=self.params.account,
                       guardians=list(self.params.guardians), state="Completed")
@@ -514,11 +514,9 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     @transition(source=AwaitingRequest, target=Deciding, action="recv", message=RecoveryRequest,
                 peer="new_device")
     def requested(self: Guardian[AwaitingRequest], msg: RecoveryRequest, step: RStep
-                ) -> Guardian[Deciding]:
+            ) -> Guardian[Deciding]:
+        # from the one device with role new_device here, the opener (the monitor checked)
         sender, services = step.sender, step.services
-        if sender != self.new_device:
-            raise RecoveryError(f"request from {sender}, the session was opened by "
-                                f"{self.new_device}")
         sender_key = services.member(sender).public_key
         if msg.new_device_public_key != sender_key.raw:
             raise RecoveryError(f"{sender} asks to recover onto a key that is not its own")
@@ -535,7 +533,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     @transition(source=Deciding, target=AwaitingThreshold, action="send",
                 message=GuardianApproval, peer="new_device", command="approve")
     def approve(self: Guardian[Deciding], args: dict[str, Any], step: RStep
-                ) -> tuple[Guardian[AwaitingThreshold], GuardianApproval]:
+            ) -> tuple[Guardian[AwaitingThreshold], GuardianApproval]:
         assert self.account is not None and self.new_key is not None
         approval = sign_approval(step.services.device_key, session_id=self.session,
                                  account_id=self.account.account_id,
@@ -547,9 +545,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     def _threshold(self, msg: ShareRequest, step: RStep) -> dict[str, Any]:
         """The changes of a verified ``ShareRequest``: the cooldown starts (either phase)."""
         assert self.account is not None and self.new_key is not None
-        if step.sender != self.new_device:
-            raise RecoveryError(f"ShareRequest from {step.sender}, not the new device")
-        try:
+        try:  # (from the new device: the monitor checked)
             w = ApprovalThresholdMet.verify(
                 [to_statement(a) for a in msg.approvals], account=self.account,
                 session_id=self.session, new_device=self.new_key,
@@ -564,13 +560,13 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     @transition(source=AwaitingThreshold, target=CoolingDown, action="recv",
                 message=ShareRequest, peer="new_device")
     def threshold_met(self: Guardian[AwaitingThreshold], msg: ShareRequest, step: RStep
-                ) -> Guardian[CoolingDown]:
+            ) -> Guardian[CoolingDown]:
         return self._advance(Guardian[CoolingDown], **self._threshold(msg, step))
 
     @transition(source=Deciding, target=CoolingDown, action="recv", message=ShareRequest,
                 peer="new_device")
     def threshold_met_without_me(self: Guardian[Deciding], msg: ShareRequest, step: RStep
-                ) -> Guardian[CoolingDown]:
+            ) -> Guardian[CoolingDown]:
         return self._advance(Guardian[CoolingDown], **self._threshold(msg, step))
 
     def _no_request(self, step: RStep) -> None:
@@ -591,7 +587,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     @transition(source=CoolingDown, target=CoolingDown, action="send", message=RecoveryPending,
                 peer="devices")
     def notify_devices(self: Guardian[CoolingDown], step: RStep
-                ) -> tuple[Guardian[CoolingDown], RecoveryPending]:
+            ) -> tuple[Guardian[CoolingDown], RecoveryPending]:
         assert self.account is not None and self.new_key is not None
         return self._advance(Guardian[CoolingDown]), RecoveryPending(
             account_id=self.account.account_id, new_device=self.new_device,
@@ -625,7 +621,7 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     @transition(source=Releasing, target=AwaitingCompletion, action="send",
                 message=SealedRecoveryShare, peer="new_device", replay="journal")
     def release(self: Guardian[Releasing], step: RStep
-                ) -> tuple[Guardian[AwaitingCompletion], dict[str, SealedRecoveryShare]]:
+            ) -> tuple[Guardian[AwaitingCompletion], dict[str, SealedRecoveryShare]]:
         # the devices watch until cooldown end + share timeout; so long does this guardian
         # wait for the announcement (the new device's share deadline is no later)
         step.arm(COMPLETION_TIMER, at=self.cooldown_ends
@@ -651,14 +647,14 @@ class Guardian(ChoreographicProtocol[RecoveryChoreography, S], choreography=CHOR
     @transition(source=Releasing, target=Completed, action="recv", message=RecoveryComplete,
                 peer="new_device")
     def completed_unreleased(self: Guardian[Releasing], msg: RecoveryComplete, step: RStep
-                ) -> Guardian[Completed]:
+            ) -> Guardian[Completed]:
         self._done(msg, step)  # (Releasing is left at once; the choreography allows this)
         return self._advance(Guardian[Completed])
 
     @transition(source=AwaitingCompletion, target=Completed, action="recv",
                 message=RecoveryComplete, peer="new_device")
     def completed(self: Guardian[AwaitingCompletion], msg: RecoveryComplete, step: RStep
-                ) -> Guardian[Completed]:
+            ) -> Guardian[Completed]:
         self._done(msg, step)
         return self._advance(Guardian[Completed])
 
@@ -743,7 +739,7 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
     @transition(source=Watching, target=MayVeto, action="gather", message=RecoveryPending,
                 peer="guardians")
     def notified(self: AccountDevice[Watching], msg: RecoveryPending, step: RStep
-                ) -> AccountDevice[MayVeto]:
+            ) -> AccountDevice[MayVeto]:
         record, services = self._own_record(msg, step), step.services
         try:
             ApprovalThresholdMet.verify(
@@ -763,7 +759,7 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
     @transition(source=MayVeto, target=MayVeto, action="gather", message=RecoveryPending,
                 peer="guardians")
     def notified_again(self: AccountDevice[MayVeto], msg: RecoveryPending, step: RStep
-                ) -> AccountDevice[MayVeto]:
+            ) -> AccountDevice[MayVeto]:
         self._own_record(msg, step)
         assert self.notice is not None
         if (msg.account_id, msg.new_device_public_key) != (
@@ -785,7 +781,7 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
     @transition(source=MayVeto, target=MayVeto, action="send", message=RecoveryVeto,
                 peer="guardians", command="veto")
     def veto(self: AccountDevice[MayVeto], args: dict[str, Any], step: RStep
-                ) -> tuple[AccountDevice[MayVeto], RecoveryVeto | dict[str, RecoveryVeto]]:
+            ) -> tuple[AccountDevice[MayVeto], RecoveryVeto | dict[str, RecoveryVeto]]:
         step.reply(session=self.session, state="Vetoed")
         if self.vetoed:  # one veto per device: the first one stands
             return self._advance(AccountDevice[MayVeto]), {}
@@ -797,7 +793,7 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
     @transition(source=MayVeto, target=Completed, action="recv", message=RecoveryComplete,
                 peer="new_device")
     def completed(self: AccountDevice[MayVeto], msg: RecoveryComplete, step: RStep
-                ) -> AccountDevice[Completed]:
+            ) -> AccountDevice[Completed]:
         self._proven(step.sender, msg)
         step.cancel(WATCH_TIMER)
         step.complete(**self._summary("Completed"))
