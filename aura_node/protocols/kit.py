@@ -21,9 +21,15 @@ Dispatch (one :class:`RoleDriver` per session, generic over the role class):
 * **timer** fired in phase P: the ``timeout`` transition from P (matching ``timer=`` if given);
   none declared and P not final: the session fails with code ``timeout``.
 * **control action** A in phase P: the ``local`` transition from P declared ``command=A``,
-  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator.
+  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator. A ``send``
+  may carry ``command=A`` too (an operator's decision that sends: it returns ``(successor,
+  message)`` like any send). An action the role has, asked for in a phase where it has no
+  transition, is an operator's mistake: the reply says so (``error``, with the role's status)
+  and nothing changes.
 * **abort**, this side's or a peer's: the class keyword ``abort=Failed`` declares the abort edge
-  of every non-final phase once; the kit moves the value there.
+  of every non-final phase once; the kit moves the value there. An optional role-class hook
+  ``aborting(self, reason, by_peer) -> Mapping[str, object]`` names field changes the abort
+  phase's value takes (what the abort said, e.g. that a peer ended the session over a veto).
 * After every input the kit **settles** the value: while the current phase has a ``send`` (or a
   ``local`` without a command) transition, it runs it - ``method(value, step)`` returning the
   successor and the message (sent to every device of the declared peer role) or a mapping
@@ -47,7 +53,9 @@ Three rules for roles that talk to role sets (threshold protocols):
   count), or a receive whose deadline passed. ``local`` with ``message=M`` (``target ==
   source``) declares what the role does with such an M in that phase, called like a receive
   (``method(value, msg, step)``); conformance ignores it (it is not on the projection's
-  wire). A message with no transition in the current phase is refused as before.
+  wire). Any other message with no transition in the current phase (the monitor let it
+  through: a race, a peer's bug) is the peer's problem, not the session's: it is rejected
+  (a ``<choreography>.rejected`` record, code ``wrong_phase``) and the session goes on.
 
 A transition that raises :class:`~aura_node.errors.RemoteProtocolError` (a witness that does not
 verify, a bad signature, a wrong nonce) *rejects that message*: the value stays live (the guard
@@ -94,17 +102,18 @@ the draw with no such record left, or leaves one unused, is :class:`Nondetermini
 Several sends in one phase, one message from several role sets, polled gathers
 -------------------------------------------------------------------------------
 A choreography may label one phase around consecutive interactions (genesis: the dealer sends
-``SealedShare`` to the devices, then ``SealedGuardianShare`` to the guardians, in
-``Dealing``). Conformance then wants a self-loop send (target = source) besides the send that
-leaves; by the first rule above the kit runs a phase's self-loop sends first, once each per
-entry in declaration order, then its leaving automatic transitions. Two receives or gathers
-of the same message from different role sets in one phase are dispatched by the sender's role. A gather that can be completed by
-another input of its phase is declared ``@polled``: besides its own messages, its method is
-called with ``None`` for the message each time the role settles in its source phase, and stays
-there or returns its target (it decides from its fields). That is how a gather from a role set
-with no member in this session completes (genesis without guardians: the monitor counts it
-complete on arrival, but no message will ever reach it), and how the last gather of a phase
-completes when an earlier one's last message comes after its own (a harness without monitors).
+``SealedShare`` to the devices, then ``SealedGuardianShare`` to the guardians, in ``Dealing``).
+Conformance then wants a self-loop send (target = source) besides the send that leaves; by the
+first rule above the kit runs a phase's self-loop sends first, once each per entry in
+declaration order, then its leaving automatic transitions. Two receives or gathers of the same
+message from different role sets in one phase are dispatched by the sender's role. A gather that
+can be completed by another input of its phase is declared ``@polled``: besides its own
+messages, its method is called with ``None`` for the message each time the role settles in its
+source phase, and stays there or returns its target (it decides from its fields). That is how a
+gather from a role set with no member in this session completes (genesis without guardians: the
+monitor counts it complete on arrival, but no message will ever reach it), and how the last
+gather of a phase completes when an earlier one's last message comes after its own (a harness
+without monitors).
 
 Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the declarations
 (message types from the choreography, openers from the roles' first receives, parameter
@@ -169,6 +178,12 @@ NondeterminismError = eng.NondeterminismError
 
 class Decline(Exception):
     """Raised by an automatic transition to leave a phase's choice to the next one declared."""
+
+
+class WrongPhaseMessage(RemoteProtocolError):
+    """A peer's message that no transition of the role's current phase takes."""
+
+    code = "wrong_phase"
 
 
 class NoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -349,7 +364,8 @@ def polled(fn: F) -> F:
 def final_phases(cls: type[RoleValue]) -> frozenset[type[Phase]]:
     """Phases with no declared way out (plus the abort phase): reaching one ends the role."""
     decls = declared_transitions(cls)
-    sources = {d.source for d in decls}
+    # a late-message handler (local with message=) stays where it is: it is no way out
+    sources = {d.source for d in decls if not (d.action == "local" and d.message is not None)}
     phases = {cls.initial_phase} | {d.target for d in decls} | sources
     if cls.abort_phase is not None:
         phases.add(cls.abort_phase)
@@ -402,11 +418,11 @@ class _Table:
                         f"{name}: {d.method} and {inbound[key].method} both handle "
                         f"{d.message.__name__} in phase {d.source.__name__}")
                 inbound[key] = d
-            elif d.action == "send" or (d.action == "local" and d.command is None):
+            elif d.command is None and d.action in ("send", "local"):
                 automatic.setdefault(d.source, []).append(d)
             elif d.action == "timeout":
                 timeouts.setdefault(d.source, []).append(d)
-            elif d.action == "local":
+            elif d.action in ("local", "send"):
                 assert d.command is not None
                 commands[(d.source, d.command)] = d
             elif d.action == "abort":
@@ -485,9 +501,11 @@ class RoleDriver(eng.ProtocolDriver):
             # monitor accepts each member once); its msg.in is journaled, nothing else to do
             return []
         if decl is None:
-            raise LocalProtocolError(
+            # the monitor let it through (a race, a peer's bug): the peer's problem, not the
+            # session's - rejected and journaled, the session goes on
+            return [self._rejection(inp.sender, WrongPhaseMessage(
                 f"can't handle {type(inp.message).__name__} from {inp.sender} "
-                f"({inp.sender_role}) when role={self.role} and phase={phase.__name__}")
+                f"({inp.sender_role}) when role={self.role} and phase={phase.__name__}"))]
         step: Step[Any] = Step(self, now=inp.now, sender=inp.sender,
                                sender_role=inp.sender_role, envelope=inp.envelope)
         try:
@@ -518,11 +536,20 @@ class RoleDriver(eng.ProtocolDriver):
         decl = type(self).table.commands.get((phase, inp.action))
         if decl is None:
             known = sorted({c for (_, c) in type(self).table.commands})
+            if inp.action in known:  # an operator's mistake: say so, change nothing
+                return [eng.Reply(result={**self.status(), "error": (
+                    f"{inp.action} is not possible in phase {phase.__name__}")})]
             raise LocalProtocolError(
                 f"{self.choreography}/{self.role} has no control action {inp.action!r} in "
                 f"phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")
         step: Step[Any] = Step(self, now=inp.now)
-        self.value = getattr(value, decl.method)(dict(inp.args), step)
+        mark = len(step._effects)
+        returned = getattr(value, decl.method)(dict(inp.args), step)
+        if decl.action == "send":  # an operator's decision that sends (an approval, a veto)
+            self.value, out = returned
+            step._effects[mark:mark] = self._sends(decl, out, step)
+        else:
+            self.value = returned
         effects = self._settle(step)
         if not any(isinstance(e, eng.Reply) for e in effects):
             effects.append(eng.Reply(result={"phase": phase_of(self._live()).__name__}))
@@ -532,7 +559,9 @@ class RoleDriver(eng.ProtocolDriver):
         value = self.value
         if value is None or phase_of(value) in type(self).table.final:
             return
-        self.value = value._aura_abort()
+        hook = getattr(type(self).role_class, "aborting", None)
+        changes = {} if hook is None else dict(hook(value, reason, by_peer))
+        self.value = value._aura_abort(**changes)
 
     def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
         hook = getattr(type(self).role_class, "accepts_abort_from", None)
@@ -627,10 +656,12 @@ class RoleDriver(eng.ProtocolDriver):
         method = getattr(value, decl.method)
         self._drawing = getattr(method, "__aura_unrepeatable__", None)
         mark = len(step._effects)
-        returned = method(step)
-        if self._drawing is not None:
-            raise eng.DriverError(f"{type(self).role_class.__qualname__}.{decl.method} is "
-                                  f"declared @unrepeatable({self._drawing!r}) but never drew")
+        try:
+            returned = method(step)
+        finally:
+            # at most one draw per run: a path that sends nothing random need not draw (replay
+            # takes that path again from the same inputs and does not look for a record)
+            self._drawing = None
         if decl.action == "send":
             # the message goes first, then what the transition armed or recorded with it
             self.value, out = returned

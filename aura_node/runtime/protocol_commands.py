@@ -256,8 +256,11 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
 
         _need_ready(node)
         assert node.runtime is not None
-        pending = [e.driver.pending_entry() for e in node.runtime.active_sessions()
-                   if isinstance(e.driver, GuardianDriver) and e.driver.awaiting_approval]
+        # a guardian whose operator has a decision to make
+        views = [e.driver.status() for e in node.runtime.active_sessions()
+                 if isinstance(e.driver, GuardianDriver)]
+        pending = [{k: v[k] for k in ("session", "account", "new_device")}
+                   for v in views if v["phase"] == "Deciding"]
         return {"pending": sorted(pending, key=lambda x: str(x["session"]))}
 
     async def recovery_status(args: dict[str, Any]) -> dict[str, Any]:

@@ -118,8 +118,15 @@ def test_undeclared_timer_fails_the_session_and_wrong_message_is_refused() -> No
     assert r.start(_start("responder", opened_by="a")) == []
     out = r.on_timer(eng.TimerFired(name="other", now=101.0))
     assert len(out) == 1 and isinstance(out[0], eng.Fail) and out[0].code == "timeout"
-    with pytest.raises(Exception, match="can't handle Pong from b .* phase=AwaitingPing"):
-        r.on_message(_pong(b"n" * 16))
+    # a message with no transition in this phase is the peer's problem: rejected, not fatal
+    r = RESPONDER(SERVICES)
+    r.start(_start("responder", opened_by="a"))
+    (rej,) = r.on_message(_pong(b"n" * 16))
+    assert isinstance(rej, eng.RecordEvidence) and rej.kind == "ping.rejected"
+    body = eng.decode_rejection(rej.body)
+    assert body is not None and body.code == "wrong_phase"
+    assert "can't handle Pong from b" in body.reason
+    assert r.status()["phase"] == "AwaitingPing" and not r.is_final
 
 
 def test_abort_edges_from_the_class_keyword() -> None:

@@ -83,6 +83,16 @@ def no_equivocation(sim: Simulation) -> None:
         assert len(found) == 1, f"{key} sent {len(found)} different bodies"
 
 
+def no_nondeterminism(sim: Simulation, k: int) -> None:
+    """Replay after the crash agreed with every journal (the kit's byte-for-byte check; a
+    guardian's HPKE-sealed share is kept from the journal, ``replay="journal"``)."""
+    for name, node in sim.nodes.items():
+        for r in node.records():
+            if r.kind == eng.KIND_FAIL:
+                fail = msgspec.msgpack.decode(r.body, type=eng.FailBody)
+                assert fail.code != "nondeterminism", (k, name, fail.reason)
+
+
 def count_appends(seed: int, veto: bool) -> tuple[int, int]:
     """(appends before the recovery, appends of the recovery) in a clean run."""
     sim = world(seed)
@@ -124,4 +134,5 @@ def test_crash_at_every_append_point(veto: bool, mode: str) -> None:
                          for r in node.records() if r.kind == eng.KIND_OUT}
                 assert "SealedRecoveryShare" not in steps, k
         no_equivocation(sim)
+        no_nondeterminism(sim, k)
         assert sim.check().ok, (k, sim.check().violations)
