@@ -21,7 +21,13 @@ Dispatch (one :class:`RoleDriver` per session, generic over the role class):
 * **timer** fired in phase P: the ``timeout`` transition from P (matching ``timer=`` if given);
   none declared and P not final: the session fails with code ``timeout``.
 * **control action** A in phase P: the ``local`` transition from P declared ``command=A``,
-  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator.
+  called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator. An action
+  with no transition in P, or one whose transition raises ``LocalProtocolError`` (bad operator
+  arguments), changes nothing: the reply carries ``error`` (an operator's slip never ends a
+  session). A ``send``
+  transition may carry ``command=A`` too (an operator's decision that goes on the wire, e.g. an
+  approval): it does not run when the phase is reached but when the operator says so, as
+  ``method(value, args, step)`` returning ``(successor, message)`` like any send.
 * **abort**, this side's or a peer's: the class keyword ``abort=Failed`` declares the abort edge
   of every non-final phase once; the kit moves the value there.
 * After every input the kit **settles** the value: while the current phase has a ``send`` (or a
@@ -51,7 +57,15 @@ Registration (:func:`protocol`) builds the engine's ``ProtocolSpec`` from the de
 (message types from the choreography, openers from the roles' first receives, parameter
 validation from a msgspec ``params`` Struct), runs the conformance check of every role class
 against its projection (refusing the protocol with the first difference) and
-registers it. Pure: no trio, no I/O.
+registers it, together with its choreography (so monitors, the registry hash and ``choreo``
+know it, built-in or plugin alike). ``params`` are the operator's start arguments of the
+initiator; a role whose session a message opens gets no operator arguments, so
+``responder_params=NoParams`` gives those roles ``Step[NoParams]`` instead of defaults of the
+initiator's struct. With ``control=True`` the node serves the protocol's control commands on its
+socket: ``NAME.start`` (this node as the initiator; the arguments are the role assignment by role
+name plus the params) and ``NAME.COMMAND`` (``{"session": ID, ...}``) for every ``command=``
+transition (``aura_node.runtime.kit_commands``, reached with ``aura-node ctl call``). Pure: no
+trio, no I/O.
 """
 
 from __future__ import annotations
@@ -79,6 +93,7 @@ from aura_node.session.typestate import (
 )
 
 __all__ = [
+    "REGISTERED",
     "NoParams",
     "NondeterminismError",
     "Protocol",
@@ -258,7 +273,7 @@ class _Table:
                         f"{name}: {d.method} and {inbound[key].method} both handle "
                         f"{d.message.__name__} in phase {d.source.__name__}")
                 inbound[key] = d
-            elif d.action == "send" or (d.action == "local" and d.command is None):
+            elif d.action in ("send", "local") and d.command is None:
                 if d.source in automatic:
                     raise eng.DriverError(
                         f"{name}: phase {d.source.__name__} has two automatic transitions, "
@@ -266,7 +281,7 @@ class _Table:
                 automatic[d.source] = d
             elif d.action == "timeout":
                 timeouts.setdefault(d.source, []).append(d)
-            elif d.action == "local":
+            elif d.action in ("send", "local"):
                 assert d.command is not None
                 commands[(d.source, d.command)] = d
             elif d.action == "abort":
@@ -357,12 +372,22 @@ class RoleDriver(eng.ProtocolDriver):
         phase = phase_of(value)
         decl = type(self).table.commands.get((phase, inp.action))
         if decl is None:
+            # an operator's mistake (a command twice, or too late) must not end the session:
+            # it is refused in the reply and nothing changes
             known = sorted({c for (_, c) in type(self).table.commands})
-            raise LocalProtocolError(
+            return [eng.Reply(result={"phase": phase.__name__, "error": (
                 f"{self.choreography}/{self.role} has no control action {inp.action!r} in "
-                f"phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")
+                f"phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")})]
         step: Step[Any] = Step(self, now=inp.now)
-        self.value = getattr(value, decl.method)(dict(inp.args), step)
+        try:
+            returned = getattr(value, decl.method)(dict(inp.args), step)
+        except LocalProtocolError as exc:  # bad operator arguments: refused, nothing changes
+            return [eng.Reply(result={"phase": phase.__name__, "error": exc.message})]
+        if decl.action == "send":
+            self.value, out = returned
+            step._effects[0:0] = self._sends(decl, out, step)
+        else:
+            self.value = returned
         effects = self._settle(step)
         if not any(isinstance(e, eng.Reply) for e in effects):
             effects.append(eng.Reply(result={"phase": phase_of(self._live()).__name__}))
@@ -549,17 +574,45 @@ class Protocol:
     params: type[msgspec.Struct]
     spec: eng.ProtocolSpec
     drivers: Mapping[str, type[RoleDriver]] = field(default_factory=dict)
+    #: the node serves ``NAME.start`` and ``NAME.COMMAND`` control commands (module doc)
+    control: bool = False
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The operator commands its ``command=`` transitions declare, sorted."""
+        return tuple(sorted({d.command for cls in self.roles.values()
+                             for d in declared_transitions(cls) if d.command is not None}))
 
 
-def _bindings_from_params(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
-    return {k: v for k, v in start.params.items()
-            if isinstance(v, int) and not isinstance(v, bool)}
+#: every protocol registered with :func:`protocol`, by choreography name
+REGISTERED: dict[str, Protocol] = {}
+
+
+def _default_bindings(chor: Choreography
+                      ) -> Callable[[eng.Start, msgspec.Struct | None], dict[str, int]]:
+    """Role-set sizes and thresholds for a session's monitor: the int params named like a
+    declared size or threshold (other params, an amount say, are not bindings), and on the
+    initiator, which knows the whole assignment, each role set's size from its members."""
+    sizes = {r.name: r.size for r in chor.decl.roles if r.size is not None}
+    declared = {*sizes.values(), *(t.name for t in chor.decl.thresholds)}
+
+    def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
+        out = {k: v for k, v in start.params.items()
+               if k in declared and isinstance(v, int) and not isinstance(v, bool)}
+        if start.opened_by is None:
+            for role, size in sizes.items():
+                out.setdefault(size, sum(r == role for r in start.roles.values()))
+        return out
+
+    return bindings
 
 
 def protocol(
     chor: Choreography,
     *roles: type[RoleValue],
     params: type[msgspec.Struct] = NoParams,
+    responder_params: type[msgspec.Struct] | None = None,
+    control: bool = False,
     initiator: str | None = None,
     openers: Mapping[str, eng.Opener] | None = None,
     bindings: Callable[[eng.Start, msgspec.Struct | None], dict[str, int]] | None = None,
@@ -571,9 +624,12 @@ def protocol(
     ``initiator``: the role the operator's device takes when it starts a session (default: the
     first role class). ``openers``: which inbound message opens a session on a responder
     (default: every role's first receive, from its initial phase). ``bindings``: role-set sizes
-    and thresholds of a session for its monitor (default: the int params).
+    and thresholds of a session for its monitor (default: the int params named like a declared
+    size or threshold, and on the initiator the role sets' sizes from the assignment). ``responder_params``
+    and ``control``: see the module doc.
     """
     name = chor.name
+    initiator_role = initiator if initiator is not None else roles[0].role
     by_role: dict[str, type[RoleValue]] = {}
     for cls in roles:
         if cls.choreography != name:
@@ -601,7 +657,9 @@ def protocol(
     for role, cls in by_role.items():
         drivers[role] = cast(type[RoleDriver], type(
             f"{cls.__name__}Driver", (RoleDriver,),
-            {"choreography": name, "role": role, "role_class": cls, "params_type": params,
+            {"choreography": name, "role": role, "role_class": cls,
+             "params_type": params if role == initiator_role or responder_params is None
+             else responder_params,
              "table": _Table.of(cls), "message_types": messages, "abort_type": abort_type,
              "__module__": cls.__module__},
         ))
@@ -621,8 +679,21 @@ def protocol(
         drivers=drivers,
         message_types=messages,
         openers=openers,
-        initiator_role=initiator if initiator is not None else roles[0].role,
+        initiator_role=initiator_role,
         validate_params=validate,
-        bindings=bindings or _bindings_from_params,
+        bindings=bindings or _default_bindings(chor),
     ))
-    return Protocol(choreography=chor, roles=by_role, params=params, spec=spec, drivers=drivers)
+    _register_choreography(chor)
+    proto = Protocol(choreography=chor, roles=by_role, params=params, spec=spec,
+                     drivers=drivers, control=control)
+    REGISTERED[name] = proto
+    return proto
+
+
+def _register_choreography(chor: Choreography) -> None:
+    """Add a plugin's choreography to the registry the node runs (monitors, hello hash);
+    the shipped ones are there already. Imported late: that registry lives with the monitors."""
+    from aura_node.runtime.monitors import node_registry, register_choreography
+
+    if node_registry().get(chor.name) is not chor:
+        register_choreography(chor)

@@ -132,7 +132,8 @@ class TransitionDecl:
     action: Action
     message: type | None
     peer: str | None
-    #: for a ``local`` transition: the operator control action that runs it (``ctl``)
+    #: for a ``local`` or ``send`` transition: the operator control action that runs it
+    #: (``ctl``); a ``send`` with a command waits for the operator instead of running at once
     command: str | None = None
     #: for a ``timeout`` transition: the timer it handles (``None``: any timer)
     timer: str | None = None
@@ -533,8 +534,8 @@ def transition(
         raise TypeError(f"a {action!r} transition must declare its message type")
     if message is not None and not isinstance(message, type):
         raise TypeError(f"message={message!r} is not a type")
-    if command is not None and action != "local":
-        raise TypeError(f"command={command!r} needs action='local', got {action!r}")
+    if command is not None and action not in ("local", "send"):
+        raise TypeError(f"command={command!r} needs action='local' or 'send', got {action!r}")
     if timer is not None and action != "timeout":
         raise TypeError(f"timer={timer!r} needs action='timeout', got {action!r}")
 
