@@ -461,6 +461,9 @@ class RoleDriver(eng.ProtocolDriver):
             raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
                                   "do not stop")
         effects = step._effects
+        # the end goes last: a transition may call step.complete() before the automatic send
+        # that follows it, and the runtime stops applying effects at the end (stable sort)
+        effects.sort(key=lambda e: isinstance(e, eng.Complete | eng.Fail))
         phase = phase_of(self._live())
         ended = any(isinstance(e, eng.Complete | eng.Fail) for e in effects)
         if phase in table.final and not ended:

@@ -11,7 +11,7 @@ class Params(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """The operator's start arguments (checked when they arrive, and on the wire)."""
 
     payee: Annotated[str, msgspec.Meta(min_length=1)]
-    amount: Annotated[int, msgspec.Meta(gt=0, lt=2**63)]  # in cents
+    amount: Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]  # in cents
     memo: str = ""
     k: Annotated[int, msgspec.Meta(ge=1)] = 1  # approvals needed
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # seconds to collect them

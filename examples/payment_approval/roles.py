@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
-import msgspec
+from msgspec.structs import asdict
 
 from aura_node.crypto.keys import DevicePublicKey
 from aura_node.crypto.transcript import transcript
+from aura_node.errors import WitnessError
 from aura_node.protocols.kit import NoParams, Step, protocol
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
 from aura_node.session.witness import SignedStatement, Witness, verify_threshold_evidence
@@ -26,10 +27,9 @@ def payload(t: Params, approve: bool) -> bytes:
 
 def sign_vote(step: Step[NoParams], terms: Params, approve: bool) -> Vote:
     """This device's vote on ``terms`` in this session."""
-    key = step.services.device_key
-    signed = SignedStatement.sign(key, domain=DOMAIN, session_id=step.session,
-                                  choreography="payment-approval", payload=payload(terms, approve))
-    return Vote(signer=key.public.raw, approve=approve, signature=signed.signature)
+    st = SignedStatement.sign(step.services.device_key, domain=DOMAIN, session_id=step.session,
+                              choreography="payment-approval", payload=payload(terms, approve))
+    return Vote(signer=step.services.device_key.public.raw, approve=approve, signature=st.signature)
 
 
 @final
@@ -84,19 +84,20 @@ class Initiator(ChoreographicProtocol[PaymentApproval, S], choreography="payment
     def propose(self: Initiator[Proposing], step: Step[Params]
                 ) -> tuple[Initiator[Voting], Proposal]:
         step.arm("deadline", at=step.now + step.params.timeout)
-        proposal = Proposal(**msgspec.structs.asdict(step.params),
-                            approvers=step.members("approvers"))
+        proposal = Proposal(approvers=step.members("approvers"), **asdict(step.params))
         return self._advance(Initiator[Voting]), proposal
 
     @transition(source=Voting, target=Decided, action="gather", message=Vote, peer="approvers")
     def collect(self: Initiator[Voting], vote: Vote, step: Step[Params]
                 ) -> Initiator[Voting] | Initiator[Decided]:
         p, approvers = step.params, step.members("approvers")
+        if step.sender in dict(self.votes):  # the runtime's monitor stops this; be sure anyway
+            raise WitnessError(f"a second vote from {step.sender}")
         votes = (*self.votes, (step.sender, vote))
         yes = tuple(v for _, v in votes if v.approve)
-        if vote.approve:  # all approvals so far, distinct and valid: the witness checks them
+        if vote.approve:  # each approval so far signed by its own sender: the witness checks
             quorum = ApprovalQuorum.verify(yes, session=step.session, terms=p, k=len(yes), members=[
-                step.services.member(n).public_key for n in approvers])
+                step.services.member(n).public_key for n, v in votes if v.approve])
             if len(yes) == p.k:
                 return self._advance(Initiator[Decided], votes=votes, quorum=quorum.approvals)
         if len(votes) - len(yes) > len(approvers) - p.k:
