@@ -628,8 +628,8 @@ def protocol(
     first role class). ``openers``: which inbound message opens a session on a responder
     (default: every role's first receive, from its initial phase). ``bindings``: role-set sizes
     and thresholds of a session for its monitor (default: the int params named like a declared
-    size or threshold, and on the initiator the role sets' sizes from the assignment). ``responder_params``
-    and ``control``: see the module doc.
+    size or threshold, and on the initiator the role sets' sizes from the assignment).
+    ``responder_params`` and ``control``: see the module doc.
     """
     name = chor.name
     initiator_role = initiator if initiator is not None else roles[0].role

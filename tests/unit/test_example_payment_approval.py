@@ -8,7 +8,12 @@ runtime would after its monitor and envelope checks.
 
 from __future__ import annotations
 
+import ast
+import io
+import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +25,7 @@ from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import encode_envelope, seal
 from aura_node.protocols.kit import REGISTERED, Step
 from aura_node.protocols.services import NodeServices, PeerInfo
-from aura_node.runtime.monitors import node_registry
+from aura_node.runtime import monitors
 from examples.payment_approval.choreography import (
     PAYMENT_APPROVAL,
     Decision,
@@ -36,6 +41,20 @@ KEYS = {n: DeviceKey.from_seed(n.encode() * 32) for n in "abcde"}
 INITIATOR = PROTOCOL.spec.driver_class("initiator")
 APPROVER = PROTOCOL.spec.driver_class("approvers")
 TERMS = {"payee": "acme", "amount": 1250, "memo": "invoice 7"}
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "payment_approval"
+
+# Importing the example registered its choreography with this process's node registry (as
+# `run --plugin` does in a node). Integration tests in this process compare its registry hash
+# with a node's that runs no plugin, so it is taken out again and put back only for these tests.
+_CHOREOGRAPHY = monitors._EXTRA.pop(NAME)
+
+
+@pytest.fixture(autouse=True)
+def _plugin_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(monitors._EXTRA, NAME, _CHOREOGRAPHY)
+    yield
+    monitors._project.cache_clear()
+    monitors._template.cache_clear()
 
 
 def services(me: str) -> NodeServices:
@@ -63,7 +82,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.a = INITIATOR(services("a"))
-        roles = {"a": "initiator", **{n: "approvers" for n in self.approvers}}
+        roles = {"a": "initiator", **dict.fromkeys(self.approvers, "approvers")}
         out = self.a.start(eng.Start(
             session=SID, choreography=NAME, role="initiator", self_name="a", roles=roles,
             params={**TERMS, "k": self.k, "timeout": 30.0}, now=100.0, entropy=b"e" * 32))
@@ -109,7 +128,7 @@ def rejected(effects: list[eng.Effect]) -> str:
 def test_registered_with_its_choreography_and_commands() -> None:
     assert REGISTERED[NAME] is PROTOCOL and PROTOCOL.control
     assert PROTOCOL.commands == ("approve", "reject")
-    assert node_registry()[NAME] is PAYMENT_APPROVAL
+    assert monitors.node_registry()[NAME] is PAYMENT_APPROVAL
     assert PROTOCOL.spec.openers == {
         "Proposal": eng.Opener(sender_role="initiator", role="approvers")}
     # the approvers' drivers take no operator params; the initiator's are checked
@@ -293,3 +312,29 @@ def test_an_approver_replays_its_signed_vote_byte_for_byte() -> None:
         eng.OutBody(to=["a"], envelope=encode_envelope(forged))))]
     with pytest.raises(eng.NondeterminismError):
         APPROVER.rehydrate(bad, services("b"))
+
+
+def code_lines(path: Path) -> int:
+    """Lines holding code: no blank lines, comments or docstrings (issue 10's measure)."""
+    src = path.read_text()
+    docs: set[int] = set()
+    for node in ast.walk(ast.parse(src)):
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.body and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)
+                and isinstance(node.body[0].value.value, str)):
+            docs.update(range(node.body[0].lineno, (node.body[0].end_lineno or 0) + 1))
+    lines: set[int] = set()
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+            tokenize.ENDMARKER}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type not in skip:
+            lines.update(range(tok.start[0], tok.end[0] + 1))
+    return len(lines - docs)
+
+
+def test_the_example_stays_within_150_code_lines() -> None:
+    files = sorted(EXAMPLE.glob("*.py"))
+    assert {f.name for f in files} == {"__init__.py", "choreography.py", "roles.py"}
+    assert code_lines(Path(__file__)) > 100  # the measure counts code
+    assert sum(code_lines(f) for f in files) <= 150
