@@ -38,8 +38,8 @@ from examples.payment_approval.roles import PROTOCOL, ApprovalQuorum, payload, s
 NAME = "payment-approval"
 SID = "5e" * 16
 KEYS = {n: DeviceKey.from_seed(n.encode() * 32) for n in "abcde"}
-INITIATOR = PROTOCOL.spec.driver_class("initiator")
-APPROVER = PROTOCOL.spec.driver_class("approvers")
+INITIATOR = PROTOCOL.drivers["initiator"]
+APPROVER = PROTOCOL.drivers["approvers"]
 TERMS = {"payee": "acme", "amount": 1250, "memo": "invoice 7"}
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "payment_approval"
 
@@ -255,7 +255,7 @@ def test_operator_commands_out_of_phase_change_nothing() -> None:
 
 def test_the_witness_has_no_public_constructor() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
-        ApprovalQuorum(terms=Params(**TERMS), approvals=())  # type: ignore[call-arg]
+        ApprovalQuorum(terms=Params(payee="x", amount=1), approvals=())  # type: ignore[call-arg]
     run = Run(k=2)
     b_yes, d_yes = run.vote("b", "approve"), run.vote("d", "approve")
     members = [KEYS[n].public for n in "bcd"]
