@@ -4,8 +4,8 @@
 ``test_typestate_types.py`` (mypy) and ``test_typestate_pyright.py``. Here the same classes are
 registered with the authoring kit and driven through their generated drivers: the clean one
 runs to completion, and the wrong-phase call the checkers reject in ``Counter.count`` is also
-refused at run time by the typestate guard (an exception in a transition, which is what the runtime turns into an aborted
-session).
+refused at run time by the typestate guard (an exception in a transition, which the runtime
+turns into an aborted session).
 """
 
 from __future__ import annotations
