@@ -30,12 +30,14 @@ Dispatch (one :class:`RoleDriver` per session, generic over the role class):
   ``method(value, args, step)`` returning ``(successor, message)`` like any send.
 * **abort**, this side's or a peer's: the class keyword ``abort=Failed`` declares the abort edge
   of every non-final phase once; the kit moves the value there.
-* After every input the kit **settles** the value: while the current phase has a ``send`` (or a
-  ``local`` without a command) transition, it runs it - ``method(value, step)`` returning the
-  successor and the message (sent to every device of the declared peer role) or a mapping
-  device -> message (per-member content, e.g. sealed shares). Reaching a final phase (one with
-  no outgoing transitions) ends the session: ``Complete`` (with ``step.complete(...)``'s result)
-  or, in the abort phase, ``Fail``.
+* After every input the kit **settles** the value: while the current phase has an automatic
+  transition (a ``send``, or a ``local``, declared without ``command=``), it runs it -
+  ``method(value, step)`` returning the successor and the message (sent to every device of the
+  declared peer role) or a mapping device -> message (per-member content, e.g. sealed shares).
+  Reaching a final phase (one with no outgoing transitions) ends the session: ``Complete``
+  (with ``step.complete(...)``'s result) or, in the abort phase, ``Fail``. The end is always
+  the last effect of its step, after the sends of the same step, whichever transition called
+  ``step.complete`` / ``step.fail``.
 
 A transition that raises :class:`~aura_node.errors.RemoteProtocolError` (a witness that does not
 verify, a bad signature, a wrong nonce) *rejects that message*: the value stays live (the guard

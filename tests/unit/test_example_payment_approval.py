@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ast
 import io
+import random
 import tokenize
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import msgspec
 import pytest
 
 from aura_node.crypto.keys import DeviceKey
-from aura_node.errors import WitnessError
+from aura_node.errors import AuraError, WitnessError
+from aura_node.harness.simulation import Faults, Simulation
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import encode_envelope, seal
 from aura_node.protocols.kit import REGISTERED, Step
@@ -338,3 +340,67 @@ def test_the_example_stays_within_150_code_lines() -> None:
     assert {f.name for f in files} == {"__init__.py", "choreography.py", "roles.py"}
     assert code_lines(Path(__file__)) > 100  # the measure counts code
     assert sum(code_lines(f) for f in files) <= 150
+
+
+# --- simulation seeds: the real session runtime, monitors and journal under faults ----------
+
+
+def _answer(sim: Simulation, node: str, sid: str, command: str, tries: int = 30) -> None:
+    """An operator who answers once, retrying while the node is down or the proposal has not
+    reached it yet (or a crash lost the answer before it was journaled)."""
+    try:
+        reply = sim.control(node, sid, command)
+    except AuraError:
+        reply = None
+    if reply is None and tries > 0 and sim.nodes[node].session(sid) is not None and (
+            sim.nodes[node].session(sid).outcome != "active"):  # type: ignore[union-attr]
+        return  # over: nothing left to answer
+    if reply is None and tries > 0:
+        sim.at(sim.now + 1.0, f"{node} {command} again",
+               lambda: _answer(sim, node, sid, command, tries - 1))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_simulated_seeds_under_drops_duplicates_reordering_and_crashes(seed: int) -> None:
+    shape = random.Random(f"payment-approval/{seed}")
+    approvers = ["d2", "d3", "d4"]
+    sim = Simulation(seed, dict.fromkeys(["d1", *approvers], "device"))
+    k = shape.randint(1, 3)
+    answers = {a: shape.choice(["approve", "approve", "reject", None]) for a in approvers}
+    sid = sim.start("d1", NAME, roles={"d1": "initiator", **dict.fromkeys(approvers, "approvers")},
+                    params={**TERMS, "k": k, "timeout": 30.0})
+    for a, command in answers.items():
+        if command is not None:
+            sim.at(sim.now + shape.uniform(0.05, 8.0), f"{a} {command}",
+                   lambda a=a, command=command: _answer(sim, a, sid, command))
+    sim.faults = replace(Faults.chaos(0.0), until=sim.now + 20.0)
+    sim.run()
+    for node in sim.nodes.values():
+        if not node.up:
+            sim.restart(node.name)
+    sim.run()
+    report = sim.check(deadline=120.0, last_heal=sim.faults.settle_after)
+    assert report.ok, report.to_json()
+    ends = sim.sessions(sid)
+    assert set(ends) == {"d1", *approvers}, answers  # the proposal reached every approver
+    assert all(s.outcome != "active" for s in ends.values()), {
+        n: (s.state, s.outcome) for n, s in ends.items()}
+    for s in ends.values():
+        assert s.error is None or s.error["code"] in ("rejected", "timeout", "aborted_by_peer"), (
+            s.error)
+    mine = ends["d1"]
+    yes = [a for a, c in answers.items() if c == "approve"]
+    no = [a for a, c in answers.items() if c == "reject"]
+    if mine.outcome == "completed":
+        assert mine.result is not None
+        assert len(mine.result["approved_by"]) == k and set(mine.result["approved_by"]) <= set(yes)
+    else:
+        assert mine.error is not None
+        assert mine.error["code"] != "rejected" or len(no) > len(approvers) - k
+    for a in approvers:  # an approver completes only on valid evidence of an approval
+        if ends[a].outcome == "completed":
+            assert mine.outcome == "completed" and ends[a].result == {
+                "decision": "approved", "approvals": k}
+    st = sim.stats
+    if len(yes) >= k and st.dropped == st.crashes == st.lost_down == 0:
+        assert mine.outcome == "completed", (answers, k, mine.error)
