@@ -73,6 +73,8 @@ def _start(node: Node, proto: Protocol) -> Handler:
                     or not all(isinstance(n, str) and n for n in names)):
                 raise p.InvalidArgsError(
                     f"{name}.start needs {role!r}: a device name or a list of device names")
+            if len(names) > 1 and not proto.choreography.role(role).is_set:
+                raise p.InvalidArgsError(f"{role!r} of {name} is one device, got {names}")
             for n in names:
                 if n in roles:
                     raise p.InvalidArgsError(f"{n!r} is given two roles in {name}")
