@@ -679,6 +679,7 @@ def protocol(
     def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         return cast(dict[str, Any], msgspec.to_builtins(_convert_params(params, raw)))
 
+    _register_choreography(chor)  # first: a name clash is refused before anything registers
     spec = eng.register_protocol(eng.ProtocolSpec(
         choreography=name,
         drivers=drivers,
@@ -688,7 +689,6 @@ def protocol(
         validate_params=validate,
         bindings=bindings or _default_bindings(chor),
     ))
-    _register_choreography(chor)
     proto = Protocol(choreography=chor, roles=by_role, params=params, spec=spec,
                      drivers=drivers, control=control)
     REGISTERED[name] = proto
