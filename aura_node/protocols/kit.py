@@ -22,20 +22,23 @@ Dispatch (one :class:`RoleDriver` per session, generic over the role class):
   none declared and P not final: the session fails with code ``timeout``.
 * **control action** A in phase P: the ``local`` transition from P declared ``command=A``,
   called as ``method(value, args, step)``; ``step.reply(...)`` answers the operator. A ``send``
-  may carry ``command=A`` too (an operator's decision that sends: it returns ``(successor,
-  message)`` like any send). An action the role has, asked for in a phase where it has no
-  transition, is an operator's mistake: the reply says so (``error``, with the role's status)
-  and nothing changes.
+  may carry ``command=A`` too (an operator's decision that goes on the wire, e.g. an approval):
+  it does not run when the phase is reached but when the operator says so, returning
+  ``(successor, message)`` like any send. An action with no transition in P, or one whose
+  transition raises ``LocalProtocolError`` (bad operator arguments), is an operator's mistake:
+  the reply says so (``error``, with the role's status) and nothing changes.
 * **abort**, this side's or a peer's: the class keyword ``abort=Failed`` declares the abort edge
   of every non-final phase once; the kit moves the value there. An optional role-class hook
   ``aborting(self, reason, by_peer) -> Mapping[str, object]`` names field changes the abort
   phase's value takes (what the abort said, e.g. that a peer ended the session over a veto).
-* After every input the kit **settles** the value: while the current phase has a ``send`` (or a
-  ``local`` without a command) transition, it runs it - ``method(value, step)`` returning the
-  successor and the message (sent to every device of the declared peer role) or a mapping
-  device -> message (per-member content, e.g. sealed shares). Reaching a final phase (one with
-  no outgoing transitions) ends the session: ``Complete`` (with ``step.complete(...)``'s result)
-  or, in the abort phase, ``Fail``.
+* After every input the kit **settles** the value: while the current phase has an automatic
+  transition (a ``send``, or a ``local``, declared without ``command=``), it runs it -
+  ``method(value, step)`` returning the successor and the message (sent to every device of the
+  declared peer role) or a mapping device -> message (per-member content, e.g. sealed shares).
+  Reaching a final phase (one with no outgoing transitions) ends the session: ``Complete``
+  (with ``step.complete(...)``'s result) or, in the abort phase, ``Fail``. The end is always
+  the last effect of its step, after the sends of the same step, whichever transition called
+  ``step.complete`` / ``step.fail``.
 
 Three rules for roles that talk to role sets (threshold protocols):
 
@@ -122,7 +125,12 @@ against its projection (refusing the protocol with the first difference) and reg
 the engine spec (``engine.PROTOCOLS``) and, for a plugin, its choreography
 (``registry.node_registry()``, whose hash the transport hello carries) in one call. Params are
 the operator's, for the initiator; a responder, opened by a peer's message, gets the Struct's
-defaults, or :class:`NoParams` when it has required fields.
+defaults, or :class:`NoParams` when it has required fields. Control commands: with
+``control=True`` the node serves ``NAME.start`` (this node as the initiator; the arguments are
+the role assignment by role name plus the params) and ``NAME.COMMAND`` (``{"session": ID,
+...}``) for every ``command=`` transition; :func:`command` declares a start command of its own
+(a name, and pure functions from its arguments to the roles and params). Both are served by
+``aura_node.runtime.kit_commands`` and reached with ``aura-node ctl call``.
 Pure: no trio, no I/O.
 """
 
@@ -153,6 +161,7 @@ from aura_node.session.typestate import (
 
 __all__ = [
     "Decline",
+    "REGISTERED",
     "NoParams",
     "NondeterminismError",
     "Protocol",
@@ -535,16 +544,18 @@ class RoleDriver(eng.ProtocolDriver):
         phase = phase_of(value)
         decl = type(self).table.commands.get((phase, inp.action))
         if decl is None:
+            # an operator's mistake (a command twice, or too late) must not end the session:
+            # it is refused in the reply and nothing changes
             known = sorted({c for (_, c) in type(self).table.commands})
-            if inp.action in known:  # an operator's mistake: say so, change nothing
-                return [eng.Reply(result={**self.status(), "error": (
-                    f"{inp.action} is not possible in phase {phase.__name__}")})]
-            raise LocalProtocolError(
-                f"{self.choreography}/{self.role} has no control action {inp.action!r} in "
-                f"phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")
+            why = (f"{self.choreography}/{self.role} has no control action {inp.action!r} "
+                   f"in phase {phase.__name__} (its actions: {', '.join(known) or 'none'})")
+            return [eng.Reply(result={**self.status(), "error": why})]
         step: Step[Any] = Step(self, now=inp.now)
         mark = len(step._effects)
-        returned = getattr(value, decl.method)(dict(inp.args), step)
+        try:
+            returned = getattr(value, decl.method)(dict(inp.args), step)
+        except LocalProtocolError as exc:  # bad operator arguments: refused, nothing changes
+            return [eng.Reply(result={**self.status(), "error": exc.message})]
         if decl.action == "send":  # an operator's decision that sends (an approval, a veto)
             self.value, out = returned
             step._effects[mark:mark] = self._sends(decl, out, step)
@@ -636,6 +647,9 @@ class RoleDriver(eng.ProtocolDriver):
             raise eng.DriverError(f"{self.choreography}/{self.role}: automatic transitions "
                                   "do not stop")
         effects = step._effects
+        # the end goes last: a transition may call step.complete() before the automatic send
+        # that follows it, and the runtime stops applying effects at the end (stable sort)
+        effects.sort(key=lambda e: isinstance(e, eng.Complete | eng.Fail))
         phase = phase_of(self._live())
         ended = any(isinstance(e, eng.Complete | eng.Fail) for e in effects)
         if phase in table.final and not ended:
@@ -794,6 +808,14 @@ class Protocol:
     params: type[msgspec.Struct]
     spec: eng.ProtocolSpec
     drivers: Mapping[str, type[RoleDriver]] = field(default_factory=dict)
+    #: the node serves ``NAME.start`` and ``NAME.COMMAND`` control commands (module doc)
+    control: bool = False
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The operator commands its ``command=`` transitions declare, sorted."""
+        return tuple(sorted({d.command for cls in self.roles.values()
+                             for d in declared_transitions(cls) if d.command is not None}))
 
 
 def command(
@@ -826,15 +848,35 @@ def _params_of(role: str, initiator: str, params: type[msgspec.Struct]
     return params
 
 
-def _bindings_from_params(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
-    return {k: v for k, v in start.params.items()
-            if isinstance(v, int) and not isinstance(v, bool)}
+#: every protocol registered with :func:`protocol`, by choreography name
+REGISTERED: dict[str, Protocol] = {}
+
+
+def _default_bindings(chor: Choreography
+                      ) -> Callable[[eng.Start, msgspec.Struct | None], dict[str, int]]:
+    """Role-set sizes and thresholds for a session's monitor: the int params named like a
+    declared size or threshold (other params, an amount say, are not bindings), and on the
+    initiator, which knows the whole assignment, each role set's size from its members."""
+    sizes = {r.name: r.size for r in chor.decl.roles if r.size is not None}
+    declared = {*sizes.values(), *(t.name for t in chor.decl.thresholds)}
+
+    def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
+        out = {k: v for k, v in start.params.items()
+               if k in declared and isinstance(v, int) and not isinstance(v, bool)}
+        if start.opened_by is None:
+            for role, size in sizes.items():
+                out.setdefault(size, sum(r == role for r in start.roles.values()))
+        return out
+
+    return bindings
 
 
 def protocol(
     chor: Choreography,
     *roles: type[RoleValue],
     params: type[msgspec.Struct] = NoParams,
+    responder_params: type[msgspec.Struct] | None = None,
+    control: bool = False,
     initiator: str | None = None,
     openers: Mapping[str, eng.Opener] | None = None,
     bindings: Callable[[eng.Start, msgspec.Struct | None], dict[str, int]] | None = None,
@@ -847,8 +889,11 @@ def protocol(
     ``initiator``: the role the operator's device takes when it starts a session (default: the
     first role class). ``openers``: which inbound message opens a session on a responder
     (default: every role's first receive, from its initial phase). ``bindings``: role-set sizes
-    and thresholds of a session for its monitor (default: the int params). ``commands``: the
-    control commands that start a session of it (:func:`command`), served by every node.
+    and thresholds of a session for its monitor (default: the int params named like a declared
+    size or threshold, and on the initiator the role sets' sizes from the assignment).
+    ``commands``: start commands of its own (:func:`command`); ``control``: see the module doc.
+    ``responder_params``: the params type of the roles a message opens (default: ``params``
+    when all its fields have defaults, else :class:`NoParams`).
     """
     name = chor.name
     known = node_registry().get(name)
@@ -883,7 +928,8 @@ def protocol(
         drivers[role] = cast(type[RoleDriver], type(
             f"{cls.__name__}Driver", (RoleDriver,),
             {"choreography": name, "role": role, "role_class": cls,
-             "params_type": _params_of(role, first, params),
+             "params_type": (responder_params if responder_params is not None
+                             and role != first else _params_of(role, first, params)),
              "table": _Table.of(cls), "message_types": messages, "abort_type": abort_type,
              "__module__": cls.__module__},
         ))
@@ -903,10 +949,13 @@ def protocol(
         drivers=drivers,
         message_types=messages,
         openers=openers,
-        initiator_role=initiator if initiator is not None else roles[0].role,
+        initiator_role=first,
         validate_params=validate,
-        bindings=bindings or _bindings_from_params,
+        bindings=bindings or _default_bindings(chor),
         commands=tuple(commands),
     ))
     register_choreography(chor)  # one registration: the spec above and the choreography
-    return Protocol(choreography=chor, roles=by_role, params=params, spec=spec, drivers=drivers)
+    proto = Protocol(choreography=chor, roles=by_role, params=params, spec=spec,
+                     drivers=drivers, control=control)
+    REGISTERED[name] = proto
+    return proto

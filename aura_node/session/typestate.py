@@ -132,7 +132,8 @@ class TransitionDecl:
     action: Action
     message: type | None
     peer: str | None
-    #: for a ``local`` transition: the operator control action that runs it (``ctl``)
+    #: for a ``local`` or ``send`` transition: the operator control action that runs it
+    #: (``ctl``); a ``send`` with a command waits for the operator instead of running at once
     command: str | None = None
     #: for a ``timeout`` transition: the timer it handles (``None``: any timer)
     timer: str | None = None

@@ -141,11 +141,15 @@ def test_abort_edges_from_the_class_keyword() -> None:
     assert r.status()["phase"] == "Failed"
 
 
-def test_unknown_control_action_names_what_exists() -> None:
+def test_unknown_control_action_is_refused_and_names_what_exists() -> None:
     d = INITIATOR(SERVICES)
     d.start(_start("initiator"))
-    with pytest.raises(Exception, match="no control action 'approve' in phase AwaitingPong"):
-        d.on_control(eng.ControlAction(action="approve", args={}, now=101.0))
+    # an operator's slip is answered, never an abort of the session
+    [reply] = d.on_control(eng.ControlAction(action="approve", args={}, now=101.0))
+    assert isinstance(reply, eng.Reply) and reply.result["phase"] == "AwaitingPong"
+    assert "no control action 'approve' in phase AwaitingPong (its actions: none)" in (
+        reply.result["error"])
+    assert d.status()["phase"] == "AwaitingPong" and not d.is_final
 
 
 # --- replay rehydration -------------------------------------------------------------------

@@ -189,7 +189,8 @@ def test_an_operator_send_its_mistakes_and_the_abort_hook(votes: eng.ProtocolSpe
     v.start(_votes_start("voters", opened_by="a"))
     early = v.on_control(eng.ControlAction(action="vote", args={}, now=100.5))
     assert early == [eng.Reply(result={"phase": "Idle", "why": "",
-                                       "error": "vote is not possible in phase Idle"})]
+                                       "error": "kit-votes/voters has no control action 'vote' "
+                                                "in phase Idle (its actions: vote)"})]
     assert v.status()["phase"] == "Idle" and not v.is_final
     ask = seal(KEY_A, choreography="kit-votes", session=SID, message=Ask(topic="lunch"))
     v.on_message(eng.MessageIn(sender="a", sender_role="a", message=Ask(topic="lunch"),
