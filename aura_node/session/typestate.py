@@ -309,10 +309,10 @@ class ChoreographicProtocol(Generic[C, S]):
 
     @classmethod
     def _restore(cls, value_type: type[R], /, **fields: object) -> R:
-        """A live value in any phase, for a rehydration fold over verified journal evidence.
+        """A live value in any phase, for tests that sweep phases x transitions.
 
-        This is the one deliberate way to make a non-initial value; only call it from a
-        ``rehydrate_from_journal`` implementation (see :mod:`aura_node.session.rehydrate`).
+        Protocol code never calls it: after a crash the authoring kit rebuilds a role by
+        replaying its journaled inputs through the transitions (``aura_node.protocols.kit``).
         """
         phase = cls._aura_phase_from_alias(value_type)
         new = object.__new__(cls)
