@@ -250,33 +250,17 @@ def run_cluster(root: Path, sizes: Sizes) -> ClusterResults:
 
 
 def _services(n: int, t: int) -> dict[str, Any]:
-    from aura_node.crypto.dealing import Holder, deal_account
     from aura_node.crypto.keys import DeviceKey
-    from aura_node.protocols.account import (
-        AccountEstablished,
-        AccountHolder,
-        AccountRecord,
-        AccountStore,
-        genesis_held_share,
-    )
+    from aura_node.harness.simulation import dealt_account
+    from aura_node.protocols.account import AccountStore
     from aura_node.protocols.services import NodeServices, PeerInfo
 
     keys = {f"d{i}": DeviceKey.generate() for i in range(1, n + 1)}
-    names = list(keys)
-    dealing = deal_account(threshold=t, session_id="bench", holders=[
-        Holder(index=i + 1, public_key=keys[nm].public) for i, nm in enumerate(names)])
-    record = AccountRecord(
-        account_id=dealing.account_id, public_key=dealing.public_key.to_bytes(), threshold=t,
-        devices=tuple(AccountHolder(name=names[i], device_id=s.device_id, index=s.index,
-                                    public_share=s.public_share.to_bytes())
-                      for i, s in enumerate(dealing.shares)),
-        device_commitments=dealing.commitments.to_bytes())
+    dealt = dealt_account({name: k.public for name, k in keys.items()}, t, session_id="bench")
     out: dict[str, Any] = {}
-    for i, name in enumerate(names):
+    for name, est in dealt.items():
         store = AccountStore()
-        store.add(AccountEstablished(account=record, shares=(genesis_held_share(
-            holder_set="devices", index=i + 1, sealed=dealing.shares[i].sealed,
-            session_id="bench"),)))
+        store.add(est)
         out[name] = NodeServices(
             self_name=name, self_role="device", device_key=keys[name], accounts=store,
             peers={o: PeerInfo(name=o, role="device", public_key=k.public)

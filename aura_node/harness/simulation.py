@@ -47,6 +47,19 @@ key ``s·H`` computed directly from the shares; a recovered device holds the ori
 key; a guardian releases its share only after an accepted ``ShareRequest`` and its own cooldown,
 never after a veto or its own deadline).
 
+The same world is the protocol tests' harness (there is no other in-memory runtime: a test
+that drives a protocol drives the daemon's runtime). Tests observe what a node does, not what
+a driver holds: :meth:`Simulation.describe` / :meth:`Simulation.status` (``ctl session show``),
+the journal views of :class:`SimNode` (``sent``, ``rejections``, ``misbehaviour``,
+``evidence``), :meth:`Simulation.timer`; they act as operators (:meth:`Simulation.start`,
+:meth:`Simulation.control`, :meth:`Simulation.at`) or as a hostile peer or network
+(``intercept`` to alter, drop or hold a payload in flight, :meth:`Simulation.inject` /
+:meth:`Simulation.post` to deliver one now or later, sealed with the peer's own key), and crash
+nodes (:meth:`Simulation.crash`, :meth:`Simulation.crash_at_append`). An account "as a genesis
+would leave it" is dealt without running one by :func:`dealt_account` (pure: the record and
+each holder's sealed share) and :meth:`Simulation.deal_account` (journaled on each holder):
+the one dealt-account fixture of the tests and the benchmarks.
+
 Use: ``python -m aura_node.harness.simulation --protocol all --seed 7 --seeds 1000``; a
 failing seed prints its violations, and ``--seed N --log`` replays it with the event log
 (``--runtime-log info`` adds the runtimes' own log lines on stderr).
@@ -72,7 +85,10 @@ import msgspec
 
 from aura_node.config import ProtocolSection
 from aura_node.crypto import dkd
-from aura_node.crypto.keys import DeviceKey
+from aura_node.crypto.dealing import Holder
+from aura_node.crypto.dealing import deal_account as deal_shares
+from aura_node.crypto.group import Rng, Scalar, seeded_rng
+from aura_node.crypto.keys import DeviceKey, DevicePublicKey
 from aura_node.crypto.shamir import reconstruct
 from aura_node.errors import AuraError
 from aura_node.harness import invariants as inv
@@ -82,11 +98,16 @@ from aura_node.logs import configure_logging
 from aura_node.protocols import engine as eng
 from aura_node.protocols.account import (
     KIND_ACCOUNT,
+    AccountEstablished,
+    AccountHolder,
+    AccountRecord,
     AccountStore,
     decode_established,
+    encode_established,
+    genesis_held_share,
     open_held_share,
 )
-from aura_node.protocols.envelope import decode_wire
+from aura_node.protocols.envelope import Envelope, decode_wire, encode_wire
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.sessions import (
     Arm,
@@ -183,6 +204,40 @@ class SimNode:
     def journal_bytes(self) -> bytes:
         """The node's journal as it would sit on disk (for "never journaled" checks)."""
         return bytes(self.journal.data)
+
+    def evidence(self, session: str) -> list[eng.Evidence]:
+        """The session's journal records parsed as protocol evidence, in journal order."""
+        return eng.parse_evidence(self.records(session))
+
+    def sent(self, session: str | None = None) -> list[tuple[tuple[str, ...], Envelope]]:
+        """(recipients, envelope) of every ``msg.out`` journaled here (of ``session``)."""
+        out = []
+        for rec in self.records(session):
+            if rec.kind == eng.KIND_OUT:
+                ev = eng.parse_record(rec)
+                assert isinstance(ev, eng.Sent)
+                out.append((ev.to, ev.envelope))
+        return out
+
+    def sent_steps(self, session: str | None = None) -> list[str]:
+        """The message type of every envelope journaled as sent here (of ``session``)."""
+        return [env.step for _, env in self.sent(session)]
+
+    def rejections(self, session: str | None = None) -> list[eng.RejectionBody]:
+        """Peer messages a protocol refused here, as journaled (``<protocol>.rejected``)."""
+        out = []
+        for rec in self.records(session):
+            if rec.kind.endswith(".rejected"):
+                body = eng.decode_rejection(rec.body)
+                assert body is not None, rec
+                out.append(body)
+        return out
+
+    def misbehaviour(self, session: str | None = None) -> list[eng.MisbehaviourBody]:
+        """Peer messages the runtime refused here and journaled as evidence (monitor
+        violations, driver objections, senders without a role)."""
+        return [msgspec.msgpack.decode(r.body, type=eng.MisbehaviourBody)
+                for r in self.records(session) if r.kind == eng.KIND_MISBEHAVIOUR]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,6 +355,26 @@ class Simulation:
         if mode not in CRASH_MODES:
             raise SimulationError(f"crash mode {mode!r} is not one of {CRASH_MODES}")
         self.node_crash_at[(node, k)] = mode
+
+    def deal_account(self, devices: Sequence[str], t: int, guardians: Sequence[str] = (),
+                     tg: int = 0, *, secret: Scalar | None = None) -> AccountRecord:
+        """Give ``devices`` (``t`` of them needed) and ``guardians`` (``tg``) an account as a
+        genesis would leave it, without running one: each holder journals its own
+        ``account.established`` record (one append, as the genesis' last step would) and its
+        account store learns it. The secret is drawn from this world's rng unless given."""
+        sid = self.new_session_id()
+        established = dealt_account(
+            {n: self.nodes[n].key.public for n in devices}, t,
+            {n: self.nodes[n].key.public for n in guardians}, tg, secret=secret,
+            rng=seeded_rng(self.rng.randbytes(32)), session_id=sid)
+        for name, est in established.items():
+            node = self.nodes[name]
+            if node.runtime is None:
+                raise SimulationError(f"cannot deal an account to {name}: it is down")
+            self._commit(node, Step(session=sid, ts=self.now, records=[
+                (KIND_ACCOUNT, encode_established(est))]))
+        self.note(f"dealt {t}-of-{len(devices)} account to {len(established)} holders")
+        return next(iter(established.values())).account
 
     # --- operators --------------------------------------------------------------------------------
 
@@ -442,6 +517,23 @@ class Simulation:
 
     # --- network ------------------------------------------------------------------------------
 
+    def inject(self, src: str, dst: str, message: Envelope | bytes, *,
+               replay: bool = False) -> None:
+        """Hand ``dst``'s runtime a payload from ``src``'s link now, past the network's
+        faults and ``intercept`` (a misbehaving peer's forged or replayed message, or a held
+        one delivered late). An envelope is framed as ``src``'s transport would frame it."""
+        payload = message if isinstance(message, bytes) else encode_wire(message, replay=replay)
+        self.note(f"inject {src}->{dst} {_describe(payload)}")
+        self._deliver(src, dst, payload)
+
+    def post(self, src: str, dst: str, message: Envelope | bytes, *,
+             at: float | None = None) -> None:
+        """Deliver a payload from ``src`` to ``dst`` at virtual time ``at`` (default: now,
+        after what is already due now), past the faults and ``intercept``: for tests that hold
+        a message back in ``intercept`` and let it go later."""
+        payload = message if isinstance(message, bytes) else encode_wire(message)
+        self._schedule(self.now if at is None else at, "deliver", (src, dst, payload))
+
     def _transmit(self, src: str, dst: str, payload: bytes) -> None:
         if src in self.isolated or dst in self.isolated:
             self.note(f"cut {src}->{dst} {_describe(payload)}")
@@ -560,6 +652,28 @@ class Simulation:
                     f"seed {self.seed}: no quiescence after {max_steps} steps at t={self.now:.3f}")
 
     # --- queries ------------------------------------------------------------------------------
+
+    def describe(self, node: str, sid: str) -> dict[str, Any]:
+        """What ``ctl session show`` answers on ``node`` for ``sid`` (its runtime's view:
+        outcome, state, the protocol's own ``status``, result or error)."""
+        n = self.nodes[node]
+        if n.runtime is None:
+            raise SimulationError(f"cannot describe {sid} on {node}: it is down")
+        return n.runtime.describe(sid)
+
+    def status(self, node: str, sid: str) -> dict[str, Any]:
+        """The protocol's own status of ``sid`` on ``node`` (``describe(...)["status"]``)."""
+        return dict(self.describe(node, sid).get("status") or {})
+
+    def timer(self, node: str, sid: str, name: str) -> float | None:
+        """The deadline of ``node``'s armed timer ``name`` of ``sid`` (None: not armed)."""
+        armed = self.nodes[node].timers.get((sid, name))
+        return None if armed is None else armed[0]
+
+    def next_timer(self) -> float | None:
+        """The earliest deadline armed on any up node (None: no timer armed)."""
+        timer = self._next_timer()
+        return None if timer is None else timer[0]
 
     def sessions(self, sid: str) -> dict[str, SessionEntry]:
         """Node name -> its session ``sid`` (up nodes that have it)."""
@@ -700,6 +814,58 @@ def genesis_roles(dealer: str, devices: Sequence[str], guardians: Sequence[str]
     roles.update({d: "devices" for d in devices if d != dealer})
     roles.update(dict.fromkeys(guardians, "guardians"))
     return roles
+
+
+def dealt_account(devices: Mapping[str, DevicePublicKey], t: int,
+                  guardians: Mapping[str, DevicePublicKey] | None = None, tg: int = 0, *,
+                  secret: Scalar | None = None, rng: Rng | None = None,
+                  session_id: str = "dealt") -> dict[str, AccountEstablished]:
+    """A genesis' output without its messages: the account secret (``secret``, else drawn
+    from ``rng``, else the OS) shared ``t``-of-n among ``devices`` and ``tg``-of-m among
+    ``guardians`` (name -> pinned key, Shamir indices in that order), as the public
+    :class:`AccountRecord` every holder keeps plus each holder's own sealed share: holder
+    name -> the ``account.established`` body it would journal. The one dealt-account fixture
+    of the tests and benchmarks (:meth:`Simulation.deal_account` journals it into a world)."""
+    if not devices:
+        raise SimulationError("an account needs at least one device")
+    guardians = dict(guardians or {})
+    both = sorted(set(devices) & set(guardians))
+    if both:
+        raise SimulationError(f"{both} cannot be both devices and guardians of one account")
+    s = secret if secret is not None else Scalar.random(rng)
+    dealings = {}
+    for holder_set, members, threshold in (("devices", devices, t),
+                                           ("guardians", guardians, tg)):
+        if members:
+            dealings[holder_set] = (list(members), deal_shares(
+                threshold=threshold, session_id=session_id, secret=s, rng=rng,
+                role="device" if holder_set == "devices" else "guardian",
+                holders=[Holder(index=i + 1, public_key=k)
+                         for i, k in enumerate(members.values())]))
+    names, dev = dealings["devices"]
+
+    def holders(holder_set: str) -> tuple[AccountHolder, ...]:
+        if holder_set not in dealings:
+            return ()
+        names, d = dealings[holder_set]
+        return tuple(AccountHolder(name=names[i], device_id=sh.device_id, index=sh.index,
+                                   public_share=sh.public_share.to_bytes())
+                     for i, sh in enumerate(d.shares))
+
+    record = AccountRecord(
+        account_id=dev.account_id, public_key=dev.public_key.to_bytes(), threshold=t,
+        devices=holders("devices"), device_commitments=dev.commitments.to_bytes(),
+        guardians=holders("guardians"), guardian_threshold=tg if guardians else 0,
+        guardian_commitments=(dealings["guardians"][1].commitments.to_bytes()
+                              if guardians else b""))
+    record.check()
+    out: dict[str, AccountEstablished] = {}
+    for holder_set, (names, d) in dealings.items():
+        for name, sh in zip(names, d.shares, strict=True):
+            out[name] = AccountEstablished(account=record, shares=(genesis_held_share(
+                holder_set="devices" if holder_set == "devices" else "guardians",
+                index=sh.index, sealed=sh.sealed, session_id=session_id),))
+    return out
 
 
 def create_account(sim: Simulation, dealer: str, devices: Sequence[str], t: int,

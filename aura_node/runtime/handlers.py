@@ -75,8 +75,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 #: ``handlers(node) -> dict[str, Handler]`` and builds them with :func:`start_session`,
 #: :func:`wait_session` and :func:`control_session` below. Protocol packages are pure (no
 #: trio), so these modules live in the shell; later issues append theirs here.
-HANDLER_MODULES: list[str] = ["aura_node.runtime.protocol_commands",
-                               "aura_node.runtime.declared_commands"]
+HANDLER_MODULES: list[str] = [
+    "aura_node.runtime.protocol_commands",
+    "aura_node.runtime.kit_commands",  # every kit protocol's generated and declared commands
+]
 
 
 def _errors() -> Any:

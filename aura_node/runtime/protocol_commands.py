@@ -175,7 +175,8 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         for name in params.guardians:
             roles.setdefault(name, "guardians")
         timeout = params.timeout or node.config.protocols.genesis_timeout_seconds
-        sid = await _start(node, "genesis", roles, params.to_json())
+        # journaled with the start: a replay then does not depend on the node's config
+        sid = await _start(node, "genesis", roles, {**params.to_json(), "timeout": timeout})
         return await wait_session(node, sid, timeout + WAIT_GRACE_SECONDS)
 
     async def account_show(_args: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +256,11 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
 
         _need_ready(node)
         assert node.runtime is not None
-        pending = [e.driver.pending_entry() for e in node.runtime.active_sessions()
-                   if isinstance(e.driver, GuardianDriver) and e.driver.awaiting_approval]
+        # a guardian whose operator has a decision to make
+        views = [e.driver.status() for e in node.runtime.active_sessions()
+                 if isinstance(e.driver, GuardianDriver)]
+        pending = [{k: v[k] for k in ("session", "account", "new_device")}
+                   for v in views if v["phase"] == "Deciding"]
         return {"pending": sorted(pending, key=lambda x: str(x["session"]))}
 
     async def recovery_status(args: dict[str, Any]) -> dict[str, Any]:

@@ -1,20 +1,13 @@
-"""Typestate sessions, runtime witnesses, rehydration and conformance (pure core, no trio).
+"""Typestate sessions, runtime witnesses and conformance (pure core, no trio).
 
 * :mod:`.typestate` - ``ChoreographicProtocol[C, S]``, ``Phase``, ``@transition``, ``@requires``:
   a role as a linear value whose type names its phase, with a runtime guard behind it.
 * :mod:`.witness` - ``Witness`` (no public constructor) and the threshold-evidence verifier.
-* :mod:`.rehydrate` - the ``rehydrate_from_journal`` / ``resolve_ambiguous_state`` interface.
 * :mod:`.conformance` - check a typestate class against its role's projected local type.
 * :mod:`.example` - a toy protocol that exercises all of it.
 """
 
 from aura_node.session.conformance import ConformanceError, check_conformance
-from aura_node.session.rehydrate import (
-    PhaseOrder,
-    Rehydration,
-    RehydrationError,
-    resolve_ambiguous_state,
-)
 from aura_node.session.typestate import (
     ChoreographicProtocol,
     Phase,
@@ -42,10 +35,7 @@ __all__ = [
     "Equivocation",
     "NoPublicConstructor",
     "Phase",
-    "PhaseOrder",
     "QuorumOfSignedStatements",
-    "Rehydration",
-    "RehydrationError",
     "SignedStatement",
     "ThresholdConfigError",
     "ThresholdEvidence",
@@ -55,7 +45,6 @@ __all__ = [
     "declared_transitions",
     "phase_of",
     "requires",
-    "resolve_ambiguous_state",
     "transition",
     "verify_statement",
     "verify_threshold_evidence",

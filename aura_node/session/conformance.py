@@ -20,8 +20,9 @@ grain:
    choreography). ``local`` declarations have no counterpart on the wire and are not compared;
    their phases must still exist in the local type. Transitions the projection marks
    ``implicit`` (the abort path it adds to every state) may be declared but need not be, and
-   neither need a deadline's ``timeout`` into the abort phase of a class that declares it
-   (``abort=``): the authoring kit fails the session there when an undeclared timer fires.
+   a class that declares its abort phase once (class keyword ``abort=``) has every local
+   ``abort`` edge into that phase, explicit ones included, and every deadline's ``timeout``
+   into it (the authoring kit fails the session there when an undeclared timer fires).
 3. Walk both phase graphs breadth-first from the initial phase, and at each phase compare the
    outgoing edges. The first difference raises :class:`ConformanceError`, naming the phase,
    the edge, which side has it, and the local states or method behind it.
@@ -201,17 +202,17 @@ def check_conformance(
         if d.action != "local":
             typed.setdefault(_decl_edge(d), d)
 
-    # a class with ``abort=`` gets the deadline edges into its abort phase from the kit: a timer
-    # with no declared timeout transition fails the session there
+    # a class with ``abort=`` gets the abort and deadline edges into its abort phase from the
+    # kit: its abort edge is declared once, and a timer with no timeout transition fails there
     abort = getattr(cls, "abort_phase", None)
-    kit_timeouts = {e for e in local_edges
-                    if abort is not None and e.action == "timeout"
-                    and e.target == abort.__name__}
+    kit_edges = {e for e in local_edges
+                 if abort is not None and e.action in ("timeout", "abort")
+                 and e.target == abort.__name__}
     order = _bfs_phases(initial, [*local_edges, *typed])
     for here in order:
         for edge, t in local_edges.items():
             if (edge.source == here and edge not in typed and not _implicit(t)
-                    and edge not in kit_timeouts):
+                    and edge not in kit_edges):
                 raise ConformanceError(
                     f"{who}: in phase {here} the local type has {edge.describe()} "
                     f"({t.action} {_name(t.message)} with {t.peer}, states {t.source!r} -> "

@@ -14,13 +14,11 @@ Phases::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, TypeVar, final
+from typing import TypeVar, final
 
 import msgspec
 
 from aura_node.errors import WitnessError
-from aura_node.session.rehydrate import PhaseOrder, Rehydration
 from aura_node.session.typestate import ChoreographicProtocol, Phase, requires, transition
 from aura_node.session.witness import QuorumOfSignedStatements
 
@@ -32,8 +30,6 @@ __all__ = [
     "Decision",
     "Deciding",
     "ToyCoordinator",
-    "ToyCoordinatorRehydration",
-    "ToyRecord",
     "ToyVote",
     "Vote",
 ]
@@ -118,47 +114,3 @@ class ToyCoordinator(
     @requires(Decided)
     def result(self: ToyCoordinator[Decided]) -> bytes:
         return self.outcome
-
-
-class ToyRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A journal record of the toy session (what the shell appended before acting)."""
-
-    kind: Literal["started", "quorum", "decided", "aborted"]
-    session_id: str
-    threshold: int = 0
-    votes: tuple[bytes, ...] = ()
-    outcome: bytes = b""
-
-
-class ToyCoordinatorRehydration(Rehydration[ToyRecord, ToyCoordinator[Any]]):
-    """Fold: each record proves one phase; the last proven phase wins, never more."""
-
-    phase_order: ClassVar[PhaseOrder] = PhaseOrder(
-        (Collecting, Deciding, Decided), frozenset({Aborted})
-    )
-
-    def rehydrate_from_journal(
-        self, evidence: Sequence[ToyRecord]
-    ) -> ToyCoordinator[Any] | None:
-        if not evidence or evidence[0].kind != "started":
-            return None  # no durable start: the session never existed on this device
-        start = evidence[0]
-        fields: dict[str, Any] = {
-            "session_id": start.session_id, "threshold": start.threshold,
-            "votes": (), "outcome": b"",
-        }
-        value: Any = ToyCoordinator[Collecting]
-        for rec in evidence[1:]:
-            if rec.session_id != start.session_id:
-                continue
-            if rec.kind == "aborted":
-                return ToyCoordinator._restore(ToyCoordinator[Aborted], **fields)
-            if rec.kind == "quorum" and value == ToyCoordinator[Collecting]:
-                fields["votes"] = rec.votes
-                value = ToyCoordinator[Deciding]
-            elif rec.kind == "decided" and value == ToyCoordinator[Deciding]:
-                fields["outcome"] = rec.outcome
-                value = ToyCoordinator[Decided]
-            # any other record is out of order: it proves nothing more, so it is ignored
-        restored: ToyCoordinator[Any] = ToyCoordinator._restore(value, **fields)
-        return restored

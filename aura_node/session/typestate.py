@@ -132,7 +132,8 @@ class TransitionDecl:
     action: Action
     message: type | None
     peer: str | None
-    #: for a ``local`` transition: the operator control action that runs it (``ctl``)
+    #: for a ``local`` or ``send`` transition: the operator control action that runs it
+    #: (``ctl``); a ``send`` with a command waits for the operator instead of running at once
     command: str | None = None
     #: for a ``timeout`` transition: the timer it handles (``None``: any timer)
     timer: str | None = None
@@ -282,16 +283,18 @@ class ChoreographicProtocol(Generic[C, S]):
         object.__setattr__(self, "_aura_successor", new)
         return cast(R, new)
 
-    def _aura_abort(self) -> ChoreographicProtocol[C, Any]:
+    def _aura_abort(self, **changes: object) -> ChoreographicProtocol[C, Any]:
         """Consume this live value and return it in the class's ``abort`` phase (the abort
         edge every non-final phase has, declared once by the ``abort`` class keyword). Used by
-        the authoring kit's dispatcher; the value's fields carry over unchanged."""
+        the authoring kit's dispatcher; the value's fields carry over, with ``changes`` (what
+        the role's ``aborting`` hook learned from the abort) applied."""
         target = type(self).abort_phase
         if target is None:
             raise LocalProtocolError(
                 f"{type(self).__qualname__} declares no abort phase (class keyword abort=...)"
             )
         self._aura_require_initialised()
+        self._aura_check_fields(changes, complete=False)
         d = self.__dict__
         with d["_aura_lock"]:
             if d["_aura_status"] != _LIVE:
@@ -299,16 +302,17 @@ class ChoreographicProtocol(Generic[C, S]):
             d["_aura_status"] = _CONSUMED
             d["_aura_where"] = f"the abort edge to {target.__name__}"
         fields = {n: d[n] for n in type(self)._aura_fields}
+        fields.update(changes)
         new = object.__new__(type(self))
         new._aura_init(target, _LIVE, fields)
         return new
 
     @classmethod
     def _restore(cls, value_type: type[R], /, **fields: object) -> R:
-        """A live value in any phase, for a rehydration fold over verified journal evidence.
+        """A live value in any phase, for tests that sweep phases x transitions.
 
-        This is the one deliberate way to make a non-initial value; only call it from a
-        ``rehydrate_from_journal`` implementation (see :mod:`aura_node.session.rehydrate`).
+        Protocol code never calls it: after a crash the authoring kit rebuilds a role by
+        replaying its journaled inputs through the transitions (``aura_node.protocols.kit``).
         """
         phase = cls._aura_phase_from_alias(value_type)
         new = object.__new__(cls)
@@ -522,8 +526,10 @@ def transition(
 
     ``action`` says what happens on the wire: ``send``/``recv`` one message, ``gather`` a
     threshold of messages (the witness is the method's argument), ``timeout``, ``abort``, or a
-    ``local`` step with no message. The body must return ``self._advance(Cls[target], ...)``,
-    alone or as the first item of a tuple (``(successor, effects)``, the sans-IO step shape).
+    ``local`` step with no message. ``command`` names the operator control action that runs a
+    ``local`` step or a ``send`` (an operator's decision that sends, e.g. an approval).
+    The body must return ``self._advance(Cls[target], ...)``, alone or as the first item of a
+    tuple (``(successor, effects)``, the sans-IO step shape).
     """
     _check_phase_type("source", source)
     _check_phase_type("target", target)
@@ -533,8 +539,8 @@ def transition(
         raise TypeError(f"a {action!r} transition must declare its message type")
     if message is not None and not isinstance(message, type):
         raise TypeError(f"message={message!r} is not a type")
-    if command is not None and action != "local":
-        raise TypeError(f"command={command!r} needs action='local', got {action!r}")
+    if command is not None and action not in ("local", "send"):
+        raise TypeError(f"command={command!r} needs action 'local' or 'send', got {action!r}")
     if timer is not None and action != "timeout":
         raise TypeError(f"timer={timer!r} needs action='timeout', got {action!r}")
 

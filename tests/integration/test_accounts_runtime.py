@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import JournalFailedError
+from aura_node.harness.simulation import dealt_account
 from aura_node.journal import JournalEntry
 from aura_node.journal.group_commit import GroupCommitJournal
 from aura_node.logs import get_logger
@@ -32,7 +33,7 @@ from aura_node.protocols.account import (
 )
 from aura_node.protocols.envelope import decode_wire, encode_wire, seal
 from aura_node.protocols.genesis.choreography import ShareAck
-from aura_node.protocols.genesis.roles import KIND_REJECTED, deal_shares, parse_params
+from aura_node.protocols.genesis.roles import KIND_REJECTED
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.runtime.daemon import account_folder
 from aura_node.runtime.executor import EffectExecutor
@@ -69,9 +70,8 @@ def runtime(name: str) -> SessionRuntime:
 
 
 def established_body() -> tuple[str, bytes]:
-    dealt = deal_shares(parse_params({"devices": ["d1", "d2", "d3"], "threshold": 2}),
-                        services("d1"), "ab" * 16)
-    return dealt.account.account_id, encode_established(AccountEstablished(account=dealt.account))
+    account = dealt_account({n: KEYS[n].public for n in ("d1", "d2", "d3")}, 2)["d1"].account
+    return account.account_id, encode_established(AccountEstablished(account=account))
 
 
 class StoreWatchingNetwork:

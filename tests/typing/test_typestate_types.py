@@ -66,6 +66,8 @@ def test_case_files_exist() -> None:
         "subclassing.py",
         "witness_constructor.py",
         "positive.py",
+        "kit_wrong_phase.py",
+        "kit_positive.py",
     } <= names
     assert len(_expected()) >= 15  # guard against markers silently not being parsed
 
@@ -91,6 +93,15 @@ def test_no_unexpected_errors(mypy_errors: dict[Where, list[str]]) -> None:
     assert not unexpected, "\n".join(unexpected)
 
 
-def test_positive_file_is_clean(mypy_errors: dict[Where, list[str]]) -> None:
-    assert not [w for w in _expected() if w[0] == "positive.py"]
-    assert not [w for w in mypy_errors if w[0] == "positive.py"]
+@pytest.mark.parametrize("case", ["positive.py", "kit_positive.py"])
+def test_positive_file_is_clean(mypy_errors: dict[Where, list[str]], case: str) -> None:
+    assert not [w for w in _expected() if w[0] == case]
+    assert not [w for w in mypy_errors if w[0] == case]
+
+
+def test_wrong_phase_calls_inside_kit_transitions_are_errors(
+    mypy_errors: dict[Where, list[str]],
+) -> None:
+    marked = [w for w in _expected() if w[0] == "kit_wrong_phase.py"]
+    assert len(marked) == 4
+    assert all(w in mypy_errors for w in marked)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from aura_node.crypto.dealing import Holder, deal_account
 from aura_node.crypto.errors import SealError, ShareError
 from aura_node.crypto.keys import DeviceKey
+from aura_node.harness.simulation import dealt_account
 from aura_node.protocols.account import (
     AccountError,
     AccountEstablished,
@@ -18,24 +18,14 @@ from aura_node.protocols.account import (
 
 
 def _account() -> tuple[AccountRecord, list[DeviceKey], list[bytes]]:
+    """A dealt 2-of-3 account (the shared fixture): its record, the holders' keys and their
+    sealed shares."""
     keys = [DeviceKey.from_seed(bytes([i]) * 32) for i in range(1, 4)]
-    dealing = deal_account(
-        threshold=2,
-        holders=[Holder(index=i + 1, public_key=k.public) for i, k in enumerate(keys)],
-        session_id="s1",
-    )
-    record = AccountRecord(
-        account_id=dealing.account_id,
-        public_key=dealing.public_key.to_bytes(),
-        threshold=2,
-        devices=tuple(
-            AccountHolder(name=f"d{i + 1}", device_id=s.device_id, index=s.index,
-                          public_share=s.public_share.to_bytes())
-            for i, s in enumerate(dealing.shares)
-        ),
-        device_commitments=dealing.commitments.to_bytes(),
-    )
-    return record, keys, [s.sealed for s in dealing.shares]
+    dealt = dealt_account({f"d{i + 1}": k.public for i, k in enumerate(keys)}, 2,
+                          session_id="s1")
+    record = dealt["d1"].account
+    assert all(est.account == record for est in dealt.values())
+    return record, keys, [dealt[f"d{i}"].shares[0].sealed for i in range(1, 4)]
 
 
 def test_record_checks_and_store_roundtrip() -> None:

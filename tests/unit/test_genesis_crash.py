@@ -61,14 +61,10 @@ def test_crash_at_every_append_point(seed: int, mode: str) -> None:
         assert sim.stats.crashes == 1 and all(n.up for n in sim.nodes.values()), k
         dealer = ending(sim, "d1", sid)
         assert dealer is not None, f"crash point {k}: dealer never finished"
-        if dealer[0]:
-            views = {n: node.accounts.only().account.to_json()
-                     for n, node in sim.nodes.items()}
-            assert all(v == dealer[1] for v in views.values()), (k, views)
-        else:
-            # a clean abort: the dealer holds no account, every other session ended
-            assert len(sim.nodes["d1"].accounts) == 0, k
-            for n in sim.nodes:
-                assert not sim.nodes[n].records(sid) or ending(sim, n, sid) is not None, (k, n)
+        # replay restores the dealing from genesis.dealt (never dealt again), so every crash
+        # after the start is survived: the account exists, the same, on every holder
+        assert dealer[0], f"crash point {k} ({mode}): the dealer failed"
+        views = {n: node.accounts.only().account.to_json() for n, node in sim.nodes.items()}
+        assert all(v == dealer[1] for v in views.values()), (k, views)
         _no_equivocation(sim)
         assert sim.check().ok, (k, sim.check().violations)

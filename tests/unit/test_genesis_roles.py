@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import msgspec
 import pytest
 
 from aura_node.choreo import Choreography
 from aura_node.crypto.group import Point, Scalar, seeded_rng
+from aura_node.crypto.keys import DeviceKey
 from aura_node.harness.simulation import Faults, Simulation
+from aura_node.protocols import engine as eng
 from aura_node.protocols.account import open_held_share
+from aura_node.protocols.envelope import seal
 from aura_node.protocols.genesis import roles as gen
 from aura_node.protocols.genesis.choreography import SealedShare
+from aura_node.protocols.kit import NoParams
 from aura_node.protocols.registry import REGISTRY
-from aura_node.protocols.services import PeerRole
+from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.session.conformance import check_conformance
 
 ROLES: dict[str, PeerRole] = {"d1": "device", "d2": "device", "d3": "device",
@@ -58,7 +66,7 @@ def test_genesis_establishes_the_same_account_on_every_holder(seed: int) -> None
 
 def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    monkeypatch.setattr(gen.GenesisDealerDriver, "test_rng",
+    monkeypatch.setattr(gen.GenesisDealer, "test_rng",
                         staticmethod(seeded_rng(b"genesis-test")))
     sim = world(1)
     create(sim)
@@ -87,9 +95,10 @@ def test_secret_and_plaintext_shares_never_reach_a_journal(monkeypatch: pytest.M
 
 def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = gen.GenesisDealerDriver.start
+    dealer_driver = gen.SPEC.driver_class("dealer")
+    real = dealer_driver.start
 
-    def corrupt(self: gen.GenesisDealerDriver, inp: object) -> list[object]:
+    def corrupt(self: object, inp: object) -> list[object]:
         effects = real(self, inp)  # type: ignore[arg-type]
         out = []
         for e in effects:
@@ -102,7 +111,7 @@ def test_a_bad_share_is_rejected_and_the_session_aborts_everywhere(
             out.append(e)
         return out
 
-    monkeypatch.setattr(gen.GenesisDealerDriver, "start", corrupt)
+    monkeypatch.setattr(dealer_driver, "start", corrupt)
     sim = world(2)
     sid = create(sim)
     sim.run()
@@ -168,3 +177,77 @@ def test_ack_verifier_rejects_non_members_and_wrong_shares() -> None:
         gen.verify_acks(rec, "devices", ["d2", "d3"], wrong)
     with pytest.raises(TypeError):
         gen.AcknowledgedShares()  # type: ignore[call-arg]
+
+
+# --- journals written before the kit ---------------------------------------------------------
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "genesis_journal_9209d78.msgpack"
+OLD_ROLES: dict[str, PeerRole] = {"d1": "device", "d2": "device", "d3": "device",
+                                  "g1": "guardian"}
+
+
+@dataclass(frozen=True)
+class Rec:
+    seq: int
+    ts: float
+    session: str
+    kind: str
+    body: bytes
+
+
+def _services(name: str) -> NodeServices:
+    keys = {n: DeviceKey.from_seed(n.encode().ljust(32, b"\0")) for n in OLD_ROLES}
+    return NodeServices(self_name=name, self_role=OLD_ROLES[name], device_key=keys[name],
+                        peers={n: PeerInfo(name=n, role=r, public_key=keys[n].public)
+                               for n, r in OLD_ROLES.items() if n != name})
+
+
+def test_a_journal_written_by_the_hand_written_drivers_still_replays() -> None:
+    """The golden file holds what the drivers of commit 9209d78 (before the kit) journaled for
+    one genesis (d1 deals to d2, d3 and g1): the dealer's start step and d2's ack, and d2's
+    share-in/ack-out step. The kit's replay reaches the same phases from it and goes on."""
+    data = msgspec.msgpack.decode(GOLDEN.read_bytes())
+    sid = data["session"]
+
+    def recs(items: list[list[Any]]) -> list[Rec]:
+        return [Rec(seq=i, ts=now, session=sid, kind=k, body=b)
+                for i, (k, b, now) in enumerate(items)]
+
+    dealer = gen.SPEC.driver_class("dealer").rehydrate(recs(data["dealer"]), _services("d1"))
+    holder = gen.SPEC.driver_class("devices").rehydrate(recs(data["holder"]), _services("d2"))
+    assert dealer is not None and holder is not None
+    account_id = holder.status()["account_id"]
+    assert dealer.status() == {"phase": "CollectingAcks", "acks": ["d2"],
+                               "account_id": account_id}
+    assert holder.status()["phase"] == "AwaitingCompletion"
+    assert dealer.resume(1003.0) == [] and holder.resume(1003.0) == []
+    # the other holders answer the journaled shares; the dealer completes
+    shares = [eng.parse_record(r) for r in recs(data["dealer"]) if r.kind == eng.KIND_OUT]
+    out: list[eng.Effect] = []
+    for sent in shares:
+        assert isinstance(sent, eng.Sent)
+        (name,) = sent.to
+        if name == "d2":
+            continue
+        role = "devices" if name.startswith("d") else "guardians"
+        h = gen.SPEC.driver_class(role)(_services(name))
+        h.start(eng.Start(session=sid, choreography="genesis", role=role, self_name=name,
+                          roles={name: role, "d1": "dealer"}, params={}, now=1003.0,
+                          entropy=b"x" * 32, opened_by="d1"))
+        msg = eng.decode_message(sent.envelope, gen.SPEC.message_types[sent.envelope.step])
+        (ack,) = [e for e in h.on_message(eng.MessageIn(
+            sender="d1", sender_role="dealer", message=msg, envelope=sent.envelope,
+            now=1003.0)) if isinstance(e, eng.Send)]
+        env = seal(_services(name).device_key, choreography="genesis", session=sid,
+                   message=ack.message)
+        out = dealer.on_message(eng.MessageIn(sender=name, sender_role=role,
+                                              message=ack.message, envelope=env, now=1004.0))
+    assert isinstance(out[-1], eng.Complete) and out[-1].result["account_id"] == account_id
+
+
+def test_holders_are_opened_without_params() -> None:
+    """Only the dealer gets the operator's params; a holder is opened by the dealer's share
+    and GenesisParams has required fields, so the kit gives the holders NoParams."""
+    assert gen.PROTOCOL.drivers["dealer"].params_type is gen.GenesisParams
+    assert gen.PROTOCOL.drivers["devices"].params_type is NoParams
+    assert gen.PROTOCOL.drivers["guardians"].params_type is NoParams

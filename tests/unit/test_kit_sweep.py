@@ -28,7 +28,7 @@ CASES: list[tuple[eng.ProtocolSpec, str, dict[str, str], dict[str, Any]]] = [
     (PING, "responder", {"x": "responder", "p": "initiator"}, {}),
     (VOTE_PROTOCOL.spec, "coordinator",
      {"x": "coordinator", "p": "voters", "q": "voters", "r": "voters"}, {"k": 2, "n": 3}),
-    (VOTE_PROTOCOL.spec, "voters", {"x": "voters", "p": "coordinator"}, {"k": 1, "n": 1}),
+    (VOTE_PROTOCOL.spec, "voters", {"x": "voters", "p": "coordinator"}, {}),
 ]
 
 

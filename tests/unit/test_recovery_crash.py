@@ -14,7 +14,7 @@ import pytest
 from aura_node.errors import AuraError
 from aura_node.harness.simulation import CRASH_MODES, Simulation
 from aura_node.protocols import engine as eng
-from tests.unit.recovery_world import settle, sim_account_id, sim_start_recovery, sim_world
+from tests.unit.test_recovery_roles import account_id, settle, start_recovery, world
 
 
 def operator(sim: Simulation, node: str, sid: str, action: str) -> None:
@@ -41,11 +41,11 @@ def operator(sim: Simulation, node: str, sid: str, action: str) -> None:
 
 def scenario(sim: Simulation, *, veto: bool) -> str:
     n1 = sim.nodes["n1"]
-    sid = sim_start_recovery(sim)
+    sid = start_recovery(sim)
     if not n1.records(sid):  # the start itself was lost in a crash: start again once back
         settle(sim)
         assert n1.up
-        sid = sim_start_recovery(sim)
+        sid = start_recovery(sim)
     settle(sim)
     for g in ("g1", "g3"):
         operator(sim, g, sid, "approve")
@@ -83,9 +83,19 @@ def no_equivocation(sim: Simulation) -> None:
         assert len(found) == 1, f"{key} sent {len(found)} different bodies"
 
 
+def no_nondeterminism(sim: Simulation, k: int) -> None:
+    """Replay after the crash agreed with every journal (the kit's byte-for-byte check; a
+    guardian's HPKE-sealed share is kept from the journal, ``replay="journal"``)."""
+    for name, node in sim.nodes.items():
+        for r in node.records():
+            if r.kind == eng.KIND_FAIL:
+                fail = msgspec.msgpack.decode(r.body, type=eng.FailBody)
+                assert fail.code != "nondeterminism", (k, name, fail.reason)
+
+
 def count_appends(seed: int, veto: bool) -> tuple[int, int]:
     """(appends before the recovery, appends of the recovery) in a clean run."""
-    sim = sim_world(seed)
+    sim = world(seed)
     base = sim.stats.appends
     scenario(sim, veto=veto)
     return base, sim.stats.appends - base
@@ -98,7 +108,7 @@ def test_crash_at_every_append_point(veto: bool, mode: str) -> None:
     base, total = count_appends(seed, veto)
     assert total > 15
     for k in range(1, total + 1):
-        sim = sim_world(seed)
+        sim = world(seed)
         assert sim.stats.appends == base
         sim.crash_at[base + k] = mode
         # no re-delivery by the network: what a crashed node did not take comes back
@@ -113,7 +123,7 @@ def test_crash_at_every_append_point(veto: bool, mode: str) -> None:
             assert not veto or not sim.nodes["d1"].records(sid), k
             est = sim.nodes["n1"].accounts.only()
             assert est.account.public_key == public_key, k
-            assert n1[1]["account"] == sim_account_id(sim)
+            assert n1[1]["account"] == account_id(sim)
         else:
             assert len(sim.nodes["n1"].accounts) == 0, k
             for n, node in sim.nodes.items():
@@ -124,4 +134,5 @@ def test_crash_at_every_append_point(veto: bool, mode: str) -> None:
                          for r in node.records() if r.kind == eng.KIND_OUT}
                 assert "SealedRecoveryShare" not in steps, k
         no_equivocation(sim)
+        no_nondeterminism(sim, k)
         assert sim.check().ok, (k, sim.check().violations)

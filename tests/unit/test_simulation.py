@@ -357,12 +357,12 @@ def test_a_device_that_crashed_journaling_the_recovery_notice_hears_of_it_again_
     session, its operator vetoes, and no guardian releases a share."""
     import dataclasses
 
-    from tests.unit.recovery_world import settle, sim_start_recovery, sim_world
+    from tests.unit.test_recovery_roles import settle, start_recovery, world
 
-    sim = sim_world(11)
+    sim = world(11)
     assert not sim.hold_while_down
     sim.faults = dataclasses.replace(sim.faults, downtime=(5.0, 5.0))  # past every notice
-    sid = sim_start_recovery(sim)
+    sid = start_recovery(sim)
     settle(sim)
     d1 = sim.nodes["d1"]
     sim.crash_at_append("d1", d1.appends + 1, mode)
