@@ -39,7 +39,11 @@ Requests on one connection are answered in order. Policy for bad input: a malfor
 keeps serving (line framing cannot desynchronise); an oversized line gets ``request_too_large``
 and the connection is closed (its end is unknown). A handler raising ``AuraError`` is answered
 with that error's code and message; any other exception is answered with ``internal`` and
-logged with its traceback: the server never crashes because of a handler. Arguments of
+logged with its traceback: the server never crashes because of a handler, nor because of a
+request: one whose reply could not be encoded (a lone surrogate escape in its ``id``, numbers
+JSON cannot carry back) is refused as ``bad_request`` by ``decode_request``; a reply that still
+cannot be encoded becomes an ``internal`` error reply; and anything that escapes all of that
+ends the one connection, logged, never the server or the node. Arguments of
 commands in ``protocol.COMMANDS`` are validated before the handler runs, and a result missing
 documented fields is logged as a node bug.
 
@@ -77,6 +81,7 @@ from aura_node.control.protocol import (
     encode_message,
     error_reply,
     error_reply_for,
+    lone_surrogate_in,
     missing_result_fields,
     ok_reply,
     validate_args,
@@ -295,6 +300,10 @@ class ControlServer:
                     await self._converse(stream, conn, len(self._conns))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._log.debug("control client went away", error=str(exc))
+        except Exception as exc:
+            # Whatever one connection does, the server (and the node around it) serves on:
+            # this ends that connection only. Reaching here is a server bug; say so loudly.
+            self._log.error("control connection failed", exc_info=exc)
         finally:
             self._conns.discard(conn)
             conn.busy = False
@@ -331,7 +340,7 @@ class ControlServer:
             except RequestTooLargeError as exc:
                 self._log.warning("control request too large; closing", error=exc.message,
                                   peer_pid=pid)
-                await stream.send_all(encode_message(error_reply_for(None, exc)))
+                await stream.send_all(self._encode_reply(error_reply_for(None, exc)))
                 return
             for line in lines:
                 conn.busy = True
@@ -372,7 +381,7 @@ class ControlServer:
     async def _send_error(
         self, stream: trio.SocketStream, request_id: RequestId, code: Fault, message: str
     ) -> None:
-        await stream.send_all(encode_message(error_reply(request_id, code.value, message)))
+        await stream.send_all(self._encode_reply(error_reply(request_id, code.value, message)))
 
     async def _answer(self, line: bytes, peer_pid: int) -> bytes:
         """The encoded reply to one request line; never raises (except cancellation)."""
@@ -380,15 +389,15 @@ class ControlServer:
             request = decode_request(line)
         except BadRequestError as exc:
             self._log.info("control bad request", error=exc.message, peer_pid=peer_pid)
-            return encode_message(error_reply_for(exc.request_id, exc))
+            return self._encode_reply(error_reply_for(exc.request_id, exc))
         log = self._log.bind(cmd=request.cmd, request_id=request.id, peer_pid=peer_pid)
         handler = self._handlers.get(request.cmd)
         if handler is None:
             known = ", ".join(sorted(self._handlers)) or "none"
             log.info("control unknown command")
-            return encode_message(error_reply(
+            return self._encode_reply(error_reply(
                 request.id, Fault.UNKNOWN_COMMAND.value,
-                f"unknown command {request.cmd!r} (known: {known})"))
+                f"unknown command {request.cmd[:100]!r} (known: {known})"))
         spec = self._specs.get(request.cmd)
         try:
             if spec is not None:
@@ -398,18 +407,39 @@ class ControlServer:
                 raise TypeError(f"handler returned {type(result).__name__}, not a dict")
             if spec is not None and (missing := missing_result_fields(spec, result)):
                 log.error("control result lacks documented fields", missing=missing)
+            # encoded here: a result JSON cannot carry is a handler bug, logged as one below
             reply = encode_message(ok_reply(request.id, result))
         except Exception as exc:  # the server outlives any handler bug
             aura = _aura_error_in(exc)
             if aura is not None:
                 log.info("control request failed", code=aura.code, error=aura.message)
-                return encode_message(error_reply_for(request.id, aura))
+                return self._encode_reply(error_reply_for(request.id, aura))
             log.error("control handler crashed", exc_info=exc)
-            return encode_message(error_reply(
+            return self._encode_reply(error_reply(
                 request.id, Fault.INTERNAL.value,
                 f"internal error while handling {request.cmd!r} ({type(exc).__name__}); "
                 "the traceback is in the node log"))
         return reply
+
+    def _encode_reply(self, reply: dict[str, Any]) -> bytes:
+        """``reply`` as a line; a reply JSON cannot carry becomes an ``internal`` error reply.
+
+        ``decode_request`` already refuses requests whose echoed parts could not be encoded
+        and ``_answer`` reports a result JSON cannot carry as a handler crash, so reaching the
+        fallback means an error message held such a value (a lone surrogate): a node bug,
+        logged; the client still gets a reply, with its id when that is encodable."""
+        try:
+            return encode_message(reply)
+        except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError included
+            self._log.error("control reply cannot be encoded", error=repr(exc)[:500])
+            why = type(exc).__name__
+        request_id = reply.get("id")
+        if lone_surrogate_in(request_id) is not None:
+            request_id = None
+        return encode_message(error_reply(
+            request_id, Fault.INTERNAL.value,
+            f"the reply could not be encoded as JSON ({why}); "
+            "the details are in the node log"))
 
 
 def _aura_error_in(exc: BaseException) -> AuraError | None:
