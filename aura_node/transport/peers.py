@@ -27,6 +27,7 @@ logged with the peer name, a code and the reason, and ends that connection only.
 
 from __future__ import annotations
 
+import errno
 import math
 import random
 import time
@@ -44,6 +45,7 @@ from aura_node.transport.errors import (
     FrameTooLargeError,
     LinkBrokenError,
     LinkTimeoutError,
+    ListenError,
     UnknownPeerNameError,
 )
 from aura_node.transport.framing import FrameEncoder, max_data_payload
@@ -70,6 +72,20 @@ IDLE_KEEPALIVES = 3
 MAX_PENDING_HANDSHAKES = 64
 
 __all__ = ["InboundData", "PeerNetwork", "backoff_delay"]
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    """One line for an operator whose ``[node] listen`` cannot be bound, with what to do."""
+    hints = {
+        errno.EADDRINUSE: "another program (another node?) uses that port: stop it or change "
+                          "[node] listen",
+        errno.EACCES: "ports below 1024 need privileges: use a higher port in [node] listen",
+        errno.EADDRNOTAVAIL: "that address is not on this machine: fix the host in [node] "
+                             "listen",
+    }
+    reason = exc.strerror or str(exc)
+    hint = hints.get(exc.errno or 0, "check [node] listen")
+    return f"cannot listen for peers on {host}:{port}: {reason} ({hint})"
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, unit: float) -> float:
@@ -193,7 +209,10 @@ class PeerNetwork:
         config picks a free one).
         """
         host, port = parse_address(self._config.node.listen, what="[node] listen")
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise ListenError(_listen_failure(host, port, exc)) from None
         try:
             sockname = listeners[0].socket.getsockname()
             bound = (str(sockname[0]), int(sockname[1]))

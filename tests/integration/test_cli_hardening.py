@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.nodeproc import REPO, cli
+from tests.integration.nodeproc import REPO, cli, cluster
 
 AURA = [sys.executable, "-m", "aura_node"]
 
@@ -40,7 +41,8 @@ def _run(argv: list[Any], *, stdout: int = subprocess.PIPE
 def _one_line_error(stderr: bytes) -> str:
     text = stderr.decode("utf-8", "replace")
     assert "Traceback" not in text, text
-    lines = text.strip().splitlines()
+    # `run` logs JSON lines to stderr before it fails; the error is the one other line
+    lines = [ln for ln in text.strip().splitlines() if not ln.startswith("{")]
     assert len(lines) == 1, text
     assert lines[0].startswith("aura-node: error: "), text
     return lines[0]
@@ -87,3 +89,41 @@ def _taken_port() -> tuple[socket.socket, int]:
     s.bind(("127.0.0.1", 0))
     s.listen(1)
     return s, int(s.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_a_listen_port_in_use_is_one_line_at_run(home: Path) -> None:
+    taken, port = _taken_port()
+    with taken:
+        cli("init", "--home", str(home.parent / "m"), "--name", "m",
+            "--listen", f"127.0.0.1:{port}")
+        done = _run(["run", "--home", str(home.parent / "m"), "--log-format", "json"])
+    line = _one_line_error(done.stderr)
+    assert done.returncode == 1
+    assert f"cannot listen for peers on 127.0.0.1:{port}: " in line, line
+    assert "[node] listen" in line, line
+
+
+@pytest.mark.e2e
+def test_idle_connections_do_not_lock_the_operator_out_of_a_real_node() -> None:
+    # Issue 13: 64 local connections that never send a byte held every control slot for 300 s
+    # and `aura-node ctl status` got `busy`.
+    with cluster(["a"]) as [a]:
+        a.start()
+        idle: list[socket.socket] = []
+        try:
+            for _ in range(80):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                idle.append(s)
+                s.connect(str(a.socket_path))  # blocking: waits while the backlog is full
+            time.sleep(0.3)  # the node has accepted them all (each holds a slot until evicted)
+            for cmd in (["status"], ["shutdown"]):
+                started = time.monotonic()
+                done = _run(["ctl", "--home", str(a.home), "--timeout", "4", *cmd])
+                assert done.returncode == 0, done.stderr.decode()
+                assert time.monotonic() - started < 4.5
+            assert a.proc is not None
+            assert a.proc.wait(15) == 0
+        finally:
+            for s in idle:
+                s.close()
