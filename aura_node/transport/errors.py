@@ -75,3 +75,9 @@ class ListenError(TransportError):
     """The node cannot listen for peers on ``[node] listen`` (port in use, no such address)."""
 
     code = "listen_failed"
+
+
+class HandshakeEvictedError(HandshakeError):
+    """An inbound handshake cancelled to make room (``transport.admission``)."""
+
+    code = "handshake_evicted"
