@@ -29,8 +29,10 @@ connections open can lock the operator out:
   it may stay silent for ``idle_timeout``;
 * past ``max_connections`` open connections, a new one evicts the connection that has waited
   longest for a request (fair eviction: idle and trickling connections only, never one whose
-  request is being answered);
-* when every open connection is inside a request, the new one is read (its request line,
+  request is being answered, and never one that has waited less than ``evict_grace``: a
+  client sends its request right after connecting, and a monitor polling ``status`` on one
+  connection is idle only between polls);
+* when no connection can be evicted, the new one is read (its request line,
   within ``busy_read_timeout``, size-limited) and ``RESERVED_COMMANDS`` (``status``,
   ``shutdown``) are answered anyway; anything else gets ``busy``. Reading first matters:
   closing a connection whose request is unread (or not yet sent) resets it, and the client
@@ -147,6 +149,7 @@ class ControlServer:
         backlog: int = 64,
         busy_read_timeout: float = 1.0,
         max_overflow: int = 64,
+        evict_grace: float = 1.0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self._handlers = dict(handlers)
@@ -159,6 +162,7 @@ class ControlServer:
         self._request_timeout = request_timeout
         self._overflow = 0
         self._max_overflow = max_overflow
+        self._evict_grace = evict_grace
         self._max_request_bytes = max_request_bytes
         self._backlog = backlog
         self._busy_read_timeout = busy_read_timeout
@@ -392,8 +396,11 @@ class ControlServer:
 
     def _evict_one_waiting(self, newcomer: _Connection) -> bool:
         """Make room for ``newcomer``: close the connection that has waited longest for a
-        request (never one being answered). False when every other one is inside a request."""
-        waiting = [c for c in self._conns if c is not newcomer and not c.busy and not c.overflow]
+        request, if that is ``evict_grace`` or more (never one being answered). False when
+        there is none: every other one is inside a request or has just begun waiting."""
+        since = trio.current_time() - self._evict_grace
+        waiting = [c for c in self._conns if c is not newcomer and not c.busy
+                   and not c.overflow and c.waiting_since <= since]
         if not waiting:
             return False
         victim = min(waiting, key=lambda c: c.waiting_since)
@@ -406,8 +413,8 @@ class ControlServer:
 
     async def _serve_overflow(self, stream: trio.SocketStream, conn: _Connection, pid: int
                               ) -> None:
-        """A connection beyond the limit while every slot is inside a request: answer a
-        reserved command (``status``, ``shutdown``), refuse anything else with ``busy``."""
+        """A connection beyond the limit and no slot to take: answer a reserved command
+        (``status``, ``shutdown``), refuse anything else with ``busy``."""
         message = (f"{self._max_connections} control connections are busy with requests "
                    "(the limit); try again")
         if self._overflow >= self._max_overflow:

@@ -581,6 +581,7 @@ async def test_idle_connections_cannot_lock_out_the_operator() -> None:
                 with trio.fail_after(10):
                     while server.connection_count < 64:
                         await trio.sleep(0.01)
+                await trio.sleep(1.1)  # they have waited past the eviction grace
                 with trio.fail_after(3):
                     assert (await acall(path, "status"))["name"] == "alpha"
                     assert await acall(path, "shutdown") == {"stopping": True}
@@ -591,6 +592,28 @@ async def test_idle_connections_cannot_lock_out_the_operator() -> None:
     assert stop.is_set()
     assert "control connection evicted: the limit is reached and it waited longest" in (
         log.events("info"))
+
+
+async def test_a_polling_monitor_is_not_evicted_between_polls() -> None:
+    # A client that keeps one connection and asks `status` every 0.1 s is idle only between
+    # polls (under the eviction grace): newcomers past the limit do not push it out.
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"status": _status, "peers": _peers},
+                                  max_connections=1):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as monitor:
+                monitor.settimeout(5)
+                await trio.to_thread.run_sync(monitor.connect, path)
+                refusals = []
+                for i in range(10):
+                    monitor.sendall(b'{"id": %d, "cmd": "status"}\n' % i)
+                    reply = await trio.to_thread.run_sync(monitor.recv, 65536)
+                    assert json.loads(reply)["id"] == i
+                    with pytest.raises(ControlReplyError) as info:
+                        await acall(path, "peers")
+                    refusals.append(info.value.remote_code)
+                    await trio.sleep(0.1)
+                assert refusals == ["busy"] * 10
 
 
 def _closed_within(s: socket.socket, seconds: float) -> bool:
