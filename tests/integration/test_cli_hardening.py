@@ -4,6 +4,8 @@ nothing, for the closed pipe), never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -16,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from aura_node.cli import main
 from tests.integration.nodeproc import REPO, cli, cluster
 
 AURA = [sys.executable, "-m", "aura_node"]
@@ -127,3 +132,34 @@ def test_idle_connections_do_not_lock_the_operator_out_of_a_real_node() -> None:
         finally:
             for s in idle:
                 s.close()
+
+
+_CTL_SHAPES = [
+    ["status"], ["session", "{0}"], ["ping", "{0}"], ["ping", "{0}", "--timeout", "{1}"],
+    ["dkd", "--context", "{0}"], ["dkd", "--context", "c", "--participants", "{0}"],
+    ["recovery", "status", "{0}"], ["recovery", "start", "--account", "{0}", "--guardians", "{1}"],
+    ["account", "create", "--devices", "{0}", "--threshold", "{1}"], ["{0}"],
+]
+
+
+@settings(max_examples=60, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.sampled_from(_CTL_SHAPES), raw=st.lists(st.binary(max_size=12), min_size=2,
+                                                         max_size=2))
+def test_ctl_with_arbitrary_argument_bytes_never_tracebacks(
+        home: Path, shape: list[str], raw: list[bytes]) -> None:
+    # argv reaches Python decoded with surrogateescape; the same strings, in-process (a
+    # subprocess per example would be slow; the subprocess test above covers the real argv)
+    values = [os.fsdecode(b.replace(b"\0", b"")) for b in raw]
+    argv = ["ctl", "--home", str(home)] + [a.format(*values) if "{" in a else a for a in shape]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # argparse usage errors
+            rc = exc.code if isinstance(exc.code, int) else 2
+    text = err.getvalue()
+    assert "Traceback" not in text
+    assert rc in (1, 2, 3), (rc, text)
+    if rc != 2:
+        assert text.count("\n") == 1 and text.startswith("aura-node: error: "), text
