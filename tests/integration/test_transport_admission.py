@@ -10,7 +10,7 @@ from aura_node.transport import preface
 from tests.integration.test_transport_support import events, node, state, wait_until
 
 TRICKLERS = 300
-HANDSHAKE_TIMEOUT = 2.0
+HANDSHAKE_TIMEOUT = 4.0
 
 
 async def _trickle(port: int, stop: trio.Event, connected: list[int]) -> None:
