@@ -11,11 +11,16 @@ A node home is one directory::
 
 ``--home`` defaults to ``$AURA_HOME`` in every command. Loading checks what a person can get
 wrong and says how to fix it: malformed TOML (line and column), unknown keys (named, with the
-section), wrong types, bad addresses, a missing or group-readable key file.
+section), wrong types, bad addresses, a missing or group-readable key file, and every number
+outside its valid range (one line naming the key, the value and the range; NaN and infinity,
+which TOML can spell, are out of every range). Each numeric key declares its range next to
+its default (:func:`_within`), so a new key cannot be added without one (a unit test walks
+every key of ``config/example.toml`` with out-of-range values).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -44,7 +49,7 @@ def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"{what} port must be a number, got {port_text!r} in {text!r}") from None
     if not 0 <= port <= 65535:
-        raise ConfigError(f"{what} port must be 0..65535, got {port}")
+        raise ConfigError(f"{what} port must be 0..65535, got {port} in {text!r}")
     return host, port
 
 
@@ -57,6 +62,45 @@ def check_name(name: str, *, what: str = "name") -> str:
     return name
 
 
+#: the longest deadline or interval any key takes: ten years, in seconds (a finite bound keeps
+#: Trio deadlines and timestamps arithmetic sane; a longer wait is a configuration mistake)
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRange:
+    """The valid values of a numeric key: ``low`` (exclusive when ``low_open``) to ``high``."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+    def describe(self, integer: bool) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if integer or x == int(x) else repr(x)
+
+        if integer:
+            return f"an integer from {num(self.low)} to {num(self.high)}"
+        low = f"more than {num(self.low)}" if self.low_open else f"at least {num(self.low)}"
+        return f"a number {low} and at most {num(self.high)}"
+
+
+def _within(default: float, low: float, high: float, *, low_open: bool = False) -> Any:
+    """A dataclass field with ``default`` whose valid range is checked at load."""
+    return field(default=default, metadata={"range": ValueRange(low, high, low_open)})
+
+
+def _seconds(default: float, *, zero_ok: bool = False) -> Any:
+    """A duration in seconds: more than 0 (or at least 0) and at most ``MAX_SECONDS``."""
+    return _within(default, 0.0, MAX_SECONDS, low_open=not zero_ok)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSection:
     name: str
@@ -67,21 +111,24 @@ class NodeSection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JournalSection:
     #: records per group commit at most (one write + one fdatasync + one signature per batch)
-    max_batch: int = 512
-    #: a new segment file is started when the current one passes this size
-    segment_bytes: int = 64 * 1024 * 1024
+    max_batch: int = _within(512, 1, 65536)
+    #: a new segment file is started when the current one passes this size (the journal
+    #: refuses segments under 4096 bytes)
+    segment_bytes: int = _within(64 * 1024 * 1024, 4096, 1 << 40)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransportSection:
-    max_frame_bytes: int = 1024 * 1024
-    connect_timeout_seconds: float = 5.0
-    handshake_timeout_seconds: float = 5.0
-    reconnect_max_seconds: float = 10.0
+    #: the 4-byte length prefix caps it at 4 GiB; 1 GiB bounds what one peer makes us buffer
+    max_frame_bytes: int = _within(1024 * 1024, 4096, 1 << 30)
+    connect_timeout_seconds: float = _within(5.0, 0.0, 3600.0, low_open=True)
+    handshake_timeout_seconds: float = _within(5.0, 0.0, 3600.0, low_open=True)
+    #: at least the first reconnect delay (0.1 s), so the backoff can grow to it
+    reconnect_max_seconds: float = _within(10.0, 0.1, 86400.0)
     #: frames queued per peer before senders wait (backpressure)
-    peer_queue_frames: int = 1024
+    peer_queue_frames: int = _within(1024, 1, 1_000_000)
     #: an idle link sends a keepalive after this long; three times it without a frame drops it
-    keepalive_seconds: float = 5.0
+    keepalive_seconds: float = _within(5.0, 0.0, 3600.0, low_open=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,14 +136,15 @@ class ProtocolSection:
     """Deadlines of the shipped choreographies: a choreography's ``deadline="X"`` is
     ``X_seconds`` here (see :meth:`deadline`)."""
 
-    recovery_cooldown_seconds: float = 86400.0
-    dkd_timeout_seconds: float = 30.0
-    ping_timeout_seconds: float = 10.0
-    genesis_timeout_seconds: float = 60.0
+    #: 0 allowed: a deployment may choose no veto window
+    recovery_cooldown_seconds: float = _seconds(86400.0, zero_ok=True)
+    dkd_timeout_seconds: float = _seconds(30.0)
+    ping_timeout_seconds: float = _seconds(10.0)
+    genesis_timeout_seconds: float = _seconds(60.0)
     #: how long a recovery waits for the guardians' approvals
-    recovery_approval_timeout_seconds: float = 7 * 86400.0
+    recovery_approval_timeout_seconds: float = _seconds(7 * 86400.0)
     #: how long the new device waits for the guardians' shares after the cooldown
-    recovery_share_timeout_seconds: float = 300.0
+    recovery_share_timeout_seconds: float = _seconds(300.0)
 
     def deadline(self, name: str) -> float:
         """Seconds for the choreography deadline ``name`` (e.g. ``"dkd_timeout"``)."""
@@ -110,10 +158,14 @@ class ProtocolSection:
 class ControlSection:
     """The control socket server (``aura_node.control.server``)."""
 
-    #: connections served at once; one more is answered ``busy`` (after its request is read)
-    max_connections: int = 64
-    #: an idle control connection is closed after this long
-    idle_timeout_seconds: float = 300.0
+    #: connections open at once; past it a new one evicts the one that waited longest for a
+    #: request, or (all inside requests) gets ``busy`` unless it asks ``status``/``shutdown``
+    max_connections: int = _within(64, 1, 4096)
+    #: a control connection idle between requests is closed after this long
+    idle_timeout_seconds: float = _within(300.0, 0.0, 86400.0, low_open=True)
+    #: a control connection must send a complete request within this long of opening (or of
+    #: starting the request), else it is closed
+    request_timeout_seconds: float = _within(5.0, 0.0, 3600.0, low_open=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,9 +174,9 @@ class SessionSection:
 
     #: an ended session stays in memory this long after it ended; later it is answered from
     #: the journal (``ctl session ID``, replays), never from memory
-    ended_session_retention_seconds: float = 600.0
+    ended_session_retention_seconds: float = _seconds(600.0, zero_ok=True)
     #: at most this many ended sessions are kept in memory (the oldest-ended go first)
-    ended_session_cache: int = 10000
+    ended_session_cache: int = _within(10000, 0, 10_000_000)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,8 +256,12 @@ def _build(cls: type[Any], table: object, where: str) -> Any:
         if name in _ALLOWED and value not in _ALLOWED[name]:
             allowed = ", ".join(map(str, _ALLOWED[name]))
             raise ConfigError(f"[{where}] {name} must be one of {allowed}, got {value!r}")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"[{where}] {name} must not be negative, got {value}")
+        valid = _range_of(cls, name)
+        if valid is not None and isinstance(value, int | float) and not valid.contains(value):
+            raise ConfigError(
+                f"[{where}] {name} = {value!r} is out of range: it must be "
+                f"{valid.describe(integer=isinstance(default, int))}"
+            )
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
         values[name] = value
@@ -216,6 +272,14 @@ def _build(cls: type[Any], table: object, where: str) -> Any:
 
 
 _REQUIRED = object()
+
+
+def _range_of(cls: type[Any], name: str) -> ValueRange | None:
+    for f in fields(cls):
+        if f.name == name:
+            found = f.metadata.get("range")
+            return found if isinstance(found, ValueRange) else None
+    return None
 
 
 def _default_of(cls: type[Any], name: str) -> object:
@@ -254,10 +318,6 @@ def parse_config(text: str, *, source: str = "config.toml") -> NodeConfig:
             raise ConfigError("peers must be an array of tables ([[peers]])")
         peers = tuple(_build(PeerConfig, p, f"peers.{i}") for i, p in enumerate(raw_peers))
         node: NodeSection = sections["node"]
-        control: ControlSection | None = sections.get("control")
-        if control is not None and control.max_connections < 1:
-            raise ConfigError(
-                f"[control] max_connections must be at least 1, got {control.max_connections}")
         check_name(node.name, what="[node] name")
         parse_address(node.listen, what="[node] listen")
         seen: set[str] = set()
@@ -265,7 +325,8 @@ def parse_config(text: str, *, source: str = "config.toml") -> NodeConfig:
             check_name(p.name, what="peer name")
             parse_address(p.address, what=f"peer {p.name} address")
             if len(p.public_key) != 64 or not all(c in "0123456789abcdef" for c in p.public_key):
-                raise ConfigError(f"peer {p.name} public_key must be 64 lowercase hex digits")
+                raise ConfigError(f"peer {p.name} public_key must be 64 lowercase hex digits, "
+                                  f"got {p.public_key[:80]!r}")
             if p.name in seen or p.name == node.name:
                 raise ConfigError(f"peer name {p.name!r} is used twice")
             seen.add(p.name)

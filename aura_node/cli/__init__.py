@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,7 +87,35 @@ def fail(message: str, *, code: str = "error", as_json: bool = False) -> int:
     return 1
 
 
+#: exit status after the reader of stdout went away (``| head``): 128 + SIGPIPE, what a
+#: command killed by SIGPIPE reports to the shell
+EXIT_CLOSED_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        rc = _run(argv)
+        # Flush here, not at interpreter exit, so a closed pipe is caught below.
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """Exit quietly: the reader of stdout is gone (``aura-node journal show | head``), there
+    is no one left to tell. stdout is pointed at /dev/null so the interpreter's own final
+    flush of what is still buffered does not report the same broken pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a descriptor (tests): nothing to flush
+        pass
+    return EXIT_CLOSED_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(first)

@@ -24,7 +24,10 @@ bound a length prefix gives up front is enforced while buffering: a line longer 
 deliberately, because the end of that request cannot be found without reading unbounded input.
 Never pickle or marshal: the node trusts nothing it parses from the socket.
 
-``id`` is an integer, a string or null (echoed back, so a client can match replies); ``args``
+A request must be text the reply can echo: lone surrogate escapes (``"\\ud800"``), NaN,
+Infinity, numbers beyond the float range and integers past Python's digit limit are
+``bad_request``. ``id`` is an integer, a string or null (echoed back, so a client can match
+replies); ``args``
 may be omitted (``{}``); ``cmd`` is required. Fault codes are the ``Fault`` values below plus
 the ``code`` of any ``AuraError`` a handler raises (e.g. ``config_invalid``, ``journal_failed``).
 
@@ -103,6 +106,7 @@ Errors handlers raise: ``InvalidArgsError`` (``invalid_args``: e.g. an unknown p
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -461,17 +465,81 @@ class Request(NamedTuple):
 
 
 def encode_request(request_id: RequestId, cmd: str, args: dict[str, Any]) -> bytes:
-    return encode_message({"id": request_id, "cmd": cmd, "args": args})
+    """The request line; ``InvalidArgsError`` for a value JSON text cannot carry.
+
+    Command-line arguments that are not UTF-8 reach Python as lone surrogates
+    (``surrogateescape``); they are named here instead of failing in the encoder."""
+    message = {"id": request_id, "cmd": cmd, "args": args}
+    bad = lone_surrogate_in(message)
+    if bad is not None:
+        raise InvalidArgsError(
+            f"{cmd}: {bad} is not valid text (command-line arguments and values must be UTF-8)"
+        )
+    try:
+        return encode_message(message)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidArgsError(f"{cmd}: arguments cannot be sent as JSON: {exc}") from None
+
+
+#: a UTF-16 surrogate code point: JSON text may spell one (``"\ud800"``), UTF-8 cannot carry it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_in(obj: object) -> str | None:
+    """A description of the first string in ``obj`` (keys included) holding a surrogate code
+    point, or None. Iterative, so nesting depth is bounded by memory, not the stack."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found is not None:
+                point = ord(found.group())
+                if 0xDC80 <= point <= 0xDCFF:  # how surrogateescape carries a non-UTF-8 byte
+                    return f"the string {item[:40]!r} (byte 0x{point - 0xDC00:02X} is not UTF-8)"
+                return f"the string {item[:40]!r} (lone surrogate U+{point:04X})"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequestError(f"request is not JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BadRequestError(f"request holds the number {text[:40]} outside the float range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # over sys.get_int_max_str_digits() digits
+        raise BadRequestError(
+            f"request holds an integer of {len(text)} digits (too large)"
+        ) from None
 
 
 def decode_request(line: bytes) -> Request:
-    """Parse one request line; ``BadRequestError`` (with the id when readable) otherwise."""
+    """Parse one request line; ``BadRequestError`` (with the id when readable) otherwise.
+
+    A request whose reply could not be encoded is refused here: NaN/Infinity, numbers beyond
+    the float range or the integer digit limit, and strings holding lone surrogates (valid
+    JSON escapes, but not Unicode text; echoed in an ``id`` they made the reply unencodable).
+    """
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequestError(f"request is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                         parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise BadRequestError(
             f"request is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -484,6 +552,14 @@ def decode_request(line: bytes) -> Request:
     if isinstance(request_id, bool) or not isinstance(request_id, int | str | None):
         raise BadRequestError(
             f"request id must be an integer, a string or null, got {_json_type(request_id)}"
+        )
+    if isinstance(request_id, str) and lone_surrogate_in(request_id) is not None:
+        raise BadRequestError("request id holds a lone surrogate escape: it is not Unicode text")
+    bad = lone_surrogate_in(obj)
+    if bad is not None:
+        raise BadRequestError(
+            f"request holds {bad}: a lone surrogate escape is not Unicode text",
+            request_id=request_id,
         )
     unknown = sorted(set(obj) - {"id", "cmd", "args"})
     if unknown:

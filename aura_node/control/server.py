@@ -21,10 +21,23 @@ Start-up, in order (the qtile IPC / supervisor recipe):
    0600 from the moment it exists (a chmod after bind would leave a window); restore the umask,
    check the mode, listen, and only then report ``task_status.started()``.
 
-Past ``max_connections`` open connections a new one is refused with ``busy``, but only after
-its request line was read (``busy_read_timeout``, size-limited): closing a connection whose
-request is unread (or not yet sent) resets it, and the client would see a reset instead of
-the refusal.
+Connections and the operator. Open connections are bounded, and no client that merely holds
+connections open can lock the operator out:
+
+* a connection must deliver a complete request line within ``request_timeout`` seconds of
+  opening (and of the first byte of any later request), else it is closed; between requests
+  it may stay silent for ``idle_timeout``;
+* past ``max_connections`` open connections, a new one evicts the connection that has waited
+  longest for a request (fair eviction: idle and trickling connections only, never one whose
+  request is being answered, and never one that has waited less than ``evict_grace``: a
+  client sends its request right after connecting, and a monitor polling ``status`` on one
+  connection is idle only between polls);
+* when no connection can be evicted, the new one is read (its request line,
+  within ``busy_read_timeout``, size-limited) and ``RESERVED_COMMANDS`` (``status``,
+  ``shutdown``) are answered anyway; anything else gets ``busy``. Reading first matters:
+  closing a connection whose request is unread (or not yet sent) resets it, and the client
+  would see a reset instead of the refusal. At most ``max_overflow`` such connections are
+  read at once; past that one is closed with ``busy`` unread.
 
 Every accepted connection is first checked with ``SO_PEERCRED``: a peer whose uid is not in
 ``allowed_uids`` (default: the node's own uid) gets one ``forbidden`` reply and is closed. The
@@ -39,7 +52,11 @@ Requests on one connection are answered in order. Policy for bad input: a malfor
 keeps serving (line framing cannot desynchronise); an oversized line gets ``request_too_large``
 and the connection is closed (its end is unknown). A handler raising ``AuraError`` is answered
 with that error's code and message; any other exception is answered with ``internal`` and
-logged with its traceback: the server never crashes because of a handler. Arguments of
+logged with its traceback: the server never crashes because of a handler, nor because of a
+request: one whose reply could not be encoded (a lone surrogate escape in its ``id``, numbers
+JSON cannot carry back) is refused as ``bad_request`` by ``decode_request``; a reply that still
+cannot be encoded becomes an ``internal`` error reply; and anything that escapes all of that
+ends the one connection, logged, never the server or the node. Arguments of
 commands in ``protocol.COMMANDS`` are validated before the handler runs, and a result missing
 documented fields is logged as a node bug.
 
@@ -77,6 +94,7 @@ from aura_node.control.protocol import (
     encode_message,
     error_reply,
     error_reply_for,
+    lone_surrogate_in,
     missing_result_fields,
     ok_reply,
     validate_args,
@@ -96,12 +114,21 @@ def peer_credentials(sock: trio.socket.SocketType | socket.socket) -> tuple[int,
     return pid, uid, gid
 
 
+#: commands an operator can always get through, even when every connection is inside a
+#: request (they are answered at once: no session, no waiting)
+RESERVED_COMMANDS = frozenset({"status", "shutdown"})
+
+
 class _Connection:
-    __slots__ = ("busy", "scope")
+    __slots__ = ("busy", "overflow", "scope", "waiting_since")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.busy = False
+        #: past the limit while every slot was inside a request: holds no slot
+        self.overflow = False
+        #: when it began waiting for its next request (eviction takes the longest waiting)
+        self.waiting_since = trio.current_time()
 
 
 class ControlServer:
@@ -117,9 +144,12 @@ class ControlServer:
         specs: Mapping[str, CommandSpec] = COMMANDS,
         max_connections: int = 64,
         idle_timeout: float = 300.0,
+        request_timeout: float = 5.0,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         backlog: int = 64,
         busy_read_timeout: float = 1.0,
+        max_overflow: int = 64,
+        evict_grace: float = 1.0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self._handlers = dict(handlers)
@@ -129,6 +159,10 @@ class ControlServer:
         self._specs = specs
         self._max_connections = max_connections
         self._idle_timeout = idle_timeout
+        self._request_timeout = request_timeout
+        self._overflow = 0
+        self._max_overflow = max_overflow
+        self._evict_grace = evict_grace
         self._max_request_bytes = max_request_bytes
         self._backlog = backlog
         self._busy_read_timeout = busy_read_timeout
@@ -149,7 +183,8 @@ class ControlServer:
 
     @property
     def connection_count(self) -> int:
-        return len(self._conns)
+        """Open connections holding a slot (those past the limit hold none)."""
+        return sum(1 for c in self._conns if not c.overflow)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -292,15 +327,19 @@ class ControlServer:
         try:
             with conn.scope:
                 async with stream:
-                    await self._converse(stream, conn, len(self._conns))
+                    await self._converse(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._log.debug("control client went away", error=str(exc))
+        except Exception as exc:
+            # Whatever one connection does, the server (and the node around it) serves on:
+            # this ends that connection only. Reaching here is a server bug; say so loudly.
+            self._log.error("control connection failed", exc_info=exc)
         finally:
             self._conns.discard(conn)
             conn.busy = False
             self._request_done.unpark_all()
 
-    async def _converse(self, stream: trio.SocketStream, conn: _Connection, open_now: int) -> None:
+    async def _converse(self, stream: trio.SocketStream, conn: _Connection) -> None:
         pid, uid, _gid = peer_credentials(stream.socket)
         if uid not in self.allowed_uids:
             self._log.warning("control connection refused: foreign uid", peer_pid=pid,
@@ -312,26 +351,32 @@ class ControlServer:
         if self._closing:
             await self._send_error(stream, None, Fault.SHUTTING_DOWN, "the node is stopping")
             return
-        if open_now > self._max_connections:
-            self._log.warning("control connection refused: busy", open=open_now)
-            request_id = await self._read_refused_request(stream)
-            await self._send_error(stream, request_id, Fault.BUSY,
-                                   f"{self._max_connections} control connections are open "
-                                   "(the limit); try again")
+        if self.connection_count > self._max_connections and not self._evict_one_waiting(conn):
+            # Every other connection is inside a request: this one holds no slot.
+            conn.overflow = True
+            await self._serve_overflow(stream, conn, pid)
             return
         framer = LineFramer(self._max_request_bytes)
+        # A fresh connection owes its first request within request_timeout.
+        deadline = trio.current_time() + self._request_timeout
         while True:
             data = b""
-            with trio.move_on_after(self._idle_timeout):
+            with trio.move_on_at(deadline):
                 data = await stream.receive_some(_RECEIVE_BYTES)
             if not data:
-                return  # EOF, or idle too long
+                if trio.current_time() >= deadline:
+                    self._log.info("control connection closed: no request in time", peer_pid=pid,
+                                   partial_bytes=framer.pending)
+                return  # EOF, or no (complete) request in time
+            if framer.pending == 0:
+                # the first byte of a request (after an idle spell): the line is now owed
+                deadline = min(deadline, trio.current_time() + self._request_timeout)
             try:
                 lines = framer.feed(data)
             except RequestTooLargeError as exc:
                 self._log.warning("control request too large; closing", error=exc.message,
                                   peer_pid=pid)
-                await stream.send_all(encode_message(error_reply_for(None, exc)))
+                await stream.send_all(self._encode_reply(error_reply_for(None, exc)))
                 return
             for line in lines:
                 conn.busy = True
@@ -343,9 +388,58 @@ class ControlServer:
                     self._request_done.unpark_all()
                 if self.closing:  # a property: mypy would keep the narrowing from above
                     return
+            if lines:
+                conn.waiting_since = trio.current_time()
+                # idle between requests; a partial next line already owes its end
+                limit = self._request_timeout if framer.pending else self._idle_timeout
+                deadline = conn.waiting_since + limit
 
-    async def _read_refused_request(self, stream: trio.SocketStream) -> RequestId:
-        """Read the request line of a connection about to be refused; its id if readable.
+    def _evict_one_waiting(self, newcomer: _Connection) -> bool:
+        """Make room for ``newcomer``: close the connection that has waited longest for a
+        request, if that is ``evict_grace`` or more (never one being answered). False when
+        there is none: every other one is inside a request or has just begun waiting."""
+        since = trio.current_time() - self._evict_grace
+        waiting = [c for c in self._conns if c is not newcomer and not c.busy
+                   and not c.overflow and c.waiting_since <= since]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda c: c.waiting_since)
+        self._conns.discard(victim)  # its slot is free now, not when its task gets to run
+        victim.scope.cancel()
+        self._log.info("control connection evicted: the limit is reached and it waited longest",
+                       waited_s=round(trio.current_time() - victim.waiting_since, 3),
+                       limit=self._max_connections)
+        return True
+
+    async def _serve_overflow(self, stream: trio.SocketStream, conn: _Connection, pid: int
+                              ) -> None:
+        """A connection beyond the limit and no slot to take: answer a reserved command
+        (``status``, ``shutdown``), refuse anything else with ``busy``."""
+        message = (f"{self._max_connections} control connections are busy with requests "
+                   "(the limit); try again")
+        if self._overflow >= self._max_overflow:
+            self._log.warning("control connection refused: busy, overflow full", peer_pid=pid)
+            await self._send_error(stream, None, Fault.BUSY, message)
+            return
+        self._overflow += 1
+        try:
+            line = await self._read_refused_request(stream)
+            if line is not None and _reserved(line):
+                self._log.info("control reserved command served past the limit", peer_pid=pid)
+                conn.busy = True  # so aclose lets the reply to ``shutdown`` out
+                try:
+                    await stream.send_all(await self._answer(line, pid))
+                finally:
+                    conn.busy = False
+                    self._request_done.unpark_all()
+                return
+            self._log.warning("control connection refused: busy", peer_pid=pid)
+            await self._send_error(stream, _request_id_of(line), Fault.BUSY, message)
+        finally:
+            self._overflow -= 1
+
+    async def _read_refused_request(self, stream: trio.SocketStream) -> bytes | None:
+        """Read the request line of a connection past the limit; None if none came in time.
 
         Closing a socket whose receive queue holds unread bytes (or before the client's
         request arrived, so its send hits a closed socket) resets the connection, and the
@@ -363,16 +457,13 @@ class ControlServer:
                 except RequestTooLargeError:
                     return None
                 if lines:
-                    try:
-                        return decode_request(lines[0]).id
-                    except BadRequestError as exc:
-                        return exc.request_id
+                    return lines[0]
         return None
 
     async def _send_error(
         self, stream: trio.SocketStream, request_id: RequestId, code: Fault, message: str
     ) -> None:
-        await stream.send_all(encode_message(error_reply(request_id, code.value, message)))
+        await stream.send_all(self._encode_reply(error_reply(request_id, code.value, message)))
 
     async def _answer(self, line: bytes, peer_pid: int) -> bytes:
         """The encoded reply to one request line; never raises (except cancellation)."""
@@ -380,15 +471,15 @@ class ControlServer:
             request = decode_request(line)
         except BadRequestError as exc:
             self._log.info("control bad request", error=exc.message, peer_pid=peer_pid)
-            return encode_message(error_reply_for(exc.request_id, exc))
+            return self._encode_reply(error_reply_for(exc.request_id, exc))
         log = self._log.bind(cmd=request.cmd, request_id=request.id, peer_pid=peer_pid)
         handler = self._handlers.get(request.cmd)
         if handler is None:
             known = ", ".join(sorted(self._handlers)) or "none"
             log.info("control unknown command")
-            return encode_message(error_reply(
+            return self._encode_reply(error_reply(
                 request.id, Fault.UNKNOWN_COMMAND.value,
-                f"unknown command {request.cmd!r} (known: {known})"))
+                f"unknown command {request.cmd[:100]!r} (known: {known})"))
         spec = self._specs.get(request.cmd)
         try:
             if spec is not None:
@@ -398,18 +489,39 @@ class ControlServer:
                 raise TypeError(f"handler returned {type(result).__name__}, not a dict")
             if spec is not None and (missing := missing_result_fields(spec, result)):
                 log.error("control result lacks documented fields", missing=missing)
+            # encoded here: a result JSON cannot carry is a handler bug, logged as one below
             reply = encode_message(ok_reply(request.id, result))
         except Exception as exc:  # the server outlives any handler bug
             aura = _aura_error_in(exc)
             if aura is not None:
                 log.info("control request failed", code=aura.code, error=aura.message)
-                return encode_message(error_reply_for(request.id, aura))
+                return self._encode_reply(error_reply_for(request.id, aura))
             log.error("control handler crashed", exc_info=exc)
-            return encode_message(error_reply(
+            return self._encode_reply(error_reply(
                 request.id, Fault.INTERNAL.value,
                 f"internal error while handling {request.cmd!r} ({type(exc).__name__}); "
                 "the traceback is in the node log"))
         return reply
+
+    def _encode_reply(self, reply: dict[str, Any]) -> bytes:
+        """``reply`` as a line; a reply JSON cannot carry becomes an ``internal`` error reply.
+
+        ``decode_request`` already refuses requests whose echoed parts could not be encoded
+        and ``_answer`` reports a result JSON cannot carry as a handler crash, so reaching the
+        fallback means an error message held such a value (a lone surrogate): a node bug,
+        logged; the client still gets a reply, with its id when that is encodable."""
+        try:
+            return encode_message(reply)
+        except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError included
+            self._log.error("control reply cannot be encoded", error=repr(exc)[:500])
+            why = type(exc).__name__
+        request_id = reply.get("id")
+        if lone_surrogate_in(request_id) is not None:
+            request_id = None
+        return encode_message(error_reply(
+            request_id, Fault.INTERNAL.value,
+            f"the reply could not be encoded as JSON ({why}); "
+            "the details are in the node log"))
 
 
 def _aura_error_in(exc: BaseException) -> AuraError | None:
@@ -425,3 +537,19 @@ def _aura_error_in(exc: BaseException) -> AuraError | None:
                 leaf = leaf.exceptions[0]
             return leaf if isinstance(leaf, AuraError) else None
     return None
+
+
+def _request_id_of(line: bytes | None) -> RequestId:
+    if line is None:
+        return None
+    try:
+        return decode_request(line).id
+    except BadRequestError as exc:
+        return exc.request_id
+
+
+def _reserved(line: bytes) -> bool:
+    try:
+        return decode_request(line).cmd in RESERVED_COMMANDS
+    except BadRequestError:
+        return False

@@ -178,7 +178,8 @@ class Node:
         self.executor = executor
         control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log,
                                 max_connections=cfg.control.max_connections,
-                                idle_timeout=cfg.control.idle_timeout_seconds)
+                                idle_timeout=cfg.control.idle_timeout_seconds,
+                                request_timeout=cfg.control.request_timeout_seconds)
 
         async with trio.open_nursery() as outer:
             outer.start_soon(executor.run)

@@ -69,3 +69,15 @@ class UnknownPeerNameError(TransportError):
     """Local: ``send`` to a name that is not pinned."""
 
     code = "no_such_peer"
+
+
+class ListenError(TransportError):
+    """The node cannot listen for peers on ``[node] listen`` (port in use, no such address)."""
+
+    code = "listen_failed"
+
+
+class HandshakeEvictedError(HandshakeError):
+    """An inbound handshake cancelled to make room (``transport.admission``)."""
+
+    code = "handshake_evicted"

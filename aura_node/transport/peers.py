@@ -21,12 +21,19 @@ and the slot already has an active one, the lower-ranked of the two is closed in
 apply the same rule, so they keep the same one; if that one then fails, the dialers start over,
 so no race leaves the pair with zero links for longer than one backoff.
 
+Inbound handshakes: one deadline (``handshake_timeout_seconds``) bounds the whole time from
+accept to the hello; no connection waits for a slot outside it. What bounds unauthenticated
+work is :class:`~aura_node.transport.admission.HandshakeAdmission`: past 64 unidentified
+connections a newcomer evicts the oldest, and a connection whose preface names a pinned peer
+leaves that pool (floods of unknown connections cannot push it out).
+
 Faults stay local: any error on one connection (refused handshake, bad frame, timeout) is
 logged with the peer name, a code and the reason, and ends that connection only.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import random
 import time
@@ -40,10 +47,13 @@ from aura_node.crypto.keys import DeviceKey, DevicePublicKey
 from aura_node.errors import AuraError, TransportError
 from aura_node.logs import get_logger
 from aura_node.transport import tls
+from aura_node.transport.admission import HandshakeAdmission
 from aura_node.transport.errors import (
     FrameTooLargeError,
+    HandshakeEvictedError,
     LinkBrokenError,
     LinkTimeoutError,
+    ListenError,
     UnknownPeerNameError,
 )
 from aura_node.transport.framing import FrameEncoder, max_data_payload
@@ -66,10 +76,22 @@ STABLE_LINK_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
 #: Silence for this many keepalive intervals means the peer is gone.
 IDLE_KEEPALIVES = 3
-#: Connections in the handshake at once (unauthenticated work is bounded).
-MAX_PENDING_HANDSHAKES = 64
 
 __all__ = ["InboundData", "PeerNetwork", "backoff_delay"]
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    """One line for an operator whose ``[node] listen`` cannot be bound, with what to do."""
+    hints = {
+        errno.EADDRINUSE: "another program (another node?) uses that port: stop it or change "
+                          "[node] listen",
+        errno.EACCES: "ports below 1024 need privileges: use a higher port in [node] listen",
+        errno.EADDRNOTAVAIL: "that address is not on this machine: fix the host in [node] "
+                             "listen",
+    }
+    reason = exc.strerror or str(exc)
+    hint = hints.get(exc.errno or 0, "check [node] listen")
+    return f"cannot listen for peers on {host}:{port}: {reason} ({hint})"
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, unit: float) -> float:
@@ -175,7 +197,7 @@ class PeerNetwork:
         self._slots: dict[str, _PeerSlot] = {}
         self._by_key: dict[bytes, _PeerSlot] = {}
         self._nursery: trio.Nursery | None = None
-        self._handshakes = trio.CapacityLimiter(MAX_PENDING_HANDSHAKES)
+        self._admission: HandshakeAdmission[trio.CancelScope] = HandshakeAdmission()
         self._log = get_logger("aura_node.transport", node=config.node.name)
         for peer in config.peers:
             self._add_slot(peer)
@@ -193,7 +215,10 @@ class PeerNetwork:
         config picks a free one).
         """
         host, port = parse_address(self._config.node.listen, what="[node] listen")
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise ListenError(_listen_failure(host, port, exc)) from None
         try:
             sockname = listeners[0].socket.getsockname()
             bound = (str(sockname[0]), int(sockname[1]))
@@ -322,17 +347,25 @@ class PeerNetwork:
         except OSError:
             where = "?"
         identified: list[PinnedPeer] = []
+        # The deadline starts at accept and covers everything up to the hello (issue 13: the
+        # wait for a handshake slot used to come before it, unbounded).
+        deadline = trio.current_time() + self._transport.handshake_timeout_seconds
+        ticket = trio.CancelScope(deadline=deadline)
+        self._evict(self._admission.admit(ticket), "unidentified")
 
         def lookup(public_key: bytes) -> PinnedPeer | None:
             found = self._lookup(public_key)
             if found is not None:
                 identified.append(found)
+                self._evict(self._admission.identify(ticket, found.name), found.name)
             return found
 
         try:
-            async with self._handshakes:
-                with trio.fail_after(self._transport.handshake_timeout_seconds):
-                    established = await accept_handshake(stream, local=self._local, lookup=lookup)
+            established: Established | None = None
+            with ticket:
+                established = await accept_handshake(stream, local=self._local, lookup=lookup)
+            if established is None:
+                raise self._handshake_cut_short(ticket, where)
         except Exception as exc:
             error = self._as_transport_error(exc, "handshake", where)
             peer = identified[0].name if identified else None
@@ -346,13 +379,33 @@ class PeerNetwork:
             slot = self._slots.get(peer) if peer else None
             if slot is not None:
                 slot.last_error = f"{error.code}: {error.message}"
+            await trio.aclose_forcefully(stream)
             return
+        finally:
+            self._admission.release(ticket)
         slot = self._slots.get(established.peer.name)
         if slot is None or slot.pinned != established.peer:
             # Unpinned while the handshake ran.
             await trio.aclose_forcefully(established.stream)
             return
         await self._run_link(slot, established, outbound=False)
+
+    def _evict(self, victims: list[trio.CancelScope], pool: str) -> None:
+        for victim in victims:
+            victim.cancel()
+        if victims:
+            self._log.debug("inbound handshakes evicted", count=len(victims), pool=pool)
+
+    def _handshake_cut_short(self, ticket: trio.CancelScope, where: str) -> TransportError:
+        """The error for a handshake whose scope ended it: its deadline, or an eviction."""
+        if trio.current_time() >= ticket.deadline:
+            limit = self._transport.handshake_timeout_seconds
+            return LinkTimeoutError(
+                f"handshake with {where} took longer than {limit:g} s (from accept to hello)")
+        return HandshakeEvictedError(
+            f"handshake with {where} evicted: newer connections needed its place "
+            f"(more than {self._admission.max_unidentified} unidentified at once, or more "
+            f"than {self._admission.per_peer} for one pinned peer)")
 
     async def _dial_loop(self, slot: _PeerSlot, scope: trio.CancelScope) -> None:
         with scope:

@@ -422,35 +422,72 @@ async def test_result_missing_documented_fields_is_logged() -> None:
     assert lacks and lacks[0]["missing"] == ["device_id", "role", "ready", "peers", "sessions"]
 
 
-async def test_connection_limit_answers_busy() -> None:
+class _BusyHogs:
+    """``n`` connections each inside a request that blocks until ``release``: every slot of
+    the server is busy (not merely open)."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.inside = 0
+
+    async def hold(self, _args: dict[str, Any]) -> dict[str, Any]:
+        self.inside += 1
+        await self.release.wait()
+        return {"held": True}
+
+    async def fill(self, path: str, n: int, nursery: trio.Nursery) -> list[dict[str, Any]]:
+        replies: list[dict[str, Any]] = []
+
+        async def one() -> None:
+            replies.append(await acall(path, "hold", timeout=30))
+
+        for _ in range(n):
+            nursery.start_soon(one)
+        with trio.fail_after(10):
+            while self.inside < n:
+                await trio.sleep(0.01)
+        return replies
+
+
+async def _release_after(event: trio.Event, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        await event.wait()
+    event.set()
+
+
+async def _peers(_args: dict[str, Any]) -> dict[str, Any]:
+    return {"peers": []}
+
+
+async def test_connection_limit_answers_busy_but_status_gets_through() -> None:
+    hogs = _BusyHogs()
+    handlers = {"status": _status, "peers": _peers, "hold": hogs.hold}
     with socket_dir() as d:
         path = os.path.join(d, "control.sock")
-        async with running_server(path, {"status": _status}, max_connections=1) as server:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hog:
-                hog.connect(path)
-                with trio.fail_after(5):
-                    while server.connection_count < 1:  # the server holds the hog's slot
-                        await trio.sleep(0.01)
-                with pytest.raises(ControlReplyError) as info:
-                    await acall(path, "status")
-                assert info.value.remote_code == "busy"
-            with trio.fail_after(5):
-                while True:  # the hog's slot frees once the server sees its EOF
-                    try:
-                        assert (await acall(path, "status"))["name"] == "alpha"
-                        break
-                    except ControlReplyError:
-                        await trio.sleep(0.02)
+        async with running_server(path, handlers, max_connections=1) as server:
+            async with trio.open_nursery() as nursery:
+                held = await hogs.fill(path, 1, nursery)
+                try:
+                    with pytest.raises(ControlReplyError) as info:
+                        await acall(path, "peers")
+                    assert info.value.remote_code == "busy"
+                    # the operator's commands are answered past the limit
+                    assert (await acall(path, "status"))["name"] == "alpha"
+                    assert server.connection_count == 1
+                finally:
+                    hogs.release.set()
+            assert held == [{"held": True}]  # the busy connection was never evicted
+            assert await acall(path, "peers") == {"peers": []}
 
 
-def _late_request(path: str, delay: float) -> dict[str, Any]:
+def _late_request(path: str, delay: float, cmd: str = "peers") -> dict[str, Any]:
     """A client that connects, waits ``delay`` s (the server is already deciding), then sends
     its request and reads one reply line; a reset or broken pipe propagates."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(path)
         time.sleep(delay)
-        s.sendall(b'{"id": 77, "cmd": "status", "args": {}}\n')
+        s.sendall(json.dumps({"id": 77, "cmd": cmd, "args": {}}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -465,41 +502,43 @@ async def test_busy_refusal_is_a_reply_not_a_reset() -> None:
     # The refused client's request arrives after the server decided to refuse: a server that
     # answered and closed at once made the client's send fail (EPIPE/ECONNRESET) and lost
     # the refusal; now the request is read first and the reply carries its id.
+    hogs = _BusyHogs()
+    handlers = {"status": _status, "peers": _peers, "hold": hogs.hold}
     with socket_dir() as d:
         path = os.path.join(d, "control.sock")
-        async with running_server(path, {"status": _status}, max_connections=1) as server:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hog:
-                hog.connect(path)
-                with trio.fail_after(5):
-                    while server.connection_count < 1:
-                        await trio.sleep(0.01)
-                reply = await trio.to_thread.run_sync(_late_request, path, 0.3)
-                assert reply["id"] == 77
-                assert reply["error"]["code"] == "busy"
-                assert "1 control connections are open" in reply["error"]["message"]
+        async with running_server(path, handlers, max_connections=1):
+            async with trio.open_nursery() as nursery:
+                await hogs.fill(path, 1, nursery)
+                try:
+                    reply = await trio.to_thread.run_sync(_late_request, path, 0.3)
+                    assert reply["id"] == 77
+                    assert reply["error"]["code"] == "busy"
+                    assert "1 control connections are busy" in reply["error"]["message"]
+                    late = await trio.to_thread.run_sync(_late_request, path, 0.3, "status")
+                    assert late["id"] == 77 and late["ok"] is True
+                finally:
+                    hogs.release.set()
 
 
 async def test_burst_beyond_the_limit_all_get_busy_replies() -> None:
     limit, extra = 4, 24
+    hogs = _BusyHogs()
+    handlers = {"status": _status, "peers": _peers, "hold": hogs.hold}
     with socket_dir() as d:
         path = os.path.join(d, "control.sock")
-        async with running_server(path, {"status": _status}, max_connections=limit) as server:
-            hogs = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(limit)]
-            try:
-                for h in hogs:
-                    h.connect(path)
-                with trio.fail_after(5):
-                    while server.connection_count < limit:
-                        await trio.sleep(0.01)
+        async with running_server(path, handlers, max_connections=limit):
+            async with trio.open_nursery() as hog_nursery:
+                await hogs.fill(path, limit, hog_nursery)
+                hog_nursery.start_soon(_release_after, hogs.release, 25.0)  # even on failure
                 outcomes: list[str] = []
 
-                async def one(delay: float) -> None:
+                async def one(delay: float, cmd: str) -> None:
                     try:
                         if delay:
-                            reply = await trio.to_thread.run_sync(_late_request, path, delay)
+                            reply = await trio.to_thread.run_sync(_late_request, path, delay, cmd)
                             outcomes.append(reply.get("error", {}).get("code", "served"))
                         else:
-                            await acall(path, "status")
+                            await acall(path, cmd)
                             outcomes.append("served")
                     except ControlReplyError as exc:
                         outcomes.append(exc.remote_code)
@@ -509,12 +548,129 @@ async def test_burst_beyond_the_limit_all_get_busy_replies() -> None:
                 with trio.fail_after(20):
                     async with trio.open_nursery() as nursery:
                         for i in range(extra):
-                            nursery.start_soon(one, 0.0 if i % 2 else 0.05)
+                            nursery.start_soon(one, 0.0 if i % 2 else 0.05,
+                                               "status" if i % 6 == 0 else "peers")
                 assert len(outcomes) == extra
-                assert [o for o in outcomes if o != "busy"] == []
+                assert sorted(set(outcomes)) == ["busy", "served"]
+                assert outcomes.count("served") == len(range(0, extra, 6))
+                hogs.release.set()
+
+
+async def test_idle_connections_cannot_lock_out_the_operator() -> None:
+    # Issue 13: 64 connections that never send a byte held every slot for the idle timeout
+    # (300 s) and `ctl status` got `busy`. Now the newcomer evicts the longest-waiting one;
+    # request_timeout is long here so eviction alone must do it.
+    stop = trio.Event()
+
+    async def shutdown(_args: dict[str, Any]) -> dict[str, Any]:
+        stop.set()
+        return {"stopping": True}
+
+    log = RecordingLog()
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"status": _status, "shutdown": shutdown}, log=log,
+                                  request_timeout=60.0) as server:
+            idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(80)]
+            try:
+                def connect_all() -> None:  # in a thread: the server must accept meanwhile
+                    for s in idle:
+                        s.connect(path)
+
+                await trio.to_thread.run_sync(connect_all)
+                with trio.fail_after(10):
+                    while server.connection_count < 64:
+                        await trio.sleep(0.01)
+                await trio.sleep(1.1)  # they have waited past the eviction grace
+                with trio.fail_after(3):
+                    assert (await acall(path, "status"))["name"] == "alpha"
+                    assert await acall(path, "shutdown") == {"stopping": True}
+                assert server.connection_count <= 64
             finally:
-                for h in hogs:
-                    h.close()
+                for s in idle:
+                    s.close()
+    assert stop.is_set()
+    assert "control connection evicted: the limit is reached and it waited longest" in (
+        log.events("info"))
+
+
+async def test_a_polling_monitor_is_not_evicted_between_polls() -> None:
+    # A client that keeps one connection and asks `status` every 0.1 s is idle only between
+    # polls (under the eviction grace): newcomers past the limit do not push it out.
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"status": _status, "peers": _peers},
+                                  max_connections=1):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as monitor:
+                monitor.settimeout(5)
+                await trio.to_thread.run_sync(monitor.connect, path)
+                refusals = []
+                for i in range(10):
+                    monitor.sendall(b'{"id": %d, "cmd": "status"}\n' % i)
+                    reply = await trio.to_thread.run_sync(monitor.recv, 65536)
+                    assert json.loads(reply)["id"] == i
+                    with pytest.raises(ControlReplyError) as info:
+                        await acall(path, "peers")
+                    refusals.append(info.value.remote_code)
+                    await trio.sleep(0.1)
+                assert refusals == ["busy"] * 10
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bool:
+    s.settimeout(seconds)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def test_a_connection_owes_a_complete_request_within_request_timeout() -> None:
+    log = RecordingLog()
+    with socket_dir() as d:
+        path = os.path.join(d, "control.sock")
+        async with running_server(path, {"status": _status}, log=log, request_timeout=0.5,
+                                  idle_timeout=30.0) as server:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as trickler, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as regular:
+                for s in (silent, regular):
+                    s.connect(path)
+                regular.sendall(b'{"id": 1, "cmd": "status"}\n')
+
+                def trickle() -> bool:
+                    # one byte every 0.1 s, never a newline: closed at ~0.5 s, not at 30 s
+                    trickler.connect(path)
+                    trickler.settimeout(0.1)
+                    for _ in range(40):
+                        try:
+                            trickler.sendall(b" ")
+                            if trickler.recv(1) == b"":
+                                return True
+                        except TimeoutError:
+                            continue
+                        except (BrokenPipeError, ConnectionResetError):
+                            return True
+                    return False
+
+                started = time.monotonic()
+                assert await trio.to_thread.run_sync(_closed_within, silent, 3.0)
+                assert await trio.to_thread.run_sync(trickle)
+                assert time.monotonic() - started < 3.0
+                # A connection that sent its request may idle between requests (idle_timeout).
+                regular.settimeout(3)
+                assert json.loads(regular.recv(65536))["ok"] is True  # already sent
+                assert not await trio.to_thread.run_sync(_closed_within, regular, 1.0)
+                regular.settimeout(3)
+                regular.sendall(b'{"id": 2, "cmd": "status"}\n')
+                reply = await trio.to_thread.run_sync(regular.recv, 65536)
+                assert json.loads(reply)["id"] == 2
+                assert server.connection_count == 1
+    closed = [kw for _lv, e, kw in log.records
+              if e == "control connection closed: no request in time"]
+    assert len(closed) == 2
+    assert sorted(kw["partial_bytes"] > 0 for kw in closed) == [False, True]
 
 
 async def test_graceful_close_sends_the_shutdown_reply_then_unlinks() -> None:

@@ -142,7 +142,101 @@ def test_control_and_sessions_sections_parse_render_and_check() -> None:
     assert defaults.control.max_connections == 64
     assert defaults.sessions.ended_session_cache == 10000
     assert defaults.sessions.ended_session_retention_seconds == 600.0
-    with pytest.raises(ConfigError, match=r"\[control\] max_connections must be at least 1"):
+    with pytest.raises(ConfigError, match=r"\[control\] max_connections = 0 is out of range"):
         parse_config(GOOD + "\n[control]\nmax_connections = 0\n")
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config(GOOD + "\n[sessions]\nended_sessions = 1\n")
+
+
+# --- every key of config/example.toml, out of range -------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.toml"
+
+#: bad values of the string keys (their valid sets are words, not ranges)
+BAD_STRINGS: dict[str, list[str]] = {
+    "name": ["", "Alice", "a b", "x" * 33, "-lead"],
+    "role": ["king", ""],
+    "listen": ["127.0.0.1:65536", "127.0.0.1:-1", "nohost", "127.0.0.1:http"],
+    "address": ["127.0.0.1:70000", ":7401", "127.0.0.1"],
+    "public_key": ["zz" * 32, "ab" * 31, "AB" * 32],
+    "level": ["loud", "INFO"],
+    "format": ["xml"],
+}
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, float):
+        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(repr(value), repr(value))
+    return json.dumps(value)
+
+
+def _example_keys() -> list[tuple[str, str, object]]:
+    import tomllib
+
+    data = tomllib.loads(EXAMPLE.read_text())
+    out: list[tuple[str, str, object]] = []
+    for section, table in data.items():
+        rows = table if isinstance(table, list) else [table]
+        for key, value in rows[0].items():
+            out.append((section, key, value))
+    return out
+
+
+def _replace_key(section: str, key: str, literal: str) -> str:
+    """example.toml with ``key`` of ``section`` set to ``literal`` (every other line kept)."""
+    lines = EXAMPLE.read_text().splitlines()
+    header = f"[[{section}]]" if section == "peers" else f"[{section}]"
+    start = lines.index(header)
+    for i in range(start + 1, len(lines)):
+        if lines[i].startswith(f"{key} = "):
+            lines[i] = f"{key} = {literal}"
+            return "\n".join(lines) + "\n"
+    raise AssertionError(f"{header} {key} not in example.toml")
+
+
+def _bad_values(section: str, key: str, good: object) -> list[object]:
+    from dataclasses import fields
+
+    from aura_node import config
+
+    if isinstance(good, str):
+        return BAD_STRINGS[key]
+    assert isinstance(good, int | float)
+    cls = config._SECTIONS[section]
+    declared = {f.name: f.metadata.get("range") for f in fields(cls)}[key]
+    # every numeric key declares its range (a new key without one fails here)
+    assert isinstance(declared, config.ValueRange), f"[{section}] {key} declares no range"
+    as_int = isinstance(good, int)
+    step = 1 if as_int else 1e-9
+    below = declared.low if declared.low_open else declared.low - step
+    above = int(declared.high) + 1 if as_int else declared.high * (1 + 1e-9) + step
+    bad: list[object] = [below, above, -1, 10**30]
+    if as_int:
+        bad = [int(v) if isinstance(v, float) else v for v in bad]
+    else:
+        bad += [float("nan"), float("inf"), float("-inf")]
+    return bad
+
+
+@pytest.mark.parametrize(("section", "key", "good"), _example_keys(),
+                         ids=lambda v: str(v)[:20])
+def test_every_example_key_refuses_out_of_range_values(section: str, key: str,
+                                                       good: object) -> None:
+    # issue 13: segment_bytes = 100, max_batch = 0 and zero or negative frame sizes and
+    # timeouts were accepted (a traceback later, or an unknown effect); now every key is
+    # checked at load, with one line naming the key, the value and what is allowed
+    parse_config(_replace_key(section, key, _toml(good)))  # the example itself is fine
+    for value in _bad_values(section, key, good):
+        text = _replace_key(section, key, _toml(value))
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, source="example.toml")
+        message = info.value.message
+        assert "\n" not in message, message
+        shown = repr(value) if isinstance(value, str) else str(value)
+        assert key in message and ("peer" in message if section == "peers" else
+                                   f"[{section}]" in message), (key, message)
+        assert shown in message or str(value) in message, (value, message)
+        assert "must" in message, message
+    if not isinstance(good, str):
+        with pytest.raises(ConfigError, match=f"{key} must be"):
+            parse_config(_replace_key(section, key, '"12"'))
