@@ -47,6 +47,7 @@ from aura_node.choreo.syntax import (
     Send,
     Threshold,
     ThresholdExpr,
+    defined_at,
     is_message_type,
 )
 
@@ -70,6 +71,51 @@ def used_messages(block: Block) -> Iterator[type]:
                 yield from used_messages(br.body)
         elif isinstance(s, Loop):
             yield from used_messages(s.body)
+
+
+def _message_uses(block: Block) -> Iterator[tuple[type, str]]:
+    for s in block:
+        if isinstance(s, Send | Gather | AllToAll):
+            yield s.message, s.where
+        if isinstance(s, Send):
+            yield from _message_uses(s.on_timeout)
+        elif isinstance(s, Gather):
+            yield from _message_uses(s.on_quorum)
+            yield from _message_uses(s.on_timeout)
+        elif isinstance(s, Choice):
+            for br in s.branches:
+                yield from _message_uses(br.body)
+        elif isinstance(s, Loop):
+            yield from _message_uses(s.body)
+
+
+def unguarded(block: Block, label: str) -> tuple[list[Again], bool]:
+    """The ``again(label)`` statements reachable from the start of ``block`` without any
+    interaction on the way, and whether ``block`` can fall through without one."""
+    found: list[Again] = []
+    for s in block:
+        if isinstance(s, Send | Gather | AllToAll):
+            return found, False  # every path from here on is guarded by this interaction
+        if isinstance(s, Again):
+            if s.label == label:
+                found.append(s)
+            return found, False
+        if isinstance(s, End | Abort):
+            return found, False
+        if isinstance(s, Choice):
+            through = False
+            for br in s.branches:
+                f, t = unguarded(br.body, label)
+                found += f
+                through |= t
+            if not through:
+                return found, False
+        elif isinstance(s, Loop):
+            f, t = unguarded(s.body, label)
+            found += f
+            if not t:
+                return found, False
+    return found, True
 
 
 class _Syntax:
@@ -128,6 +174,7 @@ class _Syntax:
             if not is_message_type(m):
                 self.err("bad_message", d.where, f"message {m!r} is not a frozen msgspec Struct")
         self.block(d.body, (), [])
+        self.message_names()
         used = set(used_messages(d.body))
         for m in d.declared_messages:
             if m not in used and m is not d.abort_message:
@@ -140,6 +187,29 @@ class _Syntax:
         for r in d.roles:
             if r.name not in active:
                 self.err("unused_role", r.where, f"role {r.name!r} takes part in no interaction")
+
+    def message_names(self) -> None:
+        """The envelope names a message by its class name, so two message types with one name
+        in one choreography could not both be decoded: refuse them, naming both definitions."""
+        d = self.decl
+        by_name: dict[str, type] = {}
+        first_use: dict[type, str] = {}
+        for t, where in _message_uses(d.body):
+            first_use.setdefault(t, where)
+        for t in (d.abort_message, *used_messages(d.body), *d.declared_messages):
+            if not is_message_type(t):
+                continue
+            other = by_name.setdefault(t.__name__, t)
+            if other is t:
+                continue
+            self.err(
+                "duplicate_message_name",
+                first_use.get(t, d.where),
+                f"two message types named {t.__name__}: one defined at {defined_at(other)}, "
+                f"the other at {defined_at(t)}; a message travels under its class name, so "
+                "one of them could not be decoded (rename one)",
+                (f"choreography {d.name!r} declared at {d.where}",),
+            )
 
     def role(
         self, name: str, where: str, trace: tuple[str, ...], *, want: str | None
@@ -307,6 +377,24 @@ class _Syntax:
             elif isinstance(s, Loop):
                 if s.label in loops:
                     self.err("bad_loop", s.where, f"loop {s.label!r} nested in itself", trace)
+                if not involved(s.body):
+                    self.err(
+                        "empty_loop",
+                        s.where,
+                        f"loop {s.label!r} contains no interaction: it would spin forever "
+                        "without a message, and no role could take part in it",
+                        (*trace, f"loop {s.label!r}"),
+                    )
+                else:
+                    for again in unguarded(s.body, s.label)[0]:
+                        self.err(
+                            "unguarded_loop",
+                            again.where,
+                            f"again({s.label!r}) is reached from the start of loop {s.label!r} "
+                            "without any interaction: an unguarded loop that would spin "
+                            "forever without a message",
+                            (*trace, f"loop {s.label!r}", f"again({s.label!r})"),
+                        )
                 body_ends = self.block(s.body, (*trace, f"loop {s.label!r}"), [*loops, s.label])
                 if body_ends:
                     terminated = f"loop {s.label!r}, which never exits"
@@ -328,8 +416,13 @@ class _Syntax:
 
 
 def _dedupe(errors: list[IllFormedChoreography]) -> tuple[IllFormedChoreography, ...]:
+    """One error per message; a choice its decider does not announce is the cause of every
+    other role's failure to learn it, so those follow-on errors are dropped."""
+    not_initiated = {e.where for e in errors if e.kind == "choice_not_initiated"}
     seen: dict[str, IllFormedChoreography] = {}
     for e in errors:
+        if e.kind == "knowledge_of_choice" and e.where in not_initiated:
+            continue
         seen.setdefault(e.message, e)
     return tuple(seen.values())
 
