@@ -812,7 +812,13 @@ class _MachineBuilder:
 
     def err(self, kind: str, where: str, what: str) -> None:
         self.errors.append(
-            IllFormedChoreography(choreography=self.decl.name, kind=kind, where=where, what=what)
+            IllFormedChoreography(
+                choreography=self.decl.name,
+                kind=kind,
+                where=where,
+                what=what,
+                trace=(f"projecting onto {self.role!r}",),
+            )
         )
 
     def build(self, node: LNode, env: dict[str, int]) -> int:
@@ -883,7 +889,8 @@ class _MachineBuilder:
                 self.err(
                     "bad_loop",
                     self.decl.where,
-                    f"role {self.role!r}: unguarded recursion on loop {node.label!r}",
+                    f"role {self.role!r} loops back to {node.label!r} without doing anything: "
+                    "an unguarded loop",
                 )
             else:
                 self.aliases.append((sid, head))

@@ -73,6 +73,10 @@ def used_messages(block: Block) -> Iterator[type]:
             yield from used_messages(s.body)
 
 
+def _members(n: int) -> str:
+    return f"{n} member" if n == 1 else f"{n} members"
+
+
 def _message_uses(block: Block) -> Iterator[tuple[type, str]]:
     for s in block:
         if isinstance(s, Send | Gather | AllToAll):
@@ -125,10 +129,16 @@ class _Syntax:
         self.roles: dict[str, Role] = {}
         self.thresholds: dict[str, Threshold] = {}
 
-    def err(self, kind: str, where: str, what: str, trace: tuple[str, ...] = ()) -> None:
+    def err(
+        self, kind: str, where: str, what: str, trace: tuple[str, ...] = ("at declaration",)
+    ) -> None:
         self.errors.append(
             IllFormedChoreography(
-                choreography=self.decl.name, kind=kind, where=where, what=what, trace=trace
+                choreography=self.decl.name,
+                kind=kind,
+                where=where,
+                what=what,
+                trace=trace or ("start of the protocol",),
             )
         )
 
@@ -155,14 +165,15 @@ class _Syntax:
                 self.err(
                     "threshold_bounds",
                     t.where,
-                    f"threshold {t.name!r} may be {t.minimum} (< 1): a gather of nothing",
+                    f"threshold {t.name!r} may be {t.minimum}: a gather of no message "
+                    "(its minimum must be at least 1)",
                 )
             elif t.minimum > of.minimum:
                 self.err(
                     "threshold_bounds",
                     t.where,
-                    f"threshold {t.name!r} >= {t.minimum} is larger than role set "
-                    f"{of.name!r}, which may have as few as {of.minimum} members",
+                    f"threshold {t.name!r} (at least {t.minimum}) may be larger than role set "
+                    f"{of.name!r}, which may have as few as {_members(of.minimum)}",
                 )
         if not is_message_type(d.abort_message):
             self.err(
@@ -281,7 +292,7 @@ class _Syntax:
                 "threshold_bounds",
                 where,
                 f"threshold {k} is larger than role set {group.name!r}, which may have as "
-                f"few as {group.minimum} members",
+                f"few as {_members(group.minimum)}",
                 trace,
             )
 
@@ -363,7 +374,9 @@ class _Syntax:
                     self.err(
                         "bad_choice",
                         s.where,
-                        f"choice by {s.decider!r} has {len(labels)} branch(es); needs 2 or more",
+                        f"choice by {s.decider!r} has {len(labels)} "
+                        + ("branch" if len(labels) == 1 else "branches")
+                        + "; a choice needs at least 2",
                         trace,
                     )
                 if len(set(labels)) != len(labels):
@@ -381,8 +394,9 @@ class _Syntax:
                     self.err(
                         "empty_loop",
                         s.where,
-                        f"loop {s.label!r} contains no interaction: it would spin forever "
-                        "without a message, and no role could take part in it",
+                        f"loop {s.label!r} is empty (and so unguarded): it contains no "
+                        "interaction, so it would spin forever without a message and no role "
+                        "takes part in it",
                         (*trace, f"loop {s.label!r}"),
                     )
                 else:
@@ -449,11 +463,34 @@ def analyse(chor: Choreography) -> tuple[tuple[IllFormedChoreography, ...], dict
                     kind="threshold_bounds",
                     where=decl.where,
                     what=exc.message,
+                    trace=(f"smallest instance, projecting onto {r.name!r}",),
                 )
             )
     if not errors:
         errors.extend(_no_sender(chor, machines))
     return _dedupe(errors), dict(trees)
+
+
+def local_path(lt: LocalType, state: str) -> tuple[str, ...]:
+    """The shortest run of ``lt`` from its initial state to ``state`` (explicit steps), as a
+    trace of the role's own actions."""
+    back: dict[str, tuple[str, str] | None] = {lt.initial: None}
+    todo = [lt.initial]
+    for s in todo:
+        if s == state:
+            break
+        for t in lt.explicit(s):
+            if t.target not in back:
+                back[t.target] = (s, f"{lt.role}: {t.describe()}")
+                todo.append(t.target)
+    steps: list[str] = []
+    at: str | None = state
+    while at is not None and back.get(at) is not None:
+        prev = back[at]
+        assert prev is not None
+        steps.append(prev[1])
+        at = prev[0]
+    return (f"{lt.role} starts", *reversed(steps))
 
 
 def _no_sender(chor: Choreography, machines: dict[str, LocalType]) -> list[IllFormedChoreography]:
@@ -476,6 +513,7 @@ def _no_sender(chor: Choreography, machines: dict[str, LocalType]) -> list[IllFo
                         where=t.where or chor.decl.where,
                         what=f"role {role!r} waits in state {t.source!r} for {t.message.__name__} "
                         f"from {t.peer!r}, which never sends it to {role!r}",
+                        trace=local_path(lt, t.source),
                     )
                 )
     return out

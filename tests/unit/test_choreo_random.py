@@ -351,6 +351,24 @@ def m_unused_role(c: ChoreographyBuilder, p: Plan, fresh: Fresh) -> None:
     c.role("lonely")
 
 
+def m_empty_loop(c: ChoreographyBuilder, p: Plan, fresh: Fresh) -> None:
+    with c.loop("spin") as spin:
+        spin.again()
+
+
+def m_stuck_role(c: ChoreographyBuilder, p: Plan, fresh: Fresh) -> None:
+    c.role("r8")
+    with c.choice("r0") as choose:
+        with choose.branch("forever"):
+            c.send("r0", "r1", fresh())
+            with c.loop("stream") as stream:
+                c.send("r0", "r1", fresh())
+                stream.again()
+        with choose.branch("once"):
+            c.send("r0", "r1", fresh())
+    c.send("r0", "r8", fresh())  # never happens after 'forever': r8 waits for it forever
+
+
 MUTATIONS: list[tuple[Mutation, str]] = [
     (m_unknown_role, "unknown_role"),
     (m_threshold_too_large, "threshold_bounds"),
@@ -364,6 +382,8 @@ MUTATIONS: list[tuple[Mutation, str]] = [
     (m_again_outside_loop, "bad_loop"),
     (m_send_from_set, "bad_role_use"),
     (m_unused_role, "unused_role"),
+    (m_empty_loop, "empty_loop"),
+    (m_stuck_role, "stuck_role"),
 ]
 
 
