@@ -18,7 +18,17 @@ Projection runs in two steps.
    equal, or when both are receive states (the role learns the outcome from which message
    arrives; same message, same continuation). ``LWaitAbort`` is the unit of merge: an outcome
    in which somebody aborts needs no announcement, because the abort message is accepted in
-   every state. A failed merge is a ``knowledge_of_choice`` error naming both behaviours.
+   every state. A failed merge is a ``knowledge_of_choice`` error naming what the role does in
+   both outcomes before they differ and how they differ. Merge sees through loops
+   (:class:`Merger`): a role may learn the outcome from the first message of a loop, or from
+   the next iteration's first message, and a branch that only loops back is fine when the
+   loop's restart tells the other roles (the decider's branch then starts with what its loop
+   body starts with).
+
+   Liveness: a role that takes no part in a loop that never exits has nothing left to do
+   (``LDiverge``, an end for the state machine), but if in another outcome it still has
+   something to do, it would wait for that forever: a ``stuck_role`` error with the trace
+   into the loop.
 
 2. ``to_local_type`` turns the tree into a finite state machine for concrete session
    parameters: symbolic thresholds are bound, a timeout whose branch is "abort" goes straight
@@ -256,7 +266,9 @@ class Merger:
     def __init__(self, loops: dict[str, Callable[[], LNode]]) -> None:
         self.loops = loops
         self.memo: dict[tuple[object, ...], str] = {}
-        self.fresh = 0
+        # one label per merged pair, for good: projecting a loop's body again must rebuild
+        # equal trees, or the pairs would never repeat
+        self.labels: dict[tuple[object, ...], str] = {}
 
     def merge_all(self, alts: Sequence[LNode]) -> LNode:
         """Merge every outcome of one decision; ``_Conflict`` carries the failing pair."""
@@ -264,7 +276,7 @@ class Merger:
         hit = self.memo.get(key)
         if hit is not None:
             return LVar(hit)
-        label = self.memo[key] = self._label()
+        label = self.memo[key] = self._label(key)
         try:
             acc = alts[0]
             for i, node in enumerate(alts[1:], 1):
@@ -277,9 +289,8 @@ class Merger:
             del self.memo[key]
         return LRec(label, acc) if _mentions(acc, label) else acc
 
-    def _label(self) -> str:
-        self.fresh += 1
-        return f"~merge{self.fresh}"
+    def _label(self, key: tuple[object, ...]) -> str:
+        return self.labels.setdefault(key, f"~merge{len(self.labels) + 1}")
 
     def merge(self, a: LNode, b: LNode, *, top: str | None = None) -> LNode:
         if a == b:
@@ -378,7 +389,7 @@ class Merger:
             return LVar(hit)
         if len(self.memo) > _MAX_UNFOLD:
             raise _Conflict(a, b)
-        label = self.memo[key] = self._label()
+        label = self.memo[key] = self._label(key)
         try:
             ua, ub = self._unfold(a), self._unfold(b)
             if ua is None or ub is None:
@@ -599,6 +610,8 @@ class Projector:
             if first is None:
                 loops = _loops_back(node)
                 body = self.bodies.get(loops[0]) if loops else None
+                if body is not None and _loops_back(body):
+                    continue  # an unguarded loop: the syntactic check names it
                 how = (
                     f"it loops back to {loops[0]!r}, where it first {describe(body)}"
                     if body is not None

@@ -9,9 +9,12 @@ Theory of operation
    messages never exchanged, roles that take part in nothing, thresholds outside ``1..|set|``
    for the smallest instance, gathers without a deadline (they can wait forever: a threshold
    exists because some members may never answer), statements after ``end``/``abort``/
-   ``again`` (unreachable), ``again`` outside its loop.
+   ``again`` (unreachable), ``again`` outside its loop, empty loops and ``again`` reached
+   without any interaction (unguarded loops), two message types with one class name (the
+   envelope names a message by it, so one of them could not be decoded).
 2. Projection onto every role (``projection.Projector``): knowledge of choice (merge), choices
-   not initiated by their decider, ambiguous choices.
+   not initiated by their decider, ambiguous and identical branches, roles stuck forever
+   behind a loop that never exits (liveness).
 3. The state machines at the smallest instance: nondeterministic states, and receive states
    no other role can ever satisfy (a receive whose message no peer ever sends to this role
    would wait forever).

@@ -90,7 +90,7 @@ def draw_block(draw: st.DrawFn, ctx: Ctx, depth: int, in_loop: bool, top: bool) 
             d = draw(st.sampled_from(p.singles))
             ctx.labels[0] += 1
             body = draw_block(draw, ctx, depth - 1, True, False)
-            ops.append(("loop", f"L{ctx.labels[0]}", d, body))
+            ops.append(("loop", f"L{ctx.labels[0]}", d, body, draw(st.booleans())))
         else:
             role = draw(st.sampled_from(p.roles))
             ops.append(("phase", role, draw(st.sampled_from(["P1", "P2", "P3"]))))
@@ -154,12 +154,17 @@ def emit(c: ChoreographyBuilder, plan: Plan, ops: list[Op], fresh: Fresh) -> Non
                         inform(d)
                         emit(c, plan, second, fresh)
         elif op[0] == "loop":
-            _, label, d, body = op
+            # restart: every iteration starts with the decider telling everyone, and the
+            # 'again' branch only loops back (the restart is what informs the other roles)
+            _, label, d, body, restart = op
             with c.loop(label) as loop:
+                if restart:
+                    inform(d)
                 emit(c, plan, body, fresh)
                 with c.choice(d) as choose:
                     with choose.branch("again"):
-                        inform(d)
+                        if not restart:
+                            inform(d)
                         loop.again()
                     with choose.branch("exit"):
                         inform(d)
