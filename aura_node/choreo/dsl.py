@@ -36,7 +36,12 @@ Vocabulary (the semantics each projection rule implements, see ``projection.py``
   times out aborts (no other member could learn any other decision).
 - ``choice(d)`` with ``branch(label)`` blocks: ``d`` decides; every other role must either
   be told (its behaviour differs only after distinct receives) or behave the same in every
-  branch. ``loop(label)`` / ``again(label)``: recursion. ``end()``: the protocol is over.
+  branch. A role may learn the branch from the first message of a loop or of the loop's next
+  iteration, and a branch may just loop back (``again``) when the loop starts with the
+  decider's own message. ``loop(label)`` / ``again(label)``: recursion; every iteration must
+  contain an interaction, and a loop that never exits must leave no role waiting for
+  something after it. Two message types of one choreography may not share a class name (the
+  envelope names a message by it). ``end()``: the protocol is over.
 - ``abort(r)``: ``r`` aborts; the choreography's abort message reaches every role. Any role
   may also abort from any non-final state (a daemon must be able to give up a session), so
   every local type accepts the abort message everywhere.

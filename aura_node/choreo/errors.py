@@ -14,8 +14,9 @@ class IllFormedChoreography(ChoreographyError):
     ``kind`` is stable and machine readable: ``unknown_role``, ``bad_message``,
     ``unused_message``, ``unused_role``, ``knowledge_of_choice``, ``choice_not_initiated``,
     ``ambiguous_choice``, ``bad_choice``, ``unreachable``, ``wait_forever``,
-    ``threshold_bounds``, ``bad_role_use``, ``bad_loop``, ``phase_conflict``,
-    ``nondeterministic``.
+    ``threshold_bounds``, ``bad_role_use``, ``bad_loop``, ``empty_loop``, ``unguarded_loop``,
+    ``phase_conflict``, ``nondeterministic``, ``duplicate_message_name``, ``identical_branches``,
+    ``stuck_role`` (liveness: a role that can never progress).
     """
 
     def __init__(

@@ -18,7 +18,17 @@ Projection runs in two steps.
    equal, or when both are receive states (the role learns the outcome from which message
    arrives; same message, same continuation). ``LWaitAbort`` is the unit of merge: an outcome
    in which somebody aborts needs no announcement, because the abort message is accepted in
-   every state. A failed merge is a ``knowledge_of_choice`` error naming both behaviours.
+   every state. A failed merge is a ``knowledge_of_choice`` error naming what the role does in
+   both outcomes before they differ and how they differ. Merge sees through loops
+   (:class:`Merger`): a role may learn the outcome from the first message of a loop, or from
+   the next iteration's first message, and a branch that only loops back is fine when the
+   loop's restart tells the other roles (the decider's branch then starts with what its loop
+   body starts with).
+
+   Liveness: a role that takes no part in a loop that never exits has nothing left to do
+   (``LDiverge``, an end for the state machine), but if in another outcome it still has
+   something to do, it would wait for that forever: a ``stuck_role`` error with the trace
+   into the loop.
 
 2. ``to_local_type`` turns the tree into a finite state machine for concrete session
    parameters: symbolic thresholds are bound, a timeout whose branch is "abort" goes straight
@@ -30,7 +40,8 @@ Projection runs in two steps.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
 from aura_node.choreo.errors import BindingError, IllFormedChoreography
@@ -68,6 +79,17 @@ class LEnd:
 @dataclass(frozen=True, slots=True)
 class LWaitAbort:
     phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LDiverge:
+    """The rest of the protocol is a loop that never exits and never involves this role: it has
+    nothing left to do, but nothing after the loop ever happens either."""
+
+    phase: str | None
+    loop: str = field(default="", compare=False)
+    where: str = field(default="", compare=False)
+    trace: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +147,7 @@ class LVar:
     label: str
 
 
-LNode: TypeAlias = "LEnd | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar"
+LNode: TypeAlias = "LEnd | LDiverge | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar"
 
 
 def phase_of(node: LNode) -> str | None:
@@ -142,6 +164,8 @@ def describe(node: LNode) -> str:
         return "ends" + (f" in phase {node.phase}" if node.phase else "")
     if isinstance(node, LWaitAbort):
         return "has nothing to do (only an abort can come)"
+    if isinstance(node, LDiverge):
+        return f"has nothing more to do while loop {node.loop!r} runs forever"
     if isinstance(node, LAbort):
         return "aborts"
     if isinstance(node, LSend):
@@ -163,11 +187,33 @@ def describe(node: LNode) -> str:
 
 
 class _Conflict(Exception):
-    def __init__(self, left: LNode, right: LNode, *, phases: tuple[str, str] | None = None) -> None:
+    """Two outcomes a role cannot tell apart behave differently. ``path`` is what the role
+    does in both before they differ (innermost last); ``reason`` says why they cannot merge."""
+
+    def __init__(
+        self,
+        left: LNode,
+        right: LNode,
+        *,
+        phases: tuple[str, str] | None = None,
+        reason: str = "",
+    ) -> None:
         super().__init__()
         self.left = left
         self.right = right
         self.phases = phases
+        self.reason = reason
+        self.path: list[str] = []
+        self.index = 1  # which outcome failed to merge with the ones before it
+
+
+class _Stuck(_Conflict):
+    """One outcome runs a loop forever without this role while the other needs it later."""
+
+    def __init__(self, diverge: LDiverge, other: LNode, *, left: bool) -> None:
+        super().__init__(diverge if left else other, other if left else diverge)
+        self.diverge = diverge
+        self.diverge_left = left
 
 
 def _merge_phase(a: str | None, b: str | None, left: LNode, right: LNode) -> str | None:
@@ -176,63 +222,263 @@ def _merge_phase(a: str | None, b: str | None, left: LNode, right: LNode) -> str
     return a if a is not None else b
 
 
-def merge(a: LNode, b: LNode) -> LNode:
-    """Full merge of two outcomes a role cannot tell apart yet (raises ``_Conflict``)."""
-    if a == b:
-        return a
-    if isinstance(a, LWaitAbort):
-        return b
-    if isinstance(b, LWaitAbort):
-        return a
-    if isinstance(a, LIn) and isinstance(b, LIn):
+def substitute(node: LNode, label: str, by: LNode) -> LNode:
+    """``node`` with the free ``LVar(label)`` replaced by ``by`` (one unfolding of a loop)."""
+    if isinstance(node, LVar):
+        return by if node.label == label else node
+    if isinstance(node, LSend):
+        return LSend(
+            node.peer, node.message, substitute(node.cont, label, by), node.phase, node.where
+        )
+    if isinstance(node, LIn):
+        branches = tuple(
+            LBranch(b.peer, b.message, b.threshold, substitute(b.cont, label, by), b.where)
+            for b in node.branches
+        )
+        timeout = node.timeout
+        if timeout is not None:
+            timeout = LTimeout(timeout.deadline, substitute(timeout.cont, label, by), timeout.where)
+        return LIn(branches, timeout, node.phase)
+    if isinstance(node, LChoose):
+        return LChoose(tuple(substitute(a, label, by) for a in node.alts), node.phase, node.where)
+    if isinstance(node, LRec) and node.label != label:
+        return LRec(node.label, substitute(node.body, label, by))
+    return node
+
+
+# How many loop unfoldings one merge may be in the middle of before it gives up: merging
+# regular trees terminates because the pairs repeat, this only bounds pathological nesting.
+_MAX_UNFOLD = 64
+
+
+class Merger:
+    """Full merge of outcomes a role cannot tell apart yet, seeing through loops.
+
+    A loop is a regular tree: ``LRec(L, body)`` is unfolded once by substitution, and a
+    ``LVar(L)`` of a loop still being projected (its body is not built yet) is unfolded by
+    ``loops[L]()``, which projects the loop's body again. Merging regular trees terminates
+    because the pairs being merged repeat: a pair met again while it is being merged becomes a
+    fresh ``LVar`` and the result a ``LRec`` (coinductive merge). An outcome that reaches the
+    very merge being computed without any action of the role (the loop restarted without
+    involving it) adds nothing: the role keeps waiting for what the other outcomes offer.
+    """
+
+    def __init__(self, loops: dict[str, Callable[[], LNode]]) -> None:
+        self.loops = loops
+        self.memo: dict[tuple[object, ...], str] = {}
+        # one label per merged pair, for good: projecting a loop's body again must rebuild
+        # equal trees, or the pairs would never repeat
+        self.labels: dict[tuple[object, ...], str] = {}
+
+    def merge_all(self, alts: Sequence[LNode]) -> LNode:
+        """Merge every outcome of one decision; ``_Conflict`` carries the failing pair."""
+        key: tuple[object, ...] = ("all", *alts)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return LVar(hit)
+        label = self.memo[key] = self._label(key)
+        try:
+            acc = alts[0]
+            for i, node in enumerate(alts[1:], 1):
+                try:
+                    acc = self.merge(acc, node, top=label)
+                except _Conflict as c:
+                    c.index = i
+                    raise
+        finally:
+            del self.memo[key]
+        return LRec(label, acc) if _mentions(acc, label) else acc
+
+    def _label(self, key: tuple[object, ...]) -> str:
+        return self.labels.setdefault(key, f"~merge{len(self.labels) + 1}")
+
+    def merge(self, a: LNode, b: LNode, *, top: str | None = None) -> LNode:
+        if a == b:
+            return a
+        if isinstance(a, LWaitAbort):
+            return b
+        if isinstance(b, LWaitAbort):
+            return a
+        if isinstance(a, LDiverge) or isinstance(b, LDiverge):
+            return self._diverge(a, b)
+        if isinstance(a, LIn) and isinstance(b, LIn):
+            return self._merge_in(a, b)
+        if (
+            isinstance(a, LSend)
+            and isinstance(b, LSend)
+            and (a.peer, a.message) == (b.peer, b.message)
+        ):
+            phase = _merge_phase(a.phase, b.phase, a, b)
+            try:
+                cont = self.merge(a.cont, b.cont)
+            except _Conflict as c:
+                c.path.insert(0, f"sends {a.message.__name__} to {a.peer}")
+                raise
+            return LSend(a.peer, a.message, cont, phase, a.where)
+        if isinstance(a, LRec) and isinstance(b, LRec) and a.label == b.label:
+            return LRec(a.label, self.merge(a.body, b.body))
+        if isinstance(a, LRec | LVar) or isinstance(b, LRec | LVar):
+            return self._unfold_and_merge(a, b, top)
+        raise _Conflict(a, b)
+
+    def _diverge(self, a: LNode, b: LNode) -> LNode:
+        if isinstance(a, LDiverge) and isinstance(b, LDiverge):
+            return a
+        d, other, left = (a, b, True) if isinstance(a, LDiverge) else (b, a, False)
+        assert isinstance(d, LDiverge)
+        if isinstance(other, LEnd):
+            # done either way: the role has nothing left to do in both outcomes
+            return LEnd(_merge_phase(d.phase, other.phase, a, b))
+        raise _Stuck(d, other, left=left)
+
+    def _merge_in(self, a: LIn, b: LIn) -> LNode:
         phase = _merge_phase(a.phase, b.phase, a, b)
         timeout = a.timeout
         if a.timeout != b.timeout:
-            if a.timeout is None or b.timeout is None or a.timeout.deadline != b.timeout.deadline:
-                raise _Conflict(a, b)
-            timeout = LTimeout(
-                a.timeout.deadline, merge(a.timeout.cont, b.timeout.cont), a.timeout.where
-            )
+            if a.timeout is None or b.timeout is None:
+                raise _Conflict(
+                    a, b, reason="one of these waits has a deadline and the other has none"
+                )
+            if a.timeout.deadline != b.timeout.deadline:
+                raise _Conflict(
+                    a,
+                    b,
+                    reason=f"the waits have different deadlines ({a.timeout.deadline} and "
+                    f"{b.timeout.deadline})",
+                )
+            try:
+                cont = self.merge(a.timeout.cont, b.timeout.cont)
+            except _Conflict as c:
+                c.path.insert(0, f"times out ({a.timeout.deadline})")
+                raise
+            timeout = LTimeout(a.timeout.deadline, cont, a.timeout.where)
         branches: dict[tuple[str, type], LBranch] = {(x.peer, x.message): x for x in a.branches}
         for y in b.branches:
             key = (y.peer, y.message)
             x = branches.get(key)
             if x is None:
                 branches[key] = y
-            elif x.threshold != y.threshold:
-                raise _Conflict(a, b)
-            else:
-                branches[key] = LBranch(
-                    x.peer, x.message, x.threshold, merge(x.cont, y.cont), x.where
+                continue
+            if x.threshold != y.threshold:
+                raise _Conflict(
+                    a,
+                    b,
+                    reason=f"it gathers {y.message.__name__} from {y.peer} with thresholds "
+                    f"{x.threshold} and {y.threshold}",
                 )
+            try:
+                cont = self.merge(x.cont, y.cont)
+            except _Conflict as c:
+                c.path.insert(0, f"receives {x.message.__name__} from {x.peer}")
+                raise
+            branches[key] = LBranch(x.peer, x.message, x.threshold, cont, x.where)
         return LIn(tuple(branches.values()), timeout, phase)
-    if isinstance(a, LSend) and isinstance(b, LSend) and (a.peer, a.message) == (b.peer, b.message):
-        return LSend(
-            a.peer, a.message, merge(a.cont, b.cont), _merge_phase(a.phase, b.phase, a, b), a.where
-        )
-    if isinstance(a, LRec) and isinstance(b, LRec) and a.label == b.label:
-        return LRec(a.label, merge(a.body, b.body))
-    raise _Conflict(a, b)
+
+    def _unfold(self, node: LNode) -> LNode | None:
+        if isinstance(node, LRec):
+            return substitute(node.body, node.label, node)
+        if isinstance(node, LVar):
+            again = self.loops.get(node.label)
+            return None if again is None else again()
+        return node
+
+    def _unfold_and_merge(self, a: LNode, b: LNode, top: str | None) -> LNode:
+        key: tuple[object, ...] = ("pair", a, b)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return LVar(hit)
+        if len(self.memo) > _MAX_UNFOLD:
+            raise _Conflict(a, b)
+        label = self.memo[key] = self._label(key)
+        try:
+            ua, ub = self._unfold(a), self._unfold(b)
+            if ua is None or ub is None:
+                raise _Conflict(a, b)
+            # an outcome that comes straight back to this decision (the loop restarted
+            # without involving the role) adds nothing to what the others offer
+            if top is not None and ua == LVar(top):
+                return b
+            if top is not None and ub == LVar(top):
+                return a
+            if isinstance(ua, LVar) and ua.label in self.memo.values():
+                raise _Conflict(a, b)
+            if isinstance(ub, LVar) and ub.label in self.memo.values():
+                raise _Conflict(a, b)
+            merged = self.merge(ua, ub)
+        finally:
+            del self.memo[key]
+        return LRec(label, merged) if _mentions(merged, label) else merged
 
 
-def _initiating(node: LNode) -> list[tuple[str, str, type | None]] | None:
+def merge(a: LNode, b: LNode) -> LNode:
+    """Full merge of two outcomes (no loop under construction); raises ``_Conflict``."""
+    return Merger({}).merge_all([a, b])
+
+
+def _initiating(
+    node: LNode, bodies: dict[str, LNode], seen: frozenset[str] = frozenset()
+) -> list[tuple[str, str, type | None]] | None:
     """First actions of a decider's branch; None when the branch does not start with its own
-    send or abort (then nobody could learn the decision from it)."""
+    send or abort (then nobody could learn the decision from it). A branch that loops back
+    starts with what the loop's body starts with (``bodies``: the decider's loop bodies)."""
     if isinstance(node, LSend):
         return [("send", node.peer, node.message)]
     if isinstance(node, LAbort):
         return [("abort", "", None)]
     if isinstance(node, LRec):
-        return _initiating(node.body)
+        return _initiating(node.body, {**bodies, node.label: node.body}, seen | {node.label})
+    if isinstance(node, LVar):
+        body = bodies.get(node.label)
+        if body is None or node.label in seen:
+            return None
+        return _initiating(body, bodies, seen | {node.label})
     if isinstance(node, LChoose):
         out: list[tuple[str, str, type | None]] = []
         for alt in node.alts:
-            first = _initiating(alt)
+            first = _initiating(alt, bodies, seen)
             if first is None:
                 return None
             out.extend(first)
         return out
     return None
+
+
+def _loops_back(node: LNode) -> list[str]:
+    """The loops a decider's branch may jump back to before it does anything."""
+    if isinstance(node, LVar):
+        return [node.label]
+    if isinstance(node, LChoose):
+        return [label for alt in node.alts for label in _loops_back(alt)]
+    return []
+
+
+def same_shape(a: object, b: object) -> bool:
+    """Structural equality of two AST fragments, ignoring where they were written."""
+    return _shape(a) == _shape(b)
+
+
+def _shape(x: object) -> object:
+    if isinstance(x, tuple):
+        return tuple(_shape(i) for i in x)
+    if is_dataclass(x) and not isinstance(x, type):
+        return (type(x), *(_shape(getattr(x, f.name)) for f in fields(x) if f.name != "where"))
+    return x
+
+
+def falls_through(block: Block) -> bool:
+    """Whether running ``block`` can reach its end (a loop body that can exits the loop)."""
+    for s in block:
+        if isinstance(s, Again | End | Abort):
+            return False
+        if isinstance(s, Choice) and s.branches:
+            if not any(falls_through(br.body) for br in s.branches):
+                return False
+        elif isinstance(s, Gather):
+            if not (falls_through(s.on_quorum) or falls_through(s.on_timeout)):
+                return False
+        elif isinstance(s, Loop) and not falls_through(s.body):
+            return False
+    return True
 
 
 def involved(block: Block) -> set[str]:
@@ -292,6 +538,13 @@ class Projector:
         self.decl = decl
         self.role = role
         self.errors = errors
+        # loops being projected: label -> project the body again (to unfold an ``again``)
+        self.loops: dict[str, Callable[[], LNode]] = {}
+        self.merger = Merger(self.loops)
+        # this role's projected loop bodies, and the checks of choices that loop back to a
+        # loop whose body is not projected yet (run when it is)
+        self.bodies: dict[str, LNode] = {}
+        self.deferred: dict[str, list[Callable[[], None]]] = {}
 
     def run(self) -> LNode:
         return self.block(self.decl.body, 0, {}, (), lambda ph, tr: LEnd(ph.get(self.role)))
@@ -306,31 +559,97 @@ class Projector:
     def merge_at(
         self, where: str, what: str, trace: Trace, alts: Sequence[tuple[str, LNode]]
     ) -> LNode:
-        label, acc = alts[0]
-        for other_label, node in alts[1:]:
-            try:
-                acc = merge(acc, node)
-            except _Conflict as c:
-                if c.phases is not None:
-                    self.err(
-                        "phase_conflict",
-                        where,
-                        f"role {self.role!r} would be in phase {c.phases[0]!r} after {label!r} "
-                        f"but in phase {c.phases[1]!r} after {other_label!r}, before it can "
-                        f"learn the {what}",
-                        trace,
-                    )
-                    return acc
+        me = self.role
+        try:
+            return self.merger.merge_all([node for _, node in alts])
+        except _Conflict as c:
+            label = "/".join(lab for lab, _ in alts[: c.index])
+            other_label = alts[c.index][0]
+            if isinstance(c, _Stuck):
+                d = c.diverge
+                stuck, fine = (label, other_label) if c.diverge_left else (other_label, label)
+                other = c.right if c.diverge_left else c.left
+                self.err(
+                    "stuck_role",
+                    d.where or where,
+                    f"role {me!r} can never progress: after {stuck!r}, loop {d.loop!r} runs "
+                    f"forever without {me!r}, so what {me!r} does next after {fine!r} "
+                    f"({describe(other)}) never comes and {me!r} waits forever",
+                    (*d.trace, f"{me} is stuck: it {describe(other)} only after {fine!r}"),
+                )
+            elif c.phases is not None:
+                self.err(
+                    "phase_conflict",
+                    where,
+                    f"role {me!r} would be in phase {c.phases[0]!r} after {label!r} "
+                    f"but in phase {c.phases[1]!r} after {other_label!r}, before it can "
+                    f"learn the {what}",
+                    trace,
+                )
+            else:
+                common = f"in both it {', then '.join(c.path)}; then " if c.path else ""
+                detail = c.reason or (
+                    f"after {label!r} it {describe(c.left)}, after {other_label!r} it "
+                    f"{describe(c.right)}"
+                )
                 self.err(
                     "knowledge_of_choice",
                     where,
-                    f"role {self.role!r} cannot learn the {what}: after {label!r} it "
-                    f"{describe(c.left)}, after {other_label!r} it {describe(c.right)}",
+                    f"role {me!r} cannot learn the {what}: {common}{detail}",
                     trace,
                 )
-                return acc
-            label = f"{label}/{other_label}"
-        return acc
+            return alts[0][1]
+
+    def check_initiated(self, s: Choice, alts: Sequence[tuple[str, LNode]], tr: Trace) -> None:
+        """Every branch of the decider's own choice starts with a distinct send of its own (or
+        its abort), possibly after looping back to a loop that starts with one."""
+        seen: dict[tuple[str, str, type | None], int] = {}
+        for i, (label, node) in enumerate(alts):
+            first = _initiating(node, self.bodies)
+            chose = (*tr, f"{s.decider} chooses {label!r}")
+            if first is None:
+                loops = _loops_back(node)
+                body = self.bodies.get(loops[0]) if loops else None
+                if body is not None and _loops_back(body):
+                    continue  # an unguarded loop: the syntactic check names it
+                how = (
+                    f"it loops back to {loops[0]!r}, where it first {describe(body)}"
+                    if body is not None
+                    else f"it {describe(node)}"
+                )
+                self.err(
+                    "choice_not_initiated",
+                    s.where,
+                    f"branch {label!r} of the choice by {s.decider!r} does not start with "
+                    f"a message from {s.decider!r} ({how}), so no other role can learn the "
+                    "decision",
+                    chose,
+                )
+                continue
+            for key in first:
+                j = seen.setdefault(key, i)
+                if j == i:
+                    continue
+                if same_shape(s.branches[j].body, s.branches[i].body):
+                    self.err(
+                        "identical_branches",
+                        s.branches[i].where,
+                        f"branches {alts[j][0]!r} and {label!r} of the choice by "
+                        f"{s.decider!r} are identical: the decision changes nothing "
+                        "(make them one branch)",
+                        chose,
+                    )
+                    continue
+                name = key[2].__name__ if key[2] is not None else "abort"
+                self.err(
+                    "ambiguous_choice",
+                    s.where,
+                    f"branches {alts[j][0]!r} and {label!r} of the choice by "
+                    f"{s.decider!r} both start with {key[0]} {name}"
+                    + (f" to {key[1]}, so {key[1]} cannot tell them apart" if key[1] else "")
+                    + (", so no role can tell them apart" if not key[1] else ""),
+                    chose,
+                )
 
     def block(self, stmts: Block, i: int, ph: Phases, tr: Trace, k: Cont) -> LNode:
         if i == len(stmts):
@@ -423,37 +742,45 @@ class Projector:
                 return rest(ph, tr)
             if me != s.decider:
                 return self.merge_at(s.where, f"choice by {s.decider}", tr, alts)
-            seen: dict[tuple[str, str, type | None], str] = {}
-            for label, node in alts:
-                first = _initiating(node)
-                if first is None:
-                    self.err(
-                        "choice_not_initiated",
-                        s.where,
-                        f"branch {label!r} of the choice by {s.decider!r} does not start with "
-                        f"a message from {s.decider!r} (it {describe(node)}), so no other role "
-                        "can learn the decision",
-                        (*tr, f"{s.decider} chooses {label!r}"),
-                    )
-                    continue
-                for key in first:
-                    if key in seen and seen[key] != label:
-                        name = key[2].__name__ if key[2] is not None else "abort"
-                        self.err(
-                            "ambiguous_choice",
-                            s.where,
-                            f"branches {seen[key]!r} and {label!r} of the choice by "
-                            f"{s.decider!r} both start with {key[0]} {name}"
-                            + (f" to {key[1]}" if key[1] else "")
-                            + ", so the receiver cannot tell them apart",
-                            (*tr, f"{s.decider} chooses {label!r}"),
-                        )
-                    seen.setdefault(key, label)
+            pending = [
+                label for _, n in alts for label in _loops_back(n) if label not in self.bodies
+            ]
+            check = partial(self.check_initiated, s, alts, tr)
+            if pending:
+                outermost = min(
+                    (lab for lab in pending if lab in self.loops),
+                    key=list(self.loops).index,
+                    default=None,
+                )
+                if outermost is not None:
+                    self.deferred.setdefault(outermost, []).append(check)
+                else:
+                    check()
+            else:
+                check()
             return LChoose(tuple(n for _, n in alts), cur, s.where)
         if isinstance(s, Loop):
             if me not in involved(s.body):
-                return rest(ph, tr)
-            body = self.block(s.body, 0, ph, (*tr, f"loop {s.label!r}"), rest)
+                if falls_through(s.body):
+                    return rest(ph, tr)
+                return LDiverge(cur, s.label, s.where, (*tr, f"loop {s.label!r} never exits"))
+            tr_loop = (*tr, f"loop {s.label!r}")
+
+            def project_body() -> LNode:
+                return self.block(s.body, 0, ph, tr_loop, rest)
+
+            outer = self.loops.get(s.label)
+            self.loops[s.label] = project_body
+            try:
+                body = project_body()
+            finally:
+                if outer is None:
+                    del self.loops[s.label]
+                else:
+                    self.loops[s.label] = outer
+            self.bodies[s.label] = body
+            for deferred in self.deferred.pop(s.label, []):
+                deferred()
             return LRec(s.label, body) if _mentions(body, s.label) else body
         if isinstance(s, Again):
             return LVar(s.label)
@@ -498,7 +825,13 @@ class _MachineBuilder:
 
     def err(self, kind: str, where: str, what: str) -> None:
         self.errors.append(
-            IllFormedChoreography(choreography=self.decl.name, kind=kind, where=where, what=what)
+            IllFormedChoreography(
+                choreography=self.decl.name,
+                kind=kind,
+                where=where,
+                what=what,
+                trace=(f"projecting onto {self.role!r}",),
+            )
         )
 
     def build(self, node: LNode, env: dict[str, int]) -> int:
@@ -508,7 +841,7 @@ class _MachineBuilder:
                 self.err("bad_loop", self.decl.where, f"again({node.label!r}) outside its loop")
                 return self.abort_id
             return target
-        if isinstance(node, LEnd):
+        if isinstance(node, LEnd | LDiverge):
             sid = self.end_ids.get(node.phase)
             if sid is None:
                 sid = self.end_ids[node.phase] = self._new(node.phase, final=True)
@@ -559,7 +892,7 @@ class _MachineBuilder:
                 self.fill(sid, alt, env)
         elif isinstance(node, LAbort):
             st.trans.append(("abort", "", None, None, None, self.abort_id, False, ""))
-        elif isinstance(node, LEnd):
+        elif isinstance(node, LEnd | LDiverge):
             st.final = True
         elif isinstance(node, LRec):
             self.fill(sid, node.body, {**env, node.label: sid})
@@ -569,7 +902,8 @@ class _MachineBuilder:
                 self.err(
                     "bad_loop",
                     self.decl.where,
-                    f"role {self.role!r}: unguarded recursion on loop {node.label!r}",
+                    f"role {self.role!r} loops back to {node.label!r} without doing anything: "
+                    "an unguarded loop",
                 )
             else:
                 self.aliases.append((sid, head))
@@ -807,7 +1141,9 @@ def to_local_type(
     chor: Choreography, role: str, bindings: dict[str, int], tree: object
 ) -> LocalType:
     errors: list[IllFormedChoreography] = []
-    assert isinstance(tree, LEnd | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar)
+    assert isinstance(
+        tree, LEnd | LDiverge | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar
+    )
     lt = build_machine(chor, role, tree, bindings, errors)
     if errors:
         from aura_node.choreo.errors import ChoreographyErrors

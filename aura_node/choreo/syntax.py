@@ -10,6 +10,8 @@ is what lets each of them import this module and none of them import each other 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -20,14 +22,18 @@ import msgspec
 
 _CHOREO_DIR: Final = os.path.dirname(os.path.abspath(__file__))
 _PROJECT_ROOT: Final = os.path.dirname(os.path.dirname(_CHOREO_DIR))
+_CONTEXTLIB: Final = os.path.abspath(contextlib.__file__)
 
 
 def caller_where() -> str:
-    """``file:line`` of the first frame outside this package: the protocol's own line."""
+    """``file:line`` of the first frame outside this package: the protocol's own line.
+
+    ``contextlib``'s frames are skipped too: ``loop()`` and ``branch()`` are context managers,
+    so their bodies run under ``contextlib``'s ``__enter__``, not under the protocol's line."""
     frame = sys._getframe(1)
-    while (
-        frame is not None
-        and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _CHOREO_DIR
+    while frame is not None and (
+        os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _CHOREO_DIR
+        or os.path.abspath(frame.f_code.co_filename) == _CONTEXTLIB
     ):
         back = frame.f_back
         if back is None:
@@ -191,12 +197,26 @@ class Declaration:
     where: str
 
 
-
 def is_message_type(t: object) -> bool:
     """A message must be a frozen msgspec Struct class (it becomes evidence: immutable)."""
     return (
         isinstance(t, type) and issubclass(t, msgspec.Struct) and bool(t.__struct_config__.frozen)
     )
+
+
+def defined_at(t: type) -> str:
+    """``file:line`` of the class statement of ``t`` (its module when the source is unknown)."""
+    try:
+        path = inspect.getsourcefile(t)
+        line = inspect.getsourcelines(t)[1]
+    except (OSError, TypeError):
+        return f"{t.__module__}.{t.__qualname__}"
+    if path is None:
+        return f"{t.__module__}.{t.__qualname__}"
+    path = os.path.abspath(path)
+    if path.startswith(_PROJECT_ROOT + os.sep):
+        path = os.path.relpath(path, _PROJECT_ROOT)
+    return f"{path}:{line}"
 
 
 def struct_fields(t: type) -> Sequence[tuple[str, object]]:

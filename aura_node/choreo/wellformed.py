@@ -9,9 +9,12 @@ Theory of operation
    messages never exchanged, roles that take part in nothing, thresholds outside ``1..|set|``
    for the smallest instance, gathers without a deadline (they can wait forever: a threshold
    exists because some members may never answer), statements after ``end``/``abort``/
-   ``again`` (unreachable), ``again`` outside its loop.
+   ``again`` (unreachable), ``again`` outside its loop, empty loops and ``again`` reached
+   without any interaction (unguarded loops), two message types with one class name (the
+   envelope names a message by it, so one of them could not be decoded).
 2. Projection onto every role (``projection.Projector``): knowledge of choice (merge), choices
-   not initiated by their decider, ambiguous choices.
+   not initiated by their decider, ambiguous and identical branches, roles stuck forever
+   behind a loop that never exits (liveness).
 3. The state machines at the smallest instance: nondeterministic states, and receive states
    no other role can ever satisfy (a receive whose message no peer ever sends to this role
    would wait forever).
@@ -47,6 +50,7 @@ from aura_node.choreo.syntax import (
     Send,
     Threshold,
     ThresholdExpr,
+    defined_at,
     is_message_type,
 )
 
@@ -72,6 +76,55 @@ def used_messages(block: Block) -> Iterator[type]:
             yield from used_messages(s.body)
 
 
+def _members(n: int) -> str:
+    return f"{n} member" if n == 1 else f"{n} members"
+
+
+def _message_uses(block: Block) -> Iterator[tuple[type, str]]:
+    for s in block:
+        if isinstance(s, Send | Gather | AllToAll):
+            yield s.message, s.where
+        if isinstance(s, Send):
+            yield from _message_uses(s.on_timeout)
+        elif isinstance(s, Gather):
+            yield from _message_uses(s.on_quorum)
+            yield from _message_uses(s.on_timeout)
+        elif isinstance(s, Choice):
+            for br in s.branches:
+                yield from _message_uses(br.body)
+        elif isinstance(s, Loop):
+            yield from _message_uses(s.body)
+
+
+def unguarded(block: Block, label: str) -> tuple[list[Again], bool]:
+    """The ``again(label)`` statements reachable from the start of ``block`` without any
+    interaction on the way, and whether ``block`` can fall through without one."""
+    found: list[Again] = []
+    for s in block:
+        if isinstance(s, Send | Gather | AllToAll):
+            return found, False  # every path from here on is guarded by this interaction
+        if isinstance(s, Again):
+            if s.label == label:
+                found.append(s)
+            return found, False
+        if isinstance(s, End | Abort):
+            return found, False
+        if isinstance(s, Choice):
+            through = False
+            for br in s.branches:
+                f, t = unguarded(br.body, label)
+                found += f
+                through |= t
+            if not through:
+                return found, False
+        elif isinstance(s, Loop):
+            f, t = unguarded(s.body, label)
+            found += f
+            if not t:
+                return found, False
+    return found, True
+
+
 class _Syntax:
     def __init__(self, decl: Declaration) -> None:
         self.decl = decl
@@ -79,10 +132,16 @@ class _Syntax:
         self.roles: dict[str, Role] = {}
         self.thresholds: dict[str, Threshold] = {}
 
-    def err(self, kind: str, where: str, what: str, trace: tuple[str, ...] = ()) -> None:
+    def err(
+        self, kind: str, where: str, what: str, trace: tuple[str, ...] = ("at declaration",)
+    ) -> None:
         self.errors.append(
             IllFormedChoreography(
-                choreography=self.decl.name, kind=kind, where=where, what=what, trace=trace
+                choreography=self.decl.name,
+                kind=kind,
+                where=where,
+                what=what,
+                trace=trace or ("start of the protocol",),
             )
         )
 
@@ -109,14 +168,15 @@ class _Syntax:
                 self.err(
                     "threshold_bounds",
                     t.where,
-                    f"threshold {t.name!r} may be {t.minimum} (< 1): a gather of nothing",
+                    f"threshold {t.name!r} may be {t.minimum}: a gather of no message "
+                    "(its minimum must be at least 1)",
                 )
             elif t.minimum > of.minimum:
                 self.err(
                     "threshold_bounds",
                     t.where,
-                    f"threshold {t.name!r} >= {t.minimum} is larger than role set "
-                    f"{of.name!r}, which may have as few as {of.minimum} members",
+                    f"threshold {t.name!r} (at least {t.minimum}) may be larger than role set "
+                    f"{of.name!r}, which may have as few as {_members(of.minimum)}",
                 )
         if not is_message_type(d.abort_message):
             self.err(
@@ -128,6 +188,7 @@ class _Syntax:
             if not is_message_type(m):
                 self.err("bad_message", d.where, f"message {m!r} is not a frozen msgspec Struct")
         self.block(d.body, (), [])
+        self.message_names()
         used = set(used_messages(d.body))
         for m in d.declared_messages:
             if m not in used and m is not d.abort_message:
@@ -140,6 +201,29 @@ class _Syntax:
         for r in d.roles:
             if r.name not in active:
                 self.err("unused_role", r.where, f"role {r.name!r} takes part in no interaction")
+
+    def message_names(self) -> None:
+        """The envelope names a message by its class name, so two message types with one name
+        in one choreography could not both be decoded: refuse them, naming both definitions."""
+        d = self.decl
+        by_name: dict[str, type] = {}
+        first_use: dict[type, str] = {}
+        for t, where in _message_uses(d.body):
+            first_use.setdefault(t, where)
+        for t in (d.abort_message, *used_messages(d.body), *d.declared_messages):
+            if not is_message_type(t):
+                continue
+            other = by_name.setdefault(t.__name__, t)
+            if other is t:
+                continue
+            self.err(
+                "duplicate_message_name",
+                first_use.get(t, d.where),
+                f"two message types named {t.__name__}: one defined at {defined_at(other)}, "
+                f"the other at {defined_at(t)}; a message travels under its class name, so "
+                "one of them could not be decoded (rename one)",
+                (f"choreography {d.name!r} declared at {d.where}",),
+            )
 
     def role(
         self, name: str, where: str, trace: tuple[str, ...], *, want: str | None
@@ -211,7 +295,7 @@ class _Syntax:
                 "threshold_bounds",
                 where,
                 f"threshold {k} is larger than role set {group.name!r}, which may have as "
-                f"few as {group.minimum} members",
+                f"few as {_members(group.minimum)}",
                 trace,
             )
 
@@ -293,7 +377,9 @@ class _Syntax:
                     self.err(
                         "bad_choice",
                         s.where,
-                        f"choice by {s.decider!r} has {len(labels)} branch(es); needs 2 or more",
+                        f"choice by {s.decider!r} has {len(labels)} "
+                        + ("branch" if len(labels) == 1 else "branches")
+                        + "; a choice needs at least 2",
                         trace,
                     )
                 if len(set(labels)) != len(labels):
@@ -307,6 +393,25 @@ class _Syntax:
             elif isinstance(s, Loop):
                 if s.label in loops:
                     self.err("bad_loop", s.where, f"loop {s.label!r} nested in itself", trace)
+                if not involved(s.body):
+                    self.err(
+                        "empty_loop",
+                        s.where,
+                        f"loop {s.label!r} is empty (and so unguarded): it contains no "
+                        "interaction, so it would spin forever without a message and no role "
+                        "takes part in it",
+                        (*trace, f"loop {s.label!r}"),
+                    )
+                else:
+                    for again in unguarded(s.body, s.label)[0]:
+                        self.err(
+                            "unguarded_loop",
+                            again.where,
+                            f"again({s.label!r}) is reached from the start of loop {s.label!r} "
+                            "without any interaction: an unguarded loop that would spin "
+                            "forever without a message",
+                            (*trace, f"loop {s.label!r}", f"again({s.label!r})"),
+                        )
                 body_ends = self.block(s.body, (*trace, f"loop {s.label!r}"), [*loops, s.label])
                 if body_ends:
                     terminated = f"loop {s.label!r}, which never exits"
@@ -328,8 +433,13 @@ class _Syntax:
 
 
 def _dedupe(errors: list[IllFormedChoreography]) -> tuple[IllFormedChoreography, ...]:
+    """One error per message; a choice its decider does not announce is the cause of every
+    other role's failure to learn it, so those follow-on errors are dropped."""
+    not_initiated = {e.where for e in errors if e.kind == "choice_not_initiated"}
     seen: dict[str, IllFormedChoreography] = {}
     for e in errors:
+        if e.kind == "knowledge_of_choice" and e.where in not_initiated:
+            continue
         seen.setdefault(e.message, e)
     return tuple(seen.values())
 
@@ -356,11 +466,34 @@ def analyse(chor: Choreography) -> tuple[tuple[IllFormedChoreography, ...], dict
                     kind="threshold_bounds",
                     where=decl.where,
                     what=exc.message,
+                    trace=(f"smallest instance, projecting onto {r.name!r}",),
                 )
             )
     if not errors:
         errors.extend(_no_sender(chor, machines))
     return _dedupe(errors), dict(trees)
+
+
+def local_path(lt: LocalType, state: str) -> tuple[str, ...]:
+    """The shortest run of ``lt`` from its initial state to ``state`` (explicit steps), as a
+    trace of the role's own actions."""
+    back: dict[str, tuple[str, str] | None] = {lt.initial: None}
+    todo = [lt.initial]
+    for s in todo:
+        if s == state:
+            break
+        for t in lt.explicit(s):
+            if t.target not in back:
+                back[t.target] = (s, f"{lt.role}: {t.describe()}")
+                todo.append(t.target)
+    steps: list[str] = []
+    at: str | None = state
+    while at is not None and back.get(at) is not None:
+        prev = back[at]
+        assert prev is not None
+        steps.append(prev[1])
+        at = prev[0]
+    return (f"{lt.role} starts", *reversed(steps))
 
 
 def _no_sender(chor: Choreography, machines: dict[str, LocalType]) -> list[IllFormedChoreography]:
@@ -383,6 +516,7 @@ def _no_sender(chor: Choreography, machines: dict[str, LocalType]) -> list[IllFo
                         where=t.where or chor.decl.where,
                         what=f"role {role!r} waits in state {t.source!r} for {t.message.__name__} "
                         f"from {t.peer!r}, which never sends it to {role!r}",
+                        trace=local_path(lt, t.source),
                     )
                 )
     return out

@@ -90,7 +90,7 @@ def draw_block(draw: st.DrawFn, ctx: Ctx, depth: int, in_loop: bool, top: bool) 
             d = draw(st.sampled_from(p.singles))
             ctx.labels[0] += 1
             body = draw_block(draw, ctx, depth - 1, True, False)
-            ops.append(("loop", f"L{ctx.labels[0]}", d, body))
+            ops.append(("loop", f"L{ctx.labels[0]}", d, body, draw(st.booleans())))
         else:
             role = draw(st.sampled_from(p.roles))
             ops.append(("phase", role, draw(st.sampled_from(["P1", "P2", "P3"]))))
@@ -154,12 +154,17 @@ def emit(c: ChoreographyBuilder, plan: Plan, ops: list[Op], fresh: Fresh) -> Non
                         inform(d)
                         emit(c, plan, second, fresh)
         elif op[0] == "loop":
-            _, label, d, body = op
+            # restart: every iteration starts with the decider telling everyone, and the
+            # 'again' branch only loops back (the restart is what informs the other roles)
+            _, label, d, body, restart = op
             with c.loop(label) as loop:
+                if restart:
+                    inform(d)
                 emit(c, plan, body, fresh)
                 with c.choice(d) as choose:
                     with choose.branch("again"):
-                        inform(d)
+                        if not restart:
+                            inform(d)
                         loop.again()
                     with choose.branch("exit"):
                         inform(d)
@@ -351,6 +356,24 @@ def m_unused_role(c: ChoreographyBuilder, p: Plan, fresh: Fresh) -> None:
     c.role("lonely")
 
 
+def m_empty_loop(c: ChoreographyBuilder, p: Plan, fresh: Fresh) -> None:
+    with c.loop("spin") as spin:
+        spin.again()
+
+
+def m_stuck_role(c: ChoreographyBuilder, p: Plan, fresh: Fresh) -> None:
+    c.role("r8")
+    with c.choice("r0") as choose:
+        with choose.branch("forever"):
+            c.send("r0", "r1", fresh())
+            with c.loop("stream") as stream:
+                c.send("r0", "r1", fresh())
+                stream.again()
+        with choose.branch("once"):
+            c.send("r0", "r1", fresh())
+    c.send("r0", "r8", fresh())  # never happens after 'forever': r8 waits for it forever
+
+
 MUTATIONS: list[tuple[Mutation, str]] = [
     (m_unknown_role, "unknown_role"),
     (m_threshold_too_large, "threshold_bounds"),
@@ -364,6 +387,8 @@ MUTATIONS: list[tuple[Mutation, str]] = [
     (m_again_outside_loop, "bad_loop"),
     (m_send_from_set, "bad_role_use"),
     (m_unused_role, "unused_role"),
+    (m_empty_loop, "empty_loop"),
+    (m_stuck_role, "stuck_role"),
 ]
 
 
