@@ -11,6 +11,11 @@ Figures (all on ``--dir``, default a fresh temp dir, so the floor and the journa
   transaction of B inserted rows per commit (the peer);
 * ``append batch=B append_batch (sync)``: ``Journal.append_batch`` called in a loop, no
   pipelining: encode + sign + write + fdatasync back to back (the CPU cost shows here);
+* ``... commit thread busy`` and ``... bytes per record``: where the group commit's time goes.
+  The share of the wall time the commit thread spent in write + fdatasync (near 100%: the
+  pipeline keeps the disk busy, so what is left is the disk's time for these bytes), and the
+  bytes written per record (frame header, seq/ts/session/kind/prev fields and the batch's
+  signed checkpoint) against the raw floor's 300;
 * ``group commit, 64 tasks``: records/s through ``GroupCommitJournal`` with 64 Trio tasks each
   appending one record at a time (batches form on their own), against raw batch=1;
 * ``open + verify``: ``Journal.open`` of a 1M-record journal (100k with ``--quick``): every
@@ -143,10 +148,12 @@ def _group_commit_run(root: Path, key: DeviceKey, n: int, tasks: int) -> float:
         shutil.rmtree(d)
 
 
-def _pipelined_run(root: Path, key: DeviceKey, b: int, n: int, tag: str) -> float:
+def _pipelined_run(root: Path, key: DeviceKey, b: int, n: int, tag: str
+                   ) -> tuple[float, float, float]:
     """Group commits of exactly ``b`` records through ``GroupCommitJournal``: 4 tasks each
     ``append_many`` ``b`` entries in a loop; ``max_batch=b`` keeps every fsync at ``b``
-    records, and the pipeline encodes/signs the next batch while the current one syncs."""
+    records, and the pipeline encodes/signs the next batch while the current one syncs.
+    Returns records/s, the commit thread's busy share of the wall time, bytes per record."""
     import trio
 
     from aura_node.journal.group_commit import GroupCommitJournal
@@ -156,9 +163,10 @@ def _pipelined_run(root: Path, key: DeviceKey, b: int, n: int, tag: str) -> floa
     tasks = 4
     per_task = max(1, n // b // tasks)
 
-    async def main() -> float:
+    async def main() -> tuple[float, float, float]:
         async with GroupCommitJournal.open(d, key, max_batch=b) as gcj:
             await gcj.append_many(entries)  # create the segment outside the timed part
+            busy0, bytes0 = gcj.commit_seconds, gcj.committed_bytes
 
             async def worker() -> None:
                 for _ in range(per_task):
@@ -170,7 +178,9 @@ def _pipelined_run(root: Path, key: DeviceKey, b: int, n: int, tag: str) -> floa
                     nursery.start_soon(worker)
             dt = time.perf_counter() - t0
             assert gcj.batches == 1 + per_task * tasks  # one fsync per b records
-            return per_task * tasks * b / dt
+            records = per_task * tasks * b
+            return (records / dt, (gcj.commit_seconds - busy0) / dt,
+                    (gcj.committed_bytes - bytes0) / records)
 
     try:
         return trio.run(main)
@@ -215,11 +225,14 @@ def run(args: argparse.Namespace) -> list[Figure]:
     try:
         for b in BATCHES:
             n = sizes[b]
-            js, ps, raws, sq = [], [], [], []
+            js, ps, raws, sq, busy, size = [], [], [], [], [], []
             for r in range(rounds):
                 raws.append(_raw_run(root, b, n, f"{b}-{r}"))
                 js.append(_journal_run(root, key, b, n, f"{b}-{r}"))
-                ps.append(_pipelined_run(root, key, b, n, f"{b}-{r}"))
+                rate, share, per_record = _pipelined_run(root, key, b, n, f"{b}-{r}")
+                ps.append(rate)
+                busy.append(share)
+                size.append(per_record)
                 sq.append(_sqlite_run(root, b, n, f"{b}-{r}"))
             jv, rv, sv = statistics.median(js), statistics.median(raws), statistics.median(sq)
             pv = statistics.median(ps)
@@ -235,6 +248,15 @@ def run(args: argparse.Namespace) -> list[Figure]:
             figures.append(Figure(
                 name=f"append batch={b} append_batch (sync)", value=jv, unit="records/s",
                 floor=rv, floor_name="raw write+fdatasync", target=target,
+            ))
+            figures.append(Figure(
+                name=f"append batch={b} group commit: commit thread busy",
+                value=100 * statistics.median(busy), unit="% of wall time",
+            ))
+            figures.append(Figure(
+                name=f"append batch={b} group commit: bytes per record",
+                value=statistics.median(size), unit="bytes", floor=float(PAYLOAD),
+                floor_name="raw record", higher_is_better=False,
             ))
         n_gc = 2000 if quick else 20000
         raw1 = statistics.median(_raw_run(root, 1, sizes[1], f"gc-{r}") for r in range(rounds))

@@ -12,6 +12,7 @@ at all is logged and skipped, so one bad session never keeps the node down.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ class Rehydration(EffectApplication):
             if step is not None:
                 steps.append(step)
         # journal order is start order: evict the oldest-*ended* first
-        self._ended = dict(sorted(self._ended.items(), key=lambda kv: kv[1]))
+        self._ended = OrderedDict(sorted(self._ended.items(), key=lambda kv: kv[1]))
         evicted = self.prune(now)
         self._log.info("rehydrated", sessions=len(self.sessions), evicted=evicted,
                        **self.counts())

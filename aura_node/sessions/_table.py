@@ -20,6 +20,7 @@ import itertools
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -199,8 +200,11 @@ class SessionTable:
         self._ended_cache = ended_cache
         self._journal_records = journal_records
         self.sessions: dict[str, SessionEntry] = {}
-        #: ended sessions still in ``sessions``, oldest-ended first (dicts keep insertion order)
-        self._ended: dict[str, float] = {}
+        #: ended sessions still in ``sessions``, oldest-ended first. An OrderedDict, not a
+        #: dict: ``prune`` runs on every input and pops from the front, which a plain dict
+        #: does in O(1) only amortised over its rebuilds (its first live entry drifts right
+        #: past deleted slots); the linked list finds the oldest in O(1) every time
+        self._ended: OrderedDict[str, float] = OrderedDict()
         self.evicted = 0
         self._active: set[str] = set()
         self._ended_outcomes = {"completed": 0, "failed": 0}
@@ -244,19 +248,25 @@ class SessionTable:
         """Evict ended sessions past the retention window or beyond the cache, oldest-ended
         first; returns how many went. A session whose end is not durable yet (its ``final``
         unresolved: the executor has not committed it) stops the sweep: it and anything newer
-        wait for the next call. Cheap when there is nothing to do (looks at one entry)."""
+        wait for the next call.
+
+        Runs before every input, so it must cost O(1) plus O(1) per session it evicts: it
+        looks at the oldest entry only, never copies or walks ``_ended`` (a copy of it per
+        message was the intake regression of issue 14; ``test_intake_cost`` guards it)."""
         if self._journal_records is None:
             return 0  # nothing to answer evicted sessions from: keep them
         now = self._clock() if now is None else now
         horizon = now - self._ended_retention
+        ended = self._ended
         gone = 0
-        for sid, ended in list(self._ended.items()):
-            if len(self._ended) <= self._ended_cache and ended > horizon:
+        while ended:
+            sid = next(iter(ended))
+            if len(ended) <= self._ended_cache and ended[sid] > horizon:
                 break
             entry = self.sessions.get(sid)
             if entry is not None and not entry.final.done:
                 break
-            del self._ended[sid]
+            ended.popitem(last=False)
             self.sessions.pop(sid, None)
             gone += 1
         self.evicted += gone
