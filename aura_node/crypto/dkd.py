@@ -16,6 +16,12 @@ For an account with secret ``s`` (Shamir-shared, holder ``i`` has ``s_i`` and pu
    fewer than ``t`` distinct holders or partials for different bases). Because ``K`` depends
    only on ``s`` and ``H``, **any** ``t`` participants derive the same ``K``; fewer than ``t``
    learn nothing about it.
+   In the protocol the partials are **blinded** (in the spirit of threshold OPRFs such as
+   TOPPSS): the requesting device draws a non-zero scalar ``r`` (``draw_blinding``) and asks
+   for ``B = r·H`` (``blind``); participant ``i`` answers ``s_i·B`` with its DLEQ proof for
+   base ``B``; ``Σ λ_i·(s_i·B) = s·B = r·K``, and ``unblind`` multiplies by ``r⁻¹``. ``B`` is
+   a uniformly random group element whatever ``H`` is, so ``B`` and the blinded answers say
+   nothing about ``K`` to anyone who does not hold ``r``: only the requester learns ``K``.
 5. The key material is ``HKDF-SHA256(ikm = K, salt = "aura-node/v1/dkd", info =
    transcript("aura/dkd/key", account_id, c))``, 32 bytes, used as an Ed25519 seed. Only its
    public key and ``fingerprint`` (``SHA-256(transcript("aura/dkd/fingerprint", pk))``, first
@@ -36,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aura_node.crypto import dleq
 from aura_node.crypto.errors import ProofError, ShareError, ThresholdError
-from aura_node.crypto.group import Point, Rng, hash_to_group
+from aura_node.crypto.group import Point, Rng, Scalar, hash_to_group
 from aura_node.crypto.memo import VerificationMemo
 from aura_node.crypto.shamir import Share, check_index, check_threshold, interpolate_in_exponent
 from aura_node.crypto.transcript import transcript
@@ -57,6 +63,23 @@ def dkd_base(account_id: str, context: str) -> Point:
     Cached (a pure function of public strings): a session and the control handler that starts
     it, and repeated derivations for one context, share the two Elligator maps."""
     return hash_to_group(H2G_DOMAIN, account_id, context)
+
+
+def draw_blinding(rng: Rng | None = None) -> Scalar:
+    """The requester's blinding scalar ``r`` (uniform, non-zero; the OS CSPRNG by default)."""
+    return Scalar.random(rng)
+
+
+def blind(base: Point, r: Scalar) -> Point:
+    """``B = r·H``: the point the participants are asked to multiply by their shares."""
+    if r.is_zero():
+        raise ShareError("DKD blinding scalar must be non-zero")
+    return r * base
+
+
+def unblind(blinded: Point, r: Scalar) -> Point:
+    """``K = r⁻¹·(s·B)`` from the combined blinded answers ``s·B`` (see ``combine``)."""
+    return r.invert() * blinded
 
 
 def proof_context(*, account_id: str, context: str, session_id: str, device_id: str) -> bytes:
@@ -147,7 +170,8 @@ def verify_partial(
 
 
 def combine(partials: Sequence[VerifiedPartial], *, threshold: int) -> Point:
-    """``K = Σ λ_i·P_i`` over the ``threshold`` lowest-indexed verified partials (= ``s·H``)."""
+    """``Σ λ_i·P_i`` over the ``threshold`` lowest-indexed verified partials: ``s·H`` for
+    partials of ``H``, ``s·B`` for blinded ones (``unblind`` turns that into ``K``)."""
     check_threshold(threshold)
     if not partials:
         raise ThresholdError(f"need {threshold} verified partials, got none")

@@ -17,7 +17,7 @@ def main() -> None:
         if not mod.name.endswith(("__main__", "pytest_plugin")):
             importlib.import_module(mod.name)
 
-    from aura_node.crypto.dkd import dkd_base, derive
+    from aura_node.crypto.dkd import derive, dkd_base
     from aura_node.crypto.dleq import prove, verify
     from aura_node.crypto.group import Point, Scalar, hash_to_group
     from aura_node.crypto.keys import DeviceKey
