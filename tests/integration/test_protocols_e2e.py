@@ -3,7 +3,8 @@
 d1..d3 are the account's devices (t = 2), g1..g3 its guardians (t_g = 2), d4 a fresh device
 that recovers the account. Every step goes through ``aura-node``'s control socket exactly as
 an operator would, and the run ends with the journal invariants and a search of every log and
-journal file for the account secret and the plaintext shares.
+journal file for the account secret, the plaintext shares and DKD's key material (``K``, the
+derived seeds, unblinded partials, the requesters' blindings ``r``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from typing import Any
 import pytest
 
 from aura_node.config import NodeConfig, NodeHome
+from aura_node.crypto.dkd import derive_key_material, dkd_base
+from aura_node.crypto.group import Scalar
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
+from aura_node.crypto.seal import SealBinding, open_sealed
 from aura_node.crypto.shamir import Share, reconstruct
 from aura_node.errors import AuraError
 from aura_node.harness.cluster import Cluster, tune_for_tests
@@ -29,6 +33,7 @@ from aura_node.harness.invariants import check_invariants, journals_of_cluster
 from aura_node.harness.pytest_plugin import ClusterFactory, cluster_factory  # noqa: F401
 from aura_node.journal.store import read_records
 from aura_node.protocols.account import KIND_ACCOUNT, decode_established, open_held_share
+from aura_node.protocols.dkd.roles import BLINDING_PURPOSE, KIND_BLINDING
 
 pytest.importorskip("aura_node.cli.run")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -243,17 +248,26 @@ def dkd_with_a_crash(c: Cluster, derived: dict[str, Any]) -> dict[str, Any]:
 
 
 def secrets_of_the_run(c: Cluster) -> list[bytes]:
-    """The account secret and every plaintext share, opened here with the holders' keys."""
+    """The account secret and every plaintext share, opened here with the holders' keys; and
+    of DKD: every derived ``K = s·H`` and seed, every unblinded partial ``s_i·H`` and every
+    requester's blinding ``r`` (opened from its sealed journal record with its key)."""
     shares: dict[str, Share] = {}
     recovered: list[bytes] = []
+    blindings: list[bytes] = []
+    account_id = ""
     for name in [*HOLDERS, NEW]:
         h = c.node(name)
         home = NodeHome(h.home)
         key = DeviceKey.load(home.key_path)
         for r in read_records(home.journal_dir, key.public):
+            if r.kind == KIND_BLINDING:
+                blindings.append(open_sealed(r.body, key, SealBinding(
+                    purpose=BLINDING_PURPOSE, account_id=account_id, session_id=r.session,
+                    recipient_device_id=key.device_id)))
             if r.kind != KIND_ACCOUNT:
                 continue
             est = decode_established(r.body)
+            account_id = est.account.account_id
             for held in est.shares:
                 share = open_held_share(est.account, held, key)
                 if name == NEW:
@@ -266,7 +280,15 @@ def secrets_of_the_run(c: Cluster) -> list[bytes]:
     secret = reconstruct(device_shares[:2]).to_bytes()
     assert reconstruct(guardian_shares[1:]).to_bytes() == secret
     assert recovered and set(recovered) == {secret}  # the new device holds s itself
-    return [secret, *(s.value.to_bytes() for s in shares.values())]
+    # five multi-holder dkd sessions above: each requester journaled its r once, sealed
+    assert len(blindings) >= 5, len(blindings)
+    dkd: list[bytes] = []
+    for context in ("mail", "calendar"):
+        base = dkd_base(account_id, context)
+        k = Scalar.from_bytes(secret) * base
+        dkd += [k.to_bytes(), derive_key_material(k, account_id, context),
+                *((sh.value * base).to_bytes() for sh in shares.values())]
+    return [secret, *(s.value.to_bytes() for s in shares.values()), *dkd, *blindings]
 
 
 def assert_no_secret_anywhere(c: Cluster, secrets: list[bytes]) -> int:

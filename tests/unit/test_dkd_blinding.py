@@ -27,10 +27,10 @@ from aura_node.crypto.dkd import (
 from aura_node.crypto.errors import CryptoError
 from aura_node.crypto.group import Point, Scalar
 from aura_node.crypto.shamir import interpolate_in_exponent, reconstruct
+from aura_node.protocols import engine as eng
 from aura_node.protocols.account import open_held_share
 from aura_node.protocols.dkd.choreography import DkdComplete, DkdRequest
 from aura_node.protocols.dkd.roles import KIND_BLINDING, _facts_for, open_blinding
-from aura_node.protocols import engine as eng
 from tests.unit.test_dkd_protocol import SID, account_id, lying, result, run, world
 
 CONTEXT = "mail"
