@@ -62,6 +62,13 @@ account.show      args    {}
                           guardian_threshold
 dkd               args    {context: str, participants?: names, timeout?: number}
                   result  session, context, participants, fingerprint, public_key
+dkd.sign          args    {context: str, file: str (absolute path), participants?: names,
+                          timeout?: number}
+                  result  session, context, fingerprint, public_key, signature (hex, Ed25519
+                          over the file's bytes)
+dkd.export        args    {context: str, out: str (absolute path, must not exist),
+                          participants?: names, timeout?: number}
+                  result  session, context, fingerprint, public_key, path (PKCS#8 PEM, 0600)
 recovery.start    args    {account: str, guardians: names}
                   result  session, account, guardians, state
 recovery.approve  args    {session: str}
@@ -266,6 +273,18 @@ COMMANDS: dict[str, CommandSpec] = {
                      _TIMEOUT),
                     ("session", "context", "participants", "fingerprint", "public_key"),
                     "threshold deterministic key derivation for a context", long_running=True),
+        CommandSpec("dkd.sign",
+                    (ArgSpec("context", "str"), ArgSpec("file", "str"),
+                     ArgSpec("participants", "names", required=False), _TIMEOUT),
+                    ("session", "context", "fingerprint", "public_key", "signature"),
+                    "derive the context's key and sign a file with it (this device only)",
+                    long_running=True),
+        CommandSpec("dkd.export",
+                    (ArgSpec("context", "str"), ArgSpec("out", "str"),
+                     ArgSpec("participants", "names", required=False), _TIMEOUT),
+                    ("session", "context", "fingerprint", "public_key", "path"),
+                    "derive the context's key and write it as PKCS#8 PEM (0600, new file)",
+                    long_running=True),
         CommandSpec("recovery.start", (ArgSpec("account", "str"), ArgSpec("guardians", "names")),
                     ("session", "account", "guardians", "state"),
                     "ask guardians to recover an account onto this device"),

@@ -25,7 +25,9 @@ For an account with secret ``s`` (Shamir-shared, holder ``i`` has ``s_i`` and pu
 5. The key material is ``HKDF-SHA256(ikm = K, salt = "aura-node/v1/dkd", info =
    transcript("aura/dkd/key", account_id, c))``, 32 bytes, used as an Ed25519 seed. Only its
    public key and ``fingerprint`` (``SHA-256(transcript("aura/dkd/fingerprint", pk))``, first
-   16 bytes, hex) are ever published.
+   16 bytes, hex) are ever published. The requester keeps the material as a
+   :class:`DerivedSeed` (memory only: no repr, no copy, no pickle) to sign with it or export
+   it on its operator's request; it is re-derived (a new DKD) whenever it is needed again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -224,3 +226,52 @@ def derive(k: Point, account_id: str, context: str) -> DerivedKey:
     """``derive_key_material`` -> public key -> fingerprint, dropping the material."""
     pk = derived_public_key(derive_key_material(k, account_id, context))
     return DerivedKey(public_key=pk, fingerprint=fingerprint(pk))
+
+
+class DerivedSeed:
+    """The derived Ed25519 seed, held in memory by the requesting device only.
+
+    Never printed (``repr`` is redacted), copied or pickled; it leaves the process only as a
+    signature (:meth:`sign`) or as the PKCS#8 PEM its operator asked for (:meth:`pkcs8_pem`).
+    """
+
+    __slots__ = ("_material", "public_key")
+
+    def __init__(self, material: bytes) -> None:
+        self.public_key = derived_public_key(material)
+        self._material = material
+
+    def __repr__(self) -> str:
+        return f"DerivedSeed(public_key={self.public_key.hex()}, seed=<redacted>)"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a DerivedSeed is never pickled or copied")
+
+    def __copy__(self) -> DerivedSeed:
+        raise TypeError("a DerivedSeed is never pickled or copied")
+
+    def __deepcopy__(self, memo: object) -> DerivedSeed:
+        raise TypeError("a DerivedSeed is never pickled or copied")
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        """A plain Ed25519 signature over ``data`` (RFC 8032: ``openssl pkeyutl -verify``)."""
+        return Ed25519PrivateKey.from_private_bytes(self._material).sign(data)
+
+    def pkcs8_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (for the operator's ``dkd export``)."""
+        return Ed25519PrivateKey.from_private_bytes(self._material).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+
+    def public_pem(self) -> bytes:
+        return Ed25519PrivateKey.from_private_bytes(self._material).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def derive_seed(k: Point, account_id: str, context: str) -> DerivedSeed:
+    """``derive_key_material`` kept as a :class:`DerivedSeed` (the requester's only)."""
+    return DerivedSeed(derive_key_material(k, account_id, context))

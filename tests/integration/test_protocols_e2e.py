@@ -247,6 +247,41 @@ def dkd_with_a_crash(c: Cluster, derived: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def use_derived_key(c: Cluster, derived: dict[str, Any], tmp: Path) -> None:
+    """The requesting device signs a file with the derived key and exports it; openssl
+    verifies the signature against the exported key's public half; another device pair
+    signs with the same key. Nothing is written but the file asked for (0600, new only)."""
+    doc = tmp / "doc.txt"
+    doc.write_bytes(b"signed by a derived key\n" * 100)
+    signed = c.node("d2").ctl("dkd.sign", context="mail", file=str(doc),
+                              participants=["d2", "d3"])
+    assert (signed["fingerprint"], signed["public_key"]) == (derived["fingerprint"],
+                                                             derived["public_key"])
+    pem = tmp / "mail.pem"
+    exported = c.node("d1").ctl("dkd.export", context="mail", out=str(pem),
+                                participants=["d1", "d3"])
+    assert exported["public_key"] == derived["public_key"] and exported["path"] == str(pem)
+    assert pem.stat().st_mode & 0o777 == 0o600
+    again = ctl_error(c, "d1", "dkd.export", context="mail", out=str(pem))
+    assert remote_code(again) == "conflict" and "exists" in again.message
+    relative = ctl_error(c, "d1", "dkd.export", context="mail", out="rel.pem")
+    assert remote_code(relative) == "invalid_args" and "absolute" in relative.message
+    sig = tmp / "doc.sig"
+    sig.write_bytes(bytes.fromhex(signed["signature"]))
+    pub = tmp / "mail.pub.pem"
+    subprocess.run(["openssl", "pkey", "-in", str(pem), "-pubout", "-out", str(pub)],
+                   check=True, capture_output=True, timeout=30)
+    ok = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub),
+                         "-rawin", "-in", str(doc), "-sigfile", str(sig)],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "Success" in ok.stdout, ok.stdout + ok.stderr
+    doc.write_bytes(b"tampered")
+    bad = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub),
+                          "-rawin", "-in", str(doc), "-sigfile", str(sig)],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+
+
 def secrets_of_the_run(c: Cluster) -> list[bytes]:
     """The account secret and every plaintext share, opened here with the holders' keys; and
     of DKD: every derived ``K = s·H`` and seed, every unblinded partial ``s_i·H`` and every
@@ -312,10 +347,12 @@ def assert_no_misbehaviour_logged(c: Cluster) -> None:
 
 def test_account_dkd_recovery_veto_crash_between_real_nodes(
     cluster_factory: ClusterFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     c = cluster_factory(nodes=4, guardians=3, tune=tune)
     acct = create_account(c)
     derived = derive_from_two_pairs(c)
+    use_derived_key(c, derived, tmp_path)
     vetoed_recovery(c, acct)
     recovery(c, acct, derived)
     dkd_with_a_crash(c, derived)

@@ -176,3 +176,34 @@ def test_a_participant_refuses_an_unblinded_request() -> None:
     rej = [(b.code, b.reason) for b in sim.nodes["d2"].rejections(SID)]
     assert any(code == "dkd_bad_request" and "not blinded" in reason for code, reason in rej)
     assert result(sim, "d2", SID) is None
+
+
+def test_the_derived_seed_stays_in_the_requesters_memory() -> None:
+    import copy
+    import pickle
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from aura_node.protocols.dkd.roles import DkdInitiator, DkdParticipant
+
+    sim = world(3, 2)
+    run(sim, "d1", participants=["d1", "d2"], context=CONTEXT)
+    res = result(sim, "d1", SID)
+    assert res is not None
+    entry = sim.nodes["d1"].session(SID)
+    assert entry is not None
+    value = getattr(entry.driver, "value", None)
+    assert isinstance(value, DkdInitiator)
+    seed = value.derived_seed()
+    assert seed is not None and seed.public_key.hex() == res["public_key"]
+    secrets = _secrets(sim, "d1")
+    assert secrets["seed"].hex() not in repr(seed) and "redacted" in repr(seed)
+    for copier in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="never pickled"):
+            copier(seed)
+    Ed25519PublicKey.from_public_bytes(seed.public_key).verify(seed.sign(b"doc"), b"doc")
+    assert b"PRIVATE KEY" in seed.pkcs8_pem()
+    other = sim.nodes["d2"].session(SID)
+    assert other is not None
+    assert isinstance(getattr(other.driver, "value", None), DkdParticipant)
+    assert not hasattr(DkdParticipant, "derived_seed")  # a participant never has one

@@ -68,9 +68,10 @@ import msgspec
 
 from aura_node.crypto.dkd import (
     DerivedKey,
+    DerivedSeed,
     blind,
     combine,
-    derive,
+    derive_seed,
     dkd_base,
     draw_blinding,
     fingerprint,
@@ -238,12 +239,12 @@ def make_contribution(services: NodeServices, facts: DkdSessionFacts, entropy: b
 
 
 def derive_from(witness: VerifiedReveals, facts: DkdSessionFacts,
-                blinding: Scalar | None = None) -> DerivedKey:
+                blinding: Scalar | None = None) -> DerivedSeed:
     """``K = r⁻¹·Σ λ_i·P_i`` over the witness's ``t`` verified partials (no ``r⁻¹`` for the
     unblinded partials of a ``t = 1`` account), then HKDF (crypto.dkd)."""
     combined = combine(witness.partials, threshold=facts.threshold)
     k = combined if blinding is None else unblind(combined, blinding)
-    return derive(k, facts.account.account_id, facts.context)
+    return derive_seed(k, facts.account.account_id, facts.context)
 
 
 def _blinding_binding(facts: DkdSessionFacts, device_id: str) -> SealBinding:
@@ -332,7 +333,7 @@ def _check_sender(step: DkdStep, device_id: str, what: str) -> None:
 
 
 def _result(facts: DkdSessionFacts, services: NodeServices, witness: VerifiedReveals,
-            key: DerivedKey) -> dict[str, Any]:
+            key: DerivedKey | DerivedSeed) -> dict[str, Any]:
     names = [services.name_of_device(r.device_id) or r.device_id for r in witness.reveals]
     return {"session": facts.session_id, "context": facts.context, "participants": names,
             "fingerprint": key.fingerprint, "public_key": key.public_key.hex()}
@@ -363,7 +364,8 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
     pool: Pool
     collected: CollectedCommitments | None
     verified: VerifiedReveals | None
-    key: DerivedKey | None
+    #: the derived seed: memory only, this device only (``derived_seed``)
+    key: DerivedSeed | None
 
     def __init__(self: DkdInitiator[Initializing], step: DkdStep) -> None:
         p, services = step.params, step.services
@@ -385,6 +387,11 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
         self._begin(holders=holders, own=None, blinding=None, collected=None, verified=None,
                     key=None, timeout=p.timeout or services.protocols.dkd_timeout_seconds,
                     pool=Pool(facts=facts))
+
+    def derived_seed(self) -> DerivedSeed | None:
+        """The derived key once the session completed here (for ``dkd.sign`` / ``dkd.export``
+        on this node's control socket; never journaled, logged or replied)."""
+        return self.key
 
     def describe(self) -> dict[str, Any]:
         return {"participants": list(self.holders), "reveals": len(self.pool.reveals),
