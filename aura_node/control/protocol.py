@@ -62,13 +62,10 @@ account.show      args    {}
                           guardian_threshold
 dkd               args    {context: str, participants?: names, timeout?: number}
                   result  session, context, participants, fingerprint, public_key
-dkd.sign          args    {context: str, file: str (absolute path), participants?: names,
-                          timeout?: number}
-                  result  session, context, fingerprint, public_key, signature (hex, Ed25519
-                          over the file's bytes)
-dkd.export        args    {context: str, out: str (absolute path, must not exist),
-                          participants?: names, timeout?: number}
-                  result  session, context, fingerprint, public_key, path (PKCS#8 PEM, 0600)
+dkd.sign          args    {context: str, file: str, participants?: names, timeout?: number}
+                  result  session, context, fingerprint, public_key, signature
+dkd.export        args    {context: str, out: str, participants?: names, timeout?: number}
+                  result  session, context, fingerprint, public_key, path
 recovery.start    args    {account: str, guardians: names}
                   result  session, account, guardians, state
 recovery.approve  args    {session: str}
@@ -93,6 +90,9 @@ Shapes of the nested result fields (the runtime fills them):
 * ``ready``: true once links listen and rehydration is done (the READY=1 moment).
 * ``stopping``: true; the node replies first, then shuts down as on SIGTERM.
 * ``rtt_ms``: number; ``session``: the session id (hex) of the protocol run.
+* ``dkd.sign`` / ``dkd.export``: ``file`` and ``out`` are absolute paths (the node's working
+  directory is not the caller's); ``signature`` is the hex Ed25519 signature over the file's
+  bytes; ``path`` the PKCS#8 PEM written (0600; ``conflict`` if it exists).
 * ``devices``/``guardians``/``participants``: lists of names; ``public_key``: hex;
   ``fingerprint``: hex; ``threshold``/``guardian_threshold``: integers (0 without guardians).
 * ``pending``: list of ``{"session", "account", "new_device"}`` awaiting this guardian.

@@ -16,6 +16,13 @@ return a protocol result (``account.create``, ``dkd``), waits for the session's 
 :func:`~aura_node.runtime.handlers.control_session`: the reply is released only after the
 action's effects (the signed approval, the veto) are in the journal.
 
+``dkd.sign`` and ``dkd.export`` run a DKD with this device as the requester (as ``dkd``) and
+take the derived seed from the completed initiator in this node's session table
+(``DkdInitiator.derived_seed``): it exists in this process's memory only, is used for the one
+signature or the one PKCS#8 file the operator asked for (created 0600 with ``O_EXCL``, never
+over an existing file), and is derived afresh for the next request. Paths are absolute: the
+node's working directory is not the operator's.
+
 Read-only views (``account.show``, ``recovery.pending``, ``recovery.status``) read the
 node's account store and session table directly: the session runtime is single-threaded, so a
 read between two steps is consistent, and the account store holds only accounts whose
