@@ -197,7 +197,8 @@ class Finalizing(Phase):
 
 @final
 class Completed(Phase):
-    """The key is derived (terminal)."""
+    """Initiator: the key is derived. Participant: its blinded partial was combined
+    (terminal)."""
 
 
 @final
