@@ -157,6 +157,17 @@ def _dkd(a: argparse.Namespace) -> dict[str, Any]:
     args: dict[str, Any] = {"context": a.context}
     if a.participants is not None:
         args["participants"] = a.participants
+    # `dkd sign` / `dkd export`: the node resolves no relative path (its cwd is not ours)
+    for flag, key in (("file", "file"), ("out", "out")):
+        wanted = a.ctl_cmd == ("dkd.sign" if key == "file" else "dkd.export")
+        value = getattr(a, flag)
+        if wanted and value is None:
+            raise InvalidArgsError(f"ctl {a.ctl_cmd.replace('.', ' ')} needs --{flag}")
+        if not wanted and value is not None:
+            raise InvalidArgsError(f"--{flag} belongs to ctl dkd "
+                                   f"{'sign' if key == 'file' else 'export'}")
+        if wanted:
+            args[key] = os.path.abspath(value)
     return _with_timeout(a, args)
 
 
@@ -175,6 +186,15 @@ def _call_args(a: argparse.Namespace) -> dict[str, Any]:
             f"--args must be a JSON object (the command's arguments), got {a.args!r}"
         )
     return value
+
+
+class _DkdAction(argparse.Action):
+    """``ctl dkd [sign|export]``: the optional action picks the control command."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values:
+            namespace.ctl_cmd = f"dkd.{values}"
 
 
 def register(sub: Any) -> None:
@@ -213,6 +233,11 @@ def register(sub: Any) -> None:
     p.add_argument("--context", required=True, help="the context string, e.g. an app name")
     p.add_argument("--participants", type=names, default=None,
                    help="devices to ask (default: all account devices)")
+    p.add_argument("action", nargs="?", choices=("sign", "export"), action=_DkdAction,
+                   help="sign: sign --file with the derived key (hex signature); export: "
+                        "write the derived key to --out as PKCS#8 PEM (0600, new file)")
+    p.add_argument("--file", default=None, help="dkd sign: the file to sign")
+    p.add_argument("--out", default=None, help="dkd export: the PEM file to create")
 
     recovery = csub.add_parser("recovery", help="guardian recovery of an account")
     rsub = recovery.add_subparsers(dest="recovery_command", metavar="ACTION", required=True)

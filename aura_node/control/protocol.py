@@ -66,6 +66,10 @@ account.show      args    {}
                           guardian_threshold
 dkd               args    {context: str, participants?: names, timeout?: number}
                   result  session, context, participants, fingerprint, public_key
+dkd.sign          args    {context: str, file: str, participants?: names, timeout?: number}
+                  result  session, context, fingerprint, public_key, signature
+dkd.export        args    {context: str, out: str, participants?: names, timeout?: number}
+                  result  session, context, fingerprint, public_key, path
 recovery.start    args    {account: str, guardians: names}
                   result  session, account, guardians, state
 recovery.approve  args    {session: str}
@@ -90,6 +94,9 @@ Shapes of the nested result fields (the runtime fills them):
 * ``ready``: true once links listen and rehydration is done (the READY=1 moment).
 * ``stopping``: true; the node replies first, then shuts down as on SIGTERM.
 * ``rtt_ms``: number; ``session``: the session id (hex) of the protocol run.
+* ``dkd.sign`` / ``dkd.export``: ``file`` and ``out`` are absolute paths (the node's working
+  directory is not the caller's); ``signature`` is the hex Ed25519 signature over the file's
+  bytes; ``path`` the PKCS#8 PEM written (0600; ``conflict`` if it exists).
 * ``devices``/``guardians``/``participants``: lists of names; ``public_key``: hex;
   ``fingerprint``: hex; ``threshold``/``guardian_threshold``: integers (0 without guardians).
 * ``pending``: list of ``{"session", "account", "new_device"}`` awaiting this guardian.
@@ -271,6 +278,18 @@ COMMANDS: dict[str, CommandSpec] = {
                      _TIMEOUT),
                     ("session", "context", "participants", "fingerprint", "public_key"),
                     "threshold deterministic key derivation for a context", long_running=True),
+        CommandSpec("dkd.sign",
+                    (ArgSpec("context", "str"), ArgSpec("file", "str"),
+                     ArgSpec("participants", "names", required=False), _TIMEOUT),
+                    ("session", "context", "fingerprint", "public_key", "signature"),
+                    "derive the context's key and sign a file with it (this device only)",
+                    long_running=True),
+        CommandSpec("dkd.export",
+                    (ArgSpec("context", "str"), ArgSpec("out", "str"),
+                     ArgSpec("participants", "names", required=False), _TIMEOUT),
+                    ("session", "context", "fingerprint", "public_key", "path"),
+                    "derive the context's key and write it as PKCS#8 PEM (0600, new file)",
+                    long_running=True),
         CommandSpec("recovery.start", (ArgSpec("account", "str"), ArgSpec("guardians", "names")),
                     ("session", "account", "guardians", "state"),
                     "ask guardians to recover an account onto this device"),

@@ -16,10 +16,18 @@ For an account with secret ``s`` (Shamir-shared, holder ``i`` has ``s_i`` and pu
    fewer than ``t`` distinct holders or partials for different bases). Because ``K`` depends
    only on ``s`` and ``H``, **any** ``t`` participants derive the same ``K``; fewer than ``t``
    learn nothing about it.
+   In the protocol the partials are **blinded** (in the spirit of threshold OPRFs such as
+   TOPPSS): the requesting device draws a non-zero scalar ``r`` (``draw_blinding``) and asks
+   for ``B = r·H`` (``blind``); participant ``i`` answers ``s_i·B`` with its DLEQ proof for
+   base ``B``; ``Σ λ_i·(s_i·B) = s·B = r·K``, and ``unblind`` multiplies by ``r⁻¹``. ``B`` is
+   a uniformly random group element whatever ``H`` is, so ``B`` and the blinded answers say
+   nothing about ``K`` to anyone who does not hold ``r``: only the requester learns ``K``.
 5. The key material is ``HKDF-SHA256(ikm = K, salt = "aura-node/v1/dkd", info =
    transcript("aura/dkd/key", account_id, c))``, 32 bytes, used as an Ed25519 seed. Only its
    public key and ``fingerprint`` (``SHA-256(transcript("aura/dkd/fingerprint", pk))``, first
-   16 bytes, hex) are ever published.
+   16 bytes, hex) are ever published. The requester keeps the material as a
+   :class:`DerivedSeed` (memory only: no repr, no copy, no pickle) to sign with it or export
+   it on its operator's request; it is re-derived (a new DKD) whenever it is needed again.
 """
 
 from __future__ import annotations
@@ -30,13 +38,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aura_node.crypto import dleq
 from aura_node.crypto.errors import ProofError, ShareError, ThresholdError
-from aura_node.crypto.group import Point, Rng, hash_to_group
+from aura_node.crypto.group import Point, Rng, Scalar, hash_to_group
 from aura_node.crypto.memo import VerificationMemo
 from aura_node.crypto.shamir import Share, check_index, check_threshold, interpolate_in_exponent
 from aura_node.crypto.transcript import transcript
@@ -57,6 +65,23 @@ def dkd_base(account_id: str, context: str) -> Point:
     Cached (a pure function of public strings): a session and the control handler that starts
     it, and repeated derivations for one context, share the two Elligator maps."""
     return hash_to_group(H2G_DOMAIN, account_id, context)
+
+
+def draw_blinding(rng: Rng | None = None) -> Scalar:
+    """The requester's blinding scalar ``r`` (uniform, non-zero; the OS CSPRNG by default)."""
+    return Scalar.random(rng)
+
+
+def blind(base: Point, r: Scalar) -> Point:
+    """``B = r·H``: the point the participants are asked to multiply by their shares."""
+    if r.is_zero():
+        raise ShareError("DKD blinding scalar must be non-zero")
+    return r * base
+
+
+def unblind(blinded: Point, r: Scalar) -> Point:
+    """``K = r⁻¹·(s·B)`` from the combined blinded answers ``s·B`` (see ``combine``)."""
+    return r.invert() * blinded
 
 
 def proof_context(*, account_id: str, context: str, session_id: str, device_id: str) -> bytes:
@@ -147,7 +172,8 @@ def verify_partial(
 
 
 def combine(partials: Sequence[VerifiedPartial], *, threshold: int) -> Point:
-    """``K = Σ λ_i·P_i`` over the ``threshold`` lowest-indexed verified partials (= ``s·H``)."""
+    """``Σ λ_i·P_i`` over the ``threshold`` lowest-indexed verified partials: ``s·H`` for
+    partials of ``H``, ``s·B`` for blinded ones (``unblind`` turns that into ``K``)."""
     check_threshold(threshold)
     if not partials:
         raise ThresholdError(f"need {threshold} verified partials, got none")
@@ -200,3 +226,52 @@ def derive(k: Point, account_id: str, context: str) -> DerivedKey:
     """``derive_key_material`` -> public key -> fingerprint, dropping the material."""
     pk = derived_public_key(derive_key_material(k, account_id, context))
     return DerivedKey(public_key=pk, fingerprint=fingerprint(pk))
+
+
+class DerivedSeed:
+    """The derived Ed25519 seed, held in memory by the requesting device only.
+
+    Never printed (``repr`` is redacted), copied or pickled; it leaves the process only as a
+    signature (:meth:`sign`) or as the PKCS#8 PEM its operator asked for (:meth:`pkcs8_pem`).
+    """
+
+    __slots__ = ("_material", "public_key")
+
+    def __init__(self, material: bytes) -> None:
+        self.public_key = derived_public_key(material)
+        self._material = material
+
+    def __repr__(self) -> str:
+        return f"DerivedSeed(public_key={self.public_key.hex()}, seed=<redacted>)"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a DerivedSeed is never pickled or copied")
+
+    def __copy__(self) -> DerivedSeed:
+        raise TypeError("a DerivedSeed is never pickled or copied")
+
+    def __deepcopy__(self, memo: object) -> DerivedSeed:
+        raise TypeError("a DerivedSeed is never pickled or copied")
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        """A plain Ed25519 signature over ``data`` (RFC 8032: ``openssl pkeyutl -verify``)."""
+        return Ed25519PrivateKey.from_private_bytes(self._material).sign(data)
+
+    def pkcs8_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (for the operator's ``dkd export``)."""
+        return Ed25519PrivateKey.from_private_bytes(self._material).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+
+    def public_pem(self) -> bytes:
+        return Ed25519PrivateKey.from_private_bytes(self._material).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def derive_seed(k: Point, account_id: str, context: str) -> DerivedSeed:
+    """``derive_key_material`` kept as a :class:`DerivedSeed` (the requester's only)."""
+    return DerivedSeed(derive_key_material(k, account_id, context))

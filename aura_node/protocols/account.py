@@ -59,6 +59,20 @@ class AccountHolder(msgspec.Struct, frozen=True, kw_only=True):
     public_share: bytes
 
 
+def _check_distinct(holders: Iterable[AccountHolder], what: str) -> None:
+    """One index per holder and one holder per device (and per name) in a holder set: two
+    holders with one index would be one Shamir point counted twice (Lagrange weights divide by
+    zero), and one device under two indices would let it count twice towards the threshold."""
+    seen: dict[str, dict[object, str]] = {"index": {}, "device": {}, "name": {}}
+    for h in holders:
+        for key, value in (("index", h.index), ("device", h.device_id), ("name", h.name)):
+            other = seen[key].get(value)
+            if other is not None:
+                raise AccountError(f"{what} holders {other} and {h.name} have the same {key} "
+                                   f"{str(value)[:40]}")
+            seen[key][value] = h.name
+
+
 class AccountRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The public view of an account, identical on every holder."""
 
@@ -84,6 +98,7 @@ class AccountRecord(msgspec.Struct, frozen=True, kw_only=True):
                 if t:
                     raise AccountError(f"{what} threshold {t} with no {what}s")
                 continue
+            _check_distinct(holders, what)
             commitments = FeldmanCommitments.from_bytes(commit_bytes)
             if commitments.public_key != s:
                 raise AccountError(f"{what} commitments do not commit to the account key")

@@ -16,6 +16,13 @@ return a protocol result (``account.create``, ``dkd``), waits for the session's 
 :func:`~aura_node.runtime.handlers.control_session`: the reply is released only after the
 action's effects (the signed approval, the veto) are in the journal.
 
+``dkd.sign`` and ``dkd.export`` run a DKD with this device as the requester (as ``dkd``) and
+take the derived seed from the completed initiator in this node's session table
+(``DkdInitiator.derived_seed``): it exists in this process's memory only, is used for the one
+signature or the one PKCS#8 file the operator asked for (created 0600 with ``O_EXCL``, never
+over an existing file), and is derived afresh for the next request. Paths are absolute: the
+node's working directory is not the operator's.
+
 Read-only views (``account.show``, ``recovery.pending``, ``recovery.status``) read the
 node's account store and session table directly: the session runtime is single-threaded, so a
 read between two steps is consistent, and the account store holds only accounts whose
@@ -31,12 +38,15 @@ session that fails answers with ``session_failed`` (or ``timeout``) and the driv
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from aura_node.control import protocol as p
+from aura_node.crypto.dkd import DerivedSeed
 from aura_node.errors import AuraError
 from aura_node.protocols.engine import ParamsError
 from aura_node.runtime.handlers import (
@@ -53,6 +63,8 @@ from aura_node.sessions import SessionEntry, SessionFailedError, UnknownSessionE
 WAIT_GRACE_SECONDS = 2.0
 #: how long ``recovery.status`` waits for the group commit of a session's last step
 STATUS_COMMIT_WAIT_SECONDS = 5.0
+#: the largest file ``dkd.sign`` signs (Ed25519 signs the whole message in memory)
+MAX_SIGN_BYTES = 64 * 1024 * 1024
 
 
 def _need_ready(node: RunningNode) -> None:
@@ -206,6 +218,63 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         sid = await _start(node, "dkd", session_roles(params), params)
         return await wait_session(node, sid, float(params["timeout"]) + WAIT_GRACE_SECONDS)
 
+    async def _derived_seed(args: dict[str, Any]) -> tuple[dict[str, Any], DerivedSeed]:
+        """Run a DKD for ``args`` (as ``dkd``) and take the derived seed from this node's
+        completed initiator: in memory, never in the journal, a log or a reply. Each call
+        derives afresh (the key is not stored anywhere)."""
+        from aura_node.protocols.dkd.roles import DkdInitiator
+
+        result = await dkd({k: args[k] for k in ("context", "participants", "timeout")
+                            if args.get(k) is not None})
+        value = getattr(_entry(node, str(result["session"])).driver, "value", None)
+        seed = value.derived_seed() if isinstance(value, DkdInitiator) else None
+        if seed is None or seed.public_key.hex() != result["public_key"]:
+            raise p.ConflictError(f"dkd session {result['session']} left no derived key on "
+                                  "this device")
+        return result, seed
+
+    def _absolute(path: object, what: str) -> Path:
+        out = Path(str(path))
+        if not out.is_absolute():
+            raise p.InvalidArgsError(f"{what} must be an absolute path (the node's working "
+                                     f"directory is not yours), got {str(path)[:200]!r}")
+        return out
+
+    async def dkd_sign(args: dict[str, Any]) -> dict[str, Any]:
+        _need_ready(node)
+        path = _absolute(args["file"], "file")
+        try:
+            size = (await trio.Path(path).stat()).st_size
+            if size > MAX_SIGN_BYTES:
+                raise p.InvalidArgsError(f"{path}: {size} bytes, at most {MAX_SIGN_BYTES} "
+                                         "can be signed")
+            data = await trio.Path(path).read_bytes()
+        except OSError as exc:
+            raise p.InvalidArgsError(f"cannot read {path}: {exc.strerror}") from None
+        result, seed = await _derived_seed(args)
+        return {"session": result["session"], "context": result["context"],
+                "fingerprint": seed.fingerprint, "public_key": seed.public_key.hex(),
+                "signature": seed.sign(data).hex()}
+
+    async def dkd_export(args: dict[str, Any]) -> dict[str, Any]:
+        _need_ready(node)
+        out = _absolute(args["out"], "out")
+        if await trio.Path(out).exists():
+            raise p.ConflictError(f"{out} exists: refusing to overwrite it")
+        result, seed = await _derived_seed(args)
+        try:
+            # O_EXCL: never replace a file that appeared meanwhile; 0600 from the start
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise p.ConflictError(f"{out} exists: refusing to overwrite it") from None
+        except OSError as exc:
+            raise p.InvalidArgsError(f"cannot create {out}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(seed.pkcs8_pem())
+        return {"session": result["session"], "context": result["context"],
+                "fingerprint": seed.fingerprint, "public_key": seed.public_key.hex(),
+                "path": str(out)}
+
     # --- guardian recovery ----------------------------------------------------------------
 
     async def recovery_start(args: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +349,8 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         "account.create": account_create,
         "account.show": account_show,
         "dkd": dkd,
+        "dkd.sign": dkd_sign,
+        "dkd.export": dkd_export,
         "recovery.start": recovery_start,
         "recovery.approve": recovery_approve,
         "recovery.pending": recovery_pending,

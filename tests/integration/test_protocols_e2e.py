@@ -3,7 +3,8 @@
 d1..d3 are the account's devices (t = 2), g1..g3 its guardians (t_g = 2), d4 a fresh device
 that recovers the account. Every step goes through ``aura-node``'s control socket exactly as
 an operator would, and the run ends with the journal invariants and a search of every log and
-journal file for the account secret and the plaintext shares.
+journal file for the account secret, the plaintext shares and DKD's key material (``K``, the
+derived seeds, unblinded partials, the requesters' blindings ``r``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from typing import Any
 import pytest
 
 from aura_node.config import NodeConfig, NodeHome
+from aura_node.crypto.dkd import derive_key_material, dkd_base
+from aura_node.crypto.group import Scalar
 from aura_node.crypto.keys import DeviceKey, DevicePublicKey
+from aura_node.crypto.seal import SealBinding, open_sealed
 from aura_node.crypto.shamir import Share, reconstruct
 from aura_node.errors import AuraError
 from aura_node.harness.cluster import Cluster, tune_for_tests
@@ -29,6 +33,7 @@ from aura_node.harness.invariants import check_invariants, journals_of_cluster
 from aura_node.harness.pytest_plugin import ClusterFactory, cluster_factory  # noqa: F401
 from aura_node.journal.store import read_records
 from aura_node.protocols.account import KIND_ACCOUNT, decode_established, open_held_share
+from aura_node.protocols.dkd.roles import BLINDING_PURPOSE, KIND_BLINDING
 
 pytest.importorskip("aura_node.cli.run")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -242,18 +247,62 @@ def dkd_with_a_crash(c: Cluster, derived: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def use_derived_key(c: Cluster, derived: dict[str, Any], tmp: Path) -> None:
+    """The requesting device signs a file with the derived key and exports it; openssl
+    verifies the signature against the exported key's public half; another device pair
+    signs with the same key. Nothing is written but the file asked for (0600, new only)."""
+    doc = tmp / "doc.txt"
+    doc.write_bytes(b"signed by a derived key\n" * 100)
+    signed = c.node("d2").ctl("dkd.sign", context="mail", file=str(doc),
+                              participants=["d2", "d3"])
+    assert (signed["fingerprint"], signed["public_key"]) == (derived["fingerprint"],
+                                                             derived["public_key"])
+    pem = tmp / "mail.pem"
+    exported = c.node("d1").ctl("dkd.export", context="mail", out=str(pem),
+                                participants=["d1", "d3"])
+    assert exported["public_key"] == derived["public_key"] and exported["path"] == str(pem)
+    assert pem.stat().st_mode & 0o777 == 0o600
+    again = ctl_error(c, "d1", "dkd.export", context="mail", out=str(pem))
+    assert remote_code(again) == "conflict" and "exists" in again.message
+    relative = ctl_error(c, "d1", "dkd.export", context="mail", out="rel.pem")
+    assert remote_code(relative) == "invalid_args" and "absolute" in relative.message
+    sig = tmp / "doc.sig"
+    sig.write_bytes(bytes.fromhex(signed["signature"]))
+    pub = tmp / "mail.pub.pem"
+    subprocess.run(["openssl", "pkey", "-in", str(pem), "-pubout", "-out", str(pub)],
+                   check=True, capture_output=True, timeout=30)
+    ok = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub),
+                         "-rawin", "-in", str(doc), "-sigfile", str(sig)],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "Success" in ok.stdout, ok.stdout + ok.stderr
+    doc.write_bytes(b"tampered")
+    bad = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub),
+                          "-rawin", "-in", str(doc), "-sigfile", str(sig)],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+
+
 def secrets_of_the_run(c: Cluster) -> list[bytes]:
-    """The account secret and every plaintext share, opened here with the holders' keys."""
+    """The account secret and every plaintext share, opened here with the holders' keys; and
+    of DKD: every derived ``K = s·H`` and seed, every unblinded partial ``s_i·H`` and every
+    requester's blinding ``r`` (opened from its sealed journal record with its key)."""
     shares: dict[str, Share] = {}
     recovered: list[bytes] = []
+    blindings: list[bytes] = []
+    account_id = ""
     for name in [*HOLDERS, NEW]:
         h = c.node(name)
         home = NodeHome(h.home)
         key = DeviceKey.load(home.key_path)
         for r in read_records(home.journal_dir, key.public):
+            if r.kind == KIND_BLINDING:
+                blindings.append(open_sealed(r.body, key, SealBinding(
+                    purpose=BLINDING_PURPOSE, account_id=account_id, session_id=r.session,
+                    recipient_device_id=key.device_id)))
             if r.kind != KIND_ACCOUNT:
                 continue
             est = decode_established(r.body)
+            account_id = est.account.account_id
             for held in est.shares:
                 share = open_held_share(est.account, held, key)
                 if name == NEW:
@@ -266,7 +315,15 @@ def secrets_of_the_run(c: Cluster) -> list[bytes]:
     secret = reconstruct(device_shares[:2]).to_bytes()
     assert reconstruct(guardian_shares[1:]).to_bytes() == secret
     assert recovered and set(recovered) == {secret}  # the new device holds s itself
-    return [secret, *(s.value.to_bytes() for s in shares.values())]
+    # five multi-holder dkd sessions above: each requester journaled its r once, sealed
+    assert len(blindings) >= 5, len(blindings)
+    dkd: list[bytes] = []
+    for context in ("mail", "calendar"):
+        base = dkd_base(account_id, context)
+        k = Scalar.from_bytes(secret) * base
+        dkd += [k.to_bytes(), derive_key_material(k, account_id, context),
+                *((sh.value * base).to_bytes() for sh in shares.values())]
+    return [secret, *(s.value.to_bytes() for s in shares.values()), *dkd, *blindings]
 
 
 def assert_no_secret_anywhere(c: Cluster, secrets: list[bytes]) -> int:
@@ -290,10 +347,12 @@ def assert_no_misbehaviour_logged(c: Cluster) -> None:
 
 def test_account_dkd_recovery_veto_crash_between_real_nodes(
     cluster_factory: ClusterFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     c = cluster_factory(nodes=4, guardians=3, tune=tune)
     acct = create_account(c)
     derived = derive_from_two_pairs(c)
+    use_derived_key(c, derived, tmp_path)
     vetoed_recovery(c, acct)
     recovery(c, acct, derived)
     dkd_with_a_crash(c, derived)

@@ -66,3 +66,28 @@ def test_share_failing_feldman_is_refused() -> None:
     held = genesis_held_share(holder_set="devices", index=1, sealed=sealed[1], session_id="s1")
     with pytest.raises((SealError, ShareError)):
         open_held_share(record, held, keys[1])
+
+
+def _with_devices(record: AccountRecord, devices: tuple[AccountHolder, ...]) -> AccountRecord:
+    return AccountRecord(**{**{f: getattr(record, f) for f in record.__struct_fields__},
+                            "devices": devices})
+
+
+def test_duplicate_index_or_device_is_refused() -> None:
+    record, _, _ = _account()
+    d1, d2, d3 = record.devices
+    # d3 claims d2's index and public share: every per-holder check alone would pass
+    same_index = AccountHolder(name="d3", device_id=d3.device_id, index=d2.index,
+                               public_share=d2.public_share)
+    with pytest.raises(AccountError, match="d2 and d3 have the same index 2"):
+        _with_devices(record, (d1, d2, same_index)).check()
+    # d1's device under a second index (d3's, with d3's valid public share)
+    twice = AccountHolder(name="d3", device_id=d1.device_id, index=d3.index,
+                          public_share=d3.public_share)
+    with pytest.raises(AccountError, match="d1 and d3 have the same device"):
+        _with_devices(record, (d1, d2, twice)).check()
+    renamed = AccountHolder(name="d1", device_id=d3.device_id, index=d3.index,
+                            public_share=d3.public_share)
+    with pytest.raises(AccountError, match="d1 and d1 have the same name"):
+        _with_devices(record, (d1, d2, renamed)).check()
+    _with_devices(record, (d3, d1, d2)).check()  # order does not matter, distinct is fine

@@ -151,7 +151,7 @@ def test_text_names_source_lines_and_canonical_does_not() -> None:
     assert "message DkdReveal(reveal: RevealedPartial)\n" in canon
     assert (
         "message DkdRequest(account_id: str, context: str, threshold: int, "
-        "holders: tuple[str, ...], commitment: SignedCommitment)\n"
+        "holders: tuple[str, ...], blinded_base: bytes, commitment: SignedCommitment)\n"
     ) in canon
     assert "threshold q over participants: 1 <= q <= |participants|\n" in canon
     assert "participants -> initiator: DkdCommitment [gather q of m, deadline dkd_timeout]" in canon

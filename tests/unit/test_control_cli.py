@@ -54,6 +54,10 @@ CASES: list[tuple[list[str], str, dict[str, Any]]] = [
       "guardian_threshold": 2}),
     (["account", "show"], "account.show", {}),
     (["dkd", "--context", "mail"], "dkd", {"context": "mail"}),
+    (["dkd", "sign", "--context", "mail", "--file", "/tmp/f"], "dkd.sign",
+     {"context": "mail", "file": "/tmp/f"}),
+    (["dkd", "export", "--context", "mail", "--out", "/tmp/k.pem"], "dkd.export",
+     {"context": "mail", "out": "/tmp/k.pem"}),
     (["dkd", "--context", "mail", "--participants", "a,b", "--timeout", "30"], "dkd",
      {"context": "mail", "participants": ["a", "b"], "timeout": 30.0}),
     (["recovery", "start", "--account", "acc1", "--guardians", "g1,g2,g3"], "recovery.start",
@@ -280,4 +284,24 @@ def test_call_needs_a_command(calls: list[Call], capsys: pytest.CaptureFixture[s
         main(["ctl", "--home", H, "call"])
     assert info.value.code == 2
     assert calls == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["dkd", "sign", "--context", "c"], "ctl dkd sign needs --file"),
+    (["dkd", "export", "--context", "c"], "ctl dkd export needs --out"),
+    (["dkd", "--context", "c", "--file", "f"], "--file belongs to ctl dkd sign"),
+])
+def test_dkd_sign_and_export_need_their_own_file(
+    argv: list[str], message: str, calls: list[Call], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ctl", "--home", H, *argv]) != 0
+    assert message in capsys.readouterr().err and not calls
+
+
+def test_dkd_sign_sends_an_absolute_path(
+    calls: list[Call], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/tmp")
+    assert main(["ctl", "--home", H, "dkd", "sign", "--context", "c", "--file", "doc"]) == 0
+    assert calls[0][2]["file"] == "/tmp/doc"
     capsys.readouterr()

@@ -49,7 +49,8 @@ def test_docstring_table_is_the_command_table() -> None:
 def test_contract_commands_are_all_in_the_table() -> None:
     assert set(COMMANDS) == {
         "status", "peers", "sessions", "session", "shutdown", "reload", "ping",
-        "account.create", "account.show", "dkd", "recovery.start", "recovery.approve",
+        "account.create", "account.show", "dkd", "dkd.sign", "dkd.export",
+        "recovery.start", "recovery.approve",
         "recovery.pending", "recovery.veto", "recovery.status",
     }
     assert set(COMMANDS["status"].result) >= {"name", "device_id", "ready", "peers", "sessions"}

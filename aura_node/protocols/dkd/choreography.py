@@ -8,18 +8,23 @@ needs ``t`` contributions, its own included, so the initiator gathers ``q = t - 
 participants, and relays what it collected as transferable evidence (signed commitments,
 DLEQ-proven reveals) that every participant verifies itself.
 
+Every partial is blinded (``crypto.dkd``): the initiator draws ``r`` and asks for
+``B = r·H``; a holder's partial is ``P_i = s_i·B``, and only the initiator, which holds ``r``,
+can turn ``Σ λ_i·P_i = r·K`` into ``K``. So no message, and no journal of any other holder,
+holds anything ``K`` follows from.
+
 1. Initializing: the initiator sends ``DkdRequest`` (account, context, threshold, holder list,
-   and its own signed commitment) to every participant.
+   the blinded base ``B`` and its own signed commitment) to every participant.
 2. CommitmentPhase: each participant sends its signed ``DkdCommitment``; the initiator gathers
    ``q``. With its own that is ``CollectedCommitments``.
 3. RevealPhase: the initiator sends ``DkdCollected`` (the ``t`` signed commitments it counted
-   and its own reveal ``P_i`` + DLEQ proof); a participant verifies its own
+   and its own reveal ``P_i = s_i·B`` + DLEQ proof); a participant verifies its own
    ``CollectedCommitments`` from it and only then sends its ``DkdReveal`` (which names the
    commitment it opens). The initiator gathers ``q`` verified reveals: ``VerifiedReveals``.
-4. Finalizing: the initiator computes ``K = Σ λ_i·P_i`` and sends ``DkdComplete`` with the
-   ``t`` reveals it combined and the derived public key and fingerprint (public values); each
-   participant verifies the reveals itself (``VerifiedReveals``), derives ``K`` and checks it
-   got the same key.
+4. Finalizing: the initiator computes ``K = r⁻¹·Σ λ_i·P_i`` and sends ``DkdComplete`` with
+   the ``t`` reveals it combined and the derived public key and fingerprint (public values);
+   each participant verifies the (blinded) reveals itself (``VerifiedReveals``); it cannot
+   check the key, which is the point: it never learns ``K``.
 5. Completed. Any missed deadline aborts: Failed, and the abort reaches every role.
 
 A ``t = 1`` account (the 1-of-1 account of a recovered device, or any account whose every
@@ -46,7 +51,8 @@ class SignedCommitment(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RevealedPartial(msgspec.Struct, frozen=True, kw_only=True):
-    """A holder's ``P_i = s_i·H`` with its DLEQ proof, and the commitment it opens."""
+    """A holder's blinded partial ``P_i = s_i·B`` with its DLEQ proof (base ``B``, against its
+    public share), and the commitment it opens."""
 
     device_id: str
     index: int
@@ -61,6 +67,8 @@ class DkdRequest(msgspec.Struct, frozen=True, kw_only=True):
     threshold: int
     #: every holder asked, the initiator first (names as the nodes' configs name the devices)
     holders: tuple[str, ...]
+    #: ``B = r·H``, the blinded base every partial of this session is computed on
+    blinded_base: bytes
     commitment: SignedCommitment
 
 

@@ -7,7 +7,7 @@ operator ran ``ctl dkd``; ``participants`` are the other holders asked. Each is 
 class whose declarations are the whole of its dispatch::
 
     DkdInitiator:   Initializing --local, t = 1 [VerifiedReveals of its own reveal]--> Completed
-                    Initializing --send DkdRequest--> CommitmentPhase
+                    Initializing --send DkdRequest, draws r (@unrepeatable)--> CommitmentPhase
                     CommitmentPhase --gather DkdCommitment [CollectedCommitments]--> RevealPhase
                     RevealPhase --send DkdCollected--> RevealPhase          (once, on entry)
                     RevealPhase --gather DkdReveal [VerifiedReveals]--> Finalizing
@@ -24,12 +24,25 @@ Decline`) unless the account's threshold is 1. A commitment straggling in after 
 quorum is pooled by ``pool_late_commitment`` (a kit late-message handler), so an equivocation
 it proves is still found.
 
+Blinding (``crypto.dkd``): only the initiator may ever hold ``K``, the derived seed or the
+blinding scalar ``r``. ``send_request`` draws ``r`` from the OS CSPRNG inside ``step.draw``
+(the transition is ``@unrepeatable``): what is journaled (a ``dkd.blinding`` record) is ``r``
+sealed (HPKE, ``crypto.seal``) to this device's own key, so a replay after a crash opens the
+same ``r`` and recomputes the same ``DkdRequest`` byte for byte, and a reader of the journal
+without the device key learns nothing. ``r`` lives in the role's fields, in memory, on this
+device only (``describe`` never shows it). Every message carries ``B = r·H`` and blinded
+partials ``s_i·B`` only; a participant refuses ``B = H`` (an unblinded request would put
+``s_i·H``, from which ``K`` follows, into its journal). A participant verifies everything it
+is shown but cannot derive or check the key: its result repeats the public key and
+fingerprint the initiator announced. A ``t = 1`` initiator derives ``K = s·H`` alone, unblinded,
+and sends and journals nothing but the public result.
+
 Commitments before reveals: a reveal leaves a device only from ``RevealPhase``, which only a
 transition holding a verified ``CollectedCommitments`` (``t`` distinct honest signed
-commitments) reaches; the key is derived only from a ``VerifiedReveals``. Each holder's partial
-``P_i = s_i·H`` and DLEQ proof use a nonce from ``seeded_rng(journaled entropy + label)``
-(exactly as before the kit, so journals of the old drivers replay to the same bytes): the
-kit's replay after a crash recomputes the same commitment, and a device never commits twice.
+commitments) reaches; the key is derived only from a ``VerifiedReveals``. Each holder's
+blinded partial ``P_i = s_i·B`` and DLEQ proof use a nonce from ``seeded_rng(journaled entropy
++ label)`` (hedged with ``s_i`` inside ``dleq.prove``): the kit's replay after a crash
+recomputes the same commitment, and a device never commits twice.
 
 A :class:`Pool` in the role's fields holds every distinct valid commitment per device (two
 from one device: an equivocation - a ``dkd.rejected`` record plus a ``dkd.equivocation``
@@ -53,10 +66,24 @@ from typing import Annotated, Any, TypeAlias, TypeVar, final
 
 import msgspec
 
-from aura_node.crypto.dkd import DerivedKey, combine, derive, dkd_base, partial, partial_commitment
-from aura_node.crypto.group import seeded_rng
+from aura_node.crypto.dkd import (
+    DerivedKey,
+    DerivedSeed,
+    blind,
+    combine,
+    derive_seed,
+    dkd_base,
+    draw_blinding,
+    fingerprint,
+    partial,
+    partial_commitment,
+    unblind,
+)
+from aura_node.crypto.errors import PointEncodingError
+from aura_node.crypto.group import Point, Scalar, seeded_rng
 from aura_node.crypto.keys import DevicePublicKey
 from aura_node.crypto.memo import VerificationMemo
+from aura_node.crypto.seal import SealBinding, open_sealed, seal
 from aura_node.errors import ProtocolError, RemoteProtocolError, WitnessError
 from aura_node.protocols import engine as eng
 from aura_node.protocols.account import AccountError, AccountRecord
@@ -80,7 +107,7 @@ from aura_node.protocols.dkd.witnesses import (
     check_commitment,
     check_reveal,
 )
-from aura_node.protocols.kit import Decline, Step, protocol
+from aura_node.protocols.kit import Decline, Step, protocol, unrepeatable
 from aura_node.protocols.services import NodeServices
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
 from aura_node.session.witness import statement_bytes
@@ -91,6 +118,9 @@ T = TypeVar("T")
 DEADLINE_TIMER = "deadline"
 KIND_REJECTED = "dkd.rejected"
 KIND_EQUIVOCATION = "dkd.equivocation"
+#: the initiator's blinding scalar ``r``, sealed to its own device key (module doc)
+KIND_BLINDING = "dkd.blinding"
+BLINDING_PURPOSE = "dkd/blinding"
 INITIATOR = "initiator"
 PARTICIPANTS = "participants"
 _PARTIAL_LABEL = b"dkd/partial-nonce"
@@ -122,7 +152,7 @@ DkdStep: TypeAlias = Step[DkdParams]
 
 
 class DkdResultMismatch(RemoteProtocolError):
-    """The initiator announced a key other than the one its own evidence gives."""
+    """The initiator announced a public key and a fingerprint that do not belong together."""
 
     code = "dkd_result_mismatch"
 
@@ -167,7 +197,8 @@ class Finalizing(Phase):
 
 @final
 class Completed(Phase):
-    """The key is derived (terminal)."""
+    """Initiator: the key is derived. Participant: its blinded partial was combined
+    (terminal)."""
 
 
 @final
@@ -208,10 +239,30 @@ def make_contribution(services: NodeServices, facts: DkdSessionFacts, entropy: b
         proof=p.proof.to_bytes(), commitment=c))
 
 
-def derive_from(witness: VerifiedReveals, facts: DkdSessionFacts) -> DerivedKey:
-    """``K = Σ λ_i·P_i`` over the witness's ``t`` verified partials, then HKDF (crypto.dkd)."""
-    return derive(combine(witness.partials, threshold=facts.threshold),
-                  facts.account.account_id, facts.context)
+def derive_from(witness: VerifiedReveals, facts: DkdSessionFacts,
+                blinding: Scalar | None = None) -> DerivedSeed:
+    """``K = r⁻¹·Σ λ_i·P_i`` over the witness's ``t`` verified partials (no ``r⁻¹`` for the
+    unblinded partials of a ``t = 1`` account), then HKDF (crypto.dkd)."""
+    combined = combine(witness.partials, threshold=facts.threshold)
+    k = combined if blinding is None else unblind(combined, blinding)
+    return derive_seed(k, facts.account.account_id, facts.context)
+
+
+def _blinding_binding(facts: DkdSessionFacts, device_id: str) -> SealBinding:
+    return SealBinding(purpose=BLINDING_PURPOSE, account_id=facts.account.account_id,
+                       session_id=facts.session_id, recipient_device_id=device_id)
+
+
+def seal_new_blinding(services: NodeServices, facts: DkdSessionFacts) -> bytes:
+    """A fresh ``r`` (OS CSPRNG) sealed to this device's own key: the only form it is ever
+    journaled in. ``r`` itself dies here; :func:`open_blinding` gets it back."""
+    key = services.device_key
+    return seal(draw_blinding().to_bytes(), key.public, _blinding_binding(facts, key.device_id))
+
+
+def open_blinding(services: NodeServices, facts: DkdSessionFacts, sealed: bytes) -> Scalar:
+    key = services.device_key
+    return Scalar.from_bytes(open_sealed(sealed, key, _blinding_binding(facts, key.device_id)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,7 +334,7 @@ def _check_sender(step: DkdStep, device_id: str, what: str) -> None:
 
 
 def _result(facts: DkdSessionFacts, services: NodeServices, witness: VerifiedReveals,
-            key: DerivedKey) -> dict[str, Any]:
+            key: DerivedKey | DerivedSeed) -> dict[str, Any]:
     names = [services.name_of_device(r.device_id) or r.device_id for r in witness.reveals]
     return {"session": facts.session_id, "context": facts.context, "participants": names,
             "fingerprint": key.fingerprint, "public_key": key.public_key.hex()}
@@ -307,11 +358,15 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
                    initial=Initializing, abort=Failed):
     holders: tuple[str, ...]
     timeout: float
-    own: OwnContribution
+    #: made with the session's base: ``B`` once ``send_request`` drew ``r`` (``H`` for t = 1)
+    own: OwnContribution | None
+    #: ``r``: in memory on this device only, never shown (module doc)
+    blinding: Scalar | None
     pool: Pool
     collected: CollectedCommitments | None
     verified: VerifiedReveals | None
-    key: DerivedKey | None
+    #: the derived seed: memory only, this device only (``derived_seed``)
+    key: DerivedSeed | None
 
     def __init__(self: DkdInitiator[Initializing], step: DkdStep) -> None:
         p, services = step.params, step.services
@@ -330,11 +385,14 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
                                   f"{list(holders)}")
         facts = _facts_for(services, account, holders, session_id=step.session,
                            context=p.context)
-        own = make_contribution(services, facts, step.entropy)
-        self._begin(holders=holders, own=own, collected=None, verified=None, key=None,
-                    timeout=p.timeout or services.protocols.dkd_timeout_seconds,
-                    pool=Pool(facts=facts, commitments=(own.commitment,),
-                              reveals=(own.reveal,)))
+        self._begin(holders=holders, own=None, blinding=None, collected=None, verified=None,
+                    key=None, timeout=p.timeout or services.protocols.dkd_timeout_seconds,
+                    pool=Pool(facts=facts))
+
+    def derived_seed(self) -> DerivedSeed | None:
+        """The derived key once the session completed here (for ``dkd.sign`` / ``dkd.export``
+        on this node's control socket; never journaled, logged or replied)."""
+        return self.key
 
     def describe(self) -> dict[str, Any]:
         return {"participants": list(self.holders), "reveals": len(self.pool.reveals),
@@ -346,21 +404,31 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
         facts = self.pool.facts
         if facts.threshold != 1:
             raise Decline
-        collected = CollectedCommitments.verify([self.own.commitment], facts)
-        witness = VerifiedReveals.verify(collected, [self.own.reveal], facts)
+        own = make_contribution(step.services, facts, step.entropy)  # unblinded, never sent
+        collected = CollectedCommitments.verify([own.commitment], facts)
+        witness = VerifiedReveals.verify(collected, [own.reveal], facts)
         key = derive_from(witness, facts)
         step.complete(**_result(facts, step.services, witness, key))
         return self._advance(DkdInitiator[Completed], verified=witness, key=key)
 
+    @unrepeatable(record=KIND_BLINDING)
     @transition(source=Initializing, target=CommitmentPhase, action="send", message=DkdRequest,
                 peer=PARTICIPANTS)
     def send_request(self: DkdInitiator[Initializing], step: DkdStep
                      ) -> tuple[DkdInitiator[CommitmentPhase], DkdRequest]:
-        facts = self.pool.facts
+        """Draw ``r`` (journaled only sealed to this device), ask for partials of ``B = r·H``."""
+        services, facts = step.services, self.pool.facts
+        r = open_blinding(services, facts,
+                          step.draw(lambda: seal_new_blinding(services, facts)))
+        facts = replace(facts, base=blind(facts.base, r))
+        own = make_contribution(services, facts, step.entropy)
         step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
-        return self._advance(DkdInitiator[CommitmentPhase]), DkdRequest(
-            account_id=facts.account.account_id, context=facts.context,
-            threshold=facts.threshold, holders=self.holders, commitment=self.own.commitment)
+        return self._advance(
+            DkdInitiator[CommitmentPhase], own=own, blinding=r,
+            pool=Pool(facts=facts, commitments=(own.commitment,), reveals=(own.reveal,)),
+        ), DkdRequest(account_id=facts.account.account_id, context=facts.context,
+                      threshold=facts.threshold, holders=self.holders,
+                      blinded_base=facts.base.to_bytes(), commitment=own.commitment)
 
     @transition(source=CommitmentPhase, target=RevealPhase, action="gather",
                 message=DkdCommitment, peer=PARTICIPANTS)
@@ -383,7 +451,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
             commitments=tuple(SignedCommitment(session=s.session_id, device_id=s.signer_id,
                                                digest=s.payload, signature=s.signature)
                               for s in counted),
-            reveal=self.own.reveal)
+            reveal=_need(self.own).reveal)
 
     @transition(source=RevealPhase, target=RevealPhase, action="local", message=DkdCommitment)
     def pool_late_commitment(self: DkdInitiator[RevealPhase], msg: DkdCommitment,
@@ -408,7 +476,8 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
         if witness is None:  # no quorum of verified reveals yet: keep what this one taught
             return self._advance(DkdInitiator[RevealPhase], pool=pool)
         return self._advance(DkdInitiator[Finalizing], pool=pool, collected=witness.commitments,
-                             verified=witness, key=derive_from(witness, pool.facts))
+                             verified=witness,
+                             key=derive_from(witness, pool.facts, _need(self.blinding)))
 
     @transition(source=Finalizing, target=Completed, action="send", message=DkdComplete,
                 peer=PARTICIPANTS)
@@ -474,6 +543,14 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
                                context=req.context)
         except eng.ParamsError as exc:
             raise DkdRequestError(exc.message) from None
+        try:
+            blinded = Point.from_bytes(req.blinded_base)
+        except PointEncodingError as exc:
+            raise DkdRequestError(f"blinded base: {exc.message}") from None
+        if blinded == facts.base:
+            # partials of H itself would put s_i·H, from which K follows, into this journal
+            raise DkdRequestError("the request is not blinded (B = H): refusing to answer")
+        facts = replace(facts, base=blinded)
         _check_sender(step, req.commitment.device_id, "DkdRequest commitment")
         try:
             pool = Pool(facts=facts).add(req.commitment, step)
@@ -527,14 +604,15 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
             raise WitnessError(f"DkdComplete from {step.sender}: its reveals' commitments "
                                f"are not {facts.threshold} honest commitments")
         witness = VerifiedReveals.verify(collected, msg.reveals, facts)
-        key = derive_from(witness, facts)
-        if (key.public_key, key.fingerprint) != (msg.public_key, msg.fingerprint):
-            # the value stays live: the initiator's claim is its error, our key is ours
+        # the reveals are blinded: without r nobody here can derive or check the key, so the
+        # result repeats the public values the initiator announced (module doc)
+        announced = DerivedKey(public_key=msg.public_key, fingerprint=msg.fingerprint)
+        if len(msg.public_key) != 32 or fingerprint(msg.public_key) != msg.fingerprint:
             raise DkdResultMismatch(
-                f"dkd session {step.session}: the initiator announced fingerprint "
-                f"{msg.fingerprint[:32]!r}, its own reveals give {key.fingerprint}")
+                f"dkd session {step.session}: the announced fingerprint "
+                f"{msg.fingerprint[:32]!r} is not the fingerprint of the announced public key")
         step.cancel(DEADLINE_TIMER)
-        step.complete(**_result(facts, step.services, witness, key))
+        step.complete(**_result(facts, step.services, witness, announced))
         return self._advance(DkdParticipant[Completed], pool=pool)
 
     @transition(source=CommitmentPhase, target=Failed, action="timeout")

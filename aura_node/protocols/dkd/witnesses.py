@@ -86,6 +86,7 @@ class DkdSessionFacts:
     session_id: str
     account: AccountRecord
     context: str
+    #: the base every partial of the session is on: ``B = r·H`` (blinded), ``H`` for t = 1
     base: Point
     #: device id -> pinned key of the holders taking part in this session (the driver binds
     #: them to ``memo``: ``MemoizedPublicKey``)
