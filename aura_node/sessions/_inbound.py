@@ -220,6 +220,10 @@ class InboundDelivery(EffectApplication):
             progress = False
             for item in list(entry.early):
                 entry.early.remove(item)
+                if item[3] in entry.seen:
+                    # another copy (a retransmission) was delivered meanwhile: a duplicate
+                    self.duplicates += 1
+                    continue
                 if self._deliver_one(entry, *item, now, step):
                     progress = True
                     break
@@ -252,6 +256,9 @@ class InboundDelivery(EffectApplication):
                 raise DriverObjectionError(objection)
             entry.monitor.check_inbound(sender_role, message, member=peer)
         except RemoteProtocolError as exc:
+            if exc.code == "early_message" and any(d == digest for *_, d in entry.early):
+                self.duplicates += 1  # a retransmitted copy of a message already held
+                return False
             if exc.code == "early_message" and len(entry.early) < MAX_EARLY:
                 entry.early.append((peer, message, env, digest))
                 self._log.debug("message_early", session=entry.id, peer=peer, step=env.step)

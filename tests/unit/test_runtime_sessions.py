@@ -465,3 +465,45 @@ def test_a_journal_the_replay_contradicts_aborts_that_session_as_nondeterminism(
     assert eng.KIND_FAIL in fail  # journaled, and the peer is told (abort fan-out)
     good = a2.get("1" * 32)
     assert good.outcome == "active" and good.state == "AwaitingPong"
+
+
+def test_a_retransmitted_early_message_is_delivered_once() -> None:
+    """A message that comes before its turn is held as early; a retransmitted copy of it (a
+    peer's link came back up) is a duplicate, not a second gather answer - before or after
+    the held copy is delivered - so no misbehaviour is journaled and the session completes."""
+    from aura_node.crypto.keys import DeviceKey as Key
+    from tests.unit.test_kit import VOTE_PROTOCOL, Ack, Vote
+
+    keys = {n: Key.from_seed(n.encode().ljust(32, b"-")) for n in ("c", "v1", "v2")}
+    clock = Clock()
+    rt = SessionRuntime(
+        key=keys["c"], self_name="c",
+        peers=PeerDirectory({n: keys[n].public for n in ("v1", "v2")}),
+        protocols={"kit-vote": VOTE_PROTOCOL.spec}, monitor_for=choreography_monitor,
+        clock=clock,
+        services=NodeServices(self_name="c", self_role="device", device_key=keys["c"],
+                              peers={n: PeerInfo(name=n, role="device",
+                                                 public_key=keys[n].public)
+                                     for n in ("v1", "v2")}))
+    sid = "9" * 32
+    assert rt.handle_command(StartSession(
+        choreography="kit-vote", params={"k": 2, "n": 2},
+        roles={"c": "coordinator", "v1": "voters", "v2": "voters"}, session=sid,
+        entropy=b"e" * 32, reply=Outcome())) is not None
+
+    def send(sender: str, message: Any, *, replay: bool = False) -> Step | None:
+        env = seal(keys[sender], choreography="kit-vote", session=sid, message=message)
+        return rt.handle_inbound(Inbound(sender, keys[sender].device_id,
+                                         encode_wire(env, replay=replay)))
+
+    ack = seal(keys["v1"], choreography="kit-vote", session=sid, message=Ack())
+    for _ in range(2):  # v1's Ack before its turn, twice (the second: a retransmission)
+        rt.handle_inbound(Inbound("v1", keys["v1"].device_id, encode_wire(ack)))
+    send("v1", Vote(yes=True))
+    steps = [send("v2", Vote(yes=False))]  # quorum: Tally goes out, the held Ack is due
+    steps.append(rt.handle_inbound(Inbound("v1", keys["v1"].device_id, encode_wire(ack))))
+    steps.append(send("v2", Ack()))
+    records = [k for s in steps if s is not None for k, _ in s.records]
+    assert eng.KIND_MISBEHAVIOUR not in records, records
+    assert records.count(eng.KIND_IN) == 3  # Vote v2, the held Ack v1 (once), Ack v2
+    assert rt.get(sid).outcome == "completed"
