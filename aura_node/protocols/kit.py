@@ -396,6 +396,10 @@ class _Table:
     #: receives/gathers of one message from several role sets in one phase, by sender role
     by_peer: Mapping[tuple[type[Phase], type, str], TransitionDecl] = field(
         default_factory=dict)
+    #: per phase, the ``@polled`` gathers from it (method names, declaration order)
+    polled: Mapping[type[Phase], tuple[str, ...]] = field(default_factory=dict)
+    #: record kinds of the ``@unrepeatable`` draws this role makes
+    draws: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, role_cls: type[RoleValue]) -> _Table:
@@ -444,8 +448,18 @@ class _Table:
         ordered = {k: (*(d for d in v if d.target is d.source),
                        *(d for d in v if d.target is not d.source))
                    for k, v in automatic.items()}
+        polled: dict[type[Phase], list[str]] = {}
+        draws: set[str] = set()
+        for d in decls:
+            method = getattr(role_cls, d.method)
+            if d.action == "gather" and getattr(method, "__aura_polled__", False):
+                polled.setdefault(d.source, []).append(d.method)
+            kind = getattr(method, "__aura_unrepeatable__", None)
+            if kind is not None:
+                draws.add(kind)
         return cls(inbound, ordered, {k: tuple(v) for k, v in timeouts.items()}, commands,
-                   final_phases(role_cls), gathered, by_peer)
+                   final_phases(role_cls), gathered, by_peer,
+                   {k: tuple(v) for k, v in polled.items()}, frozenset(draws))
 
 
 class RoleDriver(eng.ProtocolDriver):
@@ -686,14 +700,10 @@ class RoleDriver(eng.ProtocolDriver):
     def _poll_gathers(self, phase: type[Phase], step: Step[Any]) -> bool:
         """Call the ``@polled`` gathers from ``phase`` with no message; True when one moved
         the role on."""
-        for d in declared_transitions(type(self).role_class):
-            if d.source is not phase or d.action != "gather":
-                continue
-            method = getattr(self._live(), d.method)
-            if getattr(method, "__aura_polled__", False):
-                self.value = method(None, step)
-                if phase_of(self.value) is not phase:
-                    return True
+        for name in type(self).table.polled.get(phase, ()):
+            self.value = getattr(self._live(), name)(None, step)
+            if phase_of(self.value) is not phase:
+                return True
         return False
 
     def _sends(self, decl: TransitionDecl, out: object, step: Step[Any]) -> list[eng.Effect]:
@@ -723,11 +733,9 @@ class RoleDriver(eng.ProtocolDriver):
         started = False
         last: list[eng.Effect] = []
         parsed = eng.parse_evidence(evidence)
-        draws = {getattr(getattr(cls.role_class, d.method), "__aura_unrepeatable__", None)
-                 for d in declared_transitions(cls.role_class)} - {None}
-        if draws:  # @unrepeatable: replay takes these draws from the journal (module doc)
+        if cls.table.draws:  # @unrepeatable: replay takes the draws from the journal (module doc)
             drv._recalled = {k: [ev.body for ev in parsed if isinstance(ev, eng.DriverRecord)
-                                 and ev.kind == k] for k in draws if k is not None}
+                                 and ev.kind == k] for k in cls.table.draws}
         for ev in parsed:
             effects: list[eng.Effect] | None = None
             if isinstance(ev, eng.Started):
