@@ -18,12 +18,11 @@ import pytest
 from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import ConsumedStateError
 from aura_node.protocols import engine as eng
-from aura_node.protocols import registry as plugin_registry
 from aura_node.protocols.envelope import seal
-from aura_node.protocols.kit import REGISTERED, protocol
+from aura_node.protocols.kit import protocol
 from aura_node.protocols.services import NodeServices
-from aura_node.sessions import _monitors as monitors
 from tests.typing.cases import kit_positive, kit_wrong_phase
+from tests.unit.kit_support import registrations_undone
 
 SID = "7a" * 16
 KEY = DeviceKey.from_seed(b"v" * 32)
@@ -32,16 +31,9 @@ SERVICES = NodeServices(self_name="a", self_role="device", device_key=KEY, peers
 
 @pytest.fixture(autouse=True)
 def registries() -> Iterator[None]:
-    """Registrations made here are undone (the process's registry hash stays the shipped
-    one for the tests that compare it with a node's)."""
-    saved = (dict(eng.PROTOCOLS), dict(REGISTERED), dict(plugin_registry._PLUGINS))
-    yield
-    for registry, before in zip((eng.PROTOCOLS, REGISTERED, plugin_registry._PLUGINS), saved,
-                                strict=True):
-        registry.clear()
-        registry.update(before)  # type: ignore[arg-type]
-    monitors._project.cache_clear()
-    monitors._template.cache_clear()
+    """Registrations made here are undone (see ``registrations_undone``)."""
+    with registrations_undone():
+        yield
 
 
 def _start(choreography: str, role: str, params: dict[str, Any]) -> eng.Start:

@@ -6,7 +6,6 @@ written only with the kit, and through small role classes that break the rules o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
 import msgspec
@@ -27,16 +26,13 @@ from aura_node.protocols.ping.roles import (
     PingResponder,
 )
 from aura_node.protocols.registry import REGISTRY
-from aura_node.protocols.services import NodeServices
 from aura_node.session.conformance import ConformanceError
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
+from tests.unit.kit_support import ENTROPY, KEY_A, SERVICES, SID, HelloChoreo, Rec
+from tests.unit.kit_support import records as _records
 
-SID = "ab" * 16
-KEY_A = DeviceKey.from_seed(b"a" * 32)
-SERVICES = NodeServices(self_name="a", self_role="device", device_key=KEY_A, peers={})
 INITIATOR = SPEC.driver_class("initiator")
 RESPONDER = SPEC.driver_class("responder")
-ENTROPY = bytes(range(32))
 
 
 def _start(role: str, **kw: Any) -> eng.Start:
@@ -155,18 +151,6 @@ def test_unknown_control_action_is_refused_and_names_what_exists() -> None:
 # --- replay rehydration -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rec:
-    seq: int
-    ts: float
-    session: str
-    kind: str
-    body: bytes
-
-
-def _records(*items: tuple[str, msgspec.Struct]) -> list[Rec]:
-    return [Rec(seq=i, ts=100.0, session=SID, kind=k, body=eng.encode_body(b))
-            for i, (k, b) in enumerate(items)]
 
 
 def _start_body(role: str, **kw: Any) -> eng.StartBody:
@@ -267,9 +251,6 @@ class Done(Phase): ...
 @final
 class Failed2(Phase): ...
 
-
-class HelloChoreo:
-    pass
 
 
 @final

@@ -15,22 +15,12 @@ from aura_node.errors import LocalProtocolError
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import seal
 from aura_node.protocols.kit import REGISTERED, NoParams, Protocol, Step, protocol
-from aura_node.protocols.services import NodeServices
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
+from tests.unit.kit_support import ENTROPY, SERVICES, SID, HelloChoreo, registrations_undone
 
 S = TypeVar("S")
-SID = "ab" * 16
-KEY_A = DeviceKey.from_seed(b"a" * 32)
-SERVICES = NodeServices(self_name="a", self_role="device", device_key=KEY_A, peers={})
-ENTROPY = bytes(range(32))
 
 
-class HelloChoreo:
-    pass
-
-
-@final
-class Failed(Phase): ...
 
 
 @final
@@ -151,22 +141,10 @@ class Panelist(ChoreographicProtocol[HelloChoreo, S], choreography="kit-ask", ro
 
 @pytest.fixture
 def ask_protocol() -> Iterator[Protocol]:
-    """Register kit-ask for one test, then leave every registry as it was (the process's
-    registry hash must stay the shipped one for the tests that compare it with a node's)."""
-    from aura_node.protocols import registry
-    from aura_node.sessions import _monitors as monitors
-
-    saved = (dict(eng.PROTOCOLS), dict(REGISTERED), dict(registry._PLUGINS))
-    try:
+    """Register kit-ask for one test, then leave every registry as it was."""
+    with registrations_undone():
         yield protocol(ASK, Asker, Panelist, params=AskParams, responder_params=NoParams,
                        control=True)
-    finally:
-        for table, before in zip((eng.PROTOCOLS, REGISTERED, registry._PLUGINS), saved,
-                                 strict=True):
-            table.clear()
-            table.update(before)  # type: ignore[arg-type]
-        monitors._project.cache_clear()
-        monitors._template.cache_clear()
 
 
 def test_send_with_a_command_waits_for_the_operator(ask_protocol: Protocol) -> None:

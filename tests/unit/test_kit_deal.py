@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
 import msgspec
 import pytest
 
 from aura_node.choreo import ALL, ChoreographyBuilder, choreography
-from aura_node.crypto.keys import DeviceKey
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import encode_envelope, seal
 from aura_node.protocols.kit import (
@@ -24,36 +22,14 @@ from aura_node.protocols.kit import (
     protocol,
     unrepeatable,
 )
-from aura_node.protocols.services import NodeServices
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
+from tests.unit.kit_support import ENTROPY, KEY_A, SERVICES, SID, Failed, HelloChoreo, Rec
 
 S = TypeVar("S")
-SID = "ab" * 16
-KEY_A = DeviceKey.from_seed(b"a" * 32)
-SERVICES = NodeServices(self_name="a", self_role="device", device_key=KEY_A, peers={})
-ENTROPY = bytes(range(32))
 
 
-@dataclass(frozen=True)
-class Rec:
-    seq: int
-    ts: float
-    session: str
-    kind: str
-    body: bytes
 
 
-def _records(*items: tuple[str, msgspec.Struct]) -> list[Rec]:
-    return [Rec(seq=i, ts=100.0, session=SID, kind=k, body=eng.encode_body(b))
-            for i, (k, b) in enumerate(items)]
-
-
-class HelloChoreo:
-    pass
-
-
-@final
-class Failed(Phase): ...
 
 
 

@@ -14,22 +14,12 @@ from aura_node.crypto.keys import DeviceKey
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import seal
 from aura_node.protocols.kit import Step, protocol
-from aura_node.protocols.services import NodeServices
 from aura_node.session.typestate import ChoreographicProtocol, Phase, transition
+from tests.unit.kit_support import ENTROPY, KEY_A, SERVICES, SID, Failed, HelloChoreo
 
 S = TypeVar("S")
-SID = "ab" * 16
-KEY_A = DeviceKey.from_seed(b"a" * 32)
-SERVICES = NodeServices(self_name="a", self_role="device", device_key=KEY_A, peers={})
-ENTROPY = bytes(range(32))
 
 
-class HelloChoreo:
-    pass
-
-
-@final
-class Failed(Phase): ...
 
 
 @final
