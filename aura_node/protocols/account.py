@@ -154,6 +154,10 @@ class AccountEstablished(msgspec.Struct, frozen=True, kw_only=True):
 
     account: AccountRecord
     shares: tuple[HeldShare, ...] = ()
+    #: 0 for what genesis or recovery established; each reshare makes the next
+    #: (protocols/epochs). Not part of AccountRecord: that record travels inside journaled
+    #: protocol messages, whose bytes replay must reproduce.
+    epoch: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
