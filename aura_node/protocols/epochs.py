@@ -97,6 +97,13 @@ def fact_digest(
     return hashlib.sha256(_DIGEST_DOMAIN + body).digest()
 
 
+def root_fact(account: AccountRecord) -> EpochFact:
+    """The epoch-0 fact of an account as genesis established it: no previous fact, no reshare
+    session, no dealers, no signatures (its authority is the account record every holder verified
+    at genesis, whose id is a hash of ``S``). Epoch 1 extends ``root_fact(record).digest()``."""
+    return EpochFact(account=account, epoch=0, previous=b"", session_id="", dealers=())
+
+
 def sign_fact(key: DeviceKey, digest: bytes, *, role: str) -> EpochSignature:
     return EpochSignature(
         role=role,
@@ -113,5 +120,6 @@ __all__ = [
     "EpochFact",
     "EpochSignature",
     "fact_digest",
+    "root_fact",
     "sign_fact",
 ]

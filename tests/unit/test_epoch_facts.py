@@ -6,7 +6,13 @@ import pytest
 
 from aura_node.crypto.keys import DeviceKey
 from aura_node.protocols.account import AccountRecord
-from aura_node.protocols.epochs import EpochError, EpochSignature, fact_digest, sign_fact
+from aura_node.protocols.epochs import (
+    EpochError,
+    EpochSignature,
+    fact_digest,
+    root_fact,
+    sign_fact,
+)
 
 RECORD = AccountRecord(account_id="a", public_key=b"\x01" * 32, threshold=1, devices=(),
                        device_commitments=b"")
@@ -36,3 +42,9 @@ def test_a_signature_verifies_only_for_its_digest_and_its_own_device() -> None:
                             public_key=sig.public_key, signature=sig.signature)
     with pytest.raises(EpochError, match="does not belong"):
         stolen.verify(_digest())
+
+
+def test_the_root_fact_is_epoch_zero_and_extends_nothing() -> None:
+    root = root_fact(RECORD)
+    assert (root.epoch, root.previous, root.dealers) == (0, b"", ())
+    assert root.digest() == fact_digest(RECORD, epoch=0, previous=b"", session_id="", dealers=())
