@@ -46,6 +46,20 @@ Vocabulary (the semantics each projection rule implements, see ``projection.py``
   may also abort from any non-final state (a daemon must be able to give up a session), so
   every local type accepts the abort message everywhere.
 - ``phase(r, "Label")``: from here on, ``r``'s local states carry that phase name.
+
+Optional participants (explicit connections, after Hu & Yoshida's "explicit connection
+actions in multiparty session types" and Scribble's ``connect``/``disconnect``):
+
+- ``connect(a, b, M)``: ``a -> b: M``, and the message that brings ``b`` into the session on
+  this path. A role that is the receiver of any ``connect`` (or of a ``gather(...,
+  connect=True)``: the first of its messages brings the receiving role set in) is *optional*:
+  it takes no part before it is connected, so it need not learn any choice made before; a
+  path that never connects it leaves it out altogether (its session never starts, nobody
+  waits for it, the abort message is not sent to it). On each path an optional role must be
+  connected before it sends or receives anything, and connected once.
+- ``disconnect(a, b)``: ``a`` releases ``b``: ``b``'s part is over on this path (its session
+  completes there), and it may take no further part on it. In a loop, a role's connection
+  (unconnected, connected, released) must be the same at ``again`` as at the loop's start.
 """
 
 from __future__ import annotations
@@ -68,6 +82,7 @@ from aura_node.choreo.syntax import (
     Branch,
     Choice,
     Declaration,
+    Disconnect,
     End,
     Gather,
     Loop,
@@ -202,6 +217,7 @@ class TimeoutHandle(_Draft):
             deadline=s.deadline,
             on_timeout=_freeze_block(self._on_timeout),
             where=s.where,
+            connect=s.connect,
         )
 
 
@@ -241,6 +257,7 @@ class GatherHandle(_Draft):
                 s.on_timeout if self._on_timeout is None else _freeze_block(self._on_timeout)
             ),
             where=s.where,
+            connect=s.connect,
         )
 
 
@@ -356,6 +373,7 @@ class ChoreographyBuilder:
         threshold: ThresholdExpr,
         deadline: str | None,
         optional: bool = False,
+        connect: bool = False,
     ) -> GatherHandle:
         where = caller_where()
         stmt = Gather(
@@ -368,10 +386,31 @@ class ChoreographyBuilder:
             on_quorum=(),
             on_timeout=(Abort(role=role_name(receiver), where=where),),
             where=where,
+            connect=connect,
         )
         handle = GatherHandle(self, stmt)
         self._append(handle)
         return handle
+
+    def connect(self, sender: RoleRef, receiver: RoleRef, message: type) -> None:
+        """``sender -> receiver: message``, which brings the optional role ``receiver`` into
+        the session on this path (see the module docstring). No deadline: ``receiver`` is not
+        waiting for it, it has no session before it."""
+        self._append(
+            Send(
+                sender=role_name(sender),
+                receiver=role_name(receiver),
+                message=message,
+                deadline=None,
+                on_timeout=(),
+                where=caller_where(),
+                connect=True,
+            )
+        )
+
+    def disconnect(self, by: RoleRef, role: RoleRef) -> None:
+        """``by`` releases the optional role ``role``: its part of the session is over here."""
+        self._append(Disconnect(by=role_name(by), role=role_name(role), where=caller_where()))
 
     def all_to_all(
         self,

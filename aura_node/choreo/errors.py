@@ -16,7 +16,8 @@ class IllFormedChoreography(ChoreographyError):
     ``ambiguous_choice``, ``bad_choice``, ``unreachable``, ``wait_forever``,
     ``threshold_bounds``, ``bad_role_use``, ``bad_loop``, ``empty_loop``, ``unguarded_loop``,
     ``phase_conflict``, ``nondeterministic``, ``duplicate_message_name``, ``identical_branches``,
-    ``stuck_role`` (liveness: a role that can never progress).
+    ``stuck_role`` (liveness: a role that can never progress), and for optional participants
+    ``not_connected``, ``connect_twice``, ``after_release``, ``connection_in_loop``.
     """
 
     def __init__(

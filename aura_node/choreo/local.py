@@ -15,6 +15,21 @@ Actions:
 - ``timeout``: the deadline of this state's wait passed (``peer`` is "", ``message`` None).
 - ``abort``: this role gives up; the runtime then sends the abort message to every role.
 
+Optional participants (``connect``/``disconnect`` in the DSL) add no new action, only marks,
+so every reader of the table that ignores them still reads a correct machine:
+
+- ``LocalTransition.connect``: on a ``recv``/``gather``, this message brings this role into the
+  session (its session starts on it: the runtime opens a session for this role when it arrives);
+  on a ``send``, this send brings ``peer`` into the session (before it, ``peer`` is not part of
+  the session and must not be told anything, the abort message included).
+- ``LocalType.optional``: this role joins only on a connect; its initial state waits for a
+  connect message. ``LocalType.optional_roles``: every optional role of the choreography.
+- ``LocalType.released``: final states reached because another role released this one
+  (``disconnect``); like any final state, the session completes there.
+
+A subtyping or compatibility check should treat a ``connect`` receive or send like the plain
+one with the same peer and message, and compare the marks as part of the action.
+
 Transitions marked ``implicit`` are the same in every non-final state (any role may abort from
 anywhere, and the abort message is accepted everywhere); renderers draw them once as a note.
 """
@@ -40,15 +55,17 @@ class LocalTransition:
     deadline: str | None = None  # for gather/timeout: the deadline's declared name
     implicit: bool = False  # the any-state abort edges
     where: str = ""  # source file:line of the interaction this comes from
+    connect: bool = False  # this message brings its receiver into the session (see above)
 
     def describe(self) -> str:
         name = self.message.__name__ if self.message is not None else ""
+        opens = "connect: " if self.connect else ""
         if self.action == "send":
-            return f"send {name} to {self.peer}"
+            return f"{opens}send {name} to {self.peer}"
         if self.action == "recv":
-            return f"recv {name} from {self.peer}"
+            return f"{opens}recv {name} from {self.peer}"
         if self.action == "gather":
-            return f"gather {self.threshold_expr or self.threshold} {name} from {self.peer}"
+            return f"{opens}gather {self.threshold_expr or self.threshold} {name} from {self.peer}"
         if self.action == "timeout":
             return f"timeout ({self.deadline})" if self.deadline else "timeout"
         return "abort"
@@ -67,6 +84,9 @@ class LocalType:
     abort_message: type | None = None
     bindings: Mapping[str, int] = field(default_factory=dict)  # sizes and thresholds bound
     set_sizes: Mapping[str, int] = field(default_factory=dict)  # role set name -> bound size
+    optional: bool = False  # this role joins on a connect message (see above)
+    released: frozenset[str] = frozenset()  # final states reached by a release
+    optional_roles: frozenset[str] = frozenset()  # the choreography's optional roles
     _by_source: Mapping[str, tuple[LocalTransition, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )

@@ -54,6 +54,7 @@ from aura_node.choreo.syntax import (
     Block,
     Choice,
     Declaration,
+    Disconnect,
     End,
     Gather,
     Loop,
@@ -74,6 +75,17 @@ if TYPE_CHECKING:  # the argument's type only: dsl sits above this module
 @dataclass(frozen=True, slots=True)
 class LEnd:
     phase: str | None
+    #: the role's part ends because it was released (``disconnect``), not at the protocol's end;
+    #: either way it has nothing left to do, so the two merge
+    released: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LUnconnected:
+    """An optional role on a path that never connects it: it never joins, so it needs to learn
+    nothing there. The unit of merge, like ``LWaitAbort``: any other outcome wins."""
+
+    phase: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,7 @@ class LSend:
     cont: LNode
     phase: str | None
     where: str = field(default="", compare=False)
+    connect: bool = field(default=False, compare=False)  # this send brings ``peer`` in
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,7 @@ class LBranch:
     threshold: ThresholdExpr | None  # None: a plain receive
     cont: LNode
     where: str = field(default="", compare=False)
+    connect: bool = False  # this receive brings this (optional) role into the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +161,9 @@ class LVar:
     label: str
 
 
-LNode: TypeAlias = "LEnd | LDiverge | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar"
+LNode: TypeAlias = (
+    "LEnd | LUnconnected | LDiverge | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar"
+)
 
 
 def phase_of(node: LNode) -> str | None:
@@ -164,6 +180,8 @@ def describe(node: LNode) -> str:
         return "ends" + (f" in phase {node.phase}" if node.phase else "")
     if isinstance(node, LWaitAbort):
         return "has nothing to do (only an abort can come)"
+    if isinstance(node, LUnconnected):
+        return "is never connected"
     if isinstance(node, LDiverge):
         return f"has nothing more to do while loop {node.loop!r} runs forever"
     if isinstance(node, LAbort):
@@ -228,11 +246,18 @@ def substitute(node: LNode, label: str, by: LNode) -> LNode:
         return by if node.label == label else node
     if isinstance(node, LSend):
         return LSend(
-            node.peer, node.message, substitute(node.cont, label, by), node.phase, node.where
+            node.peer,
+            node.message,
+            substitute(node.cont, label, by),
+            node.phase,
+            node.where,
+            node.connect,
         )
     if isinstance(node, LIn):
         branches = tuple(
-            LBranch(b.peer, b.message, b.threshold, substitute(b.cont, label, by), b.where)
+            LBranch(
+                b.peer, b.message, b.threshold, substitute(b.cont, label, by), b.where, b.connect
+            )
             for b in node.branches
         )
         timeout = node.timeout
@@ -295,9 +320,9 @@ class Merger:
     def merge(self, a: LNode, b: LNode, *, top: str | None = None) -> LNode:
         if a == b:
             return a
-        if isinstance(a, LWaitAbort):
+        if isinstance(a, LWaitAbort | LUnconnected):
             return b
-        if isinstance(b, LWaitAbort):
+        if isinstance(b, LWaitAbort | LUnconnected):
             return a
         if isinstance(a, LDiverge) or isinstance(b, LDiverge):
             return self._diverge(a, b)
@@ -314,7 +339,7 @@ class Merger:
             except _Conflict as c:
                 c.path.insert(0, f"sends {a.message.__name__} to {a.peer}")
                 raise
-            return LSend(a.peer, a.message, cont, phase, a.where)
+            return LSend(a.peer, a.message, cont, phase, a.where, a.connect or b.connect)
         if isinstance(a, LRec) and isinstance(b, LRec) and a.label == b.label:
             return LRec(a.label, self.merge(a.body, b.body))
         if isinstance(a, LRec | LVar) or isinstance(b, LRec | LVar):
@@ -371,7 +396,7 @@ class Merger:
             except _Conflict as c:
                 c.path.insert(0, f"receives {x.message.__name__} from {x.peer}")
                 raise
-            branches[key] = LBranch(x.peer, x.message, x.threshold, cont, x.where)
+            branches[key] = LBranch(x.peer, x.message, x.threshold, cont, x.where, x.connect)
         return LIn(tuple(branches.values()), timeout, phase)
 
     def _unfold(self, node: LNode) -> LNode | None:
@@ -501,6 +526,26 @@ def involved(block: Block) -> set[str]:
             out |= involved(s.body)
         elif isinstance(s, Abort):
             out.add(s.role)
+        elif isinstance(s, Disconnect):
+            out |= {s.by, s.role}
+    return out
+
+
+def connected_roles(block: Block) -> set[str]:
+    """The optional roles of ``block``: every role some ``connect`` brings into the session."""
+    out: set[str] = set()
+    for s in block:
+        if isinstance(s, Send | Gather) and s.connect:
+            out.add(s.receiver)
+        if isinstance(s, Send):
+            out |= connected_roles(s.on_timeout)
+        elif isinstance(s, Gather):
+            out |= connected_roles(s.on_quorum) | connected_roles(s.on_timeout)
+        elif isinstance(s, Choice):
+            for br in s.branches:
+                out |= connected_roles(br.body)
+        elif isinstance(s, Loop):
+            out |= connected_roles(s.body)
     return out
 
 
@@ -530,6 +575,14 @@ Phases: TypeAlias = "dict[str, str]"
 Trace: TypeAlias = "tuple[str, ...]"
 Cont: TypeAlias = "Callable[[Phases, Trace], LNode]"
 
+# The projected role's connection travels with the path in the same mapping as the phases,
+# under keys no role can have (a role name is an identifier, never starts with NUL):
+# ``_LINK`` is its state on this path, ``_LOOP_LINK + label`` its state when loop ``label``
+# started (it must be the same at every ``again``).
+_LINK = "\x00link"
+_LOOP_LINK = "\x00loop:"
+UNCONNECTED, CONNECTED, RELEASED = "unconnected", "connected", "released"
+
 
 class Projector:
     """Projects one choreography onto one role; errors are appended to ``errors``."""
@@ -545,9 +598,64 @@ class Projector:
         # loop whose body is not projected yet (run when it is)
         self.bodies: dict[str, LNode] = {}
         self.deferred: dict[str, list[Callable[[], None]]] = {}
+        self.optional = role in connected_roles(decl.body)
 
     def run(self) -> LNode:
-        return self.block(self.decl.body, 0, {}, (), lambda ph, tr: LEnd(ph.get(self.role)))
+        start: Phases = {_LINK: UNCONNECTED} if self.optional else {}
+        return self.block(self.decl.body, 0, start, (), self.ended)
+
+    def ended(self, ph: Phases, tr: Trace) -> LNode:
+        """The protocol is over on this path: an end, or nothing for a role never connected."""
+        if ph.get(_LINK) == UNCONNECTED:
+            return LUnconnected(ph.get(self.role))
+        return LEnd(ph.get(self.role))
+
+    def use(self, ph: Phases, where: str, what: str, tr: Trace) -> Phases:
+        """The projected role takes part in ``what``: it must be connected on this path. An
+        error is reported once; the path then goes on as if it were connected."""
+        me = self.role
+        state = ph.get(_LINK, CONNECTED)
+        if state == UNCONNECTED:
+            self.err(
+                "not_connected",
+                where,
+                f"role {me!r} {what} before it is connected on this path: an optional role "
+                f"(one that some connect brings in) must first be connected with "
+                f"connect(..., {me}, ...)",
+                tr,
+            )
+            return {**ph, _LINK: CONNECTED}
+        if state == RELEASED:
+            self.err(
+                "after_release",
+                where,
+                f"role {me!r} {what} after it was released (disconnect) on this path",
+                tr,
+            )
+        return ph
+
+    def connect(self, ph: Phases, by: str, where: str, tr: Trace) -> Phases:
+        """The projected role is connected by ``by`` here."""
+        me = self.role
+        state = ph.get(_LINK, CONNECTED)
+        if state == CONNECTED:
+            self.err(
+                "connect_twice",
+                where,
+                f"role {me!r} is connected by {by!r} but is already "
+                + ("connected on this path" if self.optional else "in the session from its start")
+                + " (connect only brings an optional role in, once per path)",
+                tr,
+            )
+        elif state == RELEASED:
+            self.err(
+                "after_release",
+                where,
+                f"role {me!r} is connected again by {by!r} after it was released on this path "
+                "(its session is over; a released role does not come back)",
+                tr,
+            )
+        return {**ph, _LINK: CONNECTED}
 
     def err(self, kind: str, where: str, what: str, trace: Sequence[str]) -> None:
         self.errors.append(
@@ -666,11 +774,21 @@ class Projector:
         if isinstance(s, Phase):
             return rest({**ph, me: s.label} if s.role == me else ph, tr)
         if isinstance(s, Send):
-            tr2 = (*tr, f"{s.sender} -> {s.receiver}: {s.message.__name__}")
+            arrow = "connects" if s.connect else "->"
+            tr2 = (*tr, f"{s.sender} {arrow} {s.receiver}: {s.message.__name__}")
             if s.sender == s.receiver:
                 return rest(ph, tr2)  # reported by the syntactic check
             if me == s.sender:
-                return LSend(s.receiver, s.message, rest(ph, tr2), cur, s.where)
+                ph = self.use(ph, s.where, f"sends {s.message.__name__} to {s.receiver}", tr2)
+                return LSend(s.receiver, s.message, rest(ph, tr2), cur, s.where, s.connect)
+            if me == s.receiver:
+                ph = (
+                    self.connect(ph, s.sender, s.where, tr2)
+                    if s.connect
+                    else self.use(
+                        ph, s.where, f"receives {s.message.__name__} from {s.sender}", tr2
+                    )
+                )
             timed_out: LNode | None = None
             if s.deadline is not None:
                 timed_out = self.block(
@@ -681,7 +799,9 @@ class Projector:
                     None if timed_out is None else LTimeout(s.deadline or "", timed_out, s.where)
                 )
                 return LIn(
-                    (LBranch(s.sender, s.message, None, rest(ph, tr2), s.where),), timeout, cur
+                    (LBranch(s.sender, s.message, None, rest(ph, tr2), s.where, s.connect),),
+                    timeout,
+                    cur,
                 )
             if timed_out is not None:
                 return self.merge_at(
@@ -696,8 +816,19 @@ class Projector:
             tr2 = (
                 *tr,
                 f"{s.senders} -> {s.receiver}: {s.message.__name__} "
-                f"[gather {threshold_text(s.threshold)}{opt}]",
+                f"[gather {threshold_text(s.threshold)}{opt}"
+                + (", connects]" if s.connect else "]"),
             )
+            if me == s.receiver:
+                ph = (
+                    self.connect(ph, s.senders, s.where, tr2)
+                    if s.connect
+                    else self.use(
+                        ph, s.where, f"gathers {s.message.__name__} from {s.senders}", tr2
+                    )
+                )
+            elif me == s.senders:
+                ph = self.use(ph, s.where, f"sends {s.message.__name__} to {s.receiver}", tr2)
             quorum = self.block(s.on_quorum, 0, ph, (*tr2, "quorum"), rest)
             timed_out = self.block(
                 s.on_timeout, 0, ph, (*tr2, f"{s.receiver} times out ({s.deadline})"), rest
@@ -705,7 +836,9 @@ class Projector:
             if me == s.receiver:
                 timeout = None if s.deadline is None else LTimeout(s.deadline, timed_out, s.where)
                 return LIn(
-                    (LBranch(s.senders, s.message, s.threshold, quorum, s.where),), timeout, cur
+                    (LBranch(s.senders, s.message, s.threshold, quorum, s.where, s.connect),),
+                    timeout,
+                    cur,
                 )
             outcome = self.merge_at(
                 s.where,
@@ -714,7 +847,7 @@ class Projector:
                 [("quorum", quorum), ("timeout", timed_out)],
             )
             if me == s.senders:
-                send = LSend(s.receiver, s.message, outcome, cur, s.where)
+                send = LSend(s.receiver, s.message, outcome, cur, s.where, s.connect)
                 return LChoose((send, outcome), cur, s.where) if s.optional else send
             return outcome
         if isinstance(s, AllToAll):
@@ -725,12 +858,15 @@ class Projector:
             )
             if me != s.group:
                 return rest(ph, tr2)
+            ph = self.use(ph, s.where, f"exchanges {s.message.__name__} in {s.group}", tr2)
             timeout = None if s.deadline is None else LTimeout(s.deadline, LAbort(cur), s.where)
             gather = LIn(
                 (LBranch(s.group, s.message, s.threshold, rest(ph, tr2), s.where),), timeout, cur
             )
             return LSend(s.group, s.message, gather, cur, s.where)
         if isinstance(s, Choice):
+            if me == s.decider:
+                ph = self.use(ph, s.where, "makes a choice", tr)
             alts = [
                 (
                     br.label,
@@ -763,11 +899,14 @@ class Projector:
             if me not in involved(s.body):
                 if falls_through(s.body):
                     return rest(ph, tr)
+                if ph.get(_LINK) == UNCONNECTED:
+                    return LUnconnected(cur)  # never connected: finished, not stuck
                 return LDiverge(cur, s.label, s.where, (*tr, f"loop {s.label!r} never exits"))
             tr_loop = (*tr, f"loop {s.label!r}")
+            ph_loop = {**ph, _LOOP_LINK + s.label: ph.get(_LINK, CONNECTED)}
 
             def project_body() -> LNode:
-                return self.block(s.body, 0, ph, tr_loop, rest)
+                return self.block(s.body, 0, ph_loop, tr_loop, rest)
 
             outer = self.loops.get(s.label)
             self.loops[s.label] = project_body
@@ -783,26 +922,62 @@ class Projector:
                 deferred()
             return LRec(s.label, body) if _mentions(body, s.label) else body
         if isinstance(s, Again):
+            entry, now = ph.get(_LOOP_LINK + s.label), ph.get(_LINK, CONNECTED)
+            if entry is not None and entry != now:
+                self.err(
+                    "connection_in_loop",
+                    s.where,
+                    f"role {me!r} is {entry} when loop {s.label!r} starts but {now} at this "
+                    f"again({s.label!r}): a loop must leave each role's connection as it found "
+                    "it (connect or release it on a path that exits the loop)",
+                    (*tr, f"again({s.label!r})"),
+                )
             return LVar(s.label)
         if isinstance(s, End):
-            return LEnd(cur)
+            return self.ended(ph, tr)
+        if isinstance(s, Disconnect):
+            tr2 = (*tr, f"{s.by} releases {s.role}")
+            if me == s.by:
+                return rest(self.use(ph, s.where, f"releases {s.role}", tr2), tr2)
+            if me != s.role:
+                return rest(ph, tr2)
+            state = ph.get(_LINK, CONNECTED)
+            if state != CONNECTED:
+                self.err(
+                    "after_release" if state == RELEASED else "not_connected",
+                    s.where,
+                    f"role {me!r} is released by {s.by!r} but it is "
+                    + ("released already" if state == RELEASED else "not connected")
+                    + " on this path",
+                    tr2,
+                )
+            # what follows is projected only to find uses of the released role
+            rest({**ph, _LINK: RELEASED}, tr2)
+            return LEnd(cur, released=True)
         # Abort
-        return LAbort(cur) if s.role == me else LWaitAbort(cur)
+        if s.role == me:
+            self.use(ph, s.where, "aborts", tr)
+            return LAbort(cur)
+        return LUnconnected(cur) if ph.get(_LINK) == UNCONNECTED else LWaitAbort(cur)
 
 
 # --- step 2: the state machine -----------------------------------------------------------------
 
 
-class _State:
-    __slots__ = ("final", "phase", "trans")
+_Trans: TypeAlias = (
+    "tuple[Action, str, type | None, ThresholdExpr | None, str | None, int, bool, str, bool]"
+)
 
-    def __init__(self, phase: str | None, final: bool = False) -> None:
+
+class _State:
+    __slots__ = ("final", "phase", "released", "trans")
+
+    def __init__(self, phase: str | None, final: bool = False, released: bool = False) -> None:
         self.phase = phase
         self.final = final
-        # (action, peer, message, threshold expr, deadline, target, implicit, where)
-        self.trans: list[
-            tuple[Action, str, type | None, ThresholdExpr | None, str | None, int, bool, str]
-        ] = []
+        self.released = released
+        # (action, peer, message, threshold expr, deadline, target, implicit, where, connect)
+        self.trans: list[_Trans] = []
 
 
 def _msg_key(t: type | None) -> str:
@@ -816,11 +991,11 @@ class _MachineBuilder:
         self.errors = errors
         self.states: list[_State] = []
         self.abort_id = self._new(decl.abort_phase, final=True)
-        self.end_ids: dict[str | None, int] = {}
+        self.end_ids: dict[tuple[str | None, bool], int] = {}
         self.aliases: list[tuple[int, int]] = []
 
-    def _new(self, phase: str | None, final: bool = False) -> int:
-        self.states.append(_State(phase, final))
+    def _new(self, phase: str | None, final: bool = False, released: bool = False) -> int:
+        self.states.append(_State(phase, final, released))
         return len(self.states) - 1
 
     def err(self, kind: str, where: str, what: str) -> None:
@@ -841,10 +1016,13 @@ class _MachineBuilder:
                 self.err("bad_loop", self.decl.where, f"again({node.label!r}) outside its loop")
                 return self.abort_id
             return target
-        if isinstance(node, LEnd | LDiverge):
-            sid = self.end_ids.get(node.phase)
+        if isinstance(node, LEnd | LDiverge | LUnconnected):
+            released = isinstance(node, LEnd) and node.released
+            sid = self.end_ids.get((node.phase, released))
             if sid is None:
-                sid = self.end_ids[node.phase] = self._new(node.phase, final=True)
+                sid = self.end_ids[(node.phase, released)] = self._new(
+                    node.phase, final=True, released=released
+                )
             return sid
         sid = self._new(phase_of(node))
         self.fill(sid, node, env)
@@ -863,6 +1041,7 @@ class _MachineBuilder:
                     self.build(node.cont, env),
                     False,
                     node.where,
+                    node.connect,
                 )
             )
         elif isinstance(node, LIn):
@@ -879,21 +1058,23 @@ class _MachineBuilder:
                         self.build(b.cont, env),
                         False,
                         b.where,
+                        b.connect,
                     )
                 )
             if node.timeout is not None:
                 cont = node.timeout.cont
                 target = self.abort_id if isinstance(cont, LAbort) else self.build(cont, env)
                 st.trans.append(
-                    ("timeout", "", None, None, deadline, target, False, node.timeout.where)
+                    ("timeout", "", None, None, deadline, target, False, node.timeout.where, False)
                 )
         elif isinstance(node, LChoose):
             for alt in node.alts:
                 self.fill(sid, alt, env)
         elif isinstance(node, LAbort):
-            st.trans.append(("abort", "", None, None, None, self.abort_id, False, ""))
-        elif isinstance(node, LEnd | LDiverge):
+            st.trans.append(("abort", "", None, None, None, self.abort_id, False, "", False))
+        elif isinstance(node, LEnd | LDiverge | LUnconnected):
             st.final = True
+            st.released |= isinstance(node, LEnd) and node.released
         elif isinstance(node, LRec):
             self.fill(sid, node.body, {**env, node.label: sid})
         elif isinstance(node, LVar):
@@ -915,6 +1096,7 @@ class _MachineBuilder:
         for sid, target in self.aliases:
             self.states[sid].trans.extend(self.states[target].trans)
             self.states[sid].final |= self.states[target].final
+            self.states[sid].released |= self.states[target].released
 
 
 def _bind(
@@ -987,7 +1169,7 @@ def build_machine(
 
     # determinism: one transition per (input peer, message), per output, one timeout
     for st in states:
-        seen: dict[tuple[str, str, str], tuple[object, ...]] = {}
+        seen: dict[tuple[str, str, str], _Trans] = {}
         unique = []
         for tr in st.trans:
             kind = "in" if tr[0] in ("recv", "gather") else tr[0]
@@ -1014,15 +1196,15 @@ def build_machine(
             continue
         have = {(t[0], t[1], t[2]) for t in st.trans}
         if not any(t[0] == "abort" for t in st.trans):
-            st.trans.append(("abort", "", None, None, None, mb.abort_id, True, ""))
+            st.trans.append(("abort", "", None, None, None, mb.abort_id, True, "", False))
         for p in peers:
             if ("recv", p, abort_msg) not in have:
-                st.trans.append(("recv", p, abort_msg, None, None, mb.abort_id, True, ""))
+                st.trans.append(("recv", p, abort_msg, None, None, mb.abort_id, True, "", False))
 
     # Moore minimisation
     def sig0(sid: int) -> tuple[object, ...]:
         st = states[sid]
-        return (st.final, st.phase or "", sid == mb.abort_id)
+        return (st.final, st.phase or "", sid == mb.abort_id, st.released)
 
     block = _partition([sig0(s) for s in range(len(states))])
     while True:
@@ -1031,8 +1213,8 @@ def build_machine(
                 block[s],
                 tuple(
                     sorted(
-                        (a, p, _msg_key(m), str(k), d or "", block[tg], imp)
-                        for a, p, m, k, d, tg, imp, _ in states[s].trans
+                        (a, p, _msg_key(m), str(k), d or "", block[tg], imp, c)
+                        for a, p, m, k, d, tg, imp, _, c in states[s].trans
                     )
                 ),
             )
@@ -1099,7 +1281,7 @@ def build_machine(
 
     transitions: list[LocalTransition] = []
     for b in order:
-        for a, p, m, k, d, tg, imp, where in states[rep[b]].trans:
+        for a, p, m, k, d, tg, imp, where, c in states[rep[b]].trans:
             threshold = expr = None
             if a == "gather" and k is not None:
                 threshold, expr = _threshold_value(k, p, values, sizes, roles)
@@ -1115,6 +1297,7 @@ def build_machine(
                     deadline=d,
                     implicit=imp,
                     where=where,
+                    connect=c,
                 )
             )
     return LocalType(
@@ -1129,6 +1312,9 @@ def build_machine(
         abort_message=abort_msg,
         bindings=values,
         set_sizes=sizes,
+        optional=role in connected_roles(decl.body),
+        released=frozenset(names[b] for b in order if states[rep[b]].released),
+        optional_roles=frozenset(connected_roles(decl.body)),
     )
 
 
@@ -1142,7 +1328,8 @@ def to_local_type(
 ) -> LocalType:
     errors: list[IllFormedChoreography] = []
     assert isinstance(
-        tree, LEnd | LDiverge | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar
+        tree,
+        LEnd | LUnconnected | LDiverge | LWaitAbort | LAbort | LSend | LIn | LChoose | LRec | LVar,
     )
     lt = build_machine(chor, role, tree, bindings, errors)
     if errors:

@@ -107,6 +107,9 @@ class Send:
     deadline: str | None
     on_timeout: Block
     where: str
+    #: ``connect(sender, receiver, M)``: this message brings ``receiver`` into the session (an
+    #: optional role: it takes no part, and is not told of any choice, before it)
+    connect: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +123,9 @@ class Gather:
     on_quorum: Block
     on_timeout: Block
     where: str
+    #: ``gather(..., connect=True)``: the first of these messages brings ``receiver`` (an
+    #: optional role) into the session; its deadline runs from then
+    connect: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,7 +182,20 @@ class Phase:
     where: str
 
 
-Statement: TypeAlias = "Send | Gather | AllToAll | Choice | Loop | Again | End | Abort | Phase"
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    """``disconnect(by, role)``: ``by`` releases the optional role ``role`` on this path. The
+    released role's part is over (its session completes here); it may take no further part on
+    this path. No message travels: ``role`` already knows where it is, as for any end."""
+
+    by: str
+    role: str
+    where: str
+
+
+Statement: TypeAlias = (
+    "Send | Gather | AllToAll | Choice | Loop | Again | End | Abort | Phase | Disconnect"
+)
 Block: TypeAlias = "tuple[Statement, ...]"
 
 

@@ -14,7 +14,12 @@ Theory of operation
    envelope names a message by it, so one of them could not be decoded).
 2. Projection onto every role (``projection.Projector``): knowledge of choice (merge), choices
    not initiated by their decider, ambiguous and identical branches, roles stuck forever
-   behind a loop that never exits (liveness).
+   behind a loop that never exits (liveness). Optional participants: a role some ``connect``
+   brings in must be connected before it takes part on a path (``not_connected``), is
+   connected at most once (``connect_twice``), takes no part after its release
+   (``after_release``), and has the same connection at each ``again`` as at its loop's start
+   (``connection_in_loop``). A role not connected on a path need not learn the choices of that
+   path, and is finished (not stuck) when the path ends or loops forever without it.
 3. The state machines at the smallest instance: nondeterministic states, and receive states
    no other role can ever satisfy (a receive whose message no peer ever sends to this role
    would wait forever).
@@ -42,6 +47,7 @@ from aura_node.choreo.syntax import (
     Block,
     Choice,
     Declaration,
+    Disconnect,
     End,
     Gather,
     Loop,
@@ -429,6 +435,17 @@ class _Syntax:
             elif isinstance(s, Abort):
                 self.role(s.role, s.where, trace, want=None)
                 terminated = f"abort({s.role})"
+            elif isinstance(s, Disconnect):
+                trace = (*trace, f"{s.by} releases {s.role}")
+                self.role(s.by, s.where, trace, want=None)
+                self.role(s.role, s.where, trace, want=None)
+                if s.by == s.role:
+                    self.err(
+                        "bad_role_use",
+                        s.where,
+                        f"{s.role!r} releases itself; another role releases it",
+                        trace,
+                    )
         return terminated is not None
 
 
