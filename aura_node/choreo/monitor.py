@@ -27,6 +27,15 @@ type); a protocol that gathers the same message type twice from the same set (a 
 tell rounds apart in the payload. The abort state accepts (and drops) every message of the
 choreography this role could receive; any state accepts the abort message.
 
+Optional participants (``connect`` in the choreography): the monitor of an optional role is
+not *joined* until the message that connects it arrives (``joined``; the runtime creates the
+monitor when that message opens the session, so there it is joined at once; the in-memory
+interpreter holds monitors of members that never join). A monitor that has not joined has no
+deadline running (nobody is waiting on it, and it is waiting on nobody: its session has not
+started) and counts as finished when the session ends without it (``finished``).
+``connected`` is the set of optional roles this side knows to be in the session: ones it
+connected itself, or heard from.
+
 Each check is one dict lookup on ``(state, peer, message type)``; messages are not copied.
 """
 
@@ -61,6 +70,8 @@ class Monitor:
         "_peers",
         "_stragglers",
         "_timeout",
+        "connected",
+        "joined",
         "local_type",
         "state",
     )
@@ -103,6 +114,9 @@ class Monitor:
             raise MonitorUsageError(
                 f"{lt.choreography}/{lt.role} has no state {start!r} (has: {lt.states})"
             )
+        # an optional role joins on its connect message; one resumed from the journal had joined
+        self.joined = not lt.optional or state is not None
+        self.connected: set[str] = set()
         self.state = ""  # _enter records nothing when leaving ""
         self._enter(start)
 
@@ -142,9 +156,15 @@ class Monitor:
         return self.local_type.phases.get(self.state)
 
     @property
+    def finished(self) -> bool:
+        """Final, or an optional role that never joined (a path that did not connect it)."""
+        return self.is_final or not self.joined
+
+    @property
     def can_time_out(self) -> bool:
-        """True when a deadline runs in the current state (the runtime arms its timer)."""
-        return self.state in self._timeout
+        """True when a deadline runs in the current state (the runtime arms its timer); never
+        before an optional role has joined."""
+        return self.joined and self.state in self._timeout
 
     def expected_inbound(self) -> tuple[LocalTransition, ...]:
         return tuple(
@@ -168,6 +188,9 @@ class Monitor:
         mtype = type(message)
         t = self._in.get((self.state, sender_role, mtype))
         if t is not None:
+            self.joined = True
+            if sender_role in self.local_type.optional_roles:
+                self.connected.add(sender_role)
             if t.action == "recv":
                 self._enter(t.target)
                 return
@@ -212,6 +235,8 @@ class Monitor:
         mtype = type(message)
         t = self._out.get((self.state, receiver_role, mtype))
         if t is not None:
+            if t.connect or receiver_role in self.connected:
+                self.connected.add(receiver_role)
             self._enter(t.target)
             return
         if mtype is self.local_type.abort_message and receiver_role in self._peers:

@@ -14,6 +14,7 @@ import msgspec
 
 from aura_node.choreo.dsl import Choreography
 from aura_node.choreo.local import LocalTransition, LocalType
+from aura_node.choreo.projection import connected_roles
 from aura_node.choreo.syntax import (
     Abort,
     Again,
@@ -21,6 +22,7 @@ from aura_node.choreo.syntax import (
     AllToAll,
     Block,
     Choice,
+    Disconnect,
     End,
     Gather,
     Loop,
@@ -64,6 +66,7 @@ class _Sequence:
     def __init__(self, chor: Choreography) -> None:
         self.chor = chor
         self.roles = {r.name: r for r in chor.decl.roles}
+        self.optional = connected_roles(chor.decl.body)
         self.lines: list[str] = []
 
     def emit(self, depth: int, line: str) -> None:
@@ -78,8 +81,11 @@ class _Sequence:
         self.emit(0, "sequenceDiagram")
         self.emit(1, f"%% choreography {d.name}; abort message {d.abort_message.__name__}")
         for r in d.roles:
-            if r.is_set:
-                self.emit(1, f"participant {r.name} as {_role_caption(r)}")
+            if r.is_set or r.name in self.optional:
+                caption = _role_caption(r)
+                if r.name in self.optional:
+                    caption += " (optional: joins when connected)"
+                self.emit(1, f"participant {r.name} as {caption}")
             else:
                 self.emit(1, f"participant {r.name}")
         self.block(d.body, 1)
@@ -104,7 +110,14 @@ class _Sequence:
                 self.emit(depth, f"Note over {s.role}: phase {s.label}")
             elif isinstance(s, Send):
                 arrow = f"{s.sender}->>{s.receiver}: {s.message.__name__}"
-                if s.deadline is None:
+                if s.connect:
+                    self.emit(depth, arrow)
+                    self.emit(
+                        depth,
+                        f"Note over {s.sender},{s.receiver}: {s.sender} connects "
+                        f"{s.receiver} ({s.receiver} joins the session)",
+                    )
+                elif s.deadline is None:
                     self.emit(depth, arrow)
                 else:
                     self.emit(depth, f"alt {s.message.__name__} within {s.deadline}")
@@ -118,10 +131,11 @@ class _Sequence:
                 arrow = "-->>" if s.optional else "->>"
                 self.emit(depth, f"{s.senders}{arrow}{s.receiver}: {s.message.__name__}")
                 how = "any member may send" if s.optional else "each member sends"
+                joins = f"; the first connects {s.receiver}" if s.connect else ""
                 self.emit(
                     depth,
                     f"Note over {s.senders},{s.receiver}: {s.receiver} gathers {k} "
-                    f"{s.message.__name__} ({how}; deadline {s.deadline})",
+                    f"{s.message.__name__} ({how}; deadline {s.deadline}{joins})",
                 )
                 self.emit(depth, f"alt quorum: {k} {s.message.__name__}")
                 self.branch_body(s.on_quorum, depth + 1)
@@ -154,6 +168,11 @@ class _Sequence:
                 self.emit(depth, f"Note over {self.span()}: again {s.label}")
             elif isinstance(s, End):
                 self.emit(depth, f"Note over {self.span()}: end")
+            elif isinstance(s, Disconnect):
+                self.emit(
+                    depth,
+                    f"Note over {s.by},{s.role}: {s.by} releases {s.role} ({s.role}'s part ends)",
+                )
             else:
                 self.abort(s.role, depth)
 
@@ -176,6 +195,8 @@ def _label(t: LocalTransition) -> str:
 def state_mermaid(lt: LocalType) -> str:
     """A Mermaid ``stateDiagram-v2`` of one role's local type (implicit abort edges as a note)."""
     lines = ["stateDiagram-v2", f"{_INDENT}%% {lt.choreography} / {lt.role}"]
+    if lt.optional:
+        lines.append(f"{_INDENT}%% optional role: its session starts on a connect message")
     for s in lt.states:
         phase = lt.phases.get(s)
         if phase and phase != s:
@@ -187,6 +208,9 @@ def state_mermaid(lt: LocalType) -> str:
     for s in lt.states:
         if s in lt.final:
             lines.append(f"{_INDENT}{s} --> [*]")
+    for s in lt.states:
+        if s in lt.released:
+            lines.append(f"{_INDENT}note left of {s}: released (disconnect)")
     if lt.abort_message is not None:
         lines.append(
             f"{_INDENT}note right of {lt.abort_state}: from every non-final state, abort or "
@@ -208,6 +232,8 @@ def state_dot(lt: LocalType) -> str:
     for s in lt.states:
         phase = lt.phases.get(s)
         label = s if not phase or phase == s else f"{s}\\n({phase})"
+        if s in lt.released:
+            label += "\\n(released)"
         extra = ", peripheries=2" if s in lt.final else ""
         out.append(f'  {_dot_quote(s)} [label="{label}"{extra}];')
     out.append(f"  __start -> {_dot_quote(lt.initial)};")
@@ -235,6 +261,10 @@ def local_text(lt: LocalType) -> str:
         f"  final: {', '.join(s for s in lt.states if s in lt.final)}",
         f"  bindings: {', '.join(f'{k}={v}' for k, v in sorted(lt.bindings.items())) or '-'}",
     ]
+    if lt.optional:
+        lines.append("  optional: joins on a connect message")
+    if lt.released:
+        lines.append(f"  released in: {', '.join(s for s in lt.states if s in lt.released)}")
     for s in lt.states:
         phase = lt.phases.get(s)
         lines.append(f"  {s}" + (f"  [{phase}]" if phase and phase != s else ""))
@@ -263,12 +293,14 @@ def _text_block(chor: Choreography, block: Block, depth: int, where: bool) -> It
             yield at(f"{pad}phase {s.role} {s.label}", s.where)
         elif isinstance(s, Send):
             dl = f" [deadline {s.deadline}]" if s.deadline else ""
-            yield at(f"{pad}{s.sender} -> {s.receiver}: {s.message.__name__}{dl}", s.where)
+            arrow = "connects" if s.connect else "->"
+            yield at(f"{pad}{s.sender} {arrow} {s.receiver}: {s.message.__name__}{dl}", s.where)
             if s.deadline:
                 yield f"{pad}  on timeout:"
                 yield from _text_block(chor, s.on_timeout, depth + 2, where)
         elif isinstance(s, Gather):
             opt = ", optional" if s.optional else ""
+            opt += ", connects" if s.connect else ""
             k = _threshold(s.threshold, roles.get(s.senders))
             yield at(
                 f"{pad}{s.senders} -> {s.receiver}: {s.message.__name__} "
@@ -298,6 +330,8 @@ def _text_block(chor: Choreography, block: Block, depth: int, where: bool) -> It
             yield at(f"{pad}again {s.label}", s.where)
         elif isinstance(s, End):
             yield at(f"{pad}end", s.where)
+        elif isinstance(s, Disconnect):
+            yield at(f"{pad}{s.by} releases {s.role}", s.where)
         else:
             yield at(f"{pad}abort by {s.role}", s.where)
 

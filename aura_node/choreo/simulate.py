@@ -14,8 +14,11 @@ member), as peer links are. At every step the scheduler picks, at random, one en
   (``abort_probability``); an abort sends the abort message to every member out of band.
 
 The run ends when nothing is enabled. A well-formed choreography must end with every member
-in a final state and every queue empty; a monitor rejecting a message in this closed world
-is a bug in projection or in the monitor. Randomness comes in as ``random.Random``.
+in a final state (or, for an optional role, never joined: no path connected it) and every
+queue empty; a member that has not joined has no session yet, so it neither times out nor
+aborts, and an abort sent to it waits until it joins (one that never joins never sees it, as a
+node drops a message for a session it does not have). A monitor rejecting a message in this
+closed world is a bug in projection or in the monitor. Randomness comes in as ``random.Random``.
 """
 
 from __future__ import annotations
@@ -68,10 +71,10 @@ class RunResult:
 
     @property
     def all_final(self) -> bool:
-        return all(m.is_final for m in self.members.values())
+        return all(m.finished for m in self.members.values())
 
     def not_final(self) -> list[str]:
-        return [f"{r}[{i}] in {m.state}" for (r, i), m in self.members.items() if not m.is_final]
+        return [f"{r}[{i}] in {m.state}" for (r, i), m in self.members.items() if not m.finished]
 
 
 def run_session(
@@ -116,6 +119,8 @@ def run_session(
                 actions.append(("send", (m, t)))
             if mon.can_time_out:
                 rare.append(("timeout", m))
+            if not mon.joined:
+                continue  # no session yet: it can only be connected
             if not mon.is_final and any(
                 t.action == "abort" and not t.implicit for t in mon.local_type.outgoing(mon.state)
             ):
@@ -123,7 +128,9 @@ def run_session(
             elif abort_probability and not mon.is_final and rng.random() < abort_probability:
                 actions.append(("abort", m))
         actions.extend(("deliver", k) for k, q in queues.items() if q)
-        actions.extend(("oob", m) for m, q in oob.items() if q)
+        # an abort waits for a member that has not joined yet (its connect message may still
+        # be on the way); one that never joins never sees it
+        actions.extend(("oob", m) for m, q in oob.items() if q and members[m].joined)
         rng.shuffle(actions)
         rng.shuffle(rare)
         if rng.random() < timeout_probability:
@@ -167,5 +174,7 @@ def run_session(
         if not done:
             break
         steps += 1
-    leftover = sum(len(q) for q in queues.values()) + sum(len(q) for q in oob.values())
+    leftover = sum(len(q) for q in queues.values()) + sum(
+        len(q) for m, q in oob.items() if members[m].joined
+    )
     return RunResult(steps=steps, members=members, leftover=leftover, events=events)
