@@ -59,13 +59,15 @@ class LocalTransition:
 
     def describe(self) -> str:
         name = self.message.__name__ if self.message is not None else ""
-        opens = "connect: " if self.connect else ""
+        # a connect is the same action, marked: "(connects)" says this message brings its
+        # receiver into the session
+        opens = " (connects)" if self.connect else ""
         if self.action == "send":
-            return f"{opens}send {name} to {self.peer}"
+            return f"send {name} to {self.peer}{opens}"
         if self.action == "recv":
-            return f"{opens}recv {name} from {self.peer}"
+            return f"recv {name} from {self.peer}{opens}"
         if self.action == "gather":
-            return f"{opens}gather {self.threshold_expr or self.threshold} {name} from {self.peer}"
+            return f"gather {self.threshold_expr or self.threshold} {name} from {self.peer}{opens}"
         if self.action == "timeout":
             return f"timeout ({self.deadline})" if self.deadline else "timeout"
         return "abort"

@@ -835,6 +835,10 @@ class Projector:
             )
             if me == s.receiver:
                 timeout = None if s.deadline is None else LTimeout(s.deadline, timed_out, s.where)
+                if s.connect and s.threshold == 1:
+                    # the receiver's session starts with the first message, which is also
+                    # the quorum: no deadline can pass in between
+                    timeout = None
                 return LIn(
                     (LBranch(s.senders, s.message, s.threshold, quorum, s.where, s.connect),),
                     timeout,

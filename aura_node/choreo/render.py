@@ -67,6 +67,9 @@ class _Sequence:
         self.chor = chor
         self.roles = {r.name: r for r in chor.decl.roles}
         self.optional = connected_roles(chor.decl.body)
+        # optional roles connected on the path being drawn (after a construct: on some path
+        # through it); the abort message reaches only roles in the session
+        self.connected: set[str] = set()
         self.lines: list[str] = []
 
     def emit(self, depth: int, line: str) -> None:
@@ -81,11 +84,16 @@ class _Sequence:
         self.emit(0, "sequenceDiagram")
         self.emit(1, f"%% choreography {d.name}; abort message {d.abort_message.__name__}")
         for r in d.roles:
-            if r.is_set or r.name in self.optional:
+            if r.name in self.optional:
                 caption = _role_caption(r)
-                if r.name in self.optional:
-                    caption += " (optional: joins when connected)"
+                caption = (
+                    f"{caption[:-1]}, optional, joins when connected)"
+                    if r.is_set
+                    else f"{caption} (optional, joins when connected)"
+                )
                 self.emit(1, f"participant {r.name} as {caption}")
+            elif r.is_set:
+                self.emit(1, f"participant {r.name} as {_role_caption(r)}")
             else:
                 self.emit(1, f"participant {r.name}")
         self.block(d.body, 1)
@@ -95,14 +103,21 @@ class _Sequence:
         msg = self.chor.decl.abort_message.__name__
         self.emit(depth, f"Note over {role}: {role} aborts")
         for other in self.roles:
+            if other in self.optional and other not in self.connected:
+                continue
             if other != role or self.roles[other].is_set:
                 self.emit(depth, f"{role}-x{other}: {msg}")
 
-    def branch_body(self, block: Block, depth: int) -> None:
+    def branch_body(self, block: Block, depth: int, start: set[str] | None = None) -> set[str]:
+        """Draw one outcome from the connections ``start`` (default: the current ones);
+        returns the connections at its end (the caller joins its outcomes')."""
+        if start is not None:
+            self.connected = set(start)
         if block:
             self.block(block, depth)
         else:
             self.emit(depth, f"Note over {self.span()}: continue")
+        return self.connected
 
     def block(self, block: Block, depth: int) -> None:
         for s in block:
@@ -117,13 +132,15 @@ class _Sequence:
                         f"Note over {s.sender},{s.receiver}: {s.sender} connects "
                         f"{s.receiver} ({s.receiver} joins the session)",
                     )
+                    self.connected.add(s.receiver)
                 elif s.deadline is None:
                     self.emit(depth, arrow)
                 else:
                     self.emit(depth, f"alt {s.message.__name__} within {s.deadline}")
                     self.emit(depth + 1, arrow)
                     self.emit(depth, f"else {s.receiver} times out ({s.deadline})")
-                    self.branch_body(s.on_timeout, depth + 1)
+                    start = set(self.connected)
+                    self.connected = start | self.branch_body(s.on_timeout, depth + 1)
                     self.emit(depth, "end")
             elif isinstance(s, Gather):
                 group = self.roles.get(s.senders)
@@ -132,15 +149,25 @@ class _Sequence:
                 self.emit(depth, f"{s.senders}{arrow}{s.receiver}: {s.message.__name__}")
                 how = "any member may send" if s.optional else "each member sends"
                 joins = f"; the first connects {s.receiver}" if s.connect else ""
+                deadline = f"; deadline {s.deadline}" if s.deadline is not None else ""
                 self.emit(
                     depth,
                     f"Note over {s.senders},{s.receiver}: {s.receiver} gathers {k} "
-                    f"{s.message.__name__} ({how}; deadline {s.deadline}{joins})",
+                    f"{s.message.__name__} ({how}{deadline}{joins})",
                 )
+                if s.connect:
+                    self.connected.add(s.receiver)
+                if s.connect and s.threshold == 1:
+                    # the first message connects the receiver and is its quorum: no deadline
+                    # can pass before it (projection drops that timeout too)
+                    if s.on_quorum:
+                        self.block(s.on_quorum, depth)
+                    continue
+                start = set(self.connected)
                 self.emit(depth, f"alt quorum: {k} {s.message.__name__}")
-                self.branch_body(s.on_quorum, depth + 1)
+                after = set(self.branch_body(s.on_quorum, depth + 1))
                 self.emit(depth, f"else {s.receiver} times out ({s.deadline})")
-                self.branch_body(s.on_timeout, depth + 1)
+                self.connected = after | self.branch_body(s.on_timeout, depth + 1, start)
                 self.emit(depth, "end")
             elif isinstance(s, AllToAll):
                 group = self.roles.get(s.group)
@@ -154,10 +181,12 @@ class _Sequence:
                     f"(deadline {s.deadline}; on timeout it aborts)",
                 )
             elif isinstance(s, Choice):
+                start, after = set(self.connected), set(self.connected)
                 for i, br in enumerate(s.branches):
                     kw = "alt" if i == 0 else "else"
                     self.emit(depth, f"{kw} {s.decider} chooses {br.label}")
-                    self.branch_body(br.body, depth + 1)
+                    after |= self.branch_body(br.body, depth + 1, start)
+                self.connected = after
                 if s.branches:
                     self.emit(depth, "end")
             elif isinstance(s, Loop):

@@ -347,7 +347,9 @@ class _Syntax:
                     )
                 self.message(s.message, s.where, trace)
                 self.threshold(s.threshold, group, s.where, trace, optional=s.optional)
-                if s.deadline is None:
+                if s.deadline is None and not (s.connect and s.threshold == 1):
+                    # (a connecting gather of 1 needs none: its first message starts the
+                    # receiver's session and is its quorum)
                     self.err(
                         "wait_forever",
                         s.where,

@@ -16,9 +16,12 @@ threshold ``t_g``) and ``devices`` (the account's existing devices as its record
    from each member of one role set to every member of another: a gather whose receiver is a
    role set; each device's session opens with the first notice it gets). During the cooldown
    any device may veto: :class:`RecoveryVeto` goes from the device to every guardian, never
-   through the new device. A guardian that a veto reaches before its cooldown ends tells the
-   new device (:class:`RecoveryVetoed`, which ends the new device in Vetoed) and aborts the
-   session, so the abort reaches every role it knows (the other guardians included).
+   through the new device. The devices are an *optional role* (``connect=True`` on that
+   fan-out): a path that never notifies them leaves them out of the session entirely, and the
+   first notice is their quorum, so they have no deadline before it. A guardian that a veto
+   reaches before its cooldown ends tells the new device (:class:`RecoveryVetoed`, which ends
+   the new device in Vetoed) and aborts the session, so the abort reaches every role it knows
+   (the other guardians included).
    A guardian never waits for the ``ShareRequest`` unbounded (it may be lost): its own deadline
    (``recovery_approval_timeout``, measured from its own start as approval + cooldown + share
    timeouts, so it cannot pass before the new device's own last deadline) ends it in Failed,
@@ -157,9 +160,13 @@ def RECOVERY(c: ChoreographyBuilder) -> None:
 
     # fan-out: every guardian that verified the threshold notifies every device itself
     c.phase(guardians, "CoolingDown")
+    # the devices are an optional role: the first notice connects them (each device's session
+    # starts with it, and it is their quorum: no deadline), so a recovery that never gets here
+    # (too few approvals, a guardian's request deadline) never involves them, not even with
+    # its abort
     c.gather(
-        guardians, devices, RecoveryPending, threshold=1, deadline="recovery_cooldown",
-        optional=True,
+        guardians, devices, RecoveryPending, threshold=1, deadline=None, optional=True,
+        connect=True,
     )
     c.phase(devices, "MayVeto")
     veto = c.gather(

@@ -33,7 +33,7 @@ Phases (see ``choreography.py`` for the wire order; every non-final phase aborts
                 AwaitingCompletion --RecoveryComplete (SecretReconstructed)--> Completed
                 Deciding|AwaitingThreshold --own request deadline--> Failed (timeout)
                 AwaitingCompletion --own completion deadline--> Failed (timeout)
-    device:     Watching --first RecoveryPending (opens the session)--> MayVeto
+    device:     Watching --first RecoveryPending (connects it: opens the session)--> MayVeto
                 MayVeto --later RecoveryPending (a straggler): watch until its watch_until
                 MayVeto --operator vetoes (``veto``): RecoveryVeto to every guardian--> MayVeto
                 MayVeto --RecoveryComplete (SecretReconstructed) | watch deadline--> Completed
@@ -770,10 +770,6 @@ class AccountDevice(ChoreographicProtocol[RecoveryChoreography, S], choreography
         # has passed, so the watch lasts as long as the latest notice says
         step.arm(WATCH_TIMER, at=msg.watch_until)
         return self._advance(AccountDevice[MayVeto], notified_by=by, watch_until=msg.watch_until)
-
-    @transition(source=Watching, target=Failed, action="timeout")
-    def never_notified(self: AccountDevice[Watching], step: RStep) -> AccountDevice[Failed]:
-        return self._advance(AccountDevice[Failed])
 
     @transition(source=MayVeto, target=MayVeto, action="send", message=RecoveryVeto,
                 peer="guardians", command="veto")
