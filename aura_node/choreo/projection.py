@@ -582,6 +582,9 @@ Cont: TypeAlias = "Callable[[Phases, Trace], LNode]"
 _LINK = "\x00link"
 _LOOP_LINK = "\x00loop:"
 UNCONNECTED, CONNECTED, RELEASED = "unconnected", "connected", "released"
+# used before it was connected (reported once): from then on the path goes on as if it were
+# connected, and a later connect on it is not reported a second time
+_ASSUMED = "connected (assumed)"
 
 
 class Projector:
@@ -624,7 +627,7 @@ class Projector:
                 f"connect(..., {me}, ...)",
                 tr,
             )
-            return {**ph, _LINK: CONNECTED}
+            return {**ph, _LINK: _ASSUMED}
         if state == RELEASED:
             self.err(
                 "after_release",
@@ -926,7 +929,12 @@ class Projector:
                 deferred()
             return LRec(s.label, body) if _mentions(body, s.label) else body
         if isinstance(s, Again):
-            entry, now = ph.get(_LOOP_LINK + s.label), ph.get(_LINK, CONNECTED)
+            entry = ph.get(_LOOP_LINK + s.label)
+            now = ph.get(_LINK, CONNECTED)
+            if entry == _ASSUMED:
+                entry = CONNECTED
+            if now == _ASSUMED:
+                now = CONNECTED
             if entry is not None and entry != now:
                 self.err(
                     "connection_in_loop",
@@ -946,7 +954,7 @@ class Projector:
             if me != s.role:
                 return rest(ph, tr2)
             state = ph.get(_LINK, CONNECTED)
-            if state != CONNECTED:
+            if state not in (CONNECTED, _ASSUMED):
                 self.err(
                     "after_release" if state == RELEASED else "not_connected",
                     s.where,
