@@ -69,9 +69,7 @@ def runs_to_completion(chor: Choreography, bindings: dict[str, int] | None = Non
     assert chor.check() == (), "\n".join(e.message for e in chor.check())
     for seed in range(60):
         for abort in (0.0, 0.05):
-            res = run_session(
-                chor, bindings or {}, random.Random(seed), abort_probability=abort
-            )
+            res = run_session(chor, bindings or {}, random.Random(seed), abort_probability=abort)
             assert res.all_final and res.leftover == 0, (seed, res.not_final(), res.events)
 
 
