@@ -27,6 +27,12 @@ grain:
    outgoing edges. The first difference raises :class:`ConformanceError`, naming the phase,
    the edge, which side has it, and the local states or method behind it.
 
+Optional participants: a connect (``LocalTransition.connect``) is compared like the plain send
+or receive it is (the mark is not an action of its own), so a class implementing an optional
+role (``LocalType.optional``) declares its connect messages as the receives of its initial
+phase - which is also what makes the kit open its session on them. A mismatch in that initial
+phase says so, since the usual mistake is a class that acts before anybody connected it.
+
 The checker is duck-typed on the attributes of ``aura_node.choreo.local.LocalType`` /
 ``LocalTransition`` (the :class:`LocalTypeView` protocol), so this module does not import the
 choreography package.
@@ -217,14 +223,14 @@ def check_conformance(
                     f"{who}: in phase {here} the local type has {edge.describe()} "
                     f"({t.action} {_name(t.message)} with {t.peer}, states {t.source!r} -> "
                     f"{t.target!r}) but {cls.__qualname__} declares no such transition"
-                    f"{_near_miss(edge, typed)}"
+                    f"{_near_miss(edge, typed)}{_optional_hint(local, here, initial)}"
                 )
         for edge, d in typed.items():
             if edge.source == here and edge not in local_edges:
                 raise ConformanceError(
                     f"{who}: in phase {here} {cls.__qualname__}.{d.method} declares "
                     f"{edge.describe()}, which the local type does not allow"
-                    f"{_near_miss(edge, local_edges)}"
+                    f"{_near_miss(edge, local_edges)}{_optional_hint(local, here, initial)}"
                 )
     for edge, d in typed.items():
         if edge.source not in order:
@@ -232,6 +238,20 @@ def check_conformance(
                 f"{who}: {cls.__qualname__} declares {d.describe()} from phase "
                 f"{edge.source}, which no transition reaches from the initial phase {initial}"
             )
+
+
+def _optional_hint(local: LocalTypeView, phase: str, initial: str) -> str:
+    if phase != initial or not getattr(local, "optional", False):
+        return ""
+    opens = sorted(
+        _name(t.message)
+        for t in local.outgoing(local.initial)
+        if getattr(t, "connect", False) and t.action in ("recv", "gather")
+    )
+    return (
+        f" ({local.role} is an optional role: its session starts on a connect message "
+        f"({', '.join(opens)}), so its initial phase only receives that)"
+    )
 
 
 def _name(message: type | None) -> str:

@@ -111,28 +111,52 @@ class TravelParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 @final
 class Asking(Phase): ...
+
+
 @final
 class Deciding(Phase): ...
+
+
 @final
 class Paying(Phase): ...
+
+
 @final
 class Paid(Phase): ...
+
+
 @final
 class Declined(Phase): ...
+
+
 @final
 class Listening(Phase): ...
+
+
 @final
 class Quoting(Phase): ...
+
+
 @final
 class Waiting(Phase): ...
+
+
 @final
 class Booked(Phase): ...
+
+
 @final
 class Idle(Phase): ...
+
+
 @final
 class Charging(Phase): ...
+
+
 @final
 class Charged(Phase): ...
+
+
 @final
 class Failed(Phase): ...
 
@@ -165,9 +189,7 @@ class Client(
         return self._advance(Client[Paying]), Accept(price=self.price)
 
     @transition(source=Deciding, target=Declined, action="send", message=Reject, peer="agency")
-    def reject(
-        self: Client[Deciding], step: Step[TravelParams]
-    ) -> tuple[Client[Declined], Reject]:
+    def reject(self: Client[Deciding], step: Step[TravelParams]) -> tuple[Client[Declined], Reject]:
         if not self.price:
             raise Decline
         step.complete(decision="rejected")
@@ -256,9 +278,7 @@ def _runtime(name: str, spec: ProtocolSpec) -> SessionRuntime:
             self_name=name,
             self_role="device",
             device_key=KEYS[name],
-            peers={
-                n: PeerInfo(name=n, role="device", public_key=KEYS[n].public) for n in others
-            },
+            peers={n: PeerInfo(name=n, role="device", public_key=KEYS[n].public) for n in others},
         ),
     )
 
@@ -329,3 +349,34 @@ def test_rejecting_never_involves_the_bank_and_nobody_waits_for_it(
     assert (agency.outcome, agency.state) == ("completed", "Declined")
     with pytest.raises(Exception, match="unknown session|no session"):
         runtimes["c"].get(sid)
+
+
+@final
+class EagerBank(
+    ChoreographicProtocol[TravelChoreography, S],
+    choreography="kit-travel",
+    role="bank",
+    initial=Idle,
+    abort=Failed,
+):
+    """A bank that sends its receipt before anybody connected it."""
+
+    def __init__(self: EagerBank[Idle], step: Step[TravelParams]) -> None:
+        self._begin()
+
+    @transition(source=Idle, target=Charged, action="send", message=Receipt, peer="client")
+    def receipt(
+        self: EagerBank[Idle], step: Step[TravelParams]
+    ) -> tuple[EagerBank[Charged], Receipt]:
+        return self._advance(EagerBank[Charged]), Receipt(amount=0)
+
+
+def test_conformance_says_an_optional_role_starts_on_its_connect_message() -> None:
+    from aura_node.session.conformance import ConformanceError, check_conformance
+
+    with pytest.raises(ConformanceError) as exc:
+        check_conformance(EagerBank, TRAVEL.project("bank"))
+    assert "bank is an optional role: its session starts on a connect message (Pay)" in str(
+        exc.value
+    )
+    check_conformance(Bank, TRAVEL.project("bank"))
