@@ -20,6 +20,8 @@ import random
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aura_node.choreo import Choreography, ChoreographyBuilder, choreography
 from aura_node.choreo.errors import IllFormedChoreography
@@ -444,3 +446,80 @@ def test_every_optional_role_starts_with_connect_receives_only(chor: Choreograph
             assert first and all(t.action in ("recv", "gather") and t.connect for t in first)
         else:
             assert not any(t.connect and t.action != "send" for t in lt.transitions)
+
+
+# --- property: random choices whose branches connect an optional role or leave it out -----------
+
+POOL = [msgspec.defstruct(f"P{i}", [], frozen=True, kw_only=True) for i in range(64)]
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> tuple[bool, list[tuple[bool, int, bool, int]]]:
+    """(looped, branches): each branch is (connects x, x's replies, released, a<->b after)."""
+    looped = draw(st.booleans())
+    n = draw(st.integers(2, 4))
+    branches = [
+        (draw(st.booleans()), draw(st.integers(0, 2)), draw(st.booleans()), draw(st.integers(0, 2)))
+        for _ in range(n)
+    ]
+    # at least one branch connects x and one does not (the interesting case)
+    branches[0] = (True, *branches[0][1:])
+    branches[1] = (False, *branches[1][1:])
+    return looped, branches
+
+
+def build(plan: tuple[bool, list[tuple[bool, int, bool, int]]], *, connect: bool) -> Choreography:
+    looped, branches = plan
+    fresh = iter(POOL)
+
+    @choreography("random_optional", abort=Abort)
+    def chor(c: ChoreographyBuilder) -> None:
+        a, b, x = c.role("a"), c.role("b"), c.role("x")
+        c.send(a, b, next(fresh))
+
+        def body(again: object) -> None:
+            with c.choice(a) as ch:
+                for i, (joins, replies, released, after) in enumerate(branches):
+                    with ch.branch(f"b{i}"):
+                        c.send(a, b, next(fresh))
+                        if joins:
+                            (c.connect if connect else c.send)(a, x, next(fresh))
+                            for j in range(replies):
+                                c.send(x, a if j % 2 == 0 else b, next(fresh))
+                            if released:
+                                c.disconnect(a, x)
+                        for j in range(after):
+                            c.send(b if j % 2 == 0 else a, a if j % 2 == 0 else b, next(fresh))
+                        if again is not None and not joins:
+                            c.again("rounds")  # a path that never connects x may loop back
+
+        if looped:
+            with c.loop("rounds") as rounds:
+                body(rounds)
+        else:
+            body(None)
+
+    return chor
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans())
+def test_random_optional_roles_are_accepted_and_run(
+    plan: tuple[bool, list[tuple[bool, int, bool, int]]],
+) -> None:
+    chor = build(plan, connect=True)
+    assert chor.check() == (), "\n".join(e.message for e in chor.check())
+    assert chor.project("x").optional
+    for seed in range(8):
+        res = run_session(chor, {}, random.Random(seed), abort_probability=0.03)
+        assert res.all_final and res.leftover == 0, (seed, res.not_final(), res.events)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans())
+def test_random_optional_roles_without_connect_must_learn_the_choice(
+    plan: tuple[bool, list[tuple[bool, int, bool, int]]],
+) -> None:
+    # (in a loop whose other paths only loop back, x may simply wait at the loop's head for
+    # the message that tells it: that is well formed without connect, so only straight choices)
+    assert "knowledge_of_choice" in kinds(build((False, plan[1]), connect=False))
