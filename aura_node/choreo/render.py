@@ -330,10 +330,10 @@ def _text_block(chor: Choreography, block: Block, depth: int, where: bool) -> It
         elif isinstance(s, Gather):
             opt = ", optional" if s.optional else ""
             opt += ", connects" if s.connect else ""
+            opt += f", deadline {s.deadline}" if s.deadline is not None else ""
             k = _threshold(s.threshold, roles.get(s.senders))
             yield at(
-                f"{pad}{s.senders} -> {s.receiver}: {s.message.__name__} "
-                f"[gather {k}{opt}, deadline {s.deadline}]",
+                f"{pad}{s.senders} -> {s.receiver}: {s.message.__name__} [gather {k}{opt}]",
                 s.where,
             )
             yield f"{pad}  on quorum:"

@@ -523,3 +523,16 @@ def test_random_optional_roles_without_connect_must_learn_the_choice(
     # (in a loop whose other paths only loop back, x may simply wait at the loop's head for
     # the message that tells it: that is well formed without connect, so only straight choices)
     assert "knowledge_of_choice" in kinds(build((False, plan[1]), connect=False))
+
+
+@pytest.mark.parametrize(
+    "chor", [travel(connect=True), two_buyer(connect=True), NEGOTIATION, FANOUT]
+)
+def test_the_diagrams_of_optional_roles_parse(chor: Choreography) -> None:
+    from tests.unit.test_choreo_render import parse_sequence, parse_state_diagram
+
+    parse_sequence(sequence_mermaid(chor))
+    bindings = {"n": 2, "w": 2} if chor is FANOUT else {}
+    for role in chor.roles:
+        lt = chor.project(role, bindings)
+        assert parse_state_diagram(state_mermaid(lt), lt.states) > 0
