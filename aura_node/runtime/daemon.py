@@ -214,9 +214,9 @@ class Node:
 
         async with trio.open_nursery() as outer:
             outer.start_soon(executor.run)
-            await outer.start(witness.run)
             try:
                 async with trio.open_nursery() as work:
+                    await work.start(witness.run)
                     self.listen = await work.start(network.serve)
                     self.log.info("listening", host=self.listen[0], port=self.listen[1])
                     await work.start(control.serve)

@@ -42,6 +42,7 @@ from aura_node.journal.witness import (
     Evidence,
     PeerCheckpointStore,
     RollbackGuard,
+    checkpoint_view,
     decode_checkpoint_bytes,
     encode_acceptance,
     encode_checkpoint,
@@ -96,6 +97,9 @@ class JournalWitness:
 
     def view(self) -> dict[str, Any]:
         out = self.guard.view(self._home)
+        latest = self._journal.latest_checkpoint()
+        # what peers should hold of us once they have seen our newest checkpoint
+        out["own"] = None if latest is None else checkpoint_view(latest)
         out["held"] = self.store.view()
         return out
 
