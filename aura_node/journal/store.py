@@ -66,9 +66,11 @@ from aura_node.journal.format import (
     SegmentScan,
     decode_checkpoint,
     decode_record,
+    encode_record,
     encode_segment_header,
     genesis_link,
     length_word_ok,
+    link,
     scan_segment,
 )
 from aura_node.logs import get_logger
@@ -288,14 +290,20 @@ class Journal:
         when the journal holds fewer. Rollback/fork checks compare it with a checkpoint a peer
         holds (``journal.witness``).
 
-        Safe to call from a worker thread while batches commit: it copies the segment table
-        and reads through its own file descriptors, up to the sizes committed when it began.
-        Reads only the segment that holds record ``count``."""
+        Safe to call from a worker thread while batches commit: the committed end is taken
+        from one reference (the last checkpoint record, set after the segment sizes), never
+        from ``next_seq`` and ``head``, which a commit sets one after the other; files are read
+        through private descriptors. Reads only the segment that holds record ``count``."""
         self._check_usable()
-        if count < 0 or count > self._next_seq:
+        last = self._checkpoint
+        if last is None:
+            return genesis_link(self.journal_id) if count == 0 else None
+        if count < 0 or count > last.seq + 1:
             return None
-        if count == self._next_seq:
-            return self._head
+        if count == last.seq + 1:
+            return link(encode_record(last))
+        if count == last.seq:
+            return last.prev
         if count == 0:
             return genesis_link(self.journal_id)
         sizes = dict(self._seg_sizes)
