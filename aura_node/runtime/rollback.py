@@ -126,10 +126,21 @@ class JournalWitness:
                     await self._save_wanted.wait()
                     await trio.sleep(SAVE_DELAY_SECONDS)
                     self._save_wanted = trio.Event()
-                    await trio.to_thread.run_sync(self.store.save)
+                    await self._save()
             finally:
                 if self.store.dirty:
-                    self.store.save()  # shutting down: a last synchronous write, small
+                    with trio.CancelScope(shield=True):
+                        await self._save()  # shutting down: the last change still counts
+
+    async def _save(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self.store.save)
+        except OSError as exc:
+            # the held checkpoints stay in memory and are written with the next change; a
+            # full disk must not stop the node (its journal fails on its own if it matters)
+            self.store.dirty = True
+            self._log.error("peer_checkpoints_not_saved", path=str(self.store.path),
+                            reason=f"{type(exc).__name__}: {exc}")
 
     async def _warn_unchecked(self) -> None:
         await trio.sleep(UNCHECKED_GRACE_SECONDS)

@@ -245,6 +245,12 @@ def test_head_at_reads_the_chain_head_at_any_count_across_segments(tmp_path: Pat
         for count, head in heads.items():
             assert j.head_at(count) == head
         assert j.head_at(j.next_seq + 1) is None and j.head_at(-1) is None
+    # reopened: the same answers from the scan's state
+    with Journal.open(tmp_path / "j", KEY, max_batch=3, segment_bytes=4096) as j:
+        for count, head in heads.items():
+            assert j.head_at(count) == head
+    with Journal.open(tmp_path / "empty", KEY) as e:
+        assert e.head_at(0) == genesis_link(KEY.device_id) and e.head_at(1) is None
 
 
 # --- the hello carries them ---------------------------------------------------------------------
