@@ -115,8 +115,7 @@ def test_a_journal_restored_from_an_older_copy_is_refused_until_accepted(
         assert rc == 1 and out["ok"] is True and out["rollback"]["source"] == "node"
         assert out["rollback"]["evidence"] == view["evidence"]
         assert "refusing to take part in sessions" in err
-        records = [r for r in _journal_records(a) if r["kind"] == "rollback.detected"]
-        assert len(records) == 1
+        assert len(_wait_records(a, "rollback.detected")) == 1
 
         # acceptance is deliberate: only the code of the evidence shown works
         rc, _, err = _run_cli("journal", "accept-rollback", "--home", str(a.home),
@@ -144,6 +143,17 @@ def _journal_records(node: NodeProc) -> list[dict[str, Any]]:
     with contextlib.redirect_stdout(out):
         assert cli_main(["journal", "show", "--json", "--home", str(node.home)]) == 0
     return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+
+
+def _wait_records(node: NodeProc, kind: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The node's journal records of ``kind``, once there are any (the node refuses first,
+    then journals the evidence)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in _journal_records(node) if r["kind"] == kind]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def test_a_forked_journal_is_refused_and_an_offline_start_warns(tmp_path: Path) -> None:
@@ -181,7 +191,7 @@ def test_a_forked_journal_is_refused_and_an_offline_start_warns(tmp_path: Path) 
         assert evidence["peer"] == "b" and evidence["verdict"] == "fork"
         assert evidence["checkpoint"]["count"] == held <= evidence["journal_count"]
         assert "does not reproduce" in view["message"]
-        [record] = [r for r in _journal_records(a) if r["kind"] == "rollback.detected"]
+        [record] = _wait_records(a, "rollback.detected")
         assert record["body"]["verdict"] == "fork"
 
         # the refusal is journaled: it holds across a restart with the witness offline
