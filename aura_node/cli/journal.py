@@ -1,10 +1,19 @@
-"""`aura-node journal verify|show`: inspect a node's journal without modifying it.
+"""`aura-node journal verify|show|accept-rollback`: inspect a node's journal without modifying
+it, and resolve a rollback the node's peers revealed.
 
 ``verify`` scans every segment (checksums, chain links, checkpoint signatures under the home's
 device public key) and prints one JSON summary; exit 0 when sound (a torn, unacknowledged tail
 that opening would cut is reported but is not damage), exit 1 naming segment, offset and
 reason otherwise. ``show`` prints the records (a table, or one JSON object per record with
 ``--json``); it reads through the same verifying scan, so it refuses a damaged journal too.
+
+``verify --peers`` adds ``rollback``: what the node's peers hold of this journal (rollback and
+fork detection, ``aura_node.journal.witness``). From the running node when it answers on its
+control socket (its live view: which peers checked, which hold a newer or different
+checkpoint), else read from the journal's own ``rollback.*`` records and the held-checkpoints
+file; exit 1 when the node refuses sessions because of it. ``accept-rollback --code CODE``
+asks the running node to accept the loss that evidence shows; ``CODE`` is the one ``verify
+--peers`` (or ``ctl status``) printed, so evidence that arrived since is never accepted unseen.
 """
 
 from __future__ import annotations
@@ -27,7 +36,17 @@ def register(sub: Any) -> None:
     jsub = p.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
     v = jsub.add_parser("verify", help="check checksums, chain and checkpoint signatures")
     _add_home(v)
+    v.add_argument("--peers", action="store_true",
+                   help="also report what peers hold of this journal (rollback / fork check)")
     v.set_defaults(handler=cmd_verify)
+    a = jsub.add_parser(
+        "accept-rollback",
+        help="accept losing the records peers showed this journal lacks (deliberate, logged)")
+    _add_home(a)
+    a.add_argument("--code", required=True,
+                   help="the acceptance code `journal verify --peers` shows for the evidence")
+    a.add_argument("--reason", default="", help="why (journaled with the acceptance)")
+    a.set_defaults(handler=cmd_accept_rollback)
     s = jsub.add_parser("show", help="print journal records")
     _add_home(s)
     s.add_argument("--session", default=None, help="only this session's records")
@@ -64,7 +83,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "torn_tail": report.torn_tail,
         "problem": report.problem,
     }
+    rollback: dict[str, Any] | None = None
+    if getattr(args, "peers", False):
+        rollback = _peers_view(home, public, report)
+        summary["rollback"] = rollback
     print_json(summary)
+    if rollback is not None and rollback["state"] == "refusing":
+        sys.stderr.write(f"aura-node: error: {rollback['message']}\n")
+        return 1
+    if rollback is not None and rollback["state"] == "unchecked":
+        sys.stderr.write(f"aura-node: warning: {rollback['message']}\n")
     if not report.ok:
         assert report.problem is not None
         p = report.problem
@@ -73,6 +101,64 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{p['offset']}: {p['reason']}\n"
         )
         return 1
+    return 0
+
+
+def _peers_view(home: Any, public: Any, report: Any) -> dict[str, Any]:
+    """The rollback view: the running node's, else rebuilt from the journal and held file."""
+    from aura_node.control import client
+    from aura_node.errors import NodeNotRunningError
+
+    try:
+        status = client.call(home.control_socket, "status", {}, timeout=10.0)
+    except NodeNotRunningError:
+        status = None
+    if status is not None and isinstance(status.get("rollback"), dict):
+        return {"source": "node", **status["rollback"]}
+    return _offline_view(home, public, report)
+
+
+def _offline_view(home: Any, public: Any, report: Any) -> dict[str, Any]:
+    """Open evidence as the node would find it at start (its ``rollback.*`` records judged
+    against the journal as it is), plus the checkpoints it holds of its peers."""
+    from aura_node.journal.store import read_records
+    from aura_node.journal.witness import STORE_NAME, PeerCheckpointStore, RollbackGuard
+
+    guard = RollbackGuard(journal_id=report.journal_id, public=public)
+    pending = guard.restore(
+        (r.kind, r.body) for r in read_records(home.journal_dir, public)
+        if not r.session and r.kind.startswith("rollback."))
+    wanted = {e.checkpoint.count for e in pending if e.checkpoint.count < report.next_seq}
+    heads: dict[int, bytes] = {report.next_seq: bytes.fromhex(report.head)}
+    if wanted:
+        for r in read_records(home.journal_dir, public, include_checkpoints=True):
+            if r.seq in wanted:
+                heads[r.seq] = r.prev
+    for e in pending:
+        guard.reopen(e, journal_count=report.next_seq, head_at_count=heads.get(e.checkpoint.count))
+    view = guard.view(str(home.root))
+    if not guard.refusing:
+        view["state"] = "unchecked"
+        view["message"] = ("the node is not running, so no peer checked this journal now; "
+                           "no earlier check left open evidence in it")
+    view["held"] = PeerCheckpointStore.load(home.root / STORE_NAME).view()
+    return {"source": "journal", **view}
+
+
+def cmd_accept_rollback(args: argparse.Namespace) -> int:
+    from aura_node.control import client
+    from aura_node.errors import NodeNotRunningError
+
+    home, _ = _public_key(args)
+    try:
+        result = client.call(home.control_socket, "journal.accept_rollback",
+                             {"code": args.code, "reason": args.reason}, timeout=30.0)
+    except NodeNotRunningError:
+        raise NodeNotRunningError(
+            f"the node is not running: start it (`aura-node run --home {home.root}`; it "
+            f"refuses sessions until this is resolved), check `aura-node journal verify "
+            f"--peers --home {home.root}`, then run this again") from None
+    print_json(result)
     return 0
 
 

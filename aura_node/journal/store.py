@@ -66,9 +66,11 @@ from aura_node.journal.format import (
     SegmentScan,
     decode_checkpoint,
     decode_record,
+    encode_record,
     encode_segment_header,
     genesis_link,
     length_word_ok,
+    link,
     scan_segment,
 )
 from aura_node.logs import get_logger
@@ -283,6 +285,47 @@ class Journal:
             return None
         return decode_checkpoint(self._checkpoint.body)
 
+    def head_at(self, count: int) -> bytes | None:
+        """The chain head after the first ``count`` records (checkpoints included), or None
+        when the journal holds fewer. Rollback/fork checks compare it with a checkpoint a peer
+        holds (``journal.witness``).
+
+        Safe to call from a worker thread while batches commit: the committed end is taken
+        from one reference (the last checkpoint record, set after the segment sizes), never
+        from ``next_seq`` and ``head``, which a commit sets one after the other; files are read
+        through private descriptors. Reads only the segment that holds record ``count``."""
+        self._check_usable()
+        last = self._checkpoint
+        if last is None:
+            return genesis_link(self.journal_id) if count == 0 else None
+        if count < 0 or count > last.seq + 1:
+            return None
+        if count == last.seq + 1:
+            return link(encode_record(last))
+        if count == last.seq:
+            return last.prev
+        if count == 0:
+            return genesis_link(self.journal_id)
+        sizes = dict(self._seg_sizes)
+        paths = dict(self._paths)
+        for index in sorted(sizes, reverse=True):
+            fd = os.open(paths[index], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                first = _segment_first_seq(os.pread(fd, FRAME_HEADER_BYTES + 256, 0))
+                if first is None or first > count:
+                    continue
+                data = os.pread(fd, sizes[index], 0)
+            finally:
+                os.close(fd)
+            for rec in _frames(data, sizes[index], paths[index], self.directory, True):
+                if rec.seq == count:
+                    return rec.prev
+            break
+        raise JournalCorruptError(
+            f"journal {self.directory}: record {count} is not in the segment its headers "
+            f"place it in; {_verify_hint(self.directory)}"
+        )
+
     def sessions(self) -> list[str]:
         """Session ids with at least one record, in order of first appearance."""
         self._check_usable()
@@ -462,6 +505,23 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _segment_first_seq(head: bytes) -> int | None:
+    """``first_seq`` from the start of a segment file (its header frame), or None if unreadable."""
+    if len(head) < FRAME_HEADER_BYTES:
+        return None
+    crc, word = FRAME_HEADER.unpack_from(head, 0)
+    end = FRAME_HEADER_BYTES + (word & 0xFFFFFF)
+    if not length_word_ok(word) or end > len(head):
+        return None
+    if zlib.crc32(head[FRAME_HEADER_BYTES:end]) != crc:
+        return None
+    try:
+        header = msgspec.msgpack.decode(head[FRAME_HEADER_BYTES:end], type=SegmentHeader)
+    except msgspec.MsgspecError:
+        return None
+    return header.first_seq
 
 
 def _check_frame(

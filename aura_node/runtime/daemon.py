@@ -15,6 +15,13 @@ Start-up, in order (each step can fail with a clear error before the node says i
 6. watch the peer links: each link that comes (back) up becomes a ``PeerUp`` command, and the
    runtime re-sends that peer what its active sessions sent it (end-to-end retransmission).
 
+Rollback refusal (``runtime.rollback``, issue 13): the journal witness judges what peers hold
+of our journal as their links come up. While it has open evidence of a rolled-back or forked
+journal, the input consumers refuse every session input: operator starts and actions fail
+with ``journal_rolled_back`` and the message saying what to do, peer messages and link-up
+re-sends are dropped (counted, logged), timer expiries are held and re-queued once the
+operator resolves it (``journal.accept_rollback``), so nothing is signed or sent meanwhile.
+
 Channels (all bounded; a full channel makes its producers wait):
 
 ``command``  control requests (start a session, a session action), timer expiries, links up
@@ -52,12 +59,16 @@ from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
 from aura_node.runtime.handlers import control_handlers
 from aura_node.runtime.notify import sd_notify
+from aura_node.runtime.rollback import JournalWitness, refusal
 from aura_node.runtime.timers import TimerWheel
 from aura_node.sessions import (
     Command,
     PeerUp,
+    SessionControl,
     SessionRuntime,
+    StartSession,
     Step,
+    TimerExpired,
     choreography_monitor,
     peer_directory,
 )
@@ -89,6 +100,10 @@ class Node:
         self.network: Any = None
         self.executor: EffectExecutor | None = None
         self.command_send: trio.MemorySendChannel[Command] | None = None
+        self.witness: JournalWitness | None = None
+        #: timer expiries held while the node refuses sessions (re-queued when resolved)
+        self._held_timers: list[Command] = []
+        self.refused_inbound = 0
 
     def request_shutdown(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -136,7 +151,8 @@ class Node:
         from aura_node.transport import PeerNetwork
 
         cfg = self.config
-        by_session, accounts = await trio.to_thread.run_sync(_read_journal, journal.journal)
+        by_session, accounts, rollback_records = await trio.to_thread.run_sync(
+            _read_journal, journal.journal)
 
         command_send, command_recv = trio.open_memory_channel[Command](COMMAND_CAPACITY)
         event_send, event_recv = trio.open_memory_channel[Any](EVENT_CAPACITY)
@@ -160,8 +176,23 @@ class Node:
         )
         self.runtime = runtime
         timers = TimerWheel(command_send)
+        from aura_node.journal import JournalEntry
+        from aura_node.journal.witness import STORE_NAME, PeerCheckpointStore
+
+        async def append_node_records(records: Sequence[tuple[str, bytes]]) -> None:
+            await journal.append_many([JournalEntry(session="", kind=k, body=b, ts=time.time())
+                                       for k, b in records])
+
+        witness = JournalWitness(
+            journal=journal.journal, append=append_node_records, home=str(self.home.root),
+            store=await trio.to_thread.run_sync(PeerCheckpointStore.load,
+                                                self.home.root / STORE_NAME),
+            log=self.log)
+        await witness.restore(rollback_records)
+        witness.on_resolved = self._release_held
+        self.witness = witness
         network = PeerNetwork(key=self.key, config=cfg, registry_hash=self.registry_hash,
-                              inbound=event_send)
+                              inbound=event_send, witness=witness)
         self.network = network
 
         async def append(records: Sequence[tuple[str, str, bytes]], ts: float) -> None:
@@ -185,6 +216,7 @@ class Node:
             outer.start_soon(executor.run)
             try:
                 async with trio.open_nursery() as work:
+                    await work.start(witness.run)
                     self.listen = await work.start(network.serve)
                     self.log.info("listening", host=self.listen[0], port=self.listen[1])
                     await work.start(control.serve)
@@ -237,12 +269,39 @@ class Node:
                 seen[peer] = since
             await trio.sleep(LINK_POLL_SECONDS)
 
+    def _release_held(self) -> None:
+        """The node takes part in sessions again: re-queue the timer expiries it held."""
+        held, self._held_timers = self._held_timers, []
+        if held and self.command_send is not None:
+            self.log.info("held_timers_released", count=len(held))
+            for cmd in held:
+                try:
+                    self.command_send.send_nowait(cmd)
+                except trio.WouldBlock:
+                    self._held_timers.append(cmd)  # the rest wait for the next release
+
+    def _refuse_command(self, cmd: Command) -> bool:
+        """True when ``cmd`` is refused (answered, held or dropped) because of a rollback."""
+        error = refusal(self.witness)
+        if error is None:
+            return False
+        if isinstance(cmd, StartSession | SessionControl):
+            self.log.warning("session_refused", command=type(cmd).__name__,
+                             session=cmd.session, reason=error.message)
+            cmd.reply.fail(error)
+        elif isinstance(cmd, TimerExpired):
+            self._held_timers.append(cmd)
+        # PeerUp: re-sending journaled envelopes is taking part too; nothing to hold
+        return True
+
     async def _consume_commands(
         self, recv: trio.MemoryReceiveChannel[Command], out: trio.MemorySendChannel[Step]
     ) -> None:
         assert self.runtime is not None
         handle = self.runtime.handle_command
         async for cmd in recv:
+            if self.witness is not None and self.witness.refusing and self._refuse_command(cmd):
+                continue
             try:
                 step = handle(cmd)
             except Exception as exc:  # a runtime bug: lose this input, keep the node
@@ -264,6 +323,14 @@ class Node:
             # drain what is already queued without a checkpoint per message (trio channels
             # cost ~4 us per blocking receive; nowait bursts are ~20x cheaper)
             while True:
+                witness = self.witness
+                if witness is not None and witness.refusing:
+                    self._refuse_inbound(data)
+                    try:
+                        data = recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    continue
                 try:
                     step = handle(data)
                 except Exception:  # a runtime bug: drop this payload, keep the node
@@ -279,6 +346,15 @@ class Node:
                     data = recv.receive_nowait()
                 except trio.WouldBlock:
                     break
+
+    def _refuse_inbound(self, data: Any) -> None:
+        """Drop a peer's session message while refusing: logged (the first and every 100th)
+        and counted; the journaled ``rollback.detected`` record is the refusal's evidence."""
+        self.refused_inbound += 1
+        if self.refused_inbound % 100 == 1:
+            self.log.warning("inbound_refused", peer=getattr(data, "peer_name", None),
+                             refused=self.refused_inbound,
+                             reason="peers hold a newer or different journal of this node")
 
     # --- pid file -------------------------------------------------------------------------
 
@@ -327,17 +403,23 @@ def account_folder(store: AccountStore, log: Any) -> DurableHook:
     return learn
 
 
-def _read_journal(journal: Any) -> tuple[Mapping[str, list[EvidenceRecord]], list[bytes]]:
-    """One pass over the journal: records grouped by session (in journal order), and the
-    bodies of the ``account.established`` records (the account store's fold)."""
+def _read_journal(
+    journal: Any,
+) -> tuple[Mapping[str, list[EvidenceRecord]], list[bytes], list[tuple[str, bytes]]]:
+    """One pass over the journal: records grouped by session (in journal order), the bodies
+    of the ``account.established`` records (the account store's fold), and the (kind, body)
+    of the rollback witness's records."""
     out: dict[str, list[EvidenceRecord]] = defaultdict(list)
     accounts: list[bytes] = []
+    rollback: list[tuple[str, bytes]] = []
     for rec in journal.records():
         if rec.session:
             out[rec.session].append(rec)
+        elif rec.kind.startswith("rollback."):
+            rollback.append((rec.kind, rec.body))
         if rec.kind == KIND_ACCOUNT:
             accounts.append(rec.body)
-    return out, accounts
+    return out, accounts, rollback
 
 
 def run_node(home: NodeHome, *, plugins: Sequence[str] = ()) -> int:

@@ -187,6 +187,11 @@ def control_handlers(node: RunningNode) -> dict[str, Handler]:
                                "duplicates": rt.duplicates}
         if node.executor is not None:
             out["journal"] = node.executor.stats()
+        witness = getattr(node, "witness", None)
+        if witness is not None:
+            # issue 13: whether peers hold a newer or different journal of ours, which peer
+            # holds what, and what to do about it
+            out["rollback"] = witness.view()
         return out
 
     async def peers(_args: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +255,35 @@ def control_handlers(node: RunningNode) -> dict[str, Handler]:
         result = await wait_session(node, sid, timeout + 1.0)
         return {"peer": peer, "rtt_ms": result["rtt_ms"], "session": sid}
 
+    async def accept_rollback(args: dict[str, Any]) -> dict[str, Any]:
+        """Accept losing the records the open rollback evidence shows (deliberate: ``code``
+        must name exactly the evidence the operator saw; journaled and logged)."""
+        need_ready()
+        witness = getattr(node, "witness", None)
+        if witness is None:
+            raise p.NotReadyError("the journal witness is not running")
+        unknown = sorted(set(args) - {"code", "reason"})
+        if unknown:
+            raise p.InvalidArgsError(
+                f"journal.accept_rollback: unknown argument(s) {', '.join(unknown)} "
+                f"(allowed: code, reason)")
+        code = args.get("code")
+        reason = args.get("reason", "")
+        if not isinstance(code, str) or not code:
+            raise p.InvalidArgsError(
+                f"journal.accept_rollback: argument 'code' must be the code `journal verify "
+                f"--peers` shows, got {code!r}")
+        if not isinstance(reason, str):
+            raise p.InvalidArgsError(
+                f"journal.accept_rollback: argument 'reason' must be a string, got {reason!r}")
+        from aura_node.journal.witness import checkpoint_view
+
+        acceptance = await witness.accept(code, reason)
+        return {"accepted": [checkpoint_view(c) for c in acceptance.checkpoints],
+                "code": acceptance.code, "state": witness.guard.state}
+
     table: dict[str, Handler] = {
+        "journal.accept_rollback": accept_rollback,
         "status": status,
         "peers": peers,
         "sessions": sessions,

@@ -6,12 +6,19 @@ Inside the TLS stream a link carries *frames*: a 4-byte big-endian body length f
 msgpack body. The body is one of a closed set of frame types (a msgspec tagged union, encoded
 as a msgpack array whose first element is the tag)::
 
-    Hello(version, device_id, node_name, registry_hash)   dialer -> acceptor, first frame
-    HelloAck(version, device_id, node_name, registry_hash) acceptor -> dialer: link is up
+    Hello(version, device_id, node_name, registry_hash,
+          checkpoint, your_checkpoint)                     dialer -> acceptor, first frame
+    HelloAck(... the same fields ...)                      acceptor -> dialer: link is up
     HelloReject(code, reason)                              acceptor -> dialer: refused, closes
     Data(payload)                                          opaque bytes for the layer above
     Keepalive()                                            sent when idle; proves liveness
+    CheckpointNote(checkpoint)                             the sender's newer journal checkpoint
     Close(code, reason)                                    orderly end, with why
+
+``checkpoint`` is the sender's newest signed journal checkpoint and ``your_checkpoint`` the
+newest checkpoint of the *receiver's* journal the sender holds (both msgpack-encoded
+``journal.format.Checkpoint``, empty for none; ``journal.witness`` explains the rollback
+check they feed). They come last with empty defaults, so a hello without them still decodes.
 
 :class:`FrameDecoder` takes bytes in arbitrary chunks (``feed``) and hands back whole frames
 (``next_frame`` / ``frames``); it never buffers more than one maximum-size frame plus one
@@ -48,6 +55,8 @@ NodeName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 RegistryHash = Annotated[bytes, msgspec.Meta(min_length=1, max_length=64)]
 Code = Annotated[str, msgspec.Meta(max_length=64)]
 Reason = Annotated[str, msgspec.Meta(max_length=4096)]
+#: an encoded journal checkpoint (``journal.witness.MAX_CHECKPOINT_BYTES``), or empty
+CheckpointBytes = Annotated[bytes, msgspec.Meta(max_length=512)]
 
 
 class Hello(
@@ -62,6 +71,8 @@ class Hello(
     device_id: DeviceIdText
     node_name: NodeName
     registry_hash: RegistryHash
+    checkpoint: CheckpointBytes = b""
+    your_checkpoint: CheckpointBytes = b""
 
 
 class HelloAck(
@@ -76,6 +87,8 @@ class HelloAck(
     device_id: DeviceIdText
     node_name: NodeName
     registry_hash: RegistryHash
+    checkpoint: CheckpointBytes = b""
+    your_checkpoint: CheckpointBytes = b""
 
 
 class HelloReject(
@@ -112,6 +125,19 @@ class Keepalive(
     pass
 
 
+class CheckpointNote(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    array_like=True,
+    forbid_unknown_fields=True,
+    tag="cp",
+):
+    """The sender's newest journal checkpoint, refreshed while linked (see ``Hello``)."""
+
+    checkpoint: CheckpointBytes
+
+
 class Close(
     msgspec.Struct,
     frozen=True,
@@ -124,7 +150,7 @@ class Close(
     reason: Reason
 
 
-Frame = Hello | HelloAck | HelloReject | Data | Keepalive | Close
+Frame = Hello | HelloAck | HelloReject | Data | Keepalive | CheckpointNote | Close
 
 
 def max_data_payload(max_frame_bytes: int) -> int:

@@ -15,6 +15,11 @@ A connection becomes a link in three steps, all under the caller's ``trio.fail_a
    id and the hash of the choreography registry. A refusal is sent to the peer as
    ``HelloReject`` carrying the same code and message (both hashes, for a registry mismatch).
 
+The hellos also exchange journal checkpoints (rollback detection, ``journal.witness``): each
+side sends its own newest one and the newest one of the other side's journal it holds, taken
+from ``LocalIdentity.checkpoints`` *before* it reads the other's hello, so what it presents is
+never the value it just received. ``Established`` hands the peer's two on, unjudged.
+
 Every refusal raises a :class:`~aura_node.errors.HandshakeError` subclass with a code; the
 caller logs it and closes the stream.
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -70,6 +76,18 @@ class PinnedPeer:
     device_id: str
 
 
+class CheckpointSource(Protocol):
+    """Journal checkpoints a hello carries (encoded; ``b""`` for none)."""
+
+    def own(self) -> bytes:
+        """Our newest signed journal checkpoint."""
+        ...
+
+    def held_for(self, device_id: str) -> bytes:
+        """The newest checkpoint of that peer's journal we hold."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalIdentity:
     node_name: str
@@ -77,6 +95,13 @@ class LocalIdentity:
     tls: tls.TlsIdentity
     registry_hash: bytes
     max_frame_bytes: int
+    checkpoints: CheckpointSource | None = None
+
+    def hello_checkpoints(self, peer: PinnedPeer) -> tuple[bytes, bytes]:
+        """(ours, the newest of ``peer``'s we hold) for a hello to ``peer``."""
+        if self.checkpoints is None:
+            return b"", b""
+        return self.checkpoints.own(), self.checkpoints.held_for(peer.device_id)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -89,6 +114,9 @@ class Established:
     dialer_device_id: str
     #: holds any frames the peer sent right after its HelloAck
     decoder: FrameDecoder
+    #: from the peer's hello: its newest checkpoint, and the newest of ours it holds
+    peer_checkpoint: bytes = b""
+    your_checkpoint: bytes = b""
 
 
 async def _receive_exactly(stream: trio.SocketStream, n: int, what: str) -> bytes:
@@ -222,6 +250,7 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
     """
     decoder = FrameDecoder(max_frame_bytes=local.max_frame_bytes)
     encoder = FrameEncoder(max_frame_bytes=local.max_frame_bytes)
+    ours, held = local.hello_checkpoints(peer)
     await stream.send_all(
         encoder.encode(
             Hello(
@@ -229,6 +258,8 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
                 device_id=local.device_id,
                 node_name=local.node_name,
                 registry_hash=local.registry_hash,
+                checkpoint=ours,
+                your_checkpoint=held,
             )
         )
     )
@@ -243,7 +274,8 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
             f"expected HelloAck or HelloReject from peer {peer.name}, got {type(reply).__name__}"
         )
     _check_hello(local, peer, reply)
-    return Established(stream=stream, peer=peer, dialer_device_id=local.device_id, decoder=decoder)
+    return Established(stream=stream, peer=peer, dialer_device_id=local.device_id, decoder=decoder,
+                       peer_checkpoint=reply.checkpoint, your_checkpoint=reply.your_checkpoint)
 
 
 async def accept_handshake(
@@ -276,6 +308,7 @@ async def accept_handshake(
     stream = await _tls(transport, ctx, server_side=True, peer=peer)
     decoder = FrameDecoder(max_frame_bytes=local.max_frame_bytes)
     encoder = FrameEncoder(max_frame_bytes=local.max_frame_bytes)
+    ours, held = local.hello_checkpoints(peer)
     hello = await _read_frame(stream, decoder, "Hello")
     if isinstance(hello, Close):
         # The dialer gave up after TLS (stopping, or its own deadline) and said why.
@@ -303,7 +336,10 @@ async def accept_handshake(
                 device_id=local.device_id,
                 node_name=local.node_name,
                 registry_hash=local.registry_hash,
+                checkpoint=ours,
+                your_checkpoint=held,
             )
         )
     )
-    return Established(stream=stream, peer=peer, dialer_device_id=peer.device_id, decoder=decoder)
+    return Established(stream=stream, peer=peer, dialer_device_id=peer.device_id, decoder=decoder,
+                       peer_checkpoint=hello.checkpoint, your_checkpoint=hello.your_checkpoint)

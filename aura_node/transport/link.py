@@ -19,6 +19,11 @@ The queue belongs to the peer, not the link: payloads queued while no link is up
 and a replacement link continues from it. Payloads a link had taken but not written when it
 broke are lost; the runtime re-sends from its journal and peers treat duplicates idempotently.
 
+Checkpoints. With a :class:`LinkWitness` the writer adds a ``CheckpointNote`` (our newest
+journal checkpoint) to a batch when it changed, at most every ``NOTE_SECONDS``, and on idle
+keepalives; the reader hands the peer's notes to the witness (rollback detection,
+``journal.witness``).
+
 Endings. Anything the peer does wrong (malformed, oversized or unexpected frame, silence,
 broken TLS) raises a :class:`~aura_node.errors.TransportError` out of :meth:`PeerLink.run`;
 before the socket closes the link sends ``Close(code, reason)`` so the peer can log why. An
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -51,12 +56,13 @@ from aura_node.transport.errors import (
     UnexpectedFrameError,
 )
 from aura_node.transport.framing import (
+    CheckpointNote,
     Close,
     Data,
     FrameEncoder,
     Keepalive,
 )
-from aura_node.transport.handshake import Established, LinkStream
+from aura_node.transport.handshake import Established, LinkStream, PinnedPeer
 from aura_node.transport.queue import PayloadQueue
 
 #: A write batch stops growing at this size (the queue may hold more; the next batch takes it).
@@ -65,7 +71,22 @@ RECEIVE_BYTES = 256 * 1024
 #: How long an ending link waits to flush its Close and read the peer's.
 CLOSE_GRACE_SECONDS = 1.0
 
+#: A changed journal checkpoint is sent to the peer at most this often.
+NOTE_SECONDS = 1.0
+
 _link_ids = itertools.count(1)
+
+
+class LinkWitness(Protocol):
+    """The journal-checkpoint side of a link (``runtime.rollback.JournalWitness`` is one)."""
+
+    def own(self) -> bytes:
+        """Our newest signed journal checkpoint, encoded (``b""`` for none)."""
+        ...
+
+    def note(self, peer: PinnedPeer, checkpoint: bytes) -> None:
+        """``peer`` sent its newest checkpoint while linked."""
+        ...
 
 
 async def send_close(stream: LinkStream, encoder: FrameEncoder, code: str, reason: str) -> None:
@@ -120,6 +141,7 @@ class PeerLink:
         keepalive_seconds: float,
         idle_timeout: float,
         log: Any,
+        witness: LinkWitness | None = None,
     ) -> None:
         self.id = next(_link_ids)
         self.peer = established.peer
@@ -134,6 +156,7 @@ class PeerLink:
         self._keepalive = keepalive_seconds
         self._idle_timeout = idle_timeout
         self._log = log.bind(peer=self.peer.name, link=self.id)
+        self._witness = witness
         self._active = trio.Event()
         self._closing: tuple[str, str] | None = None
         self._close_sent = False
@@ -222,6 +245,9 @@ class PeerLink:
                         await inbound.send(item)
                 elif type(frame) is Keepalive:
                     pass
+                elif type(frame) is CheckpointNote:
+                    if self._witness is not None:
+                        self._witness.note(self.peer, frame.checkpoint)
                 elif type(frame) is Close:
                     self.peer_close = frame
                     if frame.code in ("superseded", "closed", "shutdown", "peer_removed"):
@@ -272,6 +298,9 @@ class PeerLink:
         append = self._encoder.append
         counters = self._counters
         buffer = bytearray()
+        witness = self._witness
+        noted = b""
+        next_note = 0.0
         # A call, not an attribute test: close() may flip it across any await.
         while not self.is_closing():
             batch = await self._take_batch()
@@ -279,6 +308,12 @@ class PeerLink:
                 if self.is_closing():
                     break
                 append(buffer, Keepalive())
+            if witness is not None and (not batch or trio.current_time() >= next_note):
+                checkpoint = witness.own()
+                if checkpoint != noted:
+                    append(buffer, CheckpointNote(checkpoint=checkpoint))
+                    noted = checkpoint
+                    next_note = trio.current_time() + NOTE_SECONDS
             for payload in batch:
                 try:
                     append(buffer, Data(payload=payload))

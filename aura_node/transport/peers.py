@@ -27,6 +27,11 @@ work is :class:`~aura_node.transport.admission.HandshakeAdmission`: past 64 unid
 connections a newcomer evicts the oldest, and a connection whose preface names a pinned peer
 leaves that pool (floods of unknown connections cannot push it out).
 
+Journal checkpoints (rollback detection, ``journal.witness``): with a :class:`NetworkWitness`
+the hellos carry checkpoints, and a link's hello checkpoints are judged (``witness.hello``,
+awaited) before the link is attached, so no frame of a peer that reveals a rolled-back journal
+reaches the runtime before the node knows it; links then refresh them (``CheckpointNote``).
+
 Faults stay local: any error on one connection (refused handshake, bad frame, timeout) is
 logged with the peer name, a code and the reason, and ends that connection only.
 """
@@ -38,7 +43,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -66,7 +71,13 @@ from aura_node.transport.handshake import (
     dial_hello,
     dial_tls,
 )
-from aura_node.transport.link import InboundData, LinkCounters, PeerLink, send_close
+from aura_node.transport.link import (
+    InboundData,
+    LinkCounters,
+    LinkWitness,
+    PeerLink,
+    send_close,
+)
 from aura_node.transport.queue import PayloadQueue
 
 #: First reconnect delay; doubles per failed attempt up to ``reconnect_max_seconds``.
@@ -78,6 +89,19 @@ KEEPALIVE_SECONDS = 5.0
 IDLE_KEEPALIVES = 3
 
 __all__ = ["InboundData", "PeerNetwork", "backoff_delay"]
+
+
+class NetworkWitness(LinkWitness, Protocol):
+    """What the network needs for rollback detection (``runtime.rollback.JournalWitness``)."""
+
+    def held_for(self, device_id: str) -> bytes:
+        """The newest checkpoint of that peer's journal we hold, encoded (``b""``: none)."""
+        ...
+
+    async def hello(self, peer: PinnedPeer, peer_checkpoint: bytes, your_checkpoint: bytes
+                    ) -> None:
+        """Judge the checkpoints of a hello, before the link is attached."""
+        ...
 
 
 def _listen_failure(host: str, port: int, exc: OSError) -> str:
@@ -176,6 +200,7 @@ class PeerNetwork:
         keepalive_seconds: float = KEEPALIVE_SECONDS,
         reconnect_base_seconds: float = RECONNECT_BASE_SECONDS,
         rng: Callable[[], float] = random.random,
+        witness: NetworkWitness | None = None,
     ) -> None:
         if not 1 <= len(registry_hash) <= 64:
             raise TransportError(f"registry hash must be 1..64 bytes, got {len(registry_hash)}")
@@ -187,7 +212,9 @@ class PeerNetwork:
             tls=tls.tls_identity(key),
             registry_hash=registry_hash,
             max_frame_bytes=config.transport.max_frame_bytes,
+            checkpoints=witness,
         )
+        self._witness = witness
         self._inbound = inbound
         self._keepalive = keepalive_seconds
         self._reconnect_base = reconnect_base_seconds
@@ -480,6 +507,12 @@ class PeerNetwork:
             raise
 
     async def _run_link(self, slot: _PeerSlot, established: Established, *, outbound: bool) -> None:
+        if self._witness is not None:
+            try:
+                await self._witness.hello(
+                    established.peer, established.peer_checkpoint, established.your_checkpoint)
+            except Exception:  # a bug in the check must not take the link (or node) down
+                self._log.error("checkpoint check failed", peer=slot.pinned.name, exc_info=True)
         link = PeerLink(
             established,
             outbound=outbound,
@@ -490,6 +523,7 @@ class PeerNetwork:
             keepalive_seconds=self._keepalive,
             idle_timeout=self._keepalive * IDLE_KEEPALIVES,
             log=self._log,
+            witness=self._witness,
         )
         loser = slot.attach(link)
         self._log.info(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aura_node
 
-PURE_PACKAGES = ("choreo", "session", "sessions", "protocols", "crypto", "journal.format")
+PURE_PACKAGES = ("choreo", "session", "sessions", "protocols", "crypto", "journal.format",
+                 "journal.witness")
 
 
 def _pure_modules() -> list[str]:

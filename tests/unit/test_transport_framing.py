@@ -10,6 +10,7 @@ from aura_node.errors import FrameError
 from aura_node.transport import preface
 from aura_node.transport.errors import FrameTooLargeError, PrefaceError
 from aura_node.transport.framing import (
+    CheckpointNote,
     Close,
     Data,
     Frame,
@@ -45,6 +46,7 @@ frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(HelloReject, code=st.text(max_size=20), reason=short),
     st.builds(Data, payload=st.binary(max_size=300)),
     st.just(Keepalive()),
+    st.builds(CheckpointNote, checkpoint=st.binary(max_size=512)),
     st.builds(Close, code=st.text(max_size=20), reason=short),
 )
 
