@@ -102,12 +102,12 @@ from aura_node.protocols.account import (
     AccountHolder,
     AccountRecord,
     AccountStore,
-    decode_established,
     encode_established,
     genesis_held_share,
     open_held_share,
 )
 from aura_node.protocols.envelope import Envelope, decode_wire, encode_wire
+from aura_node.protocols.epochs import KIND_EPOCH_FACT
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.sessions import (
     Arm,
@@ -445,8 +445,8 @@ class Simulation:
                 return False
             node.journal.commit(batch)
             for kind, body in step.records:
-                if kind == KIND_ACCOUNT:
-                    node.accounts.add(decode_established(body))
+                if kind in (KIND_ACCOUNT, KIND_EPOCH_FACT):  # the daemon's account fold
+                    node.accounts.fold(kind, body)
                 elif kind in (eng.KIND_COMPLETE, eng.KIND_FAIL):
                     self._note_end(node, step.session, kind, body)
         for action in step.actions:
@@ -494,8 +494,8 @@ class Simulation:
             return
         node.journal.reopen()
         by_session = node.journal.by_session()
-        node.accounts = AccountStore.from_bodies(
-            r.body for r in node.journal.records() if r.kind == KIND_ACCOUNT)
+        node.accounts = AccountStore.from_records(
+            (r.kind, r.body) for r in node.journal.records())
         rt = self._runtime(node)
         node.runtime = rt
         steps = rt.rehydrate(by_session)
