@@ -376,6 +376,16 @@ class Simulation:
         self.note(f"dealt {t}-of-{len(devices)} account to {len(established)} holders")
         return next(iter(established.values())).account
 
+    def journal_records(self, node: str, records: Sequence[tuple[str, bytes]], *,
+                        session: str = "") -> bool:
+        """Journal ``records`` ((kind, body) each) on ``node`` now, as one group commit
+        followed by the node's account fold (evidence a test made offline, such as an epoch
+        fact built without a reshare). False when the node crashed at this append."""
+        n = self.nodes[node]
+        if n.runtime is None:
+            raise SimulationError(f"cannot journal on {node}: it is down")
+        return self._commit(n, Step(session=session, ts=self.now, records=list(records)))
+
     # --- operators --------------------------------------------------------------------------------
 
     def at(self, when: float, label: str, fn: Callable[[], object]) -> None:

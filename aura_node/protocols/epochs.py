@@ -232,6 +232,14 @@ def check_self_contained(fact: EpochFact) -> None:
         raise EpochError(f"{_label(fact)} names no dealers")
     if len(set(fact.dealers)) != len(fact.dealers):
         raise EpochError(f"{_label(fact)} names a dealer twice")
+    check_signatures(fact)
+
+
+def check_signatures(fact: EpochFact, *, known: frozenset[tuple[str, str]] = frozenset()
+                     ) -> None:
+    """Every signature of ``fact`` (but those ``known``: (role, device id) pairs already
+    verified over this digest) is by a dealer or new holder, in that capacity, once, with the
+    key of the device it names; every dealer signed. Raises :class:`EpochError`."""
     digest = fact.digest()
     holders = holder_ids(fact.account)
     seen: set[tuple[str, str]] = set()
@@ -246,8 +254,9 @@ def check_self_contained(fact: EpochFact) -> None:
         if sig.device_id not in allowed:
             raise EpochError(f"{_label(fact)}: {sig.device_id} signed as {sig.role} but is not "
                              f"one of its {sig.role}s")
-        sig.verify(digest)
-    missing = [d for d in fact.dealers if ("dealer", d) not in seen]
+        if (sig.role, sig.device_id) not in known:
+            sig.verify(digest)
+    missing = [d for d in fact.dealers if ("dealer", d) not in seen | known]
     if missing:
         raise EpochError(f"{_label(fact)}: dealer(s) {', '.join(missing)} did not sign")
 
@@ -350,14 +359,25 @@ class EpochStore:
         return new
 
     def _offer(self, fact: EpochFact) -> FactVerdict:
+        held = self._facts.get(fact.account.account_id, {})
+        same = held.get(fact.digest())
+        if same is not None and fact.epoch > 0:
+            # the digest binds the record, epoch, predecessor and dealers, all verified when
+            # the fact was adopted: only signatures the held copy lacks need checking
+            known = {(s.role, s.device_id): s for s in same.signatures}
+            try:
+                check_signatures(fact, known=frozenset(
+                    k for k, sig in known.items() if sig in fact.signatures))
+            except EpochError as exc:
+                return _verdict(fact, "refused", exc.message)
+            return self._keep(fact)
         try:
             check_self_contained(fact)
         except EpochError as exc:
             return _verdict(fact, "refused", exc.message)
-        held = self._facts.get(fact.account.account_id, {})
-        if fact.digest() in held:
-            return self._keep(fact)
-        previous = held.get(fact.previous)
+        # looked up over every account: a fact that names another account's fact as its
+        # predecessor changed S, and is refused as such rather than held aside
+        previous = held.get(fact.previous) or self._find(fact.previous)
         if previous is None:
             self._hold_aside(fact)
             return _verdict(fact, "pending", f"{_label(fact)} extends fact "
@@ -367,6 +387,13 @@ class EpochStore:
         except EpochError as exc:
             return _verdict(fact, "refused", exc.message)
         return self._keep(fact)
+
+    def _find(self, digest: bytes) -> EpochFact | None:
+        for facts in self._facts.values():
+            fact = facts.get(digest)
+            if fact is not None:
+                return fact
+        return None
 
     def _keep(self, fact: EpochFact) -> FactVerdict:
         digest = fact.digest()
@@ -396,8 +423,7 @@ class EpochStore:
         while progress and self._pending:
             progress = False
             for digest, fact in list(self._pending.items()):
-                held = self._facts.get(fact.account.account_id, {})
-                if fact.previous not in held:
+                if self._find(fact.previous) is None:
                     continue
                 del self._pending[digest]
                 if self._offer(fact).outcome in ("adopted", "updated"):
@@ -486,6 +512,7 @@ __all__ = [
     "acknowledged",
     "check_extends",
     "check_self_contained",
+    "check_signatures",
     "decode_fact",
     "encode_fact",
     "fact_digest",
