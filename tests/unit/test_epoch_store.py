@@ -210,8 +210,7 @@ def test_concurrent_reshares_resolve_to_the_lowest_digest_and_are_reported() -> 
     assert s.current(aid) == winner
     (conflict,) = s.conflicts(aid)
     assert conflict["epoch"] == 1 and conflict["chosen"] == winner.digest().hex()
-    assert sorted(conflict["facts"]) == sorted([u.e1a.digest().hex(),  # type: ignore[arg-type]
-                                                u.e1b.digest().hex()])
+    assert conflict["facts"] == sorted([u.e1a.digest().hex(), u.e1b.digest().hex()])
 
 
 def test_fact_bodies_round_trip_and_garbage_is_a_clear_error() -> None:
