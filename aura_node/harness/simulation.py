@@ -704,6 +704,7 @@ class Simulation:
 
 def _protocols() -> Mapping[str, eng.ProtocolSpec]:
     """The shipped protocols (imported here so they register with the engine)."""
+    import aura_node.protocols.account_sync.roles
     import aura_node.protocols.dkd.roles
     import aura_node.protocols.genesis.roles
     import aura_node.protocols.recovery.roles  # noqa: F401

@@ -255,7 +255,10 @@ def check_signatures(fact: EpochFact, *, known: frozenset[tuple[str, str]] = fro
             raise EpochError(f"{_label(fact)}: {sig.device_id} signed as {sig.role} but is not "
                              f"one of its {sig.role}s")
         if (sig.role, sig.device_id) not in known:
-            sig.verify(digest)
+            try:
+                sig.verify(digest)
+            except EpochError as exc:
+                raise EpochError(f"{_label(fact)}: {exc.message}") from None
     missing = [d for d in fact.dealers if ("dealer", d) not in seen | known]
     if missing:
         raise EpochError(f"{_label(fact)}: dealer(s) {', '.join(missing)} did not sign")
