@@ -10,6 +10,7 @@ import pytest
 
 from aura_node.crypto.group import Scalar
 from aura_node.harness.simulation import CRASH_MODES, Simulation
+from aura_node.protocols import engine as eng
 from aura_node.protocols.account import AccountError
 from aura_node.protocols.account_sync.roles import CHOREOGRAPHY, sync_peers
 from aura_node.protocols.epochs import EpochFact, root_fact
@@ -131,3 +132,29 @@ def test_a_bad_fact_from_a_peer_is_rejected_with_evidence_and_the_sync_goes_on()
     assert fact.digest() in held and not {tampered.digest(), orphan.digest()} & held
     assert epoch_of(sim, "d3", account) == 1  # the real fact got through
     assert sim.check().ok
+
+
+def test_a_removed_device_refuses_a_dkd_request_with_the_reason() -> None:
+    """A requester that has not heard of epoch 1 yet (d2 here holds only genesis) asks d3:
+    d3 knows it was removed and refuses the request as evidence naming why; no key results."""
+    from aura_node.protocols.dkd.roles import session_params, session_roles
+
+    sim = Simulation(11, dict.fromkeys(("d1", "d2", "d3", "d4"), "device"))
+    record = sim.deal_account(["d1", "d2", "d3"], 2, secret=SECRET)
+    keys = {n: sim.nodes[n].key for n in sim.nodes}
+    fact, est = reshared(root_fact(record), secret=SECRET, dealers=[keys["d1"], keys["d2"]],
+                         devices={n: keys[n] for n in ("d1", "d2", "d4")}, t=2)
+    sim.journal_records("d1", epoch_records(fact, est["d1"]))
+    sync(sim, "d1", "d3")
+    sim.run()
+    assert epoch_of(sim, "d3", record.account_id) == 1
+    assert epoch_of(sim, "d2", record.account_id) == 0
+    p = session_params({"context": "mail", "participants": ["d2", "d3"]},
+                       sim.nodes["d2"].services)
+    sid = sim.start("d2", "dkd", roles=session_roles(p), params=p)
+    sim.run()
+    assert sim.describe("d2", sid)["outcome"] == "failed"
+    reasons = [r.reason for r in sim.nodes["d3"].rejections(sid)]
+    assert any(f"removed from account {record.account_id} at epoch 1" in r
+               for r in reasons), reasons
+    assert not [r for r in sim.nodes["d2"].records(sid) if r.kind == eng.KIND_COMPLETE]
