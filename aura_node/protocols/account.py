@@ -30,117 +30,31 @@ Pure: no trio, no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import msgspec
 
-from aura_node.crypto.dealing import account_id_for, share_binding
-from aura_node.crypto.feldman import FeldmanCommitments
-from aura_node.crypto.group import Point
+from aura_node.crypto.dealing import share_binding
 from aura_node.crypto.keys import DeviceKey
 from aura_node.crypto.seal import SealBinding, open_share
 from aura_node.crypto.shamir import Share
-from aura_node.errors import ProtocolError
-
-if TYPE_CHECKING:
-    from aura_node.protocols.epochs import EpochFact, FactVerdict
+from aura_node.protocols.account_record import (
+    AccountError,
+    AccountHolder,
+    AccountRecord,
+    HolderSet,
+)
+from aura_node.protocols.epochs import (
+    KIND_EPOCH_FACT,
+    EpochFact,
+    EpochStore,
+    FactVerdict,
+    decode_fact,
+    holder_ids,
+    root_fact,
+)
 
 KIND_ACCOUNT = "account.established"
-HolderSet = Literal["devices", "guardians"]
-
-
-class AccountError(ProtocolError):
-    code = "account"
-
-
-class AccountHolder(msgspec.Struct, frozen=True, kw_only=True):
-    """One holder of a share: its configured name, device id, Shamir index, ``s_i·G``."""
-
-    name: str
-    device_id: str
-    index: int
-    public_share: bytes
-
-
-def _check_distinct(holders: Iterable[AccountHolder], what: str) -> None:
-    """One index per holder and one holder per device (and per name) in a holder set: two
-    holders with one index would be one Shamir point counted twice (Lagrange weights divide by
-    zero), and one device under two indices would let it count twice towards the threshold."""
-    seen: dict[str, dict[object, str]] = {"index": {}, "device": {}, "name": {}}
-    for h in holders:
-        for key, value in (("index", h.index), ("device", h.device_id), ("name", h.name)):
-            other = seen[key].get(value)
-            if other is not None:
-                raise AccountError(f"{what} holders {other} and {h.name} have the same {key} "
-                                   f"{str(value)[:40]}")
-            seen[key][value] = h.name
-
-
-class AccountRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The public view of an account, identical on every holder."""
-
-    account_id: str
-    public_key: bytes
-    threshold: int
-    devices: tuple[AccountHolder, ...]
-    device_commitments: bytes
-    guardians: tuple[AccountHolder, ...] = ()
-    guardian_threshold: int = 0
-    guardian_commitments: bytes = b""
-
-    def check(self) -> None:
-        """Internal consistency: ids, thresholds, commitments, public shares."""
-        s = Point.from_bytes(self.public_key)
-        if account_id_for(s) != self.account_id:
-            raise AccountError(f"account id {self.account_id} does not match its public key")
-        for holders, commit_bytes, t, what in (
-            (self.devices, self.device_commitments, self.threshold, "device"),
-            (self.guardians, self.guardian_commitments, self.guardian_threshold, "guardian"),
-        ):
-            if not holders:
-                if t:
-                    raise AccountError(f"{what} threshold {t} with no {what}s")
-                continue
-            _check_distinct(holders, what)
-            commitments = FeldmanCommitments.from_bytes(commit_bytes)
-            if commitments.public_key != s:
-                raise AccountError(f"{what} commitments do not commit to the account key")
-            if commitments.threshold != t or not 1 <= t <= len(holders):
-                raise AccountError(
-                    f"{what} threshold {t} does not fit {len(holders)} holders / "
-                    f"{commitments.threshold} commitments"
-                )
-            for h in holders:
-                if commitments.public_share(h.index).to_bytes() != h.public_share:
-                    raise AccountError(f"public share of {what} {h.name} does not match")
-
-    def commitments(self, holder_set: HolderSet) -> FeldmanCommitments:
-        raw = self.device_commitments if holder_set == "devices" else self.guardian_commitments
-        if not raw:
-            raise AccountError(f"account {self.account_id} has no {holder_set}")
-        return FeldmanCommitments.from_bytes(raw)
-
-    def holders(self, holder_set: HolderSet) -> tuple[AccountHolder, ...]:
-        return self.devices if holder_set == "devices" else self.guardians
-
-    def holder(self, holder_set: HolderSet, name: str) -> AccountHolder:
-        for h in self.holders(holder_set):
-            if h.name == name:
-                return h
-        raise AccountError(f"{name!r} is not one of the {holder_set} of {self.account_id}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``ctl account show`` / ``account create`` view."""
-        return {
-            "account_id": self.account_id,
-            "public_key": self.public_key.hex(),
-            "threshold": self.threshold,
-            "devices": [h.name for h in self.devices],
-            "guardians": [h.name for h in self.guardians],
-            "guardian_threshold": self.guardian_threshold,
-        }
-
-
 class HeldShare(msgspec.Struct, frozen=True, kw_only=True):
     """This device's share, sealed to its own key, and how to open it."""
 
@@ -278,8 +192,6 @@ class AccountStore:
     __slots__ = ("_accounts", "_by_epoch", "epochs")
 
     def __init__(self) -> None:
-        from aura_node.protocols.epochs import EpochStore  # epochs imports this module
-
         #: account id -> its newest epoch-0 record (genesis or recovery)
         self._accounts: dict[str, AccountEstablished] = {}
         #: account id -> epoch -> this device's record of it (epochs >= 1: reshares)
@@ -307,8 +219,6 @@ class AccountStore:
         """Fold one journal record; returns what it did (the established record, a fact
         verdict) or None for a kind this store does not keep. Raises AuraError on a record
         that does not decode or check."""
-        from aura_node.protocols.epochs import KIND_EPOCH_FACT, decode_fact
-
         if kind == KIND_ACCOUNT:
             established = decode_established(body)
             self.add(established)
@@ -318,8 +228,6 @@ class AccountStore:
         return None
 
     def add(self, established: AccountEstablished) -> None:
-        from aura_node.protocols.epochs import root_fact
-
         acct = established.account
         acct.check()
         known = self._accounts.get(acct.account_id) or next(
@@ -378,8 +286,6 @@ class AccountStore:
             raise AccountError(f"this device's share of account {account_id} is of a concurrent "
                                f"epoch-{fact.epoch} reshare that lost to fact "
                                f"{fact.digest().hex()[:16]} (see conflicts)")
-        from aura_node.protocols.epochs import holder_ids
-
         if self._device_ids() & holder_ids(fact.account):
             # still a holder, and the epoch's own record has not been journaled here yet
             raise AccountError(f"this device holds no share of account {account_id} at its "
@@ -402,8 +308,6 @@ class AccountStore:
     def _removed_at(self, account_id: str, current: EpochFact) -> int:
         """The first epoch on the way to ``current`` whose holders do not include this
         device (the epoch the reshare that removed it produced)."""
-        from aura_node.protocols.epochs import holder_ids
-
         ids = self._device_ids()
         held = {f.digest(): f for f in self.epochs.facts(account_id)}
         chain = [current]
@@ -482,6 +386,7 @@ __all__ = [
     "AccountRecord",
     "AccountStore",
     "HeldShare",
+    "HolderSet",
     "OpenedShares",
     "decode_established",
     "encode_established",

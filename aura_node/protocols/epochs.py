@@ -82,7 +82,7 @@ import msgspec
 
 from aura_node.crypto.keys import PUBLIC_KEY_BYTES, DeviceKey, DevicePublicKey, device_id_for
 from aura_node.errors import BadSignatureError, ProtocolError
-from aura_node.protocols.account import AccountError, AccountRecord
+from aura_node.protocols.account_record import AccountError, AccountRecord
 
 KIND_EPOCH_FACT = "account.epoch"
 #: signature domain of an epoch fact (``DeviceKey.sign(EPOCH_SIGN_DOMAIN, fact_digest(...))``)

@@ -263,7 +263,8 @@ class Node:
         services = self.runtime.services
         relevant = set(sync_peers(services.accounts, services.peers))
         for peer in sorted(set(peers) & relevant):
-            cmd = StartSession(choreography=CHOREOGRAPHY, params={},
+            timeout = self.config.protocols.account_sync_timeout_seconds
+            cmd = StartSession(choreography=CHOREOGRAPHY, params={"timeout": timeout},
                                roles={self.name: "initiator", peer: "responder"},
                                session=self.runtime.new_session_id(), entropy=os.urandom(32),
                                reply=Outcome())

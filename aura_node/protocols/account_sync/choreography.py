@@ -3,8 +3,8 @@
 ``initiator -> responder: SyncOffer`` (what the initiator holds), ``responder -> initiator:
 SyncReply`` (the facts the initiator lacks, and what the responder holds), ``initiator ->
 responder: SyncFacts`` (the facts the responder lacks). Each wait is bounded by
-``sync_timeout``; a sync that times out changes nothing (every fact is journaled only once it
-verified), and the next link-up or adopted fact starts another.
+``account_sync_timeout``; a sync that times out changes nothing (every fact is journaled only
+once it verified), and the next link-up or adopted fact starts another.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ def ACCOUNT_SYNC(c: ChoreographyBuilder) -> None:
     c.send(initiator, responder, SyncOffer)
     c.phase(initiator, "AwaitingReply")
     c.phase(responder, "Replying")
-    c.send(responder, initiator, SyncReply, deadline="sync_timeout")
+    c.send(responder, initiator, SyncReply, deadline="account_sync_timeout")
     c.phase(initiator, "Sending")
     c.phase(responder, "AwaitingFacts")
-    c.send(initiator, responder, SyncFacts, deadline="sync_timeout")
+    c.send(initiator, responder, SyncFacts, deadline="account_sync_timeout")
     c.phase(initiator, "Completed")
     c.phase(responder, "Completed")

@@ -213,7 +213,8 @@ class SyncResponder(ChoreographicProtocol[AccountSync, S], choreography=CHOREOGR
         body = step.draw(lambda: msgspec.msgpack.encode(SyncReply(
             facts=missing_facts(store, peer, theirs), accounts=summaries(store, peer))))
         reply = _reply_decoder.decode(body)
-        step.arm("deadline", at=step.now + step.params.timeout)
+        # a responder has no operator parameters: its wait is the node's setting
+        step.arm("deadline", at=step.now + step.services.protocols.account_sync_timeout_seconds)
         return self._advance(SyncResponder[AwaitingFacts], sent=len(reply.facts)), reply
 
     @transition(source=AwaitingFacts, target=Completed, action="recv", message=SyncFacts,
@@ -228,7 +229,7 @@ class SyncResponder(ChoreographicProtocol[AccountSync, S], choreography=CHOREOGR
     def time_out(self: SyncResponder[AwaitingFacts], step: Step[SyncParams]
                  ) -> SyncResponder[Failed]:
         step.fail("timeout", f"no SyncFacts from {step.the('initiator')} within "
-                             f"{step.params.timeout:g} s")
+                             f"{step.services.protocols.account_sync_timeout_seconds:g} s")
         return self._advance(SyncResponder[Failed])
 
 
