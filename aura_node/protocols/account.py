@@ -250,11 +250,17 @@ class AccountStore:
     def learn_fact(self, fact: EpochFact) -> FactVerdict:
         """Offer an epoch fact (see the class doc for anchoring); the verdict says what it
         did and why."""
-        verdict = self.epochs.offer(fact)
+        return self.check_fact(fact, self.epochs)
+
+    def check_fact(self, fact: EpochFact, epochs: EpochStore) -> FactVerdict:
+        """Offer ``fact`` to ``epochs`` (this store's, or a scratch copy of it that a sync
+        checks a message's facts against), anchoring it when this device holds a share of
+        its very epoch and record."""
+        verdict = epochs.offer(fact)
         if verdict.outcome == "pending":
             mine = self._by_epoch.get(fact.account.account_id, {}).get(fact.epoch)
             if mine is not None and mine.account == fact.account:
-                return self.epochs.anchor(fact)
+                return epochs.anchor(fact)
         return verdict
 
     def current_epoch(self, account_id: str) -> int:
@@ -333,7 +339,9 @@ class AccountStore:
             if fact is None:
                 raise
             record, epoch = fact.account, fact.epoch
-            removed = self._removed_at(account_id, fact)
+            # a holder whose share of this epoch is not journaled yet was not removed
+            removed = (None if self._device_ids() & holder_ids(fact.account)
+                       else self._removed_at(account_id, fact))
         out = record.to_json()
         out["epoch"] = epoch
         out["holders"] = [h.name for h in (*record.devices, *record.guardians)]

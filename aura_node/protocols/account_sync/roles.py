@@ -98,10 +98,11 @@ def _take(step: Step[SyncParams], facts: tuple[EpochFact, ...]) -> int:
     """Verify ``facts`` in order against this device's store (plus the ones before them in
     this message); journal each that verifies, reject each that does not. Returns how many
     were new here."""
-    scratch = step.services.accounts.epochs.copy()
+    store = step.services.accounts
+    scratch = store.epochs.copy()
     new = 0
     for fact in facts:
-        verdict = scratch.offer(fact)
+        verdict = store.check_fact(fact, scratch)
         if verdict.new:
             step.record(KIND_EPOCH_FACT, encode_fact(fact))
             new += 1
