@@ -324,6 +324,7 @@ def test_a_removed_device_has_no_usable_share_and_is_told_why() -> None:
     d2.learn_fact(u.e1a)
     with pytest.raises(AccountError, match="no share of account .* at its current epoch 1 yet"):
         d2.get(aid)
+    assert "removed_at_epoch" not in d2.show(aid) and d2.show(aid)["epoch"] == 1
     d2.add(u.established["d2"][1])
     assert d2.get(aid).epoch == 1 and d2.show(aid)["epoch"] == 1
 
