@@ -5,9 +5,9 @@ Theory of operation
 Every holder keeps the verified epoch facts of its accounts (``protocols/epochs``, inside the
 node's ``AccountStore``). When a link to a peer comes (back) up, and when this device adopts a
 new fact, the node starts one ``account-sync`` session with each linked peer that holds or
-held a share of one of its accounts (:func:`sync_peers`; the daemon's link watcher and its
-account fold do that). A removed device is such a peer (it held a share of an earlier epoch),
-so it learns the fact that removed it.
+held a share of one of its accounts that has epochs beyond genesis (:func:`sync_peers`; the
+daemon's link watcher and its account fold do that). A removed device is such a peer (it
+held a share of an earlier epoch), so it learns the fact that removed it.
 
 The initiator offers a summary (per account shared with the responder: each held fact's
 digest and signature count); the responder answers with the facts the initiator lacks (or
@@ -90,8 +90,14 @@ def missing_facts(store: AccountStore, device_id: str,
 
 
 def sync_peers(store: AccountStore, peers: Mapping[str, PeerInfo]) -> list[str]:
-    """Names of the peers to sync with: each holds or held a share of an account here."""
-    return sorted(name for name, p in peers.items() if shared_accounts(store, p.device_id))
+    """Names of the peers to start a sync with: each holds or held a share of an account of
+    which this store holds a fact beyond epoch 0. Where neither side holds one there is
+    nothing to exchange (roots never travel); where only the peer does, the peer starts it
+    (a sync carries facts both ways), so an account that never reshared costs no session."""
+    resharing = [a for a in store.epochs.accounts()
+                 if any(f.epoch > 0 for f in store.epochs.facts(a))]
+    return sorted(name for name, p in peers.items()
+                  if any(store.epochs.shares_with(a, p.device_id) for a in resharing))
 
 
 def _take(step: Step[SyncParams], facts: tuple[EpochFact, ...]) -> int:
