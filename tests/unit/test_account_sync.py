@@ -158,3 +158,19 @@ def test_a_removed_device_refuses_a_dkd_request_with_the_reason() -> None:
     assert any(f"removed from account {record.account_id} at epoch 1" in r
                for r in reasons), reasons
     assert not [r for r in sim.nodes["d2"].records(sid) if r.kind == eng.KIND_COMPLETE]
+
+
+def test_only_a_node_with_an_epoch_beyond_genesis_starts_a_sync() -> None:
+    sim = Simulation(5, dict.fromkeys(("d1", "d2", "d3", "d4"), "device"))
+    record = sim.deal_account(["d1", "d2", "d3"], 2, secret=SECRET)
+    peers_of = {n: sync_peers(sim.nodes[n].accounts, sim.nodes[n].services.peers)
+                for n in sim.nodes}
+    assert peers_of == {"d1": [], "d2": [], "d3": [], "d4": []}  # nothing to exchange
+    keys = {n: sim.nodes[n].key for n in sim.nodes}
+    fact, est = reshared(root_fact(record), secret=SECRET, dealers=[keys["d1"], keys["d2"]],
+                         devices={n: keys[n] for n in ("d1", "d2", "d4")}, t=2)
+    sim.journal_records("d1", epoch_records(fact, est["d1"]))
+    # every holder of either epoch, the removed d3 included; d2 and d3 wait to be asked
+    assert sync_peers(sim.nodes["d1"].accounts, sim.nodes["d1"].services.peers) == [
+        "d2", "d3", "d4"]
+    assert sync_peers(sim.nodes["d3"].accounts, sim.nodes["d3"].services.peers) == []
