@@ -248,12 +248,12 @@ def check_signatures(fact: EpochFact, *, known: frozenset[tuple[str, str]] = fro
             raise EpochError(f"{_label(fact)}: signature in unknown capacity {sig.role[:20]!r} "
                              f"(expected one of {', '.join(SIGNER_ROLES)})")
         if (sig.role, sig.device_id) in seen:
-            raise EpochError(f"{_label(fact)}: {sig.role} {sig.device_id} signed twice")
+            raise EpochError(f"{_label(fact)}: {sig.role} {sig.device_id[:40]} signed twice")
         seen.add((sig.role, sig.device_id))
         allowed = fact.dealers if sig.role == "dealer" else holders
         if sig.device_id not in allowed:
-            raise EpochError(f"{_label(fact)}: {sig.device_id} signed as {sig.role} but is not "
-                             f"one of its {sig.role}s")
+            raise EpochError(f"{_label(fact)}: {sig.device_id[:40]} signed as {sig.role} but is "
+                             f"not one of its {sig.role}s")
         if (sig.role, sig.device_id) not in known:
             try:
                 sig.verify(digest)
