@@ -145,6 +145,8 @@ class ProtocolSection:
     recovery_approval_timeout_seconds: float = _seconds(7 * 86400.0)
     #: how long the new device waits for the guardians' shares after the cooldown
     recovery_share_timeout_seconds: float = _seconds(300.0)
+    #: how long each side of an account-sync (epoch facts) waits for the other's next message
+    account_sync_timeout_seconds: float = _seconds(30.0)
 
     def deadline(self, name: str) -> float:
         """Seconds for the choreography deadline ``name`` (e.g. ``"dkd_timeout"``)."""

@@ -17,7 +17,10 @@ for the smallest complete example. Import from here, not from the private module
 * errors a transition raises: :class:`RemoteProtocolError` (the peer's fault: that message is
   rejected and journaled, the session goes on), :class:`WitnessError`, :class:`ParamsError`;
 * registration: :func:`protocol` (conformance-checked against the projection), :class:`NoParams`,
-  and :func:`command` for the control commands that start a session (``ctl call NAME``).
+  and :func:`command` for the control commands that start a session (``ctl call NAME``);
+* declarations beside ``@transition``: :func:`unrepeatable` (a send whose content is drawn
+  live and journaled, replayed from the journal) and :func:`polled` (a gather another input
+  can complete).
 
 This module only re-exports; it is pure (no trio).
 """
@@ -27,7 +30,16 @@ from __future__ import annotations
 from aura_node.choreo import ALL, ChoreographyBuilder, Role, Threshold, choreography
 from aura_node.errors import RemoteProtocolError, WitnessError
 from aura_node.protocols.engine import ParamsError
-from aura_node.protocols.kit import NondeterminismError, NoParams, Protocol, Step, command, protocol
+from aura_node.protocols.kit import (
+    NondeterminismError,
+    NoParams,
+    Protocol,
+    Step,
+    command,
+    polled,
+    protocol,
+    unrepeatable,
+)
 from aura_node.session.typestate import (
     ChoreographicProtocol,
     Phase,
@@ -65,9 +77,11 @@ __all__ = [
     "choreography",
     "command",
     "phase_of",
+    "polled",
     "protocol",
     "requires",
     "transition",
+    "unrepeatable",
     "verify_statement",
     "verify_threshold_evidence",
 ]

@@ -102,12 +102,12 @@ from aura_node.protocols.account import (
     AccountHolder,
     AccountRecord,
     AccountStore,
-    decode_established,
     encode_established,
     genesis_held_share,
     open_held_share,
 )
 from aura_node.protocols.envelope import Envelope, decode_wire, encode_wire
+from aura_node.protocols.epochs import KIND_EPOCH_FACT
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.sessions import (
     Arm,
@@ -376,6 +376,16 @@ class Simulation:
         self.note(f"dealt {t}-of-{len(devices)} account to {len(established)} holders")
         return next(iter(established.values())).account
 
+    def journal_records(self, node: str, records: Sequence[tuple[str, bytes]], *,
+                        session: str = "") -> bool:
+        """Journal ``records`` ((kind, body) each) on ``node`` now, as one group commit
+        followed by the node's account fold (evidence a test made offline, such as an epoch
+        fact built without a reshare). False when the node crashed at this append."""
+        n = self.nodes[node]
+        if n.runtime is None:
+            raise SimulationError(f"cannot journal on {node}: it is down")
+        return self._commit(n, Step(session=session, ts=self.now, records=list(records)))
+
     # --- operators --------------------------------------------------------------------------------
 
     def at(self, when: float, label: str, fn: Callable[[], object]) -> None:
@@ -445,8 +455,8 @@ class Simulation:
                 return False
             node.journal.commit(batch)
             for kind, body in step.records:
-                if kind == KIND_ACCOUNT:
-                    node.accounts.add(decode_established(body))
+                if kind in (KIND_ACCOUNT, KIND_EPOCH_FACT):  # the daemon's account fold
+                    node.accounts.fold(kind, body)
                 elif kind in (eng.KIND_COMPLETE, eng.KIND_FAIL):
                     self._note_end(node, step.session, kind, body)
         for action in step.actions:
@@ -494,8 +504,8 @@ class Simulation:
             return
         node.journal.reopen()
         by_session = node.journal.by_session()
-        node.accounts = AccountStore.from_bodies(
-            r.body for r in node.journal.records() if r.kind == KIND_ACCOUNT)
+        node.accounts = AccountStore.from_records(
+            (r.kind, r.body) for r in node.journal.records())
         rt = self._runtime(node)
         node.runtime = rt
         steps = rt.rehydrate(by_session)
@@ -694,6 +704,7 @@ class Simulation:
 
 def _protocols() -> Mapping[str, eng.ProtocolSpec]:
     """The shipped protocols (imported here so they register with the engine)."""
+    import aura_node.protocols.account_sync.roles
     import aura_node.protocols.dkd.roles
     import aura_node.protocols.genesis.roles
     import aura_node.protocols.recovery.roles  # noqa: F401

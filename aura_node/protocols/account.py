@@ -34,110 +34,27 @@ from typing import Any, Literal, NoReturn
 
 import msgspec
 
-from aura_node.crypto.dealing import account_id_for, share_binding
-from aura_node.crypto.feldman import FeldmanCommitments
-from aura_node.crypto.group import Point
+from aura_node.crypto.dealing import share_binding
 from aura_node.crypto.keys import DeviceKey
 from aura_node.crypto.seal import SealBinding, open_share
 from aura_node.crypto.shamir import Share
-from aura_node.errors import ProtocolError
+from aura_node.protocols.account_record import (
+    AccountError,
+    AccountHolder,
+    AccountRecord,
+    HolderSet,
+)
+from aura_node.protocols.epochs import (
+    KIND_EPOCH_FACT,
+    EpochFact,
+    EpochStore,
+    FactVerdict,
+    decode_fact,
+    holder_ids,
+    root_fact,
+)
 
 KIND_ACCOUNT = "account.established"
-HolderSet = Literal["devices", "guardians"]
-
-
-class AccountError(ProtocolError):
-    code = "account"
-
-
-class AccountHolder(msgspec.Struct, frozen=True, kw_only=True):
-    """One holder of a share: its configured name, device id, Shamir index, ``s_i·G``."""
-
-    name: str
-    device_id: str
-    index: int
-    public_share: bytes
-
-
-def _check_distinct(holders: Iterable[AccountHolder], what: str) -> None:
-    """One index per holder and one holder per device (and per name) in a holder set: two
-    holders with one index would be one Shamir point counted twice (Lagrange weights divide by
-    zero), and one device under two indices would let it count twice towards the threshold."""
-    seen: dict[str, dict[object, str]] = {"index": {}, "device": {}, "name": {}}
-    for h in holders:
-        for key, value in (("index", h.index), ("device", h.device_id), ("name", h.name)):
-            other = seen[key].get(value)
-            if other is not None:
-                raise AccountError(f"{what} holders {other} and {h.name} have the same {key} "
-                                   f"{str(value)[:40]}")
-            seen[key][value] = h.name
-
-
-class AccountRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The public view of an account, identical on every holder."""
-
-    account_id: str
-    public_key: bytes
-    threshold: int
-    devices: tuple[AccountHolder, ...]
-    device_commitments: bytes
-    guardians: tuple[AccountHolder, ...] = ()
-    guardian_threshold: int = 0
-    guardian_commitments: bytes = b""
-
-    def check(self) -> None:
-        """Internal consistency: ids, thresholds, commitments, public shares."""
-        s = Point.from_bytes(self.public_key)
-        if account_id_for(s) != self.account_id:
-            raise AccountError(f"account id {self.account_id} does not match its public key")
-        for holders, commit_bytes, t, what in (
-            (self.devices, self.device_commitments, self.threshold, "device"),
-            (self.guardians, self.guardian_commitments, self.guardian_threshold, "guardian"),
-        ):
-            if not holders:
-                if t:
-                    raise AccountError(f"{what} threshold {t} with no {what}s")
-                continue
-            _check_distinct(holders, what)
-            commitments = FeldmanCommitments.from_bytes(commit_bytes)
-            if commitments.public_key != s:
-                raise AccountError(f"{what} commitments do not commit to the account key")
-            if commitments.threshold != t or not 1 <= t <= len(holders):
-                raise AccountError(
-                    f"{what} threshold {t} does not fit {len(holders)} holders / "
-                    f"{commitments.threshold} commitments"
-                )
-            for h in holders:
-                if commitments.public_share(h.index).to_bytes() != h.public_share:
-                    raise AccountError(f"public share of {what} {h.name} does not match")
-
-    def commitments(self, holder_set: HolderSet) -> FeldmanCommitments:
-        raw = self.device_commitments if holder_set == "devices" else self.guardian_commitments
-        if not raw:
-            raise AccountError(f"account {self.account_id} has no {holder_set}")
-        return FeldmanCommitments.from_bytes(raw)
-
-    def holders(self, holder_set: HolderSet) -> tuple[AccountHolder, ...]:
-        return self.devices if holder_set == "devices" else self.guardians
-
-    def holder(self, holder_set: HolderSet, name: str) -> AccountHolder:
-        for h in self.holders(holder_set):
-            if h.name == name:
-                return h
-        raise AccountError(f"{name!r} is not one of the {holder_set} of {self.account_id}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``ctl account show`` / ``account create`` view."""
-        return {
-            "account_id": self.account_id,
-            "public_key": self.public_key.hex(),
-            "threshold": self.threshold,
-            "devices": [h.name for h in self.devices],
-            "guardians": [h.name for h in self.guardians],
-            "guardian_threshold": self.guardian_threshold,
-        }
-
-
 class HeldShare(msgspec.Struct, frozen=True, kw_only=True):
     """This device's share, sealed to its own key, and how to open it."""
 
@@ -252,12 +169,34 @@ class OpenedShares:
 
 
 class AccountStore:
-    """Accounts this device holds, folded from ``account.established`` journal records."""
+    """Accounts this device holds a share of: a pure fold over ``account.established`` and
+    ``account.epoch`` journal records (start-up, and each durable batch).
 
-    __slots__ = ("_accounts",)
+    Per account it keeps the ``account.established`` record of each epoch this device held a
+    share of, and the account's verified epoch facts (:class:`~aura_node.protocols.epochs.
+    EpochStore`). What the node *uses* is the current epoch the facts reduce to
+    (:meth:`get`): its record and this device's share of it. A device that is not a holder of
+    the current epoch has no usable share: :meth:`get` (and so every protocol that needs the
+    share or the record: DKD, resharing) raises ``this device was removed from account X at
+    epoch E``. An account whose facts say nothing beyond epoch 0 (no reshare yet, or an
+    epoch whose fact has not arrived) is used as its newest ``account.established`` record
+    says, as before epochs existed; a later epoch-0 record for the same account id replaces
+    the earlier one only if its public key is the same (an account id is a hash of ``S``).
+
+    Epoch facts come in two ways besides the journal of this device's own reshare sessions:
+    a fact whose predecessor the store lacks is *anchored* when this device journaled its own
+    ``account.established`` record for that very epoch and record (it was a new holder of a
+    reshare, so it verified its sub-shares and needs no older fact), and otherwise verified
+    as extending a held fact (:meth:`EpochStore.offer`)."""
+
+    __slots__ = ("_accounts", "_by_epoch", "epochs")
 
     def __init__(self) -> None:
+        #: account id -> its newest epoch-0 record (genesis or recovery)
         self._accounts: dict[str, AccountEstablished] = {}
+        #: account id -> epoch -> this device's record of it (epochs >= 1: reshares)
+        self._by_epoch: dict[str, dict[int, AccountEstablished]] = {}
+        self.epochs = EpochStore()
 
     @classmethod
     def from_bodies(cls, bodies: Iterable[bytes]) -> AccountStore:
@@ -266,30 +205,164 @@ class AccountStore:
             store.add(decode_established(body))
         return store
 
+    @classmethod
+    def from_records(cls, records: Iterable[tuple[str, bytes]]) -> AccountStore:
+        """The fold over (kind, body) of journal records, in journal order: both
+        ``account.established`` and ``account.epoch``; other kinds are skipped. A record that
+        does not check raises (use :meth:`fold` one by one to skip bad ones)."""
+        store = cls()
+        for kind, body in records:
+            store.fold(kind, body)
+        return store
+
+    def fold(self, kind: str, body: bytes) -> object:
+        """Fold one journal record; returns what it did (the established record, a fact
+        verdict) or None for a kind this store does not keep. Raises AuraError on a record
+        that does not decode or check."""
+        if kind == KIND_ACCOUNT:
+            established = decode_established(body)
+            self.add(established)
+            return established
+        if kind == KIND_EPOCH_FACT:
+            return self.learn_fact(decode_fact(body))
+        return None
+
     def add(self, established: AccountEstablished) -> None:
         acct = established.account
         acct.check()
-        old = self._accounts.get(acct.account_id)
-        if old is not None and old.account.public_key != acct.public_key:
+        known = self._accounts.get(acct.account_id) or next(
+            iter(self._by_epoch.get(acct.account_id, {}).values()), None)
+        if known is not None and known.account.public_key != acct.public_key:
             raise AccountError(f"account {acct.account_id} re-established with another key")
-        self._accounts[acct.account_id] = established
+        if established.epoch < 0:
+            raise AccountError(f"account {acct.account_id} established at epoch "
+                               f"{established.epoch}; expected 0 or more")
+        if established.epoch == 0:
+            self._accounts[acct.account_id] = established
+            self.epochs.add_root(root_fact(acct))
+            return
+        self._by_epoch.setdefault(acct.account_id, {})[established.epoch] = established
+        # the fact of this epoch may have come first and be waiting for its predecessor
+        for fact in self.epochs.pending():
+            if fact.epoch == established.epoch and fact.account == acct:
+                self.epochs.anchor(fact)
+
+    def learn_fact(self, fact: EpochFact) -> FactVerdict:
+        """Offer an epoch fact (see the class doc for anchoring); the verdict says what it
+        did and why."""
+        return self.check_fact(fact, self.epochs)
+
+    def check_fact(self, fact: EpochFact, epochs: EpochStore) -> FactVerdict:
+        """Offer ``fact`` to ``epochs`` (this store's, or a scratch copy of it that a sync
+        checks a message's facts against), anchoring it when this device holds a share of
+        its very epoch and record."""
+        verdict = epochs.offer(fact)
+        if verdict.outcome == "pending":
+            mine = self._by_epoch.get(fact.account.account_id, {}).get(fact.epoch)
+            if mine is not None and mine.account == fact.account:
+                return epochs.anchor(fact)
+        return verdict
+
+    def current_epoch(self, account_id: str) -> int:
+        """The account's current epoch as the facts say (0 without facts beyond genesis)."""
+        fact = self.epochs.current(account_id)
+        return 0 if fact is None else fact.epoch
 
     def get(self, account_id: str) -> AccountEstablished:
-        try:
-            return self._accounts[account_id]
-        except KeyError:
+        """This device's record and share of the current epoch of ``account_id``; raises
+        AccountError when it holds none (never held, or removed at the current epoch)."""
+        base = self._accounts.get(account_id)
+        later = self._by_epoch.get(account_id, {})
+        if base is None and not later:
             raise AccountError(
                 f"this device holds no account {account_id!r} "
-                f"(holds: {', '.join(sorted(self._accounts)) or 'none'})"
-            ) from None
+                f"(holds: {', '.join(sorted(self._known())) or 'none'})"
+            )
+        fact = self.epochs.current(account_id)
+        if fact is None or fact.epoch == 0:
+            # no acknowledged fact beyond genesis (yet): the newest record this device holds
+            if later:
+                return later[max(later)]
+            assert base is not None
+            return base
+        mine = later.get(fact.epoch)
+        if mine is not None and mine.account == fact.account:
+            return mine
+        if mine is not None:
+            raise AccountError(f"this device's share of account {account_id} is of a concurrent "
+                               f"epoch-{fact.epoch} reshare that lost to fact "
+                               f"{fact.digest().hex()[:16]} (see conflicts)")
+        if self._device_ids() & holder_ids(fact.account):
+            # still a holder, and the epoch's own record has not been journaled here yet
+            raise AccountError(f"this device holds no share of account {account_id} at its "
+                               f"current epoch {fact.epoch} yet")
+        raise AccountError(f"this device was removed from account {account_id} at epoch "
+                           f"{self._removed_at(account_id, fact)}")
+
+    def _device_ids(self) -> set[str]:
+        """Device ids this store's own records say this device holds shares under (the
+        holders whose index and set match a held share)."""
+        out: set[str] = set()
+        for est in (*self._accounts.values(),
+                    *(e for by in self._by_epoch.values() for e in by.values())):
+            for held in est.shares:
+                for h in est.account.holders(held.holder_set):
+                    if h.index == held.index:
+                        out.add(h.device_id)
+        return out
+
+    def _removed_at(self, account_id: str, current: EpochFact) -> int:
+        """The first epoch on the way to ``current`` whose holders do not include this
+        device (the epoch the reshare that removed it produced)."""
+        ids = self._device_ids()
+        held = {f.digest(): f for f in self.epochs.facts(account_id)}
+        chain = [current]
+        while chain[-1].epoch > 0 and chain[-1].previous in held:
+            chain.append(held[chain[-1].previous])
+        removed = current.epoch
+        for fact in chain:  # newest first: the oldest epoch without us, after the last with us
+            if ids & holder_ids(fact.account):
+                break
+            removed = fact.epoch
+        return removed
+
+    def show(self, account_id: str) -> dict[str, Any]:
+        """The ``ctl account show`` view of ``account_id``: the current epoch's record,
+        ``epoch``, ``holders`` (names of its devices and guardians), ``conflicts`` when
+        concurrent reshares made two facts of one epoch, and ``removed_at_epoch`` when this
+        device holds no share of the current epoch."""
+        fact = self.epochs.current(account_id)
+        try:
+            established = self.get(account_id)
+            record, epoch, removed = established.account, established.epoch, None
+        except AccountError:
+            if fact is None:
+                raise
+            record, epoch = fact.account, fact.epoch
+            # a holder whose share of this epoch is not journaled yet was not removed
+            removed = (None if self._device_ids() & holder_ids(fact.account)
+                       else self._removed_at(account_id, fact))
+        out = record.to_json()
+        out["epoch"] = epoch
+        out["holders"] = [h.name for h in (*record.devices, *record.guardians)]
+        conflicts = self.epochs.conflicts(account_id)
+        if conflicts:
+            out["conflicts"] = conflicts
+        if removed is not None:
+            out["removed_at_epoch"] = removed
+        return out
+
+    def _known(self) -> list[str]:
+        return sorted({*self._accounts, *self._by_epoch})
 
     def only(self) -> AccountEstablished:
         """The single account this device holds (``ctl dkd`` without ``--account``)."""
-        if len(self._accounts) != 1:
+        known = self._known()
+        if len(known) != 1:
             raise AccountError(
-                f"expected exactly one account on this device, found {len(self._accounts)}"
+                f"expected exactly one account on this device, found {len(known)}"
             )
-        return next(iter(self._accounts.values()))
+        return self.get(known[0])
 
     def held_share(self, account_id: str, holder_set: HolderSet) -> HeldShare:
         for s in self.get(account_id).shares:
@@ -298,10 +371,19 @@ class AccountStore:
         raise AccountError(f"this device holds no {holder_set} share of {account_id}")
 
     def accounts(self) -> Mapping[str, AccountEstablished]:
-        return dict(self._accounts)
+        """Every account this device holds or held, with its newest record here (usable or
+        not: :meth:`get` says whether it is)."""
+        out: dict[str, AccountEstablished] = {}
+        for account_id in self._known():
+            later = self._by_epoch.get(account_id, {})
+            try:
+                out[account_id] = self.get(account_id)
+            except AccountError:
+                out[account_id] = later[max(later)] if later else self._accounts[account_id]
+        return out
 
     def __len__(self) -> int:
-        return len(self._accounts)
+        return len(self._known())
 
 
 __all__ = [
@@ -312,6 +394,7 @@ __all__ = [
     "AccountRecord",
     "AccountStore",
     "HeldShare",
+    "HolderSet",
     "OpenedShares",
     "decode_established",
     "encode_established",

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from aura_node.choreo import Choreography
 from aura_node.choreo.render import canonical
 from aura_node.errors import ChoreographyError
+from aura_node.protocols.account_sync.choreography import ACCOUNT_SYNC
 from aura_node.protocols.dkd.choreography import DKD
 from aura_node.protocols.genesis.choreography import GENESIS
 from aura_node.protocols.ping.choreography import PING
@@ -48,7 +49,7 @@ def hash_registry(registry: Mapping[str, Choreography]) -> bytes:
     return h.digest()
 
 
-REGISTRY: Mapping[str, Choreography] = build_registry(PING, GENESIS, DKD, RECOVERY)
+REGISTRY: Mapping[str, Choreography] = build_registry(PING, GENESIS, DKD, RECOVERY, ACCOUNT_SYNC)
 
 
 _PLUGINS: dict[str, Choreography] = {}

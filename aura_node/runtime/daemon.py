@@ -13,7 +13,10 @@ Start-up, in order (each step can fail with a clear error before the node says i
 5. queue the rehydration steps (re-sends of journaled envelopes, re-armed timers, aborts),
    write ``node.pid``, send ``READY=1``;
 6. watch the peer links: each link that comes (back) up becomes a ``PeerUp`` command, and the
-   runtime re-sends that peer what its active sessions sent it (end-to-end retransmission).
+   runtime re-sends that peer what its active sessions sent it (end-to-end retransmission);
+   if the peer holds or held a share of one of this device's accounts, an ``account-sync``
+   session with it exchanges the epoch facts either side lacks (``protocols/account_sync``),
+   and so does every fact adopted later, with each linked holder.
 
 Rollback refusal (``runtime.rollback``, issue 13): the journal witness judges what peers hold
 of our journal as their links come up. While it has open evidence of a rolled-back or forked
@@ -43,7 +46,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -52,8 +55,9 @@ from aura_node.config import NodeHome
 from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
-from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_established
+from aura_node.protocols.account import KIND_ACCOUNT, AccountEstablished, AccountStore
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
+from aura_node.protocols.epochs import KIND_EPOCH_FACT, FactVerdict
 from aura_node.protocols.registry import registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
@@ -63,6 +67,7 @@ from aura_node.runtime.rollback import JournalWitness, refusal
 from aura_node.runtime.timers import TimerWheel
 from aura_node.sessions import (
     Command,
+    Outcome,
     PeerUp,
     SessionControl,
     SessionRuntime,
@@ -161,7 +166,9 @@ class Node:
 
         store = AccountStore()
         learn = account_folder(store, self.log)
-        learn([("", KIND_ACCOUNT, body) for body in accounts])
+        learn([("", kind, body) for kind, body in accounts])
+        # from here on, a fact adopted from a durable batch is passed on to linked holders
+        learn = account_folder(store, self.log, on_new_fact=self._spread_fact)
         runtime = SessionRuntime(
             key=self.key, self_name=self.name, peers=peer_directory(cfg),
             protocols=self.protocols, monitor_for=choreography_monitor,
@@ -266,6 +273,7 @@ class Node:
                 if since is not None and seen.get(peer) != since:
                     self.log.info("peer_up", peer=peer)
                     await out.send(PeerUp(peer=peer))
+                    self._start_sync([peer])
                 seen[peer] = since
             await trio.sleep(LINK_POLL_SECONDS)
 
@@ -293,6 +301,40 @@ class Node:
             self._held_timers.append(cmd)
         # PeerUp: re-sending journaled envelopes is taking part too; nothing to hold
         return True
+
+    def _linked(self) -> list[str]:
+        if self.network is None:
+            return []
+        return [p for p, info in self.network.link_states().items()
+                if info.get("state") == "up"]
+
+    def _start_sync(self, peers: Sequence[str]) -> None:
+        """Start an ``account-sync`` session with each of ``peers`` that holds or held a share
+        of an account here. Queued without waiting: a full command channel drops the sync
+        (logged), and the next link-up or adopted fact starts another."""
+        from aura_node.protocols.account_sync.roles import CHOREOGRAPHY, sync_peers
+
+        if self.runtime is None or self.command_send is None:
+            return
+        services = self.runtime.services
+        relevant = set(sync_peers(services.accounts, services.peers))
+        for peer in sorted(set(peers) & relevant):
+            timeout = self.config.protocols.account_sync_timeout_seconds
+            cmd = StartSession(choreography=CHOREOGRAPHY, params={"timeout": timeout},
+                               roles={self.name: "initiator", peer: "responder"},
+                               session=self.runtime.new_session_id(), entropy=os.urandom(32),
+                               reply=Outcome())
+            try:
+                self.command_send.send_nowait(cmd)
+            except trio.WouldBlock:
+                self.log.warning("account_sync_dropped", peer=peer, reason="command queue full")
+
+    def _spread_fact(self, verdict: FactVerdict, session: str) -> None:
+        """A fact became durable and new here: sync with every linked holder, except the
+        peers of the session it came in (they have it)."""
+        entry = self.runtime.sessions.get(session) if self.runtime and session else None
+        had = set(entry.roles) if entry is not None else set()
+        self._start_sync([p for p in self._linked() if p not in had])
 
     async def _consume_commands(
         self, recv: trio.MemoryReceiveChannel[Command], out: trio.MemorySendChannel[Step]
@@ -379,26 +421,37 @@ def _first_leaf(group: BaseExceptionGroup[JournalFailedError]) -> JournalFailedE
     return exc
 
 
-def account_folder(store: AccountStore, log: Any) -> DurableHook:
-    """The account store's fold over durable records: every ``account.established`` body is
-    added to ``store`` (start-up: the journal's; run time: each group commit's, from the
-    executor's ``on_durable`` hook). A record that does not check is logged and skipped, so
-    one bad record can neither stop the node from starting nor lose a batch's sends."""
+def account_folder(store: AccountStore, log: Any,
+                   on_new_fact: Callable[[FactVerdict, str], None] | None = None
+                   ) -> DurableHook:
+    """The account store's fold over durable records: every ``account.established`` and
+    ``account.epoch`` body is folded into ``store`` (start-up: the journal's; run time: each
+    group commit's, from the executor's ``on_durable`` hook). A record that does not check is
+    logged and skipped, so one bad record can neither stop the node from starting nor lose a
+    batch's sends. ``on_new_fact(verdict, session)`` hears of each fact (or signature) the
+    store did not hold before."""
 
     def learn(records: Sequence[tuple[str, str, bytes]]) -> None:
         for session, kind, body in records:
-            if kind != KIND_ACCOUNT:
+            if kind not in (KIND_ACCOUNT, KIND_EPOCH_FACT):
                 continue
             try:
-                established = decode_established(body)
-                store.add(established)
+                done = store.fold(kind, body)
             except AuraError as exc:
                 log.error("account_not_learned", session=session or None, code=exc.code,
                           reason=exc.message)
                 continue
-            log.info("account_learned", session=session or None,
-                     account_id=established.account.account_id,
-                     holds=[f"{s.holder_set}#{s.index}" for s in established.shares])
+            if isinstance(done, AccountEstablished):
+                log.info("account_learned", session=session or None,
+                         account_id=done.account.account_id, epoch=done.epoch,
+                         holds=[f"{s.holder_set}#{s.index}" for s in done.shares])
+            elif isinstance(done, FactVerdict):
+                event = "epoch_fact_refused" if done.outcome == "refused" else "epoch_fact"
+                log.info(event, session=session or None, account_id=done.account_id,
+                         epoch=done.epoch, outcome=done.outcome, reason=done.reason or None,
+                         current_epoch=store.current_epoch(done.account_id))
+                if done.new and on_new_fact is not None:
+                    on_new_fact(done, session)
 
     return learn
 
@@ -420,6 +473,20 @@ def _read_journal(
         if rec.kind == KIND_ACCOUNT:
             accounts.append(rec.body)
     return out, accounts, rollback
+
+def _read_journal(journal: Any) -> tuple[Mapping[str, list[EvidenceRecord]],
+                                         list[tuple[str, bytes]]]:
+    """One pass over the journal: records grouped by session (in journal order), and the
+    (kind, body) of the ``account.established`` and ``account.epoch`` records in journal
+    order (the account store's fold)."""
+    out: dict[str, list[EvidenceRecord]] = defaultdict(list)
+    accounts: list[tuple[str, bytes]] = []
+    for rec in journal.records():
+        if rec.session:
+            out[rec.session].append(rec)
+        if rec.kind in (KIND_ACCOUNT, KIND_EPOCH_FACT):
+            accounts.append((rec.kind, rec.body))
+    return out, accounts
 
 
 def run_node(home: NodeHome, *, plugins: Sequence[str] = ()) -> int:

@@ -201,8 +201,10 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         if len(held) > 1:
             raise p.ConflictError(
                 f"this device holds {len(held)} accounts ({', '.join(sorted(held))})")
-        (established,) = held.values()
-        out: dict[str, Any] = established.account.to_json()
+        # the current epoch's record, its holders and any concurrent-reshare conflicts
+        # (AccountStore.show: one implementation for every caller)
+        (account_id,) = held
+        out: dict[str, Any] = services().accounts.show(account_id)
         return out
 
     # --- DKD ----------------------------------------------------------------------------

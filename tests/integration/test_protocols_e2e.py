@@ -100,7 +100,9 @@ def create_account(c: Cluster) -> dict[str, Any]:
     assert len(bytes.fromhex(acct["public_key"])) == 32 and acct["account_id"]
     # every holder learned the account at run time (no restart), with the same view
     for name in HOLDERS:
-        assert c.node(name).ctl("account.show") == acct, name
+        shown = c.node(name).ctl("account.show")
+        assert {k: shown[k] for k in acct} == acct, name
+        assert shown["epoch"] == 0 and shown["holders"] == HOLDERS and "conflicts" not in shown
     assert remote_code(ctl_error(c, "d1", "account.create", devices=DEVICES,
                                  threshold=2)) == "conflict"
     return acct

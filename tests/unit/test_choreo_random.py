@@ -410,7 +410,7 @@ def test_mutations_are_rejected_with_the_right_error(
         chor.project("r0")
 
 
-@pytest.mark.parametrize("name", ["ping", "genesis", "dkd", "recovery"])
+@pytest.mark.parametrize("name", ["ping", "genesis", "dkd", "recovery", "account-sync"])
 def test_shipped_choreographies_run_to_completion(name: str, full_run: bool) -> None:
     from aura_node.protocols.registry import REGISTRY
 

@@ -1,0 +1,1 @@
+"""Account sync: two holders exchange the epoch facts each lacks (``protocols/epochs``)."""
