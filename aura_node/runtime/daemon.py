@@ -458,35 +458,21 @@ def account_folder(store: AccountStore, log: Any,
 
 def _read_journal(
     journal: Any,
-) -> tuple[Mapping[str, list[EvidenceRecord]], list[bytes], list[tuple[str, bytes]]]:
-    """One pass over the journal: records grouped by session (in journal order), the bodies
-    of the ``account.established`` records (the account store's fold), and the (kind, body)
-    of the rollback witness's records."""
+) -> tuple[Mapping[str, list[EvidenceRecord]], list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """One pass over the journal: records grouped by session (in journal order), the (kind,
+    body) of the ``account.established`` and ``account.epoch`` records in journal order (the
+    account store's fold), and the (kind, body) of the rollback witness's records."""
     out: dict[str, list[EvidenceRecord]] = defaultdict(list)
-    accounts: list[bytes] = []
+    accounts: list[tuple[str, bytes]] = []
     rollback: list[tuple[str, bytes]] = []
     for rec in journal.records():
         if rec.session:
             out[rec.session].append(rec)
         elif rec.kind.startswith("rollback."):
             rollback.append((rec.kind, rec.body))
-        if rec.kind == KIND_ACCOUNT:
-            accounts.append(rec.body)
-    return out, accounts, rollback
-
-def _read_journal(journal: Any) -> tuple[Mapping[str, list[EvidenceRecord]],
-                                         list[tuple[str, bytes]]]:
-    """One pass over the journal: records grouped by session (in journal order), and the
-    (kind, body) of the ``account.established`` and ``account.epoch`` records in journal
-    order (the account store's fold)."""
-    out: dict[str, list[EvidenceRecord]] = defaultdict(list)
-    accounts: list[tuple[str, bytes]] = []
-    for rec in journal.records():
-        if rec.session:
-            out[rec.session].append(rec)
         if rec.kind in (KIND_ACCOUNT, KIND_EPOCH_FACT):
             accounts.append((rec.kind, rec.body))
-    return out, accounts
+    return out, accounts, rollback
 
 
 def run_node(home: NodeHome, *, plugins: Sequence[str] = ()) -> int:
