@@ -42,6 +42,7 @@ of the maths do, so a round trip through ``prove`` and ``verify`` still exercise
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,8 +53,8 @@ from aura_node.crypto.errors import ProofError, ScalarEncodingError
 from aura_node.crypto.group import SCALAR_BYTES, Point, Rng, Scalar, default_rng, hash_to_scalar
 
 PROOF_BYTES: Final = 2 * SCALAR_BYTES
-#: own proofs remembered (module doc): enough for every session a busy node has in flight
-#: between making its proof and checking the set that contains it; ~0.5 KiB each
+#: own proofs remembered (module doc): enough for the sessions a busy node has in flight between
+#: making its proof and checking the set that contains it; ~0.2 KiB each
 OWN_PROOFS_KEPT: Final = 2048
 _NONCE_DOMAIN: Final = "aura/dleq/nonce"
 _CHALLENGE_DOMAIN: Final = "aura/dleq/challenge"
@@ -92,16 +93,18 @@ class OwnProofs:
     __slots__ = ("_made", "capacity", "enabled", "hits")
 
     def __init__(self, capacity: int) -> None:
-        self._made: OrderedDict[tuple[bytes, ...], None] = OrderedDict()
+        self._made: OrderedDict[bytes, None] = OrderedDict()
         self.capacity = capacity
         self.enabled = True
         self.hits = 0
 
     @staticmethod
     def _key(proof: DleqProof, g: Point, a: Point, h: Point, b: Point, context: bytes
-             ) -> tuple[bytes, ...]:
-        return (proof.to_bytes(), g.to_bytes(), a.to_bytes(), h.to_bytes(), b.to_bytes(),
-                bytes(context))
+             ) -> bytes:
+        # every part but the last has a fixed length, so the concatenation is unambiguous
+        return hashlib.sha256(b"".join((
+            proof.to_bytes(), g.to_bytes(), a.to_bytes(), h.to_bytes(), b.to_bytes(),
+            bytes(context)))).digest()
 
     def add(self, proof: DleqProof, g: Point, a: Point, h: Point, b: Point, context: bytes
             ) -> None:
@@ -111,7 +114,7 @@ class OwnProofs:
         if len(self._made) > self.capacity:
             self._made.popitem(last=False)
 
-    def __contains__(self, key: tuple[bytes, ...]) -> bool:
+    def __contains__(self, key: bytes) -> bool:
         return self.enabled and key in self._made
 
     def clear(self) -> None:
