@@ -28,14 +28,16 @@ if TYPE_CHECKING:
 class Outcome:
     """A one-shot result slot a control handler awaits (set only after the journal fsync).
 
-    The ``trio.Event`` is made only when someone waits before the result is in: most
-    sessions (every responder) are never awaited, and a node may open thousands per second.
+    Memory: a node may have 10,000 sessions in flight, each with a control handler parked
+    here, so a waiter is its task in a list and nothing else (no ``trio.Event`` with its
+    parking lot per session); the list is made only when someone waits before the result is
+    in: most sessions (every responder) are never awaited.
     """
 
-    __slots__ = ("_done", "_event", "error", "value")
+    __slots__ = ("_done", "_waiters", "error", "value")
 
     def __init__(self) -> None:
-        self._event: trio.Event | None = None
+        self._waiters: list[trio.lowlevel.Task] | None = None
         self._done = False
         self.value: dict[str, Any] | None = None
         self.error: AuraError | None = None
@@ -52,8 +54,12 @@ class Outcome:
 
     def _finish(self) -> None:
         self._done = True
-        if self._event is not None:
-            self._event.set()
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            import trio  # only a waiter's Trio shell gets here
+
+            for task in waiters:
+                trio.lowlevel.reschedule(task)
 
     @property
     def done(self) -> bool:
@@ -63,9 +69,18 @@ class Outcome:
         import trio  # here, not at the top: only an awaiting shell needs it
 
         if not self._done:
-            if self._event is None:
-                self._event = trio.Event()
-            await self._event.wait()
+            task = trio.lowlevel.current_task()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(task)
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                # cancelled while waiting (the handler's own deadline): forget this waiter
+                if self._waiters is not None and task in self._waiters:
+                    self._waiters.remove(task)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         else:
             await trio.lowlevel.checkpoint()
         if self.error is not None:
