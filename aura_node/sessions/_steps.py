@@ -6,13 +6,15 @@ the transport's ``InboundData``, ``effect`` carries :class:`Step`: everything on
 step asks for, split into the journal records that must be durable first and the actions
 that may only run after that (send, arm/cancel a timer, answer a waiting control request).
 
-Pure: trio is imported only inside :meth:`Outcome.wait` (the one awaitable here), so the
-session runtime that builds steps can be driven synchronously without it (the seeded
-simulation in ``aura_node.harness.simulation`` runs the real ``SessionRuntime``).
+Pure: trio is imported only inside :meth:`Outcome.wait` (the one awaitable here) and its
+waiter bookkeeping, so the session runtime that builds steps can be driven synchronously
+without it (the seeded simulation in ``aura_node.harness.simulation`` runs the real
+``SessionRuntime``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -65,6 +67,14 @@ class Outcome:
     def done(self) -> bool:
         return self._done
 
+    def _forget(self, task: trio.lowlevel.Task, _raise_cancel: object) -> trio.lowlevel.Abort:
+        """A waiter cancelled while waiting (its handler's own deadline) is not woken later."""
+        import trio
+
+        if self._waiters is not None and task in self._waiters:
+            self._waiters.remove(task)
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def wait(self) -> dict[str, Any]:
         import trio  # here, not at the top: only an awaiting shell needs it
 
@@ -73,14 +83,7 @@ class Outcome:
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(task)
-
-            def abort(_: object) -> trio.lowlevel.Abort:
-                # cancelled while waiting (the handler's own deadline): forget this waiter
-                if self._waiters is not None and task in self._waiters:
-                    self._waiters.remove(task)
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(functools.partial(self._forget, task))
         else:
             await trio.lowlevel.checkpoint()
         if self.error is not None:
