@@ -80,6 +80,7 @@ from aura_node.bench.crypto import DkdCryptoFloor, dkd_crypto_floor
 if TYPE_CHECKING:
     from aura_node.config import NodeConfig
     from aura_node.harness.cluster import Cluster
+    from aura_node.sessions import SessionRuntime
 
 DEVICES = ("d1", "d2", "d3")
 THRESHOLD = 2
@@ -95,14 +96,17 @@ class Sizes:
     concurrency: tuple[int, ...]
     concurrent_sessions: int
     in_process: int
+    #: in-flight sessions per role held in the in-process memory measurement
+    memory: int
     warmup: int
     rtt_samples: int
     fsync_samples: int
 
 
-QUICK = Sizes(sequential=20, concurrency=(8,), concurrent_sessions=48, in_process=20,
+QUICK = Sizes(sequential=20, concurrency=(8,), concurrent_sessions=48, in_process=20, memory=30,
               warmup=5, rtt_samples=300, fsync_samples=100)
 FULL = Sizes(sequential=300, concurrency=(8, 16, 32), concurrent_sessions=480, in_process=200,
+             memory=400,
              warmup=30, rtt_samples=3000, fsync_samples=500)
 
 
@@ -361,6 +365,76 @@ def _in_process_rate(root: Path, sessions: int) -> float:
             j.close()
 
 
+# --- memory: what one in-flight session holds -----------------------------------------------
+
+
+def _active(runtime: SessionRuntime | None) -> int:
+    return 0 if runtime is None else runtime.counts()["active"]
+
+
+def memory_per_session(sessions: int) -> dict[str, float]:
+    """Bytes of Python heap one in-flight DKD session holds, by role (``tracemalloc``).
+
+    The nodes are the seeded simulation's (``harness.simulation``: the daemon's own
+    ``SessionRuntime``, drivers, monitors, timers, sent envelopes and seen digests; its
+    journal is in memory, so the allocations made *by* ``sim_journal`` and by the simulation's
+    own bookkeeping are left out). ``sessions`` DKDs (d1 asks d2) are started and held: first
+    with d1 cut off (every initiator waits for commitments: the initiator's heap), then with
+    only the answers to d1 lost (each participant has committed and waits for the collected
+    set: both roles; the participant's is the difference). Parked control handlers, the
+    journal's index and the transport's queues are not in this figure; the load benchmark's
+    held run measures the whole node's RSS."""
+    import gc
+    import tracemalloc
+
+    from aura_node.harness.simulation import Simulation
+    from aura_node.logs import configure_logging
+    from aura_node.protocols.dkd.roles import session_params, session_roles
+
+    configure_logging(level="warning")  # the simulated runtimes log two lines per session
+    excluded = [tracemalloc.Filter(False, tracemalloc.__file__),
+                tracemalloc.Filter(False, "*/harness/sim_journal.py"),
+                tracemalloc.Filter(False, "*/harness/simulation.py")]
+
+    def held(cut_initiator: bool) -> float:
+        sim = Simulation(11, dict.fromkeys(DEVICES, "device"))
+        sim.deal_account(list(DEVICES), THRESHOLD)
+        svc = sim.node("d1").services
+
+        def start(k: int) -> None:
+            params = session_params({"context": f"bench/memory/{k}",
+                                     "participants": ["d1", "d2"]}, svc)
+            sim.start("d1", "dkd", roles=session_roles(params), params=params)
+
+        for k in range(3):  # warm-up: imports, caches, the share opened once per account
+            start(k)
+        sim.run()
+        if cut_initiator:
+            sim.isolated = {"d1"}
+        else:
+            sim.intercept = lambda src, dst, payload: None if dst == "d1" else payload
+        gc.collect()
+        tracemalloc.start(1)
+        try:
+            before = tracemalloc.take_snapshot().filter_traces(excluded)
+            for k in range(sessions):
+                start(100 + k)
+            sim.run(until=sim.now + 1.0)
+            gc.collect()
+            after = tracemalloc.take_snapshot().filter_traces(excluded)
+        finally:
+            tracemalloc.stop()
+        active = {n: _active(sim.node(n).runtime) for n in ("d1", "d2")}
+        want = {"d1": sessions, "d2": 0 if cut_initiator else sessions}
+        if active != want:
+            raise RuntimeError(f"memory run: in flight {active}, expected {want}")
+        return sum(st.size_diff for st in after.compare_to(before, "filename")) / sessions
+
+    initiator = held(cut_initiator=True)
+    both = held(cut_initiator=False)
+    return {"initiator": initiator, "participant": both - initiator}
+
+
 # --- floors ----------------------------------------------------------------------------------
 
 
@@ -407,15 +481,18 @@ def run(args: argparse.Namespace) -> list[Figure]:
                                  dir=getattr(args, "dir", None) or "/tmp"))
     try:
         in_process = in_process_rate(root, sizes.in_process)
+        memory = memory_per_session(sizes.memory)
         before = measure_floors(root, sizes, quick=quick)
         results = run_cluster(root, sizes)
         floors = before.mean(measure_floors(root, sizes, quick=quick))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return figures(results, floors, in_process=in_process)
+    return figures(results, floors, in_process=in_process, memory=memory,
+                   memory_sessions=sizes.memory)
 
 
-def figures(results: ClusterResults, floors: Floors, *, in_process: float) -> list[Figure]:
+def figures(results: ClusterResults, floors: Floors, *, in_process: float,
+            memory: dict[str, float] | None = None, memory_sessions: int = 0) -> list[Figure]:
     cores = usable_cores()
     crypto = floors.crypto
     capacity = cores / crypto.session
@@ -450,6 +527,10 @@ def figures(results: ClusterResults, floors: Floors, *, in_process: float) -> li
                value=in_process, unit="sessions/s",
                floor=1 / (crypto.initiator + (len(DEVICES) - 1) * crypto.participant),
                floor_name=f"initiator + {len(DEVICES) - 1} participants' crypto, 1 core"),
+        *(Figure(name=f"dkd memory per in-flight session, {role} (in-process heap, "
+                      f"{memory_sessions} held)",
+                 value=size / 1024, unit="KiB", target="<= 10 KiB", higher_is_better=False)
+          for role, size in (memory or {}).items()),
         Figure(name=f"floor part: initiator's DKD crypto, t={THRESHOLD} (blinded)",
                value=crypto.initiator * 1e3, unit="ms", higher_is_better=False),
         Figure(name=f"floor part: participant's DKD crypto, t={THRESHOLD} (blinded)",

@@ -78,6 +78,10 @@ def test_quick_run_produces_sane_figures() -> None:
 
     inproc = _by_name(figures, "dkd sessions/s (in-process")
     assert inproc.floor is not None
+    for role in ("initiator", "participant"):
+        mem = _by_name(figures, f"dkd memory per in-flight session, {role}")
+        # a held session holds at least its sent envelope (~0.5 KiB) and less than 1 MiB
+        assert mem.unit == "KiB" and 0.5 < mem.value < 1024 and mem.target == "<= 10 KiB"
 
 
 def test_percentile_is_nearest_rank() -> None:
