@@ -398,6 +398,11 @@ def figures(run: LoadRun) -> list[Figure]:
                unit="sessions", floor=run.operations, floor_name="operations started",
                target=">= 1.0 (x participants)"),
     ]
+    if run.hold and run.held:
+        out.append(Figure(
+            name="DKD sessions in flight at once, none ended yet (held, cluster)",
+            value=sum(s.active for s in run.held.values()), unit="sessions",
+            floor=run.operations, floor_name="operations started", target=">= 1.0"))
     # only a held run measures memory per in-flight session without ended sessions (which
     # stay in the session table) mixed into the same RSS
     for node in sorted(run.samples) if run.hold else ():
