@@ -67,6 +67,19 @@ class Outcome:
     def done(self) -> bool:
         return self._done
 
+    def expire(self, task: trio.lowlevel.Task, error: AuraError) -> bool:
+        """Wake ``task``, parked in :meth:`wait`, with ``error`` instead of the result (its own
+        deadline passed: ``runtime.timers.WaitDeadlines``); the outcome itself stays pending
+        for everyone else. False when ``task`` is not waiting here (any more)."""
+        if self._waiters is None or task not in self._waiters:
+            return False
+        import outcome
+        import trio
+
+        self._waiters.remove(task)
+        trio.lowlevel.reschedule(task, outcome.Error(error))
+        return True
+
     def _forget(self, task: trio.lowlevel.Task, _raise_cancel: object) -> trio.lowlevel.Abort:
         """A waiter cancelled while waiting (its handler's own deadline) is not woken later."""
         import trio
