@@ -38,6 +38,10 @@ Figures
     directory, both timed in this run. Target p50 <= 8x. Also shown (no target): p50 against
     that floor plus the session's crypto run back to back, which says how much of the gap is
     not crypto.
+``dkd node CPU per session (cluster, C concurrent)``
+    User + system CPU time of the three node processes over the concurrent run, per session,
+    against the session's crypto floor: how much work a session costs the nodes, whatever
+    share of the CPUs a busy machine gives them (the sessions/s ratio cannot say that).
 ``dkd sessions/s (in-process, ...)``
     The three devices' pure drivers in this one process, envelopes sealed and opened, one
     ``fdatasync``-ed journal write per step: the protocol's CPU without IPC, scheduling or the
@@ -70,7 +74,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,6 +238,19 @@ def concurrent_rate(client: DkdClient, concurrency: int, total: int, seed: int) 
 class ClusterResults:
     latencies: list[float]
     rates: dict[int, float]
+    #: CPU seconds (user + system) the three node processes spent per session, by concurrency
+    cpu_per_session: dict[int, float] = field(default_factory=dict)
+
+
+def node_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (``/proc/PID/stat``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
 
 
 def run_cluster(root: Path, sizes: Sizes) -> ClusterResults:
@@ -252,9 +269,14 @@ def run_cluster(root: Path, sizes: Sizes) -> ClusterResults:
         check_same_key(client)
         sequential_latencies(client, sizes.warmup, seed=0)
         latencies = sequential_latencies(client, sizes.sequential, seed=1)
-        rates = {c: concurrent_rate(client, c, sizes.concurrent_sessions, seed=c)
-                 for c in sizes.concurrency}
-        return ClusterResults(latencies=latencies, rates=rates)
+        pids = [p for p in (cluster.node(n).pid for n in DEVICES) if p is not None]
+        rates: dict[int, float] = {}
+        cpu: dict[int, float] = {}
+        for c in sizes.concurrency:
+            before = node_cpu_seconds(pids)
+            rates[c] = concurrent_rate(client, c, sizes.concurrent_sessions, seed=c)
+            cpu[c] = (node_cpu_seconds(pids) - before) / sizes.concurrent_sessions
+        return ClusterResults(latencies=latencies, rates=rates, cpu_per_session=cpu)
     finally:
         cluster.stop()
 
@@ -508,6 +530,12 @@ def figures(results: ClusterResults, floors: Floors, *, in_process: float,
                value=rate, unit="sessions/s", floor=capacity, floor_name=capacity_name,
                target=">= 0.5")
         for c, rate in results.rates.items()
+    ]
+    out += [
+        Figure(name=f"dkd node CPU per session (cluster, {c} concurrent, 3 nodes' user+sys)",
+               value=seconds * 1e3, unit="ms", floor=crypto.session * 1e3,
+               floor_name="the session's crypto", higher_is_better=False)
+        for c, seconds in results.cpu_per_session.items()
     ]
     out += [
         Figure(name=f"dkd p50 latency (cluster, sequential, {len(results.latencies)} sessions)",

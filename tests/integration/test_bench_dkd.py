@@ -67,6 +67,10 @@ def test_quick_run_produces_sane_figures() -> None:
     assert rate.floor == pytest.approx(
         bench.usable_cores() / ((initiator_ms + participant_ms) / 1e3))
 
+    cpu = _by_name(figures, "dkd node CPU per session (cluster, 8 concurrent")
+    assert cpu.unit == "ms" and not cpu.higher_is_better
+    assert cpu.floor == pytest.approx(initiator_ms + participant_ms)
+
     p50 = _by_name(figures, "dkd p50 latency (cluster")
     p99 = _by_name(figures, "dkd p99 latency (cluster")
     assert p50.unit == p99.unit == "ms" and not p50.higher_is_better
