@@ -366,6 +366,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
                 floor=1.0 / predicted_seconds(role, t, rates),
                 floor_name="sum of its per-op costs"))
         figures.append(Figure(
-            name=f"dkd crypto floor, whole session, t={t} (initiator + {t - 1} participants)",
+            name=f"dkd crypto floor, whole session, t={t} (initiator + {t - 1} "
+                 f"participant{'s' if t > 2 else ''})",
             value=floor.session * 1e3, unit="ms", higher_is_better=False))
     return figures
