@@ -420,10 +420,21 @@ def figures(run: LoadRun) -> list[Figure]:
     full = w[:-1] if len(w) > 1 else w  # the last window is partial
     out.append(Figure(name="throughput", value=run.completed / run.seconds if run.seconds else 0,
                       unit="ops/s"))
-    if len(full) >= 2 and full[0]:
-        out.append(Figure(name=f"throughput, last full {WINDOW_S:g} s window vs first",
-                          value=full[-1] / WINDOW_S, unit="ops/s", floor=full[0] / WINDOW_S,
-                          floor_name="first window", target="~ 1.0 (flat)"))
+    # flat or not: the mean of the second half of the busy windows against the first half's
+    # (the first window holds the ramp-up and, in a held run, the held time: not compared)
+    busy = [n for n in full[1:] if n] if not run.hold else [n for n in full if n]
+    half = len(busy) // 2
+    if half >= 1:
+        first, second = busy[:half], busy[half:]
+        out.append(Figure(
+            name=f"throughput, mean of the later {len(second)} busy {WINDOW_S:g} s windows vs "
+                 f"the earlier {len(first)}",
+            value=sum(second) / len(second) / WINDOW_S, unit="ops/s",
+            floor=sum(first) / len(first) / WINDOW_S, floor_name="earlier windows",
+            target="~ 1.0 (flat)"))
+        out.append(Figure(name=f"throughput, slowest / fastest busy {WINDOW_S:g} s window",
+                          value=min(busy) / WINDOW_S, unit="ops/s",
+                          floor=max(busy) / WINDOW_S, floor_name="fastest window"))
     if run.driver == "control":
         out.append(Figure(name="control connections refused busy", value=run.busy_refusals,
                           unit="refusals", higher_is_better=False))
