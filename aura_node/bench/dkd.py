@@ -409,11 +409,12 @@ def memory_per_session(sessions: int) -> dict[str, float]:
     import gc
     import tracemalloc
 
+    import structlog
+
     from aura_node.harness.simulation import Simulation
     from aura_node.logs import configure_logging
     from aura_node.protocols.dkd.roles import session_params, session_roles
 
-    configure_logging(level="warning")  # the simulated runtimes log two lines per session
     excluded = [tracemalloc.Filter(False, tracemalloc.__file__),
                 tracemalloc.Filter(False, "*/harness/sim_journal.py"),
                 tracemalloc.Filter(False, "*/harness/simulation.py")]
@@ -452,8 +453,15 @@ def memory_per_session(sessions: int) -> dict[str, float]:
             raise RuntimeError(f"memory run: in flight {active}, expected {want}")
         return sum(st.size_diff for st in after.compare_to(before, "filename")) / sessions
 
-    initiator = held(cut_initiator=True)
-    both = held(cut_initiator=False)
+    # the simulated runtimes log two info lines per session: warnings only meanwhile, and the
+    # caller's logging configuration (a test's capture, say) back afterwards
+    previous = structlog.get_config()
+    configure_logging(level="warning")
+    try:
+        initiator = held(cut_initiator=True)
+        both = held(cut_initiator=False)
+    finally:
+        structlog.configure(**previous)
     return {"initiator": initiator, "participant": both - initiator}
 
 
