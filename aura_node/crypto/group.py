@@ -336,6 +336,15 @@ def _decode_validated(data: bytes) -> Point:
     return Point._trusted(data)
 
 
+def decode_point_uncached(data: bytes) -> Point:
+    """``Point.from_bytes`` for non-identity bytes, every check run (no memo): what decoding a
+    point never seen before costs. For benchmarks; protocol code uses ``Point.from_bytes``."""
+    if data == _IDENTITY_BYTES:
+        raise PointEncodingError("the identity point is not acceptable here")
+    decoded: Point = _decode_validated.__wrapped__(data)
+    return decoded
+
+
 _BASE_BYTES: Final = sodium.crypto_scalarmult_ed25519_base_noclamp((1).to_bytes(32, "little"))
 _BASE: Final = Point._trusted(_BASE_BYTES)
 

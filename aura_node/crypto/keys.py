@@ -13,6 +13,7 @@ never shows key material in its ``repr``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -42,6 +43,14 @@ def signing_input(domain: str, message: bytes) -> bytes:
 
 def device_id_for(public_key: bytes) -> str:
     """Device id: 16 bytes of SHA-256 over the domain and the raw public key, hex."""
+    return _device_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=1024)
+def _device_id(public_key: bytes) -> str:
+    # Cached (a pure function of a public key; a node knows a handful): a DKD session asks
+    # for its members' ids dozens of times, and one shared string per device beats one hex
+    # string per ask kept in every in-flight session's evidence.
     return hashlib.sha256(DEVICE_ID_DOMAIN + public_key).hexdigest()[:32]
 
 

@@ -51,14 +51,22 @@ _DLEQ = "dleq"
 class VerificationMemo:
     """Successful verifications of one session, keyed by the exact bytes verified."""
 
-    __slots__ = ("_ok", "counts", "hits")
+    __slots__ = ("_dleq_hits", "_dleq_run", "_ok", "_sig_hits", "_sig_run")
 
     def __init__(self) -> None:
         self._ok: set[tuple[object, ...]] = set()
-        #: checks actually run (by kind: "ed25519", "dleq"), failures included
-        self.counts: Counter[str] = Counter()
-        #: checks answered from the memo (by kind)
-        self.hits: Counter[str] = Counter()
+        # plain ints, not two Counters: every in-flight DKD session holds a memo
+        self._sig_run = self._dleq_run = self._sig_hits = self._dleq_hits = 0
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Checks actually run (by kind: "ed25519", "dleq"), failures included."""
+        return Counter({_SIG: self._sig_run, _DLEQ: self._dleq_run})
+
+    @property
+    def hits(self) -> Counter[str]:
+        """Checks answered from the memo (by kind)."""
+        return Counter({_SIG: self._sig_hits, _DLEQ: self._dleq_hits})
 
     def verify_signature(self, key: DevicePublicKey, domain: str, message: bytes,
                          signature: bytes) -> None:
@@ -66,9 +74,9 @@ class VerificationMemo:
         ``BadSignatureError`` like it."""
         entry = (_SIG, bytes(key.raw), domain, bytes(message), bytes(signature))
         if entry in self._ok:
-            self.hits[_SIG] += 1
+            self._sig_hits += 1
             return
-        self.counts[_SIG] += 1
+        self._sig_run += 1
         # the primitive itself (never a memoized override): DevicePublicKey.verify
         DevicePublicKey.verify(key, domain, message, signature)
         self._ok.add(entry)
@@ -80,9 +88,9 @@ class VerificationMemo:
         entry = (_DLEQ, proof.to_bytes(), g.to_bytes(), a.to_bytes(), h.to_bytes(),
                  b.to_bytes(), bytes(context))
         if entry in self._ok:
-            self.hits[_DLEQ] += 1
+            self._dleq_hits += 1
             return
-        self.counts[_DLEQ] += 1
+        self._dleq_run += 1
         dleq.verify(proof, g, a, h, b, context)
         self._ok.add(entry)
 

@@ -496,7 +496,9 @@ class RoleDriver(eng.ProtocolDriver):
         #: the phase the last settle ended in, and whether its send-in-place ran since entry
         self._entered: type[Phase] | None = None
         #: methods of the sends that stay in their phase, run since the role entered it
-        self._done_in_place: set[str] = set()
+        #: (a tuple, not a set: a handful of names at most, and every in-flight session
+        #: holds one; the empty tuple is shared)
+        self._done_in_place: tuple[str, ...] = ()
 
     @property
     def roles(self) -> dict[str, str]:
@@ -636,7 +638,7 @@ class RoleDriver(eng.ProtocolDriver):
             value = self._live()
             phase = phase_of(value)
             if phase is not self._entered:
-                self._entered, self._done_in_place = phase, set()
+                self._entered, self._done_in_place = phase, ()
             if any(isinstance(e, eng.Fail) for e in step._effects):
                 break
             for decl in table.automatic.get(phase, ()):
@@ -651,7 +653,7 @@ class RoleDriver(eng.ProtocolDriver):
                     del step._effects[mark:]
                     continue
                 if in_place:
-                    self._done_in_place.add(decl.method)
+                    self._done_in_place = (*self._done_in_place, decl.method)
                 break
             else:
                 if self._poll_gathers(phase, step):

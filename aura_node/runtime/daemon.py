@@ -61,10 +61,10 @@ from aura_node.protocols.epochs import KIND_EPOCH_FACT, FactVerdict
 from aura_node.protocols.registry import registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
-from aura_node.runtime.handlers import control_handlers
+from aura_node.runtime.handlers import control_handlers, session_wait_expired
 from aura_node.runtime.notify import sd_notify
 from aura_node.runtime.rollback import JournalWitness, refusal
-from aura_node.runtime.timers import TimerWheel
+from aura_node.runtime.timers import TimerWheel, WaitDeadlines
 from aura_node.sessions import (
     Command,
     Outcome,
@@ -104,6 +104,8 @@ class Node:
         self.runtime: SessionRuntime | None = None
         self.network: Any = None
         self.executor: EffectExecutor | None = None
+        #: the deadlines of control handlers waiting for a session's end (``wait_session``)
+        self.wait_deadlines: WaitDeadlines | None = None
         self.command_send: trio.MemorySendChannel[Command] | None = None
         self.witness: JournalWitness | None = None
         #: timer expiries held while the node refuses sessions (re-queued when resolved)
@@ -198,6 +200,7 @@ class Node:
         await witness.restore(rollback_records)
         witness.on_resolved = self._release_held
         self.witness = witness
+        self.wait_deadlines = WaitDeadlines(session_wait_expired)
         network = PeerNetwork(key=self.key, config=cfg, registry_hash=self.registry_hash,
                               inbound=event_send, witness=witness)
         self.network = network
@@ -228,6 +231,7 @@ class Node:
                     self.log.info("listening", host=self.listen[0], port=self.listen[1])
                     await work.start(control.serve)
                     work.start_soon(timers.run)
+                    work.start_soon(self.wait_deadlines.run)
                     work.start_soon(self._consume_commands, command_recv, effect_send)
                     work.start_soon(self._consume_events, event_recv, effect_send)
                     for step in runtime.rehydrate(by_session):

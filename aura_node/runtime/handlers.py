@@ -21,6 +21,7 @@ from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import AuraError
 from aura_node.protocols.engine import ProtocolSpec
 from aura_node.runtime.executor import EffectExecutor
+from aura_node.runtime.timers import WaitDeadlines
 from aura_node.sessions import (
     Command,
     Outcome,
@@ -132,20 +133,30 @@ async def start_session(
 async def wait_session(node: RunningNode, session: str, timeout: float) -> dict[str, Any]:
     """Wait until ``session`` ended (durably); its result, or the error it failed with.
     A driver failure coded ``timeout`` and an expired wait both become the control
-    ``timeout`` fault."""
+    ``timeout`` fault. The wait's own deadline is the node's ``wait_deadlines`` (one heap for
+    every parked handler, ``runtime.timers.WaitDeadlines``) when it has one."""
     assert node.runtime is not None
     p = _errors()
     entry = node.runtime.get(session)
-    with trio.move_on_after(timeout) as scope:
-        try:
+    deadlines: WaitDeadlines | None = getattr(node, "wait_deadlines", None)
+    try:
+        if deadlines is not None:
+            return await deadlines.wait(entry.final, timeout, session)
+        with trio.move_on_after(timeout):
             return await entry.final.wait()
-        except SessionFailedError as exc:
-            if exc.failure_code == "timeout":
-                raise p.RequestTimeoutError(
-                    f"session {session} timed out: {exc.message}") from None
-            raise
-    assert scope.cancelled_caught
-    raise p.RequestTimeoutError(f"session {session} did not finish within {timeout:g} s")
+    except SessionFailedError as exc:
+        if exc.failure_code == "timeout":
+            raise p.RequestTimeoutError(
+                f"session {session} timed out: {exc.message}") from None
+        raise
+    raise session_wait_expired(session, timeout)
+
+
+def session_wait_expired(session: str, timeout: float) -> AuraError:
+    """The control fault of a handler whose wait for ``session`` outlived ``timeout``."""
+    error: AuraError = _errors().RequestTimeoutError(
+        f"session {session} did not finish within {timeout:g} s")
+    return error
 
 
 async def control_session(

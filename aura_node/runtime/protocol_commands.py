@@ -218,7 +218,10 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         except ParamsError as exc:
             raise p.InvalidArgsError(exc.message) from None
         sid = await _start(node, "dkd", session_roles(params), params)
-        return await wait_session(node, sid, float(params["timeout"]) + WAIT_GRACE_SECONDS)
+        wait = float(params["timeout"]) + WAIT_GRACE_SECONDS
+        # parked until the session ends (thousands may be): keep no copy of the request alive
+        del args, params
+        return await wait_session(node, sid, wait)
 
     async def _derived_seed(args: dict[str, Any]) -> tuple[dict[str, Any], DerivedSeed]:
         """Run a DKD for ``args`` (as ``dkd``) and take the derived seed from this node's

@@ -6,6 +6,11 @@ posts :class:`~aura_node.sessions.TimerExpired` to the command channel; the sess
 runtime decides whether it still matters (a timer re-armed or cancelled since has a newer
 generation, and the stale expiry is ignored). Cancelling is lazy: the heap entry stays and is
 skipped when it surfaces.
+
+:class:`WaitDeadlines` does the same for the control handlers parked on a session's end
+(``handlers.wait_session``): with 10,000 sessions in flight, a ``trio.move_on_after`` per
+waiter (a cancel scope, its cancel status and a deadline entry: ~0.7 KiB each) is a tenth of
+the memory an in-flight session may use; a heap entry and a slot in a dict are not.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from aura_node.sessions import Command, TimerExpired
+from aura_node.errors import AuraError
+from aura_node.sessions import Command, Outcome, TimerExpired
 
 
 class TimerWheel:
@@ -66,6 +73,56 @@ class TimerWheel:
             self._wake = trio.Event()
             if self._heap:
                 with trio.move_on_after(max(0.0, self._heap[0][0] - self._clock())):
+                    await self._wake.wait()
+            else:
+                await self._wake.wait()
+
+
+class WaitDeadlines:
+    """Deadlines of waits on an :class:`~aura_node.sessions.Outcome`: one task and a heap.
+
+    ``wait`` parks the caller on the outcome and registers its deadline; when the deadline
+    passes first, ``run`` wakes it with ``expired(label, timeout)`` (``Outcome.expire``). A
+    wait that ends earlier drops its slot at once; its heap entry (two numbers) is skipped
+    when it surfaces. Trio's clock, so a test's ``MockClock`` drives it."""
+
+    def __init__(self, expired: Callable[[str, float], AuraError]) -> None:
+        self._expired = expired
+        self._heap: list[tuple[float, int]] = []
+        self._waiting: dict[int, tuple[Outcome, trio.lowlevel.Task, str, float]] = {}
+        self._counter = itertools.count()
+        self._wake = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def wait(self, outcome: Outcome, timeout: float, label: str) -> dict[str, Any]:
+        """``await outcome.wait()``, or ``expired(label, timeout)`` raised after ``timeout``."""
+        if outcome.done:
+            return await outcome.wait()
+        n = next(self._counter)
+        self._waiting[n] = (outcome, trio.lowlevel.current_task(), label, timeout)
+        entry = (trio.current_time() + timeout, n)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._wake.set()  # a new earliest deadline: re-plan the sleep
+        try:
+            return await outcome.wait()
+        finally:
+            self._waiting.pop(n, None)
+
+    async def run(self) -> None:
+        while True:
+            now = trio.current_time()
+            while self._heap and self._heap[0][0] <= now:
+                _deadline, n = heapq.heappop(self._heap)
+                waiting = self._waiting.pop(n, None)
+                if waiting is not None:
+                    outcome, task, label, timeout = waiting
+                    outcome.expire(task, self._expired(label, timeout))
+            self._wake = trio.Event()
+            if self._heap:
+                with trio.move_on_at(self._heap[0][0]):
                     await self._wake.wait()
             else:
                 await self._wake.wait()

@@ -91,9 +91,10 @@ class SessionRuntime(InboundDelivery, Rehydration):
                 )
             if cmd.session in self.sessions or self._journaled(cmd.session) is not None:
                 raise eng.ParamsError(f"session {cmd.session} exists already")
+            roles = dict(cmd.roles)  # one copy, shared by the Start and the table entry
             start = eng.Start(
                 session=cmd.session, choreography=cmd.choreography, role=spec.initiator_role,
-                self_name=self.self_name, roles=dict(cmd.roles), params=params, now=now,
+                self_name=self.self_name, roles=roles, params=params, now=now,
                 entropy=cmd.entropy,
             )
             driver = spec.driver_class(spec.initiator_role)(self.services)
@@ -104,7 +105,7 @@ class SessionRuntime(InboundDelivery, Rehydration):
             return None
         entry = SessionEntry(id=cmd.session, choreography=cmd.choreography,
                              role=spec.initiator_role, started=now, driver=driver,
-                             monitor=monitor, last_activity=now, roles=dict(start.roles))
+                             monitor=monitor, last_activity=now, roles=roles)
         self.sessions[entry.id] = entry
         self._active.add(entry.id)
         self._log.info("session_start", session=entry.id, choreography=entry.choreography,

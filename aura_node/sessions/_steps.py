@@ -6,13 +6,15 @@ the transport's ``InboundData``, ``effect`` carries :class:`Step`: everything on
 step asks for, split into the journal records that must be durable first and the actions
 that may only run after that (send, arm/cancel a timer, answer a waiting control request).
 
-Pure: trio is imported only inside :meth:`Outcome.wait` (the one awaitable here), so the
-session runtime that builds steps can be driven synchronously without it (the seeded
-simulation in ``aura_node.harness.simulation`` runs the real ``SessionRuntime``).
+Pure: trio is imported only inside :meth:`Outcome.wait` (the one awaitable here) and its
+waiter bookkeeping, so the session runtime that builds steps can be driven synchronously
+without it (the seeded simulation in ``aura_node.harness.simulation`` runs the real
+``SessionRuntime``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,14 +30,16 @@ if TYPE_CHECKING:
 class Outcome:
     """A one-shot result slot a control handler awaits (set only after the journal fsync).
 
-    The ``trio.Event`` is made only when someone waits before the result is in: most
-    sessions (every responder) are never awaited, and a node may open thousands per second.
+    Memory: a node may have 10,000 sessions in flight, each with a control handler parked
+    here, so a waiter is its task in a list and nothing else (no ``trio.Event`` with its
+    parking lot per session); the list is made only when someone waits before the result is
+    in: most sessions (every responder) are never awaited.
     """
 
-    __slots__ = ("_done", "_event", "error", "value")
+    __slots__ = ("_done", "_waiters", "error", "value")
 
     def __init__(self) -> None:
-        self._event: trio.Event | None = None
+        self._waiters: list[trio.lowlevel.Task] | None = None
         self._done = False
         self.value: dict[str, Any] | None = None
         self.error: AuraError | None = None
@@ -52,20 +56,47 @@ class Outcome:
 
     def _finish(self) -> None:
         self._done = True
-        if self._event is not None:
-            self._event.set()
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            import trio  # only a waiter's Trio shell gets here
+
+            for task in waiters:
+                trio.lowlevel.reschedule(task)
 
     @property
     def done(self) -> bool:
         return self._done
 
+    def expire(self, task: trio.lowlevel.Task, error: AuraError) -> bool:
+        """Wake ``task``, parked in :meth:`wait`, with ``error`` instead of the result (its own
+        deadline passed: ``runtime.timers.WaitDeadlines``); the outcome itself stays pending
+        for everyone else. False when ``task`` is not waiting here (any more)."""
+        if self._waiters is None or task not in self._waiters:
+            return False
+        import outcome
+        import trio
+
+        self._waiters.remove(task)
+        trio.lowlevel.reschedule(task, outcome.Error(error))
+        return True
+
+    def _forget(self, task: trio.lowlevel.Task, _raise_cancel: object) -> trio.lowlevel.Abort:
+        """A waiter cancelled while waiting (its handler's own deadline) is not woken later."""
+        import trio
+
+        if self._waiters is not None and task in self._waiters:
+            self._waiters.remove(task)
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def wait(self) -> dict[str, Any]:
         import trio  # here, not at the top: only an awaiting shell needs it
 
         if not self._done:
-            if self._event is None:
-                self._event = trio.Event()
-            await self._event.wait()
+            task = trio.lowlevel.current_task()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(task)
+            await trio.lowlevel.wait_task_rescheduled(functools.partial(self._forget, task))
         else:
             await trio.lowlevel.checkpoint()
         if self.error is not None:

@@ -18,6 +18,7 @@ import pytest
 
 from aura_node.bench import Figure
 from aura_node.bench import dkd as bench
+from aura_node.bench.crypto import DkdCryptoFloor
 from aura_node.cli import main
 
 
@@ -60,14 +61,20 @@ def test_quick_run_produces_sane_figures() -> None:
     rate = _by_name(figures, "dkd sessions/s (cluster, 8 concurrent")
     assert rate.unit == "sessions/s" and rate.target == ">= 0.5" and rate.higher_is_better
     assert "crypto capacity" in rate.floor_name
-    crypto_ms = _by_name(figures, "floor part: one participant's DKD crypto").value
-    # the floor is cores / (2 participants x one participant's crypto), as its name says
-    assert rate.floor == pytest.approx(bench.usable_cores() / (2 * crypto_ms / 1e3))
+    initiator_ms = _by_name(figures, "floor part: initiator's DKD crypto").value
+    participant_ms = _by_name(figures, "floor part: participant's DKD crypto").value
+    # the floor is cores / (the initiator's + the participant's crypto), as its name says
+    assert rate.floor == pytest.approx(
+        bench.usable_cores() / ((initiator_ms + participant_ms) / 1e3))
+
+    cpu = _by_name(figures, "dkd node CPU per session (cluster, 8 concurrent")
+    assert cpu.unit == "ms" and not cpu.higher_is_better
+    assert cpu.floor == pytest.approx(initiator_ms + participant_ms)
 
     p50 = _by_name(figures, "dkd p50 latency (cluster")
     p99 = _by_name(figures, "dkd p99 latency (cluster")
     assert p50.unit == p99.unit == "ms" and not p50.higher_is_better
-    assert p50.target == "<= 3" and p50.floor == p99.floor
+    assert p50.target == "<= 8" and p50.floor == p99.floor
     assert p50.value <= p99.value
     rtt = _by_name(figures, "floor part: raw Trio TCP").value
     fsync = _by_name(figures, "floor part: write 300 B + fdatasync").value
@@ -75,6 +82,10 @@ def test_quick_run_produces_sane_figures() -> None:
 
     inproc = _by_name(figures, "dkd sessions/s (in-process")
     assert inproc.floor is not None
+    for role in ("initiator", "participant"):
+        mem = _by_name(figures, f"dkd memory per in-flight session, {role}")
+        # a held session holds at least its sent envelope (~0.5 KiB) and less than 1 MiB
+        assert mem.unit == "KiB" and 0.5 < mem.value < 1024 and mem.target == "<= 10 KiB"
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -89,8 +100,8 @@ def test_cli_json_lists_the_figures(capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # The CLI path without the cluster: ``figures`` from fixed results, printed as JSON.
     results = bench.ClusterResults(latencies=[0.010, 0.012, 0.020], rates={8: 100.0})
-    floors = bench.Floors(crypto_pair=0.002, crypto_three=0.003, rtt_rate=10_000.0,
-                          fsync_rate=5_000.0)
+    floors = bench.Floors(crypto=DkdCryptoFloor(t=2, initiator=0.0025, participant=0.0015),
+                          rtt_rate=10_000.0, fsync_rate=5_000.0)
     monkeypatch.setattr(bench, "run", lambda args: bench.figures(results, floors,
                                                                  in_process=40.0))
     assert main(["bench", "dkd", "--json", "--quick"]) == 0

@@ -23,7 +23,7 @@ def short_dir() -> Iterator[Path]:
 
 
 def test_200_dkd_sessions_in_flight_all_complete(short_dir: Path, full_run: bool) -> None:
-    n = 2400 if full_run else 200
+    n = 10_000 if full_run else 200  # the figure: 10,000 in flight on 3 nodes
     run = run_load(short_dir / "batch", operations=n, driver="batch", load="dkd", hold=True)
     assert run.failed == {} and run.completed == n and run.all_completed
     # they really were in flight together: with the links held, every initiator session was
@@ -34,6 +34,7 @@ def test_200_dkd_sessions_in_flight_all_complete(short_dir: Path, full_run: bool
     assert sum(run.ended_sessions.values()) >= 2 * n
     names = {f.name for f in figures(run)}
     assert "sessions in flight, peak (cluster)" in names
+    assert "DKD sessions in flight at once, none ended yet (held, cluster)" in names
 
 
 def test_control_socket_driver_completes_past_the_connection_cap(short_dir: Path) -> None:

@@ -14,6 +14,47 @@ from aura_node.errors import CryptoError
 CTX = b"session-1/device-a"
 
 
+@pytest.fixture(autouse=True)
+def _maths_only() -> object:
+    """Every proof here is checked by the maths, not answered from ``own_proofs``."""
+    with dleq.own_proofs.paused():
+        yield
+
+
+def test_own_proofs_answer_exactly_what_prove_made() -> None:
+    x, g, h = _statement(b"own")
+    dleq.own_proofs.enabled = True
+    try:
+        a, b, proof = dleq.prove(x, g, h, CTX)
+        hits = dleq.own_proofs.hits
+        dleq.verify(proof, g, a, h, b, CTX)
+        assert dleq.own_proofs.hits == hits + 1
+        # any other bytes still run the maths, and a wrong statement still fails
+        flipped = bytearray(proof.to_bytes())
+        flipped[40] ^= 1
+        with pytest.raises(ProofError):
+            dleq.verify(dleq.DleqProof.from_bytes(bytes(flipped)), g, a, h, b, CTX)
+        with pytest.raises(ProofError, match="does not verify"):
+            dleq.verify(proof, g, a, h, b, CTX + b"x")
+        with pytest.raises(ProofError, match="does not verify"):
+            dleq.verify(proof, g, a, h, b + g, CTX)
+        assert dleq.own_proofs.hits == hits + 1
+    finally:
+        dleq.own_proofs.enabled = False
+
+
+def test_own_proofs_are_bounded() -> None:
+    kept = dleq.OwnProofs(capacity=3)
+    x, g, h = _statement(b"bounded")
+    made = []
+    for i in range(5):
+        a, b, proof = dleq.prove(x, g, h, bytes([i]))
+        kept.add(proof, g, a, h, b, bytes([i]))
+        made.append(dleq.OwnProofs._key(proof, g, a, h, b, bytes([i])))
+    assert len(kept) == 3
+    assert made[0] not in kept and made[1] not in kept and made[4] in kept
+
+
 def _statement(seed: bytes) -> tuple[Scalar, Point, Point]:
     rng = seeded_rng(seed)
     return Scalar.random(rng), Point.base(), hash_to_group("aura/test/dleq-h", seed)
