@@ -158,6 +158,9 @@ class AccountEstablished(msgspec.Struct, frozen=True, kw_only=True):
     #: (protocols/epochs). Not part of AccountRecord: that record travels inside journaled
     #: protocol messages, whose bytes replay must reproduce.
     epoch: int = 0
+    #: digest of the epoch fact that made this record (``protocols/reshare``); b"" for epoch 0,
+    #: whose fact is ``epochs.root_fact(account)``. What the next reshare's fact extends.
+    fact_digest: bytes = b""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -270,8 +273,15 @@ class AccountStore:
         acct = established.account
         acct.check()
         old = self._accounts.get(acct.account_id)
-        if old is not None and old.account.public_key != acct.public_key:
-            raise AccountError(f"account {acct.account_id} re-established with another key")
+        if old is not None:
+            if old.account.public_key != acct.public_key:
+                raise AccountError(f"account {acct.account_id} re-established with another key")
+            # the newest epoch wins (a reshare made it; the fold may meet older records later)
+            if established.epoch < old.epoch:
+                return
+            if established.epoch == old.epoch and old.account != acct and old.epoch > 0:
+                raise AccountError(f"account {acct.account_id}: two different records for "
+                                   f"epoch {old.epoch}")
         self._accounts[acct.account_id] = established
 
     def get(self, account_id: str) -> AccountEstablished:

@@ -625,6 +625,7 @@ BUILTIN_PROTOCOL_MODULES: tuple[str, ...] = (
     "aura_node.protocols.dkd.roles",
     "aura_node.protocols.genesis.roles",
     "aura_node.protocols.recovery.roles",
+    "aura_node.protocols.reshare.roles",
 )
 
 

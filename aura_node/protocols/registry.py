@@ -23,6 +23,7 @@ from aura_node.protocols.dkd.choreography import DKD
 from aura_node.protocols.genesis.choreography import GENESIS
 from aura_node.protocols.ping.choreography import PING
 from aura_node.protocols.recovery.choreography import RECOVERY
+from aura_node.protocols.reshare.choreography import RESHARE
 
 #: domain separation for the registry hash (bump the suffix if the canonical form changes)
 HASH_DOMAIN = b"aura-node/choreography-registry/v1\n"
@@ -48,7 +49,7 @@ def hash_registry(registry: Mapping[str, Choreography]) -> bytes:
     return h.digest()
 
 
-REGISTRY: Mapping[str, Choreography] = build_registry(PING, GENESIS, DKD, RECOVERY)
+REGISTRY: Mapping[str, Choreography] = build_registry(PING, GENESIS, DKD, RECOVERY, RESHARE)
 
 
 _PLUGINS: dict[str, Choreography] = {}
