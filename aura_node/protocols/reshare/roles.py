@@ -328,7 +328,7 @@ def plan_session(args: Mapping[str, Any], services: NodeServices, *, operation: 
                         dealers=dealers, devices=planned(devices, "device"), threshold=threshold,
                         guardians=planned(guardians, "guardian"),
                         guardian_threshold=guardian_threshold if guardians else 0)
-        timeout = float(args.get("timeout") or services.protocols.genesis_timeout_seconds)
+        timeout = float(args.get("timeout") or services.protocols.reshare_timeout_seconds)
         return cast(dict[str, Any], msgspec.to_builtins(ReshareParams(plan=plan,
                                                                       timeout=timeout)))
     except ValueError as exc:
