@@ -94,6 +94,11 @@ def reshare_with_a_kill(c: Cluster, coordinator: str, victim: str, cmd: str,
     wait_for(f"no active reshare on {victim}", lambda: not [
         s for s in c.node(victim).ctl("sessions")["sessions"] if s["protocol"] == "reshare"],
         timeout=30.0)
+    # the kill really was mid-session: the victim rebuilt the session from its journal
+    assert any('"session_rehydrated"' in line and '"reshare"' in line
+               for line in c.node(victim).log_text().splitlines()), f"{victim} did not rehydrate"
+    print(f"kill -9 of {victim} mid-reshare: "
+          f"{'completed' if 'result' in out else out['error']}")
     if "error" in out:
         assert remote_code(out["error"]) in ("timeout", "session_failed"), out["error"]
         return None

@@ -16,7 +16,10 @@ coordinator, exactly the current threshold ``t`` of them; every dealer stays a h
 4. Every participant verifies its sub-shares and the record (``VerifiedSubShares``) and answers
    ``EpochSigned``: its signature(s) over the new epoch fact. All of them, before the deadline.
 5. With every signature (``EpochSignatures``) the coordinator adopts the epoch and announces
-   the signed fact (``EpochAnnounce``); each participant checks it and adopts it too.
+   the signed fact (``EpochAnnounce``); each participant checks it, adopts it too and confirms
+   (``EpochAdopted``). The coordinator waits for the confirmations (its session stays open, so
+   the runtime re-sends the announcement to a participant whose link comes back after a
+   crash); one missing at the deadline changes nothing, the epoch is adopted.
 
 Any missing or invalid dealing, join or signature aborts the session everywhere before step 5;
 nobody has adopted anything then, so the current epoch stays fully usable.
@@ -98,6 +101,13 @@ class EpochAnnounce(msgspec.Struct, frozen=True, kw_only=True):
     fact: EpochFact
 
 
+class EpochAdopted(msgspec.Struct, frozen=True, kw_only=True):
+    """This participant journaled the new epoch (its share and the signed fact)."""
+
+    account_id: str
+    epoch: int
+
+
 class ReshareAbort(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
@@ -137,6 +147,21 @@ def RESHARE(c: ChoreographyBuilder) -> None:
     c.phase(holders, "Adopting")
     c.send(coordinator, dealers, EpochAnnounce)
     c.send(coordinator, holders, EpochAnnounce)
+
+    # each participant confirms it adopted; the coordinator's session stays open meanwhile, so
+    # a participant that crashed before the announcement gets it again when its link comes
+    # back. A confirmation still missing at the deadline changes nothing: the epoch is adopted.
+    c.phase(coordinator, "AwaitingAdoption")
+    c.phase(dealers, "Confirming")
+    c.phase(holders, "Confirming")
+    late = c.gather(dealers, coordinator, EpochAdopted, threshold=ALL,
+                    deadline="reshare_timeout")
+    with late.on_timeout():
+        pass
+    late = c.gather(holders, coordinator, EpochAdopted, threshold=ALL,
+                    deadline="reshare_timeout")
+    with late.on_timeout():
+        pass
 
     c.phase(coordinator, "Completed")
     c.phase(dealers, "Completed")

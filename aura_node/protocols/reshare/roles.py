@@ -89,6 +89,7 @@ from aura_node.protocols.epochs import (
 from aura_node.protocols.kit import NoParams, Step, polled, protocol, unrepeatable
 from aura_node.protocols.reshare.choreography import (
     RESHARE,
+    EpochAdopted,
     EpochAnnounce,
     EpochSigned,
     HolderJoined,
@@ -109,6 +110,8 @@ S = TypeVar("S")
 CHOREOGRAPHY = "reshare"
 KIND_DEALT = "reshare.dealt"
 DEADLINE_TIMER = "deadline"
+#: a timer this protocol never arms (see ``dealers_adoption_timed_out``)
+UNARMED_TIMER = "adoption-dealers"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 
 
@@ -139,6 +142,10 @@ class Distributing(Phase): ...
 class CollectingSignatures(Phase): ...
 @final
 class Announcing(Phase): ...
+@final
+class AwaitingAdoption(Phase): ...
+@final
+class Confirming(Phase): ...
 @final
 class Invited(Phase): ...
 @final
@@ -656,6 +663,9 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
     verified: VerifiedSubShares | None
     signed: tuple[tuple[str, EpochSigned], ...]
     fact: EpochFact | None
+    #: the session's result, set when it adopted the epoch (it completes after the confirmations)
+    result: dict[str, Any] | None
+    adopted: tuple[str, ...]
 
     def __init__(self: ReshareCoordinator[Proposing], step: Step[ReshareParams]) -> None:
         p = step.params
@@ -666,7 +676,7 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
         if not p.plan.dealers or p.plan.dealers[0].name != step.self_name:
             raise eng.ParamsError("reshare: the coordinator must be the first dealer")
         self._begin(plan=p.plan, timeout=p.timeout, dealings=(), joined=(), quorum=None,
-                    verified=None, signed=(), fact=None)
+                    verified=None, signed=(), fact=None, result=None, adopted=())
 
     @unrepeatable(record=KIND_DEALT)
     @transition(source=Proposing, target=Proposing, action="send", message=ReshareRequest,
@@ -800,10 +810,12 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
         except WitnessError:
             return self._advance(ReshareCoordinator[CollectingSignatures], signed=signed)
         assert self.verified is not None
-        step.cancel(DEADLINE_TIMER)
         # adopted here, in the step that completes the gather: from now on it never aborts
-        step.complete(**adopt(self.plan, self.verified, w, step))
-        return self._advance(ReshareCoordinator[Announcing], signed=signed, fact=w.fact)
+        # (accepts_abort_from); the confirmations get a deadline of their own
+        result = adopt(self.plan, self.verified, w, step)
+        step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
+        return self._advance(ReshareCoordinator[Announcing], signed=signed, fact=w.fact,
+                             result=result)
 
     @transition(source=CollectingSignatures, target=Failed, action="timeout")
     def signatures_timed_out(self: ReshareCoordinator[CollectingSignatures],
@@ -820,12 +832,69 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
         assert self.fact is not None
         return self._advance(ReshareCoordinator[Announcing]), EpochAnnounce(fact=self.fact)
 
-    @transition(source=Announcing, target=Completed, action="send", message=EpochAnnounce,
-                peer="holders")
+    @transition(source=Announcing, target=AwaitingAdoption, action="send",
+                message=EpochAnnounce, peer="holders")
     def announce_to_holders(self: ReshareCoordinator[Announcing], step: Step[ReshareParams]
-                            ) -> tuple[ReshareCoordinator[Completed], EpochAnnounce]:
+                            ) -> tuple[ReshareCoordinator[AwaitingAdoption], EpochAnnounce]:
         assert self.fact is not None
-        return self._advance(ReshareCoordinator[Completed]), EpochAnnounce(fact=self.fact)
+        return self._advance(ReshareCoordinator[AwaitingAdoption]), EpochAnnounce(
+            fact=self.fact)
+
+    def _adopted(self, msg: EpochAdopted | None, step: Step[ReshareParams]) -> tuple[str, ...]:
+        if msg is None or step.sender in self.adopted:
+            return self.adopted
+        assert self.fact is not None
+        if (msg.account_id, msg.epoch) != (self.fact.account.account_id, self.fact.epoch):
+            raise ReshareError(f"EpochAdopted from {step.sender} for epoch {msg.epoch} of "
+                               f"{msg.account_id}")
+        return (*self.adopted, step.sender)
+
+    @transition(source=AwaitingAdoption, target=AwaitingAdoption, action="gather",
+                message=EpochAdopted, peer="dealers")
+    def dealer_adopted(self: ReshareCoordinator[AwaitingAdoption], msg: EpochAdopted,
+                       step: Step[ReshareParams]) -> ReshareCoordinator[AwaitingAdoption]:
+        return self._advance(ReshareCoordinator[AwaitingAdoption],
+                             adopted=self._adopted(msg, step))
+
+    @polled
+    @transition(source=AwaitingAdoption, target=Completed, action="gather",
+                message=EpochAdopted, peer="holders")
+    def holder_adopted(self: ReshareCoordinator[AwaitingAdoption], msg: EpochAdopted | None,
+                       step: Step[ReshareParams]
+                       ) -> ReshareCoordinator[AwaitingAdoption] | ReshareCoordinator[Completed]:
+        adopted = self._adopted(msg, step)
+        if set(adopted) < {*step.members("dealers"), *step.members("holders")}:
+            return self._advance(ReshareCoordinator[AwaitingAdoption], adopted=adopted)
+        step.cancel(DEADLINE_TIMER)
+        return self._finish(adopted, step)
+
+    # The projection splits AwaitingAdoption at its two gathers, each with its deadline; this
+    # role bounds both with one timer, so the first gather's own timeout edge (to the second
+    # gather) is declared on a timer it never arms, and the one deadline ends the phase.
+    @transition(source=AwaitingAdoption, target=AwaitingAdoption, action="timeout",
+                timer=UNARMED_TIMER)
+    def dealers_adoption_timed_out(self: ReshareCoordinator[AwaitingAdoption],
+                                   step: Step[ReshareParams]
+                                   ) -> ReshareCoordinator[AwaitingAdoption]:
+        return self._advance(ReshareCoordinator[AwaitingAdoption])  # pragma: no cover
+
+    @transition(source=AwaitingAdoption, target=Completed, action="timeout",
+                timer=DEADLINE_TIMER)
+    def adoption_timed_out(self: ReshareCoordinator[AwaitingAdoption],
+                           step: Step[ReshareParams]) -> ReshareCoordinator[Completed]:
+        return self._finish(self.adopted, step)
+
+    def _finish(self, adopted: tuple[str, ...], step: Step[ReshareParams]
+                ) -> ReshareCoordinator[Completed]:
+        assert self.result is not None
+        everyone = {*step.members("dealers"), *step.members("holders")}
+        # the epoch is adopted whatever the confirmations say; the result names the silent
+        step.complete(**self.result, unconfirmed=sorted(everyone - set(adopted)))
+        return self._advance(ReshareCoordinator[Completed], adopted=adopted)
+
+    def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
+        # after it adopted, nothing a participant says can undo the epoch here
+        return self.fact is None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"account_id": self.plan.account.account_id,
@@ -918,17 +987,26 @@ class ReshareDealer(ChoreographicProtocol[ReshareChoreography, S], choreography=
     def sign(self: ReshareDealer[Signing], step: Step[NoParams]
              ) -> tuple[ReshareDealer[Adopting], EpochSigned]:
         assert self.plan is not None and self.verified is not None
-        step.cancel(DEADLINE_TIMER)  # signed: wait for the outcome (module doc)
+        _wait_for_outcome(self.plan, step)
         return self._advance(ReshareDealer[Adopting]), sign_epoch(
             self.plan, self.verified, step.services, step.session)
 
-    @transition(source=Adopting, target=Completed, action="recv", message=EpochAnnounce,
+    @transition(source=Adopting, target=Confirming, action="recv", message=EpochAnnounce,
                 peer="coordinator")
     def receive_announce(self: ReshareDealer[Adopting], m: EpochAnnounce, step: Step[NoParams]
-                         ) -> ReshareDealer[Completed]:
+                         ) -> ReshareDealer[Confirming]:
         assert self.plan is not None and self.verified is not None
         _adopt_announced(self.plan, self.verified, m, step)
-        return self._advance(ReshareDealer[Completed])
+        return self._advance(ReshareDealer[Confirming])
+
+    @transition(source=Confirming, target=Completed, action="send", message=EpochAdopted,
+                peer="coordinator")
+    def confirm(self: ReshareDealer[Confirming], step: Step[NoParams]
+                ) -> tuple[ReshareDealer[Completed], EpochAdopted]:
+        assert self.verified is not None
+        deal = self.verified.deal
+        return self._advance(ReshareDealer[Completed]), EpochAdopted(
+            account_id=deal.account.account_id, epoch=deal.epoch)
 
     def describe(self) -> dict[str, Any]:
         return _describe(self.plan, self.verified)
@@ -941,6 +1019,19 @@ def _verify(plan: ReshPlan, m: ReshareDeal, step: Step[NoParams]) -> VerifiedSub
         # a bad deal cannot be fixed by waiting: abort the session (old epoch untouched)
         raise DealRejectedError(f"reshare deal from {step.sender} rejected: {exc.message}"
                                 ) from None
+
+
+#: how many coordinator deadlines a participant that signed waits for the outcome
+OUTCOME_WAIT_DEADLINES = 4
+
+
+def _wait_for_outcome(plan: ReshPlan, step: Step[NoParams]) -> None:
+    """Signed: the participant cannot tell whether the coordinator has every signature, so it
+    waits well past the coordinator's own deadlines (which end the session, by abort or by
+    the announcement, re-sent after a crash while the coordinator waits for confirmations).
+    Only if nothing ever comes does it give up, adopting nothing (module doc)."""
+    step.cancel(DEADLINE_TIMER)
+    step.arm(DEADLINE_TIMER, at=step.now + OUTCOME_WAIT_DEADLINES * plan.timeout_ms / 1000)
 
 
 def _adopt_announced(plan: ReshPlan, w: VerifiedSubShares, m: EpochAnnounce,
@@ -1005,17 +1096,26 @@ class ReshareHolder(ChoreographicProtocol[ReshareChoreography, S], choreography=
     def sign(self: ReshareHolder[Signing], step: Step[NoParams]
              ) -> tuple[ReshareHolder[Adopting], EpochSigned]:
         assert self.plan is not None and self.verified is not None
-        step.cancel(DEADLINE_TIMER)  # signed: wait for the outcome (module doc)
+        _wait_for_outcome(self.plan, step)
         return self._advance(ReshareHolder[Adopting]), sign_epoch(
             self.plan, self.verified, step.services, step.session)
 
-    @transition(source=Adopting, target=Completed, action="recv", message=EpochAnnounce,
+    @transition(source=Adopting, target=Confirming, action="recv", message=EpochAnnounce,
                 peer="coordinator")
     def receive_announce(self: ReshareHolder[Adopting], m: EpochAnnounce, step: Step[NoParams]
-                         ) -> ReshareHolder[Completed]:
+                         ) -> ReshareHolder[Confirming]:
         assert self.plan is not None and self.verified is not None
         _adopt_announced(self.plan, self.verified, m, step)
-        return self._advance(ReshareHolder[Completed])
+        return self._advance(ReshareHolder[Confirming])
+
+    @transition(source=Confirming, target=Completed, action="send", message=EpochAdopted,
+                peer="coordinator")
+    def confirm(self: ReshareHolder[Confirming], step: Step[NoParams]
+                ) -> tuple[ReshareHolder[Completed], EpochAdopted]:
+        assert self.verified is not None
+        deal = self.verified.deal
+        return self._advance(ReshareHolder[Completed]), EpochAdopted(
+            account_id=deal.account.account_id, epoch=deal.epoch)
 
     def describe(self) -> dict[str, Any]:
         return _describe(self.plan, self.verified)
