@@ -2,15 +2,16 @@
 
 Star-shaped around the ``coordinator`` (the current device the operator ran ``ctl account ...``
 on; it deals its own share and holds a new one, in-process, since a device never messages
-itself). ``dealers`` are the other current holders whose shares are reshared (with the
-coordinator, exactly the current threshold ``t`` of them; every dealer stays a holder), and
-``holders`` every other new holder (devices and guardians; ``g`` may be 0 of them).
+itself). ``participants`` are every other device of the session: the other *dealers* (current
+holders whose shares are reshared; with the coordinator exactly the current threshold ``t`` of
+them, and every dealer stays a holder) and the other new holders (devices and guardians). The
+plan says who deals; one role plays both parts, so a device may deal and hold.
 
 1. The coordinator sends the plan (the current record and epoch, who deals, the new holder sets
-   and thresholds) to dealers (``ReshareRequest``) and holders (``ReshareInvite``).
-2. Every dealer answers with its ``SubDealing`` (Feldman-committed sub-shares of its share, one
-   sealed to each new holder); every holder with ``HolderJoined`` (the epoch it holds now, so
-   the new epoch number is above every holder's). All of them, before ``reshare_timeout``.
+   and thresholds) to every participant (``ReshareRequest``).
+2. Every participant answers ``Joined``: the epoch it holds now (so the new epoch number is above
+   every participant's) and, from a dealer, its ``SubDealing`` (Feldman-committed sub-shares of
+   its share, one sealed to each new holder). All of them, before ``reshare_timeout``.
 3. The coordinator checks the dealings publicly (the witness ``QuorumOfDealings``) and sends
    every participant the same ``ReshareDeal``: all sub-dealings and the new epoch's record.
 4. Every participant verifies its sub-shares and the record (``VerifiedSubShares``) and answers
@@ -60,10 +61,6 @@ class ReshareRequest(msgspec.Struct, frozen=True, kw_only=True):
     plan: ReshPlan
 
 
-class ReshareInvite(msgspec.Struct, frozen=True, kw_only=True):
-    plan: ReshPlan
-
-
 class WireSubShare(msgspec.Struct, frozen=True, kw_only=True):
     index: int  # the recipient's new index
     device_id: str
@@ -80,9 +77,12 @@ class SubDealing(msgspec.Struct, frozen=True, kw_only=True):
     guardian_shares: tuple[WireSubShare, ...] = ()
 
 
-class HolderJoined(msgspec.Struct, frozen=True, kw_only=True):
+class Joined(msgspec.Struct, frozen=True, kw_only=True):
+    """A participant takes part: the epoch it holds now and, from a dealer, its dealing."""
+
     account_id: str
     epoch_held: int  # -1: this device holds no share of the account yet
+    dealing: SubDealing | None = None
 
 
 class ReshareDeal(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,54 +115,37 @@ class ReshareAbort(msgspec.Struct, frozen=True, kw_only=True):
 @choreography("reshare", abort=ReshareAbort)
 def RESHARE(c: ChoreographyBuilder) -> None:
     coordinator = c.role("coordinator")
-    dealers = c.role_set("dealers", size="d", minimum=0)
-    holders = c.role_set("holders", size="h", minimum=0)
+    participants = c.role_set("participants", size="p", minimum=1)
 
     c.phase(coordinator, "Proposing")
-    c.phase(dealers, "Invited")
-    c.phase(holders, "Invited")
-    c.send(coordinator, dealers, ReshareRequest)
-    c.send(coordinator, holders, ReshareInvite)
+    c.phase(participants, "Invited")
+    c.send(coordinator, participants, ReshareRequest)
 
     c.phase(coordinator, "CollectingDealings")
-    c.phase(dealers, "Dealing")
-    c.phase(holders, "Joining")
-    c.gather(dealers, coordinator, SubDealing, threshold=ALL, deadline="reshare_timeout")
-    c.gather(holders, coordinator, HolderJoined, threshold=ALL, deadline="reshare_timeout")
+    c.phase(participants, "Joining")
+    c.gather(participants, coordinator, Joined, threshold=ALL, deadline="reshare_timeout")
 
     c.phase(coordinator, "Distributing")
-    c.phase(dealers, "AwaitingDeal")
-    c.phase(holders, "AwaitingDeal")
-    c.send(coordinator, dealers, ReshareDeal)
-    c.send(coordinator, holders, ReshareDeal)
+    c.phase(participants, "AwaitingDeal")
+    c.send(coordinator, participants, ReshareDeal)
 
     c.phase(coordinator, "CollectingSignatures")
-    c.phase(dealers, "Signing")
-    c.phase(holders, "Signing")
-    c.gather(dealers, coordinator, EpochSigned, threshold=ALL, deadline="reshare_timeout")
-    c.gather(holders, coordinator, EpochSigned, threshold=ALL, deadline="reshare_timeout")
+    c.phase(participants, "Signing")
+    c.gather(participants, coordinator, EpochSigned, threshold=ALL, deadline="reshare_timeout")
 
     c.phase(coordinator, "Announcing")
-    c.phase(dealers, "Adopting")
-    c.phase(holders, "Adopting")
-    c.send(coordinator, dealers, EpochAnnounce)
-    c.send(coordinator, holders, EpochAnnounce)
+    c.phase(participants, "Adopting")
+    c.send(coordinator, participants, EpochAnnounce)
 
     # each participant confirms it adopted; the coordinator's session stays open meanwhile, so
     # a participant that crashed before the announcement gets it again when its link comes
     # back. A confirmation still missing at the deadline changes nothing: the epoch is adopted.
     c.phase(coordinator, "AwaitingAdoption")
-    c.phase(dealers, "Confirming")
-    c.phase(holders, "Confirming")
-    late = c.gather(dealers, coordinator, EpochAdopted, threshold=ALL,
-                    deadline="reshare_timeout")
-    with late.on_timeout():
-        pass
-    late = c.gather(holders, coordinator, EpochAdopted, threshold=ALL,
+    c.phase(participants, "Confirming")
+    late = c.gather(participants, coordinator, EpochAdopted, threshold=ALL,
                     deadline="reshare_timeout")
     with late.on_timeout():
         pass
 
     c.phase(coordinator, "Completed")
-    c.phase(dealers, "Completed")
-    c.phase(holders, "Completed")
+    c.phase(participants, "Completed")

@@ -1,4 +1,4 @@
-"""Resharing: the coordinator's, the dealers' and the new holders' roles, on the authoring kit.
+"""Resharing: the coordinator's and the participants' roles, on the authoring kit.
 
 Theory of operation
 -------------------
@@ -8,20 +8,21 @@ reshare``) gets the whole plan in its journaled start parameters (:func:`plan_se
 on the control side from the account store: the current record, its epoch and fact digest, the
 ``t`` dealers - the coordinator first, then other current devices that stay, by index - and the
 new holder sets with their new indices), so a replay after a crash never depends on the store,
-which the session itself changes when it completes. Phases::
+which the session itself changes when it completes. Every other device of the plan is a
+participant: a new holder, and a dealer too when the plan names it. Phases::
 
-    coordinator: Proposing --send ReshareRequest (own dealing drawn: @unrepeatable)--> Proposing
-                 Proposing --send ReshareInvite--> CollectingDealings
-                 CollectingDealings --gather SubDealing, HolderJoined (all)
-                                    [QuorumOfDealings]--> Distributing
-                 Distributing --send ReshareDeal (dealers, holders)--> CollectingSignatures
-                 CollectingSignatures --gather EpochSigned (all) [EpochSignatures]--> Announcing
-                 Announcing --send EpochAnnounce (dealers, holders)--> Completed
-    dealers:     Invited --recv ReshareRequest--> Dealing --send SubDealing (@unrepeatable)-->
-                 AwaitingDeal --recv ReshareDeal [VerifiedSubShares]--> Signing --send
-                 EpochSigned--> Adopting --recv EpochAnnounce [EpochSignatures]--> Completed
-    holders:     Invited --recv ReshareInvite--> Joining --send HolderJoined--> AwaitingDeal ...
-                 (as dealers from AwaitingDeal on)
+    coordinator:  Proposing --send ReshareRequest (own dealing drawn: @unrepeatable)-->
+                  CollectingDealings --gather Joined (all) [QuorumOfDealings]--> Distributing
+                  Distributing --send ReshareDeal--> CollectingSignatures
+                  CollectingSignatures --gather EpochSigned (all) [EpochSignatures, adopts]-->
+                  Announcing --send EpochAnnounce--> AwaitingAdoption
+                  AwaitingAdoption --gather EpochAdopted (all, or the deadline)--> Completed
+    participants: Invited --recv ReshareRequest--> Joining
+                  Joining --send Joined (a dealer's dealing drawn: @unrepeatable)--> AwaitingDeal
+                  AwaitingDeal --recv ReshareDeal [VerifiedSubShares]--> Signing
+                  Signing --send EpochSigned--> Adopting
+                  Adopting --recv EpochAnnounce [EpochSignatures, adopts]--> Confirming
+                  Confirming --send EpochAdopted--> Completed
     (abort / timeout -> Failed, declared once with abort=Failed)
 
 Dealing draws a fresh polynomial and fresh HPKE ephemeral keys from the OS, so, like genesis's
@@ -39,15 +40,21 @@ dealer and the new record is the one the dealings define; :class:`EpochSignature
 epoch fact. A participant signs only with a ``VerifiedSubShares``; a role adopts the epoch
 (journals ``account.established`` with ``epoch = E`` and its new share sealed to itself, and
 ``account.epoch`` with the signed fact) only with an ``EpochSignatures``. The new epoch number
-``E`` is one above every participant's (``HolderJoined.epoch_held``): after a guardian recovery
+``E`` is one above every participant's (``Joined.epoch_held``): after a guardian recovery
 the recovered device is at epoch 0 while the guardians may be further on.
 
-Never a split epoch: a participant that signed waits for the outcome without a deadline (it
-cannot tell whether the coordinator already has every signature), and the coordinator adopts
-and announces in the one step that completes its signature gather, so after it adopted it
-never aborts; before that, any abort reaches every participant, nobody has adopted, and the
-current epoch stays fully usable (sub-shares of an aborted session are never combined). A
-participant journals its new share only once it holds the whole signed fact.
+Never a split epoch: the coordinator adopts in the one step that completes its signature
+gather, and from then on it never aborts (``accepts_abort_from``); before that, any abort
+reaches every participant, nobody has adopted, and the current epoch stays fully usable
+(sub-shares of an aborted session are never combined). A participant journals its new share
+only once it holds the whole signed fact. After adopting, the coordinator keeps the session open
+until every participant confirmed (``EpochAdopted``) or its deadline passed, so a participant
+that crashed before the announcement reached it gets it again when its link comes back (the
+runtime re-sends an open session's messages on link-up). A participant that signed cannot tell
+whether the coordinator has every signature, so it waits :data:`OUTCOME_WAIT_DEADLINES` of the
+coordinator's deadlines before it gives up (adopting nothing); only a message lost for good
+with no link bounce leaves it behind, and the epoch-fact exchange between holders is what
+catches it up.
 
 Pure: no trio, no I/O.
 """
@@ -86,16 +93,15 @@ from aura_node.protocols.epochs import (
     root_fact,
     sign_fact,
 )
-from aura_node.protocols.kit import NoParams, Step, polled, protocol, unrepeatable
+from aura_node.protocols.kit import NoParams, Step, protocol, unrepeatable
 from aura_node.protocols.reshare.choreography import (
     RESHARE,
     EpochAdopted,
     EpochAnnounce,
     EpochSigned,
-    HolderJoined,
+    Joined,
     PlannedHolder,
     ReshareDeal,
-    ReshareInvite,
     ReshareRequest,
     ReshPlan,
     SubDealing,
@@ -110,8 +116,6 @@ S = TypeVar("S")
 CHOREOGRAPHY = "reshare"
 KIND_DEALT = "reshare.dealt"
 DEADLINE_TIMER = "deadline"
-#: a timer this protocol never arms (see ``dealers_adoption_timed_out``)
-UNARMED_TIMER = "adoption-dealers"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 
 
@@ -330,6 +334,9 @@ def plan_session(args: Mapping[str, Any], services: NodeServices, *, operation: 
             f"({', '.join(h.name for h in staying)})")
     dealers = tuple(PlannedHolder(name=h.name, device_id=h.device_id, index=h.index)
                     for h in staying[:record.threshold])
+    if set(devices) | set(guardians) <= {me}:
+        raise eng.ParamsError(f"account {operation}: {me} alone would hold the account as it "
+                              "does now: nothing to reshare")
     try:
         plan = ReshPlan(account=record, epoch=est.epoch, previous=current_fact_digest(est),
                         dealers=dealers, devices=planned(devices, "device"), threshold=threshold,
@@ -346,10 +353,8 @@ def session_roles(params: Mapping[str, Any], self_name: str) -> dict[str, str]:
     """Device name -> role for the plan in ``params`` (this device coordinates)."""
     plan = msgspec.convert(params["plan"], ReshPlan)
     roles = {self_name: "coordinator"}
-    for d in plan.dealers:
-        roles.setdefault(d.name, "dealers")
-    for h in (*plan.devices, *plan.guardians):
-        roles.setdefault(h.name, "holders")
+    for h in (*plan.dealers, *plan.devices, *plan.guardians):
+        roles.setdefault(h.name, "participants")
     return roles
 
 
@@ -678,93 +683,72 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
         self._begin(plan=p.plan, timeout=p.timeout, dealings=(), joined=(), quorum=None,
                     verified=None, signed=(), fact=None, result=None, adopted=())
 
+    def _timed_plan(self) -> ReshPlan:
+        return msgspec.structs.replace(self.plan, timeout_ms=round(self.timeout * 1000))
+
     @unrepeatable(record=KIND_DEALT)
-    @transition(source=Proposing, target=Proposing, action="send", message=ReshareRequest,
-                peer="dealers")
+    @transition(source=Proposing, target=CollectingDealings, action="send",
+                message=ReshareRequest, peer="participants")
     def request(self: ReshareCoordinator[Proposing], step: Step[ReshareParams]
-                ) -> tuple[ReshareCoordinator[Proposing], ReshareRequest]:
+                ) -> tuple[ReshareCoordinator[CollectingDealings], ReshareRequest]:
         # its own dealing, from the OS on purpose (module doc); replay takes it from the record
         body = step.draw(lambda: msgspec.msgpack.encode(make_dealing(
             self.plan, step.services, step.session, type(self).test_rng)))
         own = msgspec.msgpack.decode(body, type=SubDealing)
-        return (self._advance(ReshareCoordinator[Proposing],
+        step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
+        return (self._advance(ReshareCoordinator[CollectingDealings],
                               dealings=((step.self_name, own),)),
                 ReshareRequest(plan=self._timed_plan()))
 
-    def _timed_plan(self) -> ReshPlan:
-        return msgspec.structs.replace(self.plan, timeout_ms=round(self.timeout * 1000))
-
-    @transition(source=Proposing, target=CollectingDealings, action="send",
-                message=ReshareInvite, peer="holders")
-    def invite(self: ReshareCoordinator[Proposing], step: Step[ReshareParams]
-               ) -> tuple[ReshareCoordinator[CollectingDealings], ReshareInvite]:
-        step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
-        return self._advance(ReshareCoordinator[CollectingDealings]), ReshareInvite(
-            plan=self._timed_plan())
-
-    @transition(source=CollectingDealings, target=CollectingDealings, action="gather",
-                message=SubDealing, peer="dealers")
-    def dealing_in(self: ReshareCoordinator[CollectingDealings], msg: SubDealing,
-                   step: Step[ReshareParams]) -> ReshareCoordinator[CollectingDealings]:
-        planned = {d.name: d for d in self.plan.dealers}.get(step.sender)
-        if planned is None or planned.index != msg.dealer_index:
-            raise ReshareError(f"SubDealing from {step.sender} for dealer index "
-                               f"{msg.dealer_index}: not a planned dealer")
-        if any(n == step.sender for n, _ in self.dealings):
-            return self._advance(ReshareCoordinator[CollectingDealings])
-        try:  # checked alone on arrival, so a bad one is named and rejected, never combined
-            check_dealing(self.plan, planned, msg)
-        except WitnessError as exc:
-            raise ReshareError(f"SubDealing from {step.sender}: {exc.message}") from None
-        return self._advance(ReshareCoordinator[CollectingDealings],
-                             dealings=(*self.dealings, (step.sender, msg)))
-
-    @polled
     @transition(source=CollectingDealings, target=Distributing, action="gather",
-                message=HolderJoined, peer="holders")
-    def holder_joined(self: ReshareCoordinator[CollectingDealings], msg: HolderJoined | None,
-                      step: Step[ReshareParams]
-                      ) -> ReshareCoordinator[CollectingDealings] | ReshareCoordinator[
-                          Distributing]:
-        joined = self.joined
-        if msg is not None:
-            if msg.account_id != self.plan.account.account_id:
-                raise ReshareError(f"HolderJoined from {step.sender} for account "
-                                   f"{msg.account_id}")
-            if not any(n == step.sender for n, _ in joined):
-                joined = (*joined, (step.sender, msg.epoch_held))
-        if (len(joined) < len(step.members("holders"))
-                or len(self.dealings) < len(self.plan.dealers)):
-            return self._advance(ReshareCoordinator[CollectingDealings], joined=joined)
-        quorum = QuorumOfDealings.verify(self.plan, dict(self.dealings))
+                message=Joined, peer="participants")
+    def joined_in(self: ReshareCoordinator[CollectingDealings], msg: Joined,
+                  step: Step[ReshareParams]
+                  ) -> ReshareCoordinator[CollectingDealings] | ReshareCoordinator[Distributing]:
+        if msg.account_id != self.plan.account.account_id:
+            raise ReshareError(f"Joined from {step.sender} for account {msg.account_id}")
+        if any(n == step.sender for n, _ in self.joined):
+            return self._advance(ReshareCoordinator[CollectingDealings])
+        planned = {d.name: d for d in self.plan.dealers}.get(step.sender)
+        dealings = self.dealings
+        if planned is not None:
+            if msg.dealing is None:
+                raise ReshareError(f"Joined from {step.sender}, a planned dealer, without its "
+                                   "dealing")
+            try:  # checked alone on arrival, so a bad one is named and rejected, never combined
+                check_dealing(self.plan, planned, msg.dealing)
+            except WitnessError as exc:
+                raise ReshareError(f"SubDealing from {step.sender}: {exc.message}") from None
+            dealings = (*dealings, (step.sender, msg.dealing))
+        elif msg.dealing is not None:
+            raise ReshareError(f"Joined from {step.sender} carries a dealing; it is not a "
+                               "planned dealer")
+        joined = (*self.joined, (step.sender, msg.epoch_held))
+        if len(joined) < len(step.members("participants")):
+            return self._advance(ReshareCoordinator[CollectingDealings], joined=joined,
+                                 dealings=dealings)
+        quorum = QuorumOfDealings.verify(self.plan, dict(dealings))
         epoch = max([self.plan.epoch, *(e for _, e in joined)]) + 1
         deal = ReshareDeal(account=quorum.account, epoch=epoch, dealings=quorum.dealings)
         verified = VerifiedSubShares.verify(self.plan, deal, step.services, step.session)
-        return self._advance(ReshareCoordinator[Distributing], joined=joined, quorum=quorum,
-                             verified=verified)
+        return self._advance(ReshareCoordinator[Distributing], joined=joined,
+                             dealings=dealings, quorum=quorum, verified=verified)
 
     @transition(source=CollectingDealings, target=Failed, action="timeout")
     def dealings_timed_out(self: ReshareCoordinator[CollectingDealings],
                            step: Step[ReshareParams]) -> ReshareCoordinator[Failed]:
-        have = {n for n, _ in self.dealings} | {n for n, _ in self.joined}
-        missing = sorted({*step.members("dealers"), *step.members("holders")} - have)
-        step.fail("timeout", f"no SubDealing/HolderJoined from {', '.join(missing)}")
+        missing = sorted(set(step.members("participants")) - {n for n, _ in self.joined})
+        step.fail("timeout", f"no Joined (or dealing) from {', '.join(missing)}")
         return self._advance(ReshareCoordinator[Failed])
 
     def _deal(self) -> ReshareDeal:
         assert self.verified is not None
         return self.verified.deal
 
-    @transition(source=Distributing, target=Distributing, action="send", message=ReshareDeal,
-                peer="dealers")
-    def deal_to_dealers(self: ReshareCoordinator[Distributing], step: Step[ReshareParams]
-                        ) -> tuple[ReshareCoordinator[Distributing], ReshareDeal]:
-        return self._advance(ReshareCoordinator[Distributing]), self._deal()
-
     @transition(source=Distributing, target=CollectingSignatures, action="send",
-                message=ReshareDeal, peer="holders")
-    def deal_to_holders(self: ReshareCoordinator[Distributing], step: Step[ReshareParams]
-                        ) -> tuple[ReshareCoordinator[CollectingSignatures], ReshareDeal]:
+                message=ReshareDeal, peer="participants")
+    def distribute(self: ReshareCoordinator[Distributing], step: Step[ReshareParams]
+                   ) -> tuple[ReshareCoordinator[CollectingSignatures], ReshareDeal]:
         assert self.verified is not None
         own = sign_epoch(self.plan, self.verified, step.services, step.session)
         return self._advance(ReshareCoordinator[CollectingSignatures],
@@ -787,21 +771,13 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
             return self.signed
         return (*self.signed, (step.sender, msg))
 
-    @transition(source=CollectingSignatures, target=CollectingSignatures, action="gather",
-                message=EpochSigned, peer="dealers")
-    def dealer_signed(self: ReshareCoordinator[CollectingSignatures], msg: EpochSigned,
-                      step: Step[ReshareParams]) -> ReshareCoordinator[CollectingSignatures]:
-        return self._advance(ReshareCoordinator[CollectingSignatures],
-                             signed=self._signed(msg, step))
-
-    @polled
     @transition(source=CollectingSignatures, target=Announcing, action="gather",
-                message=EpochSigned, peer="holders")
-    def holder_signed(self: ReshareCoordinator[CollectingSignatures], msg: EpochSigned | None,
-                      step: Step[ReshareParams]
-                      ) -> ReshareCoordinator[CollectingSignatures] | ReshareCoordinator[
-                          Announcing]:
-        signed = self.signed if msg is None else self._signed(msg, step)
+                message=EpochSigned, peer="participants")
+    def signed_in(self: ReshareCoordinator[CollectingSignatures], msg: EpochSigned,
+                  step: Step[ReshareParams]
+                  ) -> ReshareCoordinator[CollectingSignatures] | ReshareCoordinator[
+                      Announcing]:
+        signed = self._signed(msg, step)
         deal = self._deal()
         fact = epoch_fact(self.plan, deal.account, deal.epoch, step.session, tuple(
             s for _, m in signed for s in m.signatures))
@@ -820,66 +796,35 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
     @transition(source=CollectingSignatures, target=Failed, action="timeout")
     def signatures_timed_out(self: ReshareCoordinator[CollectingSignatures],
                              step: Step[ReshareParams]) -> ReshareCoordinator[Failed]:
-        missing = sorted({*step.members("dealers"), *step.members("holders")}
-                         - {n for n, _ in self.signed})
+        missing = sorted(set(step.members("participants")) - {n for n, _ in self.signed})
         step.fail("timeout", f"no EpochSigned from {', '.join(missing)}")
         return self._advance(ReshareCoordinator[Failed])
 
-    @transition(source=Announcing, target=Announcing, action="send", message=EpochAnnounce,
-                peer="dealers")
-    def announce_to_dealers(self: ReshareCoordinator[Announcing], step: Step[ReshareParams]
-                            ) -> tuple[ReshareCoordinator[Announcing], EpochAnnounce]:
-        assert self.fact is not None
-        return self._advance(ReshareCoordinator[Announcing]), EpochAnnounce(fact=self.fact)
-
     @transition(source=Announcing, target=AwaitingAdoption, action="send",
-                message=EpochAnnounce, peer="holders")
-    def announce_to_holders(self: ReshareCoordinator[Announcing], step: Step[ReshareParams]
-                            ) -> tuple[ReshareCoordinator[AwaitingAdoption], EpochAnnounce]:
+                message=EpochAnnounce, peer="participants")
+    def announce(self: ReshareCoordinator[Announcing], step: Step[ReshareParams]
+                 ) -> tuple[ReshareCoordinator[AwaitingAdoption], EpochAnnounce]:
         assert self.fact is not None
         return self._advance(ReshareCoordinator[AwaitingAdoption]), EpochAnnounce(
             fact=self.fact)
 
-    def _adopted(self, msg: EpochAdopted | None, step: Step[ReshareParams]) -> tuple[str, ...]:
-        if msg is None or step.sender in self.adopted:
-            return self.adopted
+    @transition(source=AwaitingAdoption, target=Completed, action="gather",
+                message=EpochAdopted, peer="participants")
+    def adopted_in(self: ReshareCoordinator[AwaitingAdoption], msg: EpochAdopted,
+                   step: Step[ReshareParams]
+                   ) -> ReshareCoordinator[AwaitingAdoption] | ReshareCoordinator[Completed]:
         assert self.fact is not None
         if (msg.account_id, msg.epoch) != (self.fact.account.account_id, self.fact.epoch):
             raise ReshareError(f"EpochAdopted from {step.sender} for epoch {msg.epoch} of "
                                f"{msg.account_id}")
-        return (*self.adopted, step.sender)
-
-    @transition(source=AwaitingAdoption, target=AwaitingAdoption, action="gather",
-                message=EpochAdopted, peer="dealers")
-    def dealer_adopted(self: ReshareCoordinator[AwaitingAdoption], msg: EpochAdopted,
-                       step: Step[ReshareParams]) -> ReshareCoordinator[AwaitingAdoption]:
-        return self._advance(ReshareCoordinator[AwaitingAdoption],
-                             adopted=self._adopted(msg, step))
-
-    @polled
-    @transition(source=AwaitingAdoption, target=Completed, action="gather",
-                message=EpochAdopted, peer="holders")
-    def holder_adopted(self: ReshareCoordinator[AwaitingAdoption], msg: EpochAdopted | None,
-                       step: Step[ReshareParams]
-                       ) -> ReshareCoordinator[AwaitingAdoption] | ReshareCoordinator[Completed]:
-        adopted = self._adopted(msg, step)
-        if set(adopted) < {*step.members("dealers"), *step.members("holders")}:
+        adopted = self.adopted if step.sender in self.adopted else (*self.adopted,
+                                                                    step.sender)
+        if len(adopted) < len(step.members("participants")):
             return self._advance(ReshareCoordinator[AwaitingAdoption], adopted=adopted)
         step.cancel(DEADLINE_TIMER)
         return self._finish(adopted, step)
 
-    # The projection splits AwaitingAdoption at its two gathers, each with its deadline; this
-    # role bounds both with one timer, so the first gather's own timeout edge (to the second
-    # gather) is declared on a timer it never arms, and the one deadline ends the phase.
-    @transition(source=AwaitingAdoption, target=AwaitingAdoption, action="timeout",
-                timer=UNARMED_TIMER)
-    def dealers_adoption_timed_out(self: ReshareCoordinator[AwaitingAdoption],
-                                   step: Step[ReshareParams]
-                                   ) -> ReshareCoordinator[AwaitingAdoption]:
-        return self._advance(ReshareCoordinator[AwaitingAdoption])  # pragma: no cover
-
-    @transition(source=AwaitingAdoption, target=Completed, action="timeout",
-                timer=DEADLINE_TIMER)
+    @transition(source=AwaitingAdoption, target=Completed, action="timeout")
     def adoption_timed_out(self: ReshareCoordinator[AwaitingAdoption],
                            step: Step[ReshareParams]) -> ReshareCoordinator[Completed]:
         return self._finish(self.adopted, step)
@@ -887,9 +832,9 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
     def _finish(self, adopted: tuple[str, ...], step: Step[ReshareParams]
                 ) -> ReshareCoordinator[Completed]:
         assert self.result is not None
-        everyone = {*step.members("dealers"), *step.members("holders")}
         # the epoch is adopted whatever the confirmations say; the result names the silent
-        step.complete(**self.result, unconfirmed=sorted(everyone - set(adopted)))
+        step.complete(**self.result, unconfirmed=sorted(
+            set(step.members("participants")) - set(adopted)))
         return self._advance(ReshareCoordinator[Completed], adopted=adopted)
 
     def accepts_abort_from(self, sender: str, sender_role: str) -> bool:
@@ -910,17 +855,16 @@ class ReshareCoordinator(ChoreographicProtocol[ReshareChoreography, S],
 # --- the participants (dealers and holders: one machine from AwaitingDeal on) --------------------
 
 
-def accept_plan(plan: ReshPlan, step: Step[NoParams], *, dealer: bool) -> int:
-    """A participant's check of the plan; returns the epoch it holds (-1: none). A dealer must
-    hold exactly the plan's current epoch; a holder must be in the new holder sets."""
+def accept_plan(plan: ReshPlan, step: Step[NoParams]) -> int:
+    """A participant's check of the plan; returns the epoch it holds (-1: none). It must be a
+    new holder; a dealer must hold exactly the plan's current epoch, and the fact it extends."""
     try:
         check_plan(plan)
     except ValueError as exc:
         raise ReshareError(f"bad plan from {step.sender}: {exc}") from None
     services = step.services
     me = services.device_key.device_id
-    if dealer and not any(d.device_id == me for d in plan.dealers):
-        raise ReshareError(f"{step.sender} asks this device to deal, the plan does not")
+    dealer = any(d.device_id == me for d in plan.dealers)
     if not own_positions(plan, services):
         raise ReshareError(f"the plan from {step.sender} does not make this device a holder")
     coordinator = services.member(step.sender).device_id
@@ -944,197 +888,121 @@ def accept_plan(plan: ReshPlan, step: Step[NoParams], *, dealer: bool) -> int:
 
 
 @final
-class ReshareDealer(ChoreographicProtocol[ReshareChoreography, S], choreography=CHOREOGRAPHY,
-                    role="dealers", initial=Invited, abort=Failed):
-    """A current holder that deals its share (and holds a new one)."""
+class ReshareParticipant(ChoreographicProtocol[ReshareChoreography, S],
+                         choreography=CHOREOGRAPHY, role="participants", initial=Invited,
+                         abort=Failed):
+    """A new holder other than the coordinator; a dealer too when the plan says so."""
 
+    #: tests only: a seeded source for the dealing
     test_rng: ClassVar[Rng | None] = None
 
     plan: ReshPlan | None
+    held_epoch: int
     verified: VerifiedSubShares | None
 
-    def __init__(self: ReshareDealer[Invited], step: Step[NoParams]) -> None:
-        self._begin(plan=None, verified=None)
+    def __init__(self: ReshareParticipant[Invited], step: Step[NoParams]) -> None:
+        self._begin(plan=None, held_epoch=-1, verified=None)
 
-    @transition(source=Invited, target=Dealing, action="recv", message=ReshareRequest,
+    @transition(source=Invited, target=Joining, action="recv", message=ReshareRequest,
                 peer="coordinator")
-    def receive_request(self: ReshareDealer[Invited], m: ReshareRequest, step: Step[NoParams]
-                        ) -> ReshareDealer[Dealing]:
-        accept_plan(m.plan, step, dealer=True)
-        return self._advance(ReshareDealer[Dealing], plan=m.plan)
+    def receive_request(self: ReshareParticipant[Invited], m: ReshareRequest,
+                        step: Step[NoParams]) -> ReshareParticipant[Joining]:
+        held = accept_plan(m.plan, step)
+        return self._advance(ReshareParticipant[Joining], plan=m.plan, held_epoch=held)
 
     @unrepeatable(record=KIND_DEALT)
-    @transition(source=Dealing, target=AwaitingDeal, action="send", message=SubDealing,
+    @transition(source=Joining, target=AwaitingDeal, action="send", message=Joined,
                 peer="coordinator")
-    def deal(self: ReshareDealer[Dealing], step: Step[NoParams]
-             ) -> tuple[ReshareDealer[AwaitingDeal], SubDealing]:
+    def join(self: ReshareParticipant[Joining], step: Step[NoParams]
+             ) -> tuple[ReshareParticipant[AwaitingDeal], Joined]:
         assert self.plan is not None
         plan = self.plan
-        body = step.draw(lambda: msgspec.msgpack.encode(make_dealing(
-            plan, step.services, step.session, type(self).test_rng)))
-        return (self._advance(ReshareDealer[AwaitingDeal]),
-                msgspec.msgpack.decode(body, type=SubDealing))
+        dealing = None
+        if any(d.device_id == step.services.device_key.device_id for d in plan.dealers):
+            # a dealer: fresh randomness from the OS (module doc); replay takes the record
+            body = step.draw(lambda: msgspec.msgpack.encode(make_dealing(
+                plan, step.services, step.session, type(self).test_rng)))
+            dealing = msgspec.msgpack.decode(body, type=SubDealing)
+        return self._advance(ReshareParticipant[AwaitingDeal]), Joined(
+            account_id=plan.account.account_id, epoch_held=self.held_epoch, dealing=dealing)
 
     @transition(source=AwaitingDeal, target=Signing, action="recv", message=ReshareDeal,
                 peer="coordinator")
-    def receive_deal(self: ReshareDealer[AwaitingDeal], m: ReshareDeal, step: Step[NoParams]
-                     ) -> ReshareDealer[Signing]:
+    def receive_deal(self: ReshareParticipant[AwaitingDeal], m: ReshareDeal,
+                     step: Step[NoParams]) -> ReshareParticipant[Signing]:
         assert self.plan is not None
-        return self._advance(ReshareDealer[Signing], verified=_verify(self.plan, m, step))
+        if m.epoch <= self.held_epoch:
+            raise DealRejectedError(f"new epoch {m.epoch} is not above the epoch "
+                                    f"{self.held_epoch} this device holds")
+        try:
+            verified = VerifiedSubShares.verify(self.plan, m, step.services, step.session)
+        except WitnessError as exc:
+            # a bad deal cannot be fixed by waiting: abort the session (old epoch untouched)
+            raise DealRejectedError(f"reshare deal from {step.sender} rejected: "
+                                    f"{exc.message}") from None
+        return self._advance(ReshareParticipant[Signing], verified=verified)
 
     @transition(source=Signing, target=Adopting, action="send", message=EpochSigned,
                 peer="coordinator")
-    def sign(self: ReshareDealer[Signing], step: Step[NoParams]
-             ) -> tuple[ReshareDealer[Adopting], EpochSigned]:
+    def sign(self: ReshareParticipant[Signing], step: Step[NoParams]
+             ) -> tuple[ReshareParticipant[Adopting], EpochSigned]:
         assert self.plan is not None and self.verified is not None
-        _wait_for_outcome(self.plan, step)
-        return self._advance(ReshareDealer[Adopting]), sign_epoch(
+        # signed: it cannot tell whether the coordinator has every signature, so it waits
+        # well past the coordinator's deadlines before it gives up (module doc)
+        step.cancel(DEADLINE_TIMER)
+        step.arm(DEADLINE_TIMER,
+                 at=step.now + OUTCOME_WAIT_DEADLINES * self.plan.timeout_ms / 1000)
+        return self._advance(ReshareParticipant[Adopting]), sign_epoch(
             self.plan, self.verified, step.services, step.session)
 
     @transition(source=Adopting, target=Confirming, action="recv", message=EpochAnnounce,
                 peer="coordinator")
-    def receive_announce(self: ReshareDealer[Adopting], m: EpochAnnounce, step: Step[NoParams]
-                         ) -> ReshareDealer[Confirming]:
+    def receive_announce(self: ReshareParticipant[Adopting], m: EpochAnnounce,
+                         step: Step[NoParams]) -> ReshareParticipant[Confirming]:
         assert self.plan is not None and self.verified is not None
-        _adopt_announced(self.plan, self.verified, m, step)
-        return self._advance(ReshareDealer[Confirming])
+        try:
+            signed = EpochSignatures.verify(self.plan, m.fact)
+        except WitnessError as exc:
+            raise ReshareError(f"EpochAnnounce from {step.sender}: {exc.message}") from None
+        if m.fact.session_id != step.session or m.fact.previous != self.plan.previous:
+            raise ReshareError(f"EpochAnnounce from {step.sender} is for another session or "
+                               "epoch")
+        step.cancel(DEADLINE_TIMER)
+        step.complete(**adopt(self.plan, self.verified, signed, step))
+        return self._advance(ReshareParticipant[Confirming])
 
     @transition(source=Confirming, target=Completed, action="send", message=EpochAdopted,
                 peer="coordinator")
-    def confirm(self: ReshareDealer[Confirming], step: Step[NoParams]
-                ) -> tuple[ReshareDealer[Completed], EpochAdopted]:
+    def confirm(self: ReshareParticipant[Confirming], step: Step[NoParams]
+                ) -> tuple[ReshareParticipant[Completed], EpochAdopted]:
         assert self.verified is not None
         deal = self.verified.deal
-        return self._advance(ReshareDealer[Completed]), EpochAdopted(
+        return self._advance(ReshareParticipant[Completed]), EpochAdopted(
             account_id=deal.account.account_id, epoch=deal.epoch)
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self.plan, self.verified)
-
-
-def _verify(plan: ReshPlan, m: ReshareDeal, step: Step[NoParams]) -> VerifiedSubShares:
-    try:
-        return VerifiedSubShares.verify(plan, m, step.services, step.session)
-    except WitnessError as exc:
-        # a bad deal cannot be fixed by waiting: abort the session (old epoch untouched)
-        raise DealRejectedError(f"reshare deal from {step.sender} rejected: {exc.message}"
-                                ) from None
+        out: dict[str, Any] = {}
+        if self.plan is not None:
+            out.update(account_id=self.plan.account.account_id, epoch=self.plan.epoch)
+        if self.verified is not None:
+            out["new_epoch"] = self.verified.deal.epoch
+        return out
 
 
 #: how many coordinator deadlines a participant that signed waits for the outcome
 OUTCOME_WAIT_DEADLINES = 4
 
 
-def _wait_for_outcome(plan: ReshPlan, step: Step[NoParams]) -> None:
-    """Signed: the participant cannot tell whether the coordinator has every signature, so it
-    waits well past the coordinator's own deadlines (which end the session, by abort or by
-    the announcement, re-sent after a crash while the coordinator waits for confirmations).
-    Only if nothing ever comes does it give up, adopting nothing (module doc)."""
-    step.cancel(DEADLINE_TIMER)
-    step.arm(DEADLINE_TIMER, at=step.now + OUTCOME_WAIT_DEADLINES * plan.timeout_ms / 1000)
-
-
-def _adopt_announced(plan: ReshPlan, w: VerifiedSubShares, m: EpochAnnounce,
-                     step: Step[NoParams]) -> None:
-    try:
-        signed = EpochSignatures.verify(plan, m.fact)
-    except WitnessError as exc:
-        raise ReshareError(f"EpochAnnounce from {step.sender}: {exc.message}") from None
-    if m.fact.session_id != step.session or m.fact.previous != plan.previous:
-        raise ReshareError(f"EpochAnnounce from {step.sender} is for another session/epoch")
-    step.complete(**adopt(plan, w, signed, step))
-
-
-def _describe(plan: ReshPlan | None, w: VerifiedSubShares | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if plan is not None:
-        out.update(account_id=plan.account.account_id, epoch=plan.epoch)
-    if w is not None:
-        out["new_epoch"] = w.deal.epoch
-    return out
-
-
-@final
-class ReshareHolder(ChoreographicProtocol[ReshareChoreography, S], choreography=CHOREOGRAPHY,
-                    role="holders", initial=Invited, abort=Failed):
-    """A new holder that does not deal (a device that stays or joins, or a guardian)."""
-
-    plan: ReshPlan | None
-    held_epoch: int
-    verified: VerifiedSubShares | None
-
-    def __init__(self: ReshareHolder[Invited], step: Step[NoParams]) -> None:
-        self._begin(plan=None, held_epoch=-1, verified=None)
-
-    @transition(source=Invited, target=Joining, action="recv", message=ReshareInvite,
-                peer="coordinator")
-    def receive_invite(self: ReshareHolder[Invited], m: ReshareInvite, step: Step[NoParams]
-                       ) -> ReshareHolder[Joining]:
-        held = accept_plan(m.plan, step, dealer=False)
-        return self._advance(ReshareHolder[Joining], plan=m.plan, held_epoch=held)
-
-    @transition(source=Joining, target=AwaitingDeal, action="send", message=HolderJoined,
-                peer="coordinator")
-    def join(self: ReshareHolder[Joining], step: Step[NoParams]
-             ) -> tuple[ReshareHolder[AwaitingDeal], HolderJoined]:
-        assert self.plan is not None
-        return self._advance(ReshareHolder[AwaitingDeal]), HolderJoined(
-            account_id=self.plan.account.account_id, epoch_held=self.held_epoch)
-
-    @transition(source=AwaitingDeal, target=Signing, action="recv", message=ReshareDeal,
-                peer="coordinator")
-    def receive_deal(self: ReshareHolder[AwaitingDeal], m: ReshareDeal, step: Step[NoParams]
-                     ) -> ReshareHolder[Signing]:
-        assert self.plan is not None
-        if m.epoch <= self.held_epoch:
-            raise DealRejectedError(f"new epoch {m.epoch} is not above the epoch "
-                                    f"{self.held_epoch} this device holds")
-        return self._advance(ReshareHolder[Signing], verified=_verify(self.plan, m, step))
-
-    @transition(source=Signing, target=Adopting, action="send", message=EpochSigned,
-                peer="coordinator")
-    def sign(self: ReshareHolder[Signing], step: Step[NoParams]
-             ) -> tuple[ReshareHolder[Adopting], EpochSigned]:
-        assert self.plan is not None and self.verified is not None
-        _wait_for_outcome(self.plan, step)
-        return self._advance(ReshareHolder[Adopting]), sign_epoch(
-            self.plan, self.verified, step.services, step.session)
-
-    @transition(source=Adopting, target=Confirming, action="recv", message=EpochAnnounce,
-                peer="coordinator")
-    def receive_announce(self: ReshareHolder[Adopting], m: EpochAnnounce, step: Step[NoParams]
-                         ) -> ReshareHolder[Confirming]:
-        assert self.plan is not None and self.verified is not None
-        _adopt_announced(self.plan, self.verified, m, step)
-        return self._advance(ReshareHolder[Confirming])
-
-    @transition(source=Confirming, target=Completed, action="send", message=EpochAdopted,
-                peer="coordinator")
-    def confirm(self: ReshareHolder[Confirming], step: Step[NoParams]
-                ) -> tuple[ReshareHolder[Completed], EpochAdopted]:
-        assert self.verified is not None
-        deal = self.verified.deal
-        return self._advance(ReshareHolder[Completed]), EpochAdopted(
-            account_id=deal.account.account_id, epoch=deal.epoch)
-
-    def describe(self) -> dict[str, Any]:
-        return _describe(self.plan, self.verified)
-
-
 def bindings(start: eng.Start, opening: msgspec.Struct | None) -> dict[str, int]:
-    """Role-set sizes from the plan (the opening message's, or the coordinator's params)."""
-    if isinstance(opening, ReshareRequest | ReshareInvite):
-        plan = opening.plan
-        coordinator = start.opened_by or ""
+    """The participants' count from the plan (the opening request's, or the coordinator's)."""
+    if isinstance(opening, ReshareRequest):
+        plan, coordinator = opening.plan, start.opened_by or ""
     else:
-        plan = msgspec.convert(start.params["plan"], ReshPlan)
-        coordinator = start.self_name
+        plan, coordinator = msgspec.convert(start.params["plan"], ReshPlan), start.self_name
     roles = session_roles({"plan": msgspec.to_builtins(plan)}, coordinator)
-    return {"d": sum(1 for r in roles.values() if r == "dealers"),
-            "h": sum(1 for r in roles.values() if r == "holders")}
+    return {"p": sum(1 for r in roles.values() if r == "participants")}
 
 
-PROTOCOL = protocol(RESHARE, ReshareCoordinator, ReshareDealer, ReshareHolder,
-                    params=ReshareParams, bindings=bindings,
-                    conformance_bindings={"d": 2, "h": 3})
+PROTOCOL = protocol(RESHARE, ReshareCoordinator, ReshareParticipant, params=ReshareParams,
+                    bindings=bindings, conformance_bindings={"p": 3})
 SPEC = PROTOCOL.spec
