@@ -100,8 +100,8 @@ def test_lost_phone_story_keeps_every_derived_key() -> None:
         assert {(s.role, s.device_id) for s in fact.signatures} == {
             *(("dealer", sim.nodes[d].key.device_id) for d in ("d1", "d2")),
             *(("holder", sim.nodes[h].key.device_id) for h in ("d1", "d2", "g1", "g2", "g3"))}
-        for s in fact.signatures:
-            s.verify(fact.digest())
+        for sig in fact.signatures:
+            sig.verify(fact.digest())
 
     sid = reshare(sim, "d2", "add-device", name="d4")
     sim.run()
