@@ -22,12 +22,21 @@ from typing import Any
 
 import pytest
 
-from aura_node.config import NodeConfig
+from aura_node.config import NodeConfig, NodeHome
+from aura_node.crypto.keys import DeviceKey
+from aura_node.crypto.shamir import reconstruct
 from aura_node.errors import AuraError
 from aura_node.harness.cluster import Cluster, tune_for_tests
 from aura_node.harness.invariants import check_invariants, journals_of_cluster
 from aura_node.harness.pytest_plugin import ClusterFactory, cluster_factory  # noqa: F401
-from tests.integration.test_protocols_e2e import ctl_error, remote_code, wait_for
+from aura_node.journal.store import read_records
+from aura_node.protocols.account import KIND_ACCOUNT, decode_established, open_held_share
+from tests.integration.test_protocols_e2e import (
+    assert_no_secret_anywhere,
+    ctl_error,
+    remote_code,
+    wait_for,
+)
 
 pytest.importorskip("aura_node.cli.run")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
@@ -183,11 +192,34 @@ def recover_and_reshare(c: Cluster, acct: dict[str, Any], f: str) -> None:
     assert fingerprint(c, ["d6", "d7"]) == f
 
 
+def secrets_of_the_run(c: Cluster) -> list[bytes]:
+    """``s`` and every share any node ever held, of every epoch (opened here with the holders'
+    keys from their journals): none of it may be in any log or journal file in the clear."""
+    shares = []
+    genesis = []
+    for name in c.nodes:
+        home = NodeHome(c.node(name).home)
+        key = DeviceKey.load(home.key_path)
+        for r in read_records(home.journal_dir, key.public):
+            if r.kind != KIND_ACCOUNT:
+                continue
+            est = decode_established(r.body)
+            for held in est.shares:
+                share = open_held_share(est.account, held, key)
+                shares.append(share.value.to_bytes())
+                if est.epoch == 0 and held.purpose == "genesis/device-share":
+                    genesis.append(share)
+    secret = reconstruct(genesis)
+    assert len(shares) > len(genesis) >= 3  # reshares made new shares
+    return [secret.to_bytes(), *shares]
+
+
 def test_reshare_bounded(cluster_factory: ClusterFactory) -> None:  # noqa: F811
     c = cluster_factory(nodes=5, guardians=3, tune=tune)
     lost_phone(c, kills=False)
     report = check_invariants(journals_of_cluster(c.dir))
     assert report.ok, report.to_json()["violations"]
+    assert_no_secret_anywhere(c, secrets_of_the_run(c))
 
 
 @pytest.mark.full
@@ -201,3 +233,4 @@ def test_lost_phone_story_with_kills_and_recovery(
     recover_and_reshare(c, acct, f)
     report = check_invariants(journals_of_cluster(c.dir))
     assert report.ok, report.to_json()["violations"]
+    assert_no_secret_anywhere(c, secrets_of_the_run(c))
