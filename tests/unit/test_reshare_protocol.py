@@ -229,3 +229,26 @@ def test_crash_at_every_append_point_never_splits_the_epoch(mode: str) -> None:
         else:
             assert not any(e is not None and e[0] for e in ends.values()), (k, ends)
         assert sim.check().ok, (k, mode, sim.check().violations)
+
+
+@pytest.mark.parametrize(("operation", "args", "error"), [
+    ("remove-device", {"name": "d1"}, "run it on a device that stays"),
+    ("remove-device", {"name": "d9"}, "'d9' is not a device of account"),
+    ("add-device", {"name": "d2"}, "d2 is a device of the account already"),
+    ("add-device", {"name": "g1"}, "g1 is a pinned guardian, not a device"),
+    ("add-device", {"name": "x9"}, "'x9' is neither this device nor a pinned peer"),
+    ("add-device", {"name": "d4", "threshold": 5}, "threshold must be in 1..4"),
+    ("reshare", {"devices": ["d2", "d4"], "threshold": 1}, "must be one of the new devices"),
+    ("reshare", {"devices": ["d1", "d4"], "threshold": 1, "guardians": ["g1"]},
+     "--guardians needs --guardian-threshold"),
+    ("guardians", {"set": ["g1", "g2"]}, "--threshold is required"),
+    ("guardians", {"set": ["g1", "g2"], "threshold": 3}, "guardian threshold must be in 1..2"),
+    ("guardians", {"set": ["d2"], "threshold": 1}, "d2 is a pinned device, not a guardian"),
+])
+def test_bad_operator_input_is_one_clear_line(operation: rr.Operation, args: dict[str, Any],
+                                             error: str) -> None:
+    sim, _ = world(5)
+    with pytest.raises(eng.ParamsError) as info:
+        rr.plan_session(args, sim.nodes["d1"].services, operation=operation)
+    assert error in info.value.message and "\n" not in info.value.message
+    assert info.value.message.startswith(f"account {operation}: ")
