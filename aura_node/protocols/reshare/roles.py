@@ -153,8 +153,6 @@ class Confirming(Phase): ...
 @final
 class Invited(Phase): ...
 @final
-class Dealing(Phase): ...
-@final
 class Joining(Phase): ...
 @final
 class AwaitingDeal(Phase): ...
@@ -184,7 +182,8 @@ class ReshareParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 def check_plan(plan: ReshPlan) -> None:
-    """Shape of a plan (``ValueError``/``ReshareError`` with what is wrong)."""
+    """Shape of a plan (``ValueError`` saying what is wrong): what every side checks before it
+    acts on one, the coordinator's own params included."""
     devices = [h.name for h in plan.devices]
     guardians = [h.name for h in plan.guardians]
     for what, hs in (("devices", plan.devices), ("guardians", plan.guardians)):
