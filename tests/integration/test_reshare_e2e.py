@@ -226,7 +226,7 @@ def test_reshare_bounded(cluster_factory: ClusterFactory) -> None:  # noqa: F811
 def test_lost_phone_story_with_kills_and_recovery(
         cluster_factory: ClusterFactory, full_run: bool) -> None:  # noqa: F811
     if not full_run:
-        pytest.skip("the whole story (10 processes, ~2 min) runs with --full; CI runs "
+        pytest.skip("the whole story (10 processes, ~40 s) runs with --full; CI runs "
                     "test_reshare_bounded")
     c = cluster_factory(nodes=7, guardians=3, tune=tune)
     acct, f = lost_phone(c, kills=True)
