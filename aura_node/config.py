@@ -141,6 +141,8 @@ class ProtocolSection:
     dkd_timeout_seconds: float = _seconds(30.0)
     ping_timeout_seconds: float = _seconds(10.0)
     genesis_timeout_seconds: float = _seconds(60.0)
+    #: how long a reshare's coordinator waits for each round (dealings, then signatures)
+    reshare_timeout_seconds: float = _seconds(60.0)
     #: how long a recovery waits for the guardians' approvals
     recovery_approval_timeout_seconds: float = _seconds(7 * 86400.0)
     #: how long the new device waits for the guardians' shares after the cooldown

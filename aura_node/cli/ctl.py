@@ -153,6 +153,31 @@ def _account_create(a: argparse.Namespace) -> dict[str, Any]:
     return _with_timeout(a, args)
 
 
+def _account_name(a: argparse.Namespace) -> dict[str, Any]:
+    args: dict[str, Any] = {"name": a.name}
+    if a.threshold is not None:
+        args["threshold"] = a.threshold
+    return _with_timeout(a, args)
+
+
+def _account_reshare(a: argparse.Namespace) -> dict[str, Any]:
+    if a.threshold > len(a.devices):
+        raise InvalidArgsError(
+            f"--threshold {a.threshold} exceeds the {len(a.devices)} device(s) in --devices")
+    args: dict[str, Any] = {"devices": a.devices, "threshold": a.threshold}
+    if a.guardians is not None:
+        if a.guardian_threshold is None:
+            raise InvalidArgsError("--guardians needs --guardian-threshold")
+        if a.guardian_threshold > len(a.guardians):
+            raise InvalidArgsError(
+                f"--guardian-threshold {a.guardian_threshold} exceeds the "
+                f"{len(a.guardians)} guardian(s) in --guardians")
+        args["guardians"] = a.guardians
+    if a.guardian_threshold is not None:
+        args["guardian_threshold"] = a.guardian_threshold
+    return _with_timeout(a, args)
+
+
 def _dkd(a: argparse.Namespace) -> dict[str, Any]:
     args: dict[str, Any] = {"context": a.context}
     if a.participants is not None:
@@ -219,7 +244,7 @@ def register(sub: Any) -> None:
               "run the ping choreography with a peer")
     p.add_argument("peer", metavar="PEER")
 
-    account = csub.add_parser("account", help="account genesis and view")
+    account = csub.add_parser("account", help="account genesis, view and resharing")
     asub = account.add_subparsers(dest="account_command", metavar="ACTION", required=True)
     p = _leaf(asub, "create", "account.create", _account_create,
               "create the account; this device deals the shares")
@@ -227,7 +252,35 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold", type=positive_int, required=True)
     p.add_argument("--guardians", type=names, default=None, help="guardian names, g1,g2,g3")
     p.add_argument("--guardian-threshold", type=positive_int, default=None)
-    _leaf(asub, "show", "account.show", _no_args, "the account this device holds")
+    _leaf(asub, "show", "account.show", _no_args, "the account this device holds (and its epoch)")
+    # resharing: each is one reshare session coordinated by this (current) device; s, S and
+    # every derived key stay the same, the holders and thresholds change
+    p = _leaf(asub, "add-device", "account.add", _account_name,
+              "add a device to the account (a reshare: the account key and every derived "
+              "key stay the same)")
+    p.add_argument("--name", required=True, help="the device to add")
+    p.add_argument("--threshold", type=positive_int, default=None,
+                   help="the new device threshold (default: unchanged)")
+    p = _leaf(asub, "remove-device", "account.remove", _account_name,
+              "remove a device from the account (a reshare it takes no part in: the lost "
+              "phone case); its share becomes useless")
+    p.add_argument("--name", required=True, help="the device to remove")
+    p.add_argument("--threshold", type=positive_int, default=None,
+                   help="the new device threshold (default: unchanged if it still fits)")
+    p = _leaf(asub, "guardians", "account.guardians",
+              lambda a: _with_timeout(a, {"set": a.set, "threshold": a.threshold}),
+              "replace the account's guardians (a reshare)")
+    p.add_argument("--set", type=names, required=True, help="the new guardians, g1,g2,g3")
+    p.add_argument("--threshold", type=positive_int, required=True,
+                   help="the new guardian threshold")
+    p = _leaf(asub, "reshare", "account.reshare", _account_reshare,
+              "reshare the account to new devices and threshold (and guardians); after a "
+              "recovery, the way back from 1-of-1 to t-of-n")
+    p.add_argument("--devices", type=names, required=True, help="the new devices, a,b,c")
+    p.add_argument("--threshold", type=positive_int, required=True)
+    p.add_argument("--guardians", type=names, default=None,
+                   help="the new guardians (default: unchanged)")
+    p.add_argument("--guardian-threshold", type=positive_int, default=None)
 
     p = _leaf(csub, "dkd", "dkd", _dkd, "derive the account's key for a context (threshold)")
     p.add_argument("--context", required=True, help="the context string, e.g. an app name")

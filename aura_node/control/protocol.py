@@ -63,7 +63,16 @@ account.create    args    {devices: names, threshold: int, guardians?: names,
                           guardian_threshold
 account.show      args    {}
                   result  account_id, public_key, threshold, devices, guardians,
-                          guardian_threshold
+                          guardian_threshold, epoch
+account.add       args    {name: str, threshold?: int, timeout?: number}
+                  result  session, epoch, holders
+account.remove    args    {name: str, threshold?: int, timeout?: number}
+                  result  session, epoch, holders
+account.guardians args    {set: names, threshold: int, timeout?: number}
+                  result  session, epoch, holders
+account.reshare   args    {devices: names, threshold: int, guardians?: names,
+                          guardian_threshold?: int, timeout?: number}
+                  result  session, epoch, holders
 dkd               args    {context: str, participants?: names, timeout?: number}
                   result  session, context, participants, fingerprint, public_key
 dkd.sign          args    {context: str, file: str, participants?: names, timeout?: number}
@@ -100,6 +109,9 @@ Shapes of the nested result fields (the runtime fills them):
 * ``devices``/``guardians``/``participants``: lists of names; ``public_key``: hex;
   ``fingerprint``: hex; ``threshold``/``guardian_threshold``: integers (0 without guardians).
 * ``pending``: list of ``{"session", "account", "new_device"}`` awaiting this guardian.
+* ``epoch`` (account views, reshares): the account's epoch number (0 after genesis or
+  recovery, one more per reshare); ``holders`` (reshares): ``{"devices": names, "guardians":
+  names}`` of the new epoch.
 * ``approvals``: list of guardian names that approved so far; ``state`` is the local state
   name (e.g. ``CollectingApprovals``, ``Vetoed``, ``Completed``).
 * ``timeout`` (args): the session deadline in seconds; absent means the config default
@@ -251,6 +263,9 @@ _TIMEOUT = ArgSpec("timeout", "number", required=False)
 _ACCOUNT_VIEW = ("account_id", "public_key", "threshold", "devices", "guardians",
                  "guardian_threshold")
 
+#: a reshare's reply: the session, the new epoch number and its holders
+_RESHARE_RESULT = ("session", "epoch", "holders")
+
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
@@ -272,7 +287,28 @@ COMMANDS: dict[str, CommandSpec] = {
                      ArgSpec("guardian_threshold", "int", required=False), _TIMEOUT),
                     _ACCOUNT_VIEW, "account genesis with this device as dealer",
                     long_running=True),
-        CommandSpec("account.show", (), _ACCOUNT_VIEW, "the account this device holds"),
+        CommandSpec("account.show", (), (*_ACCOUNT_VIEW, "epoch"),
+                    "the account this device holds"),
+        CommandSpec("account.add",
+                    (ArgSpec("name", "str"), ArgSpec("threshold", "int", required=False),
+                     _TIMEOUT),
+                    _RESHARE_RESULT, "reshare the account to its devices plus one",
+                    long_running=True),
+        CommandSpec("account.remove",
+                    (ArgSpec("name", "str"), ArgSpec("threshold", "int", required=False),
+                     _TIMEOUT),
+                    _RESHARE_RESULT, "reshare the account without a device (it takes no part)",
+                    long_running=True),
+        CommandSpec("account.guardians",
+                    (ArgSpec("set", "names"), ArgSpec("threshold", "int"), _TIMEOUT),
+                    _RESHARE_RESULT, "reshare the account to a new guardian set",
+                    long_running=True),
+        CommandSpec("account.reshare",
+                    (ArgSpec("devices", "names"), ArgSpec("threshold", "int"),
+                     ArgSpec("guardians", "names", required=False),
+                     ArgSpec("guardian_threshold", "int", required=False), _TIMEOUT),
+                    _RESHARE_RESULT, "reshare the account to new devices (and guardians)",
+                    long_running=True),
         CommandSpec("dkd",
                     (ArgSpec("context", "str"), ArgSpec("participants", "names", required=False),
                      _TIMEOUT),

@@ -9,7 +9,8 @@ that recovers the account. The acts: pings around the device ring; account genes
 (2-of-3 devices, 2-of-3 guardians); a DKD for one context from two different device pairs with
 equal fingerprints; guardian recovery onto d4 (two guardians approve, the cooldown is cut to
 :data:`DEMO_COOLDOWN_SECONDS` by the demo's config tuning - the default is 24 h); a DKD on d4
-that matches; the journal invariants over every node.
+that matches; a reshare from d4 (1-of-1 after the recovery) back to 2-of-3 and a DKD without d4
+that still matches; the journal invariants over every node.
 
 Run: ``scripts/demo`` (creates the venv) or ``python -m aura_node.harness.demo [--dir DIR]``.
 """
@@ -45,7 +46,7 @@ def demo_tune(cfg: NodeConfig) -> NodeConfig:
     return replace(cfg, protocols=replace(
         cfg.protocols, recovery_cooldown_seconds=DEMO_COOLDOWN_SECONDS,
         recovery_share_timeout_seconds=30.0, recovery_approval_timeout_seconds=60.0,
-        dkd_timeout_seconds=10.0, genesis_timeout_seconds=20.0))
+        dkd_timeout_seconds=10.0, genesis_timeout_seconds=20.0, reshare_timeout_seconds=20.0))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -197,6 +198,45 @@ def act_derive_on_new_device(ctx: DemoContext) -> bool:
     return same
 
 
+#: after the recovery, the account goes back to a threshold: the recovered device and two
+#: others (re-enrolled with fresh shares of the same s)
+RESHARED_DEVICES = [NEW_DEVICE, "d1", "d2"]
+
+
+def act_reshare_back(ctx: DemoContext) -> bool:
+    """d4 (1-of-1 after the recovery) reshares to d4, d1, d2 at 2-of-3; d1 + d2, without d4,
+    then derive the key the pairs derived before: s, S and every derived key are unchanged."""
+    r = ctx.ctl(NEW_DEVICE, "account.reshare", devices=RESHARED_DEVICES, threshold=2)
+    if r is None:
+        return False
+    ctx.say(f"  reshare on {NEW_DEVICE}: epoch {r['epoch']}, devices "
+            f"{','.join(r['holders']['devices'])} (t=2), guardians "
+            f"{','.join(r['holders']['guardians'])}  session {r['session']}")
+    ok = True
+    deadline = time.monotonic() + 10.0
+    for name in RESHARED_DEVICES:
+        while True:  # the coordinator answers once it adopted; the others adopt on its word
+            shown = ctx.ctl(name, "account.show")
+            if shown is None:
+                return False
+            if shown["epoch"] == r["epoch"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        same = shown["epoch"] == r["epoch"] and shown["devices"] == RESHARED_DEVICES
+        ok = ok and same
+        ctx.say(f"  account show on {name:<3}: epoch {shown['epoch']} devices "
+                f"{','.join(shown['devices'])} t={shown['threshold']}")
+    d = _derive(ctx, "d1", ["d1", "d2"])
+    if d is None:
+        return False
+    before = ctx.state["derived"]
+    same = (d["fingerprint"], d["public_key"]) == (before["fingerprint"], before["public_key"])
+    ctx.say(f"  {'the same key as before the recovery' if same else 'MISMATCH'}")
+    ok = ok and same
+    ctx.progress.incr("ok" if ok else "failed")
+    return ok
+
+
 def act_invariants(ctx: DemoContext) -> bool:
     """Every journal verifies; no equivocation; every DKD for one context agrees."""
     from aura_node.harness.invariants import check_invariants, journals_of_cluster
@@ -217,6 +257,7 @@ ACTS: list[tuple[str, Act]] = [
     ("threshold key derivation from two device pairs", act_derive_two_pairs),
     (f"guardian recovery onto {NEW_DEVICE}", act_recover),
     (f"key derivation on the recovered {NEW_DEVICE}", act_derive_on_new_device),
+    (f"reshare from {NEW_DEVICE} back to 2-of-3", act_reshare_back),
     ("journal invariants", act_invariants),
 ]
 

@@ -75,6 +75,9 @@ class AccountEstablished(msgspec.Struct, frozen=True, kw_only=True):
     #: (protocols/epochs). Not part of AccountRecord: that record travels inside journaled
     #: protocol messages, whose bytes replay must reproduce.
     epoch: int = 0
+    #: digest of the epoch fact that made this record (``protocols/reshare``); b"" for epoch 0,
+    #: whose fact is ``epochs.root_fact(account)``. What the next reshare's fact extends.
+    fact_digest: bytes = b""
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -626,6 +626,7 @@ BUILTIN_PROTOCOL_MODULES: tuple[str, ...] = (
     "aura_node.protocols.genesis.roles",
     "aura_node.protocols.recovery.roles",
     "aura_node.protocols.account_sync.roles",
+    "aura_node.protocols.reshare.roles",
 )
 
 

@@ -24,6 +24,7 @@ from aura_node.protocols.dkd.choreography import DKD
 from aura_node.protocols.genesis.choreography import GENESIS
 from aura_node.protocols.ping.choreography import PING
 from aura_node.protocols.recovery.choreography import RECOVERY
+from aura_node.protocols.reshare.choreography import RESHARE
 
 #: domain separation for the registry hash (bump the suffix if the canonical form changes)
 HASH_DOMAIN = b"aura-node/choreography-registry/v1\n"
@@ -49,7 +50,9 @@ def hash_registry(registry: Mapping[str, Choreography]) -> bytes:
     return h.digest()
 
 
-REGISTRY: Mapping[str, Choreography] = build_registry(PING, GENESIS, DKD, RECOVERY, ACCOUNT_SYNC)
+REGISTRY: Mapping[str, Choreography] = build_registry(
+    PING, GENESIS, DKD, RECOVERY, ACCOUNT_SYNC, RESHARE
+)
 
 
 _PLUGINS: dict[str, Choreography] = {}

@@ -1,4 +1,6 @@
-"""Control commands of the threshold protocols: account genesis, DKD, guardian recovery.
+"""Control commands of the threshold protocols: account genesis, DKD, guardian recovery,
+resharing (``account.add|remove|guardians|reshare``: one reshare session each, this device
+coordinating; the reply waits for the session's durable end and carries the new epoch).
 
 Theory of operation
 -------------------
@@ -41,7 +43,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -57,6 +59,9 @@ from aura_node.runtime.handlers import (
     wait_session,
 )
 from aura_node.sessions import SessionEntry, SessionFailedError, UnknownSessionError
+
+if TYPE_CHECKING:
+    from aura_node.protocols.reshare.roles import Operation
 
 #: seconds a handler waits beyond a session's own deadline: the driver's deadline fails the
 #: session first (with a reason naming the phase); this only covers that failure's commit
@@ -207,6 +212,23 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         out: dict[str, Any] = services().accounts.show(account_id)
         return out
 
+    # --- resharing (account lifecycle) ----------------------------------------------------
+
+    def _reshare(operation: Operation) -> Handler:
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            from aura_node.protocols.reshare.roles import plan_session, session_roles
+
+            _need_ready(node)
+            try:
+                params = plan_session(args, services(), operation=operation)
+            except ParamsError as exc:
+                raise p.InvalidArgsError(exc.message) from None
+            sid = await _start(node, "reshare", session_roles(params, node.name), params)
+            result = await wait_session(node, sid, float(params["timeout"]) + WAIT_GRACE_SECONDS)
+            return {"session": sid, **result}
+
+        return handler
+
     # --- DKD ----------------------------------------------------------------------------
 
     async def dkd(args: dict[str, Any]) -> dict[str, Any]:
@@ -353,6 +375,10 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
     return {
         "account.create": account_create,
         "account.show": account_show,
+        "account.add": _reshare("add-device"),
+        "account.remove": _reshare("remove-device"),
+        "account.guardians": _reshare("guardians"),
+        "account.reshare": _reshare("reshare"),
         "dkd": dkd,
         "dkd.sign": dkd_sign,
         "dkd.export": dkd_export,

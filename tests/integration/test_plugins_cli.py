@@ -228,7 +228,8 @@ def test_simulate_runs_a_scenario_a_plugin_adds() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok seed 3 dkd-again: ")
     one_line_error(aura("cluster", "simulate", "--protocol", "dkd-again"),
-                   "aura-node: error: no scenario 'dkd-again' (have: genesis, dkd, recovery, all)")
+                   "aura-node: error: no scenario 'dkd-again' (have: genesis, dkd, recovery, "
+                   "reshare, all)")
 
 
 def test_chaos_gives_its_nodes_the_plugins(tmp_path: Path) -> None:

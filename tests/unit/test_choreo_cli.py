@@ -22,7 +22,7 @@ def test_check_passes_on_the_shipped_choreographies(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "all 5 choreographies well formed" in out
     assert registry.registry_hash().hex() in out
-    for name in ("ping", "genesis", "dkd", "recovery"):
+    for name in ("ping", "genesis", "dkd", "recovery", "reshare"):
         assert f"ok  {name}:" in out
 
 

@@ -50,10 +50,14 @@ def test_contract_commands_are_all_in_the_table() -> None:
     assert set(COMMANDS) == {
         "status", "peers", "sessions", "session", "shutdown", "reload", "ping",
         "account.create", "account.show", "dkd", "dkd.sign", "dkd.export",
+        "account.add", "account.remove", "account.guardians", "account.reshare",
         "recovery.start", "recovery.approve",
         "recovery.pending", "recovery.veto", "recovery.status",
     }
     assert set(COMMANDS["status"].result) >= {"name", "device_id", "ready", "peers", "sessions"}
+    for reshare in ("account.add", "account.remove", "account.guardians", "account.reshare"):
+        assert COMMANDS[reshare].result == ("session", "epoch", "holders")
+    assert "epoch" in COMMANDS["account.show"].result
     assert COMMANDS["ping"].result == ("peer", "rtt_ms", "session")
     assert set(COMMANDS["dkd"].result) == {"session", "context", "participants", "fingerprint",
                                            "public_key"}

@@ -524,9 +524,15 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
         the initiator's own valid commitment."""
         me, services = step.self_name, step.services
         try:
-            account = services.accounts.get(req.account_id).account
+            est = services.accounts.get(req.account_id)
         except AccountError as exc:
             raise DkdRequestError(exc.message) from None
+        account = est.account
+        # a device a reshare removed still holds its old record: name why it is refused
+        strangers = sorted(set(req.holders) - {h.name for h in account.devices})
+        if strangers:
+            raise DkdRequestError(f"{', '.join(strangers)}: not a device of account "
+                                  f"{account.account_id} in its current epoch {est.epoch}")
         if req.threshold != account.threshold:
             raise DkdRequestError(f"request says threshold {req.threshold}, account "
                                   f"{account.account_id} has {account.threshold}")

@@ -1,0 +1,1 @@
+"""Resharing: move an account to a new holder set (devices, guardians, thresholds), same key."""
