@@ -203,7 +203,7 @@ def test_choreo_commands_show_a_plugins_choreography() -> None:
     assert role.returncode == 0 and role.stdout.startswith('digraph "bench-notice/receiver" {')
     check = aura("choreo", "check", "--plugin", str(BENCH_PROTOCOL))
     assert check.returncode == 0 and "ok  bench-notice:" in check.stdout
-    assert "all 6 choreographies well formed" in check.stdout
+    assert "all 7 choreographies well formed" in check.stdout
     one_line_error(aura("choreo", "show", "bench-notice"),
                    "aura-node: error: no choreography 'bench-notice' (have: ")
 

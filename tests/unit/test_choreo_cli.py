@@ -20,9 +20,9 @@ def shipped_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_check_passes_on_the_shipped_choreographies(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["choreo", "check"]) == 0
     out = capsys.readouterr().out
-    assert "all 5 choreographies well formed" in out
+    assert "all 6 choreographies well formed" in out
     assert registry.registry_hash().hex() in out
-    for name in ("ping", "genesis", "dkd", "recovery", "reshare"):
+    for name in ("ping", "genesis", "dkd", "recovery", "account-sync", "reshare"):
         assert f"ok  {name}:" in out
 
 
