@@ -47,9 +47,9 @@ from aura_node.crypto.dleq import DleqProof
 from aura_node.crypto.group import Point
 from aura_node.crypto.keys import DevicePublicKey
 from aura_node.crypto.memo import VerificationMemo
+from aura_node.crypto.transcript import transcript
 from aura_node.errors import CryptoError, WitnessError
 from aura_node.protocols.account import AccountRecord
-from aura_node.crypto.transcript import transcript
 from aura_node.protocols.dkd.choreography import DkdRefusal, RevealedPartial, SignedCommitment
 from aura_node.session.witness import (
     SignedStatement,
