@@ -83,7 +83,7 @@ from typing import Any
 
 import msgspec
 
-from aura_node.config import ProtocolSection
+from aura_node.config import DkdRule, DkdSection, ProtocolSection
 from aura_node.crypto import dkd
 from aura_node.crypto.dealing import Holder
 from aura_node.crypto.dealing import deal_account as deal_shares
@@ -107,6 +107,7 @@ from aura_node.protocols.account import (
     genesis_held_share,
     open_held_share,
 )
+from aura_node.protocols.dkd.consent import ConsentKeeper
 from aura_node.protocols.envelope import Envelope, decode_wire, encode_wire
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.sessions import (
@@ -184,6 +185,10 @@ class SimNode:
     crashes: int = 0
     #: journal appends (group commits attempted) here: :meth:`Simulation.crash_at_append`
     appends: int = 0
+    #: the node's ``[dkd]`` section and ``[[dkd.policy]]`` rules (its config: kept across
+    #: restarts; the rate limiter's memory is not, as on a real node)
+    dkd: DkdSection = field(default_factory=DkdSection)
+    dkd_policy: tuple[DkdRule, ...] = ()
 
     @property
     def up(self) -> bool:
@@ -320,12 +325,23 @@ class Simulation:
         """The node's real session runtime; time and entropy come from this world."""
         services = NodeServices(self_name=node.name, self_role=node.role, device_key=node.key,
                                 peers=node.peers, accounts=node.accounts,
-                                protocols=node.protocols)
+                                protocols=node.protocols,
+                                dkd_consent=ConsentKeeper(section=node.dkd,
+                                                          rules=node.dkd_policy))
         return SessionRuntime(
             key=node.key, self_name=node.name,
             peers=PeerDirectory({n: p.public_key for n, p in node.peers.items()}),
             protocols=_protocols(), monitor_for=choreography_monitor, services=services,
             clock=lambda: self.now, entropy=self.rng.randbytes)
+
+    def set_dkd_policy(self, node: str, *, section: DkdSection | None = None,
+                       rules: Sequence[DkdRule] = ()) -> None:
+        """Configure ``node``'s DKD consent (as its config would); applies now and after
+        restarts."""
+        n = self.nodes[node]
+        n.dkd, n.dkd_policy = section or DkdSection(), tuple(rules)
+        if n.runtime is not None:
+            n.runtime.services.dkd_consent = ConsentKeeper(section=n.dkd, rules=n.dkd_policy)
 
     def note(self, text: str) -> None:
         self.log.append(f"{self.now:.6f} {text}")
