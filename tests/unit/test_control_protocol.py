@@ -50,6 +50,7 @@ def test_contract_commands_are_all_in_the_table() -> None:
     assert set(COMMANDS) == {
         "status", "peers", "sessions", "session", "shutdown", "reload", "ping",
         "account.create", "account.show", "dkd", "dkd.sign", "dkd.export",
+        "dkd.pending", "dkd.approve", "dkd.refuse",
         "recovery.start", "recovery.approve",
         "recovery.pending", "recovery.veto", "recovery.status",
     }
