@@ -107,7 +107,7 @@ from aura_node.protocols.account import (
     genesis_held_share,
     open_held_share,
 )
-from aura_node.protocols.dkd.consent import ConsentKeeper
+from aura_node.protocols.dkd.consent import KIND_CONSENT, ConsentKeeper
 from aura_node.protocols.envelope import Envelope, decode_wire, encode_wire
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
 from aura_node.sessions import (
@@ -514,6 +514,9 @@ class Simulation:
             r.body for r in node.journal.records() if r.kind == KIND_ACCOUNT)
         rt = self._runtime(node)
         node.runtime = rt
+        rt.services.dkd_consent.recall(  # as the daemon does at start-up
+            ((sid, r.body) for sid, recs in by_session.items() for r in recs
+             if r.kind == KIND_CONSENT), now=self.now)
         steps = rt.rehydrate(by_session)
         self.note(f"{name} restart sessions {len(rt.sessions)} steps {len(steps)}")
         for step in steps:

@@ -21,8 +21,14 @@ from aura_node.errors import ConfigError
 from aura_node.harness.simulation import Simulation, reference_fingerprint
 from aura_node.protocols import engine as eng
 from aura_node.protocols.dkd.choreography import DkdCommitment
-from aura_node.protocols.dkd.consent import ConsentDecision, ConsentKeeper, decode_decision
-from aura_node.protocols.dkd.roles import KIND_CONSENT, session_params, session_roles
+from aura_node.protocols.dkd.consent import (
+    KIND_CONSENT,
+    ConsentDecision,
+    ConsentKeeper,
+    decode_decision,
+    encode_decision,
+)
+from aura_node.protocols.dkd.roles import session_params, session_roles
 
 ACCOUNT = "acct-1"
 DEVICES = ("d1", "d2", "d3")
@@ -81,6 +87,19 @@ def test_rate_limit_counts_admitted_requests_per_requester_in_a_sliding_window()
     k.note("s-over", over)  # a refusal costs nothing
     assert decide(k, "d3", now=5.0).verdict == "answer"  # per requester
     assert decide(k, "d2", now=10.5).verdict == "answer"  # the first one left the window
+
+
+def test_recall_seeds_the_limiter_from_journaled_decisions_inside_the_window() -> None:
+    k = keeper(limit=2, window=10.0)
+    bodies = [("old", encode_decision(decide(k, "d2", now=0.0))),
+              ("refused", encode_decision(ConsentDecision(verdict="refuse", reason="policy: x",
+                                                          requester="d2", at=14.0))),
+              ("new", encode_decision(decide(k, "d2", now=15.0))),
+              ("junk", b"\x01\x02")]
+    assert k.recall(bodies, now=20.0) == 1  # "old" left the window; refusals do not count
+    assert decide(k, "d2", now=20.0).verdict == "answer"
+    k.note("again", decide(k, "d2", now=20.0))
+    assert decide(k, "d2", now=21.0).reason.startswith("rate limit")
 
 
 def test_rate_limit_zero_is_no_limit() -> None:
@@ -309,6 +328,21 @@ def test_a_parked_request_times_out_with_the_sessions_deadline() -> None:
     ended = sim.nodes["d2"].session(sid).ended  # type: ignore[union-attr]
     assert ended is not None and ended - t0 >= sim.nodes["d2"].protocols.dkd_timeout_seconds
     assert error(sim, "d1", sid)["code"] in ("timeout", "aborted_by_peer")
+
+
+def test_the_rate_limit_survives_a_restart_of_the_participant() -> None:
+    sim = world(2, 2)
+    sim.set_dkd_policy("d2", section=DkdSection(rate_limit=1, rate_window_seconds=600.0))
+    first = start(sim)
+    sim.run()
+    assert sim.nodes["d1"].session(first).outcome == "completed"  # type: ignore[union-attr]
+    sim.crash("d2", downtime=1.0)
+    sim.run(until=sim.now + 2.0)
+    assert sim.nodes["d2"].up
+    second = start(sim)
+    sim.run()
+    assert error(sim, "d1", second)["reason"].endswith(
+        "d2 refused: rate limit: d1 made 1 requests in the last 600 s (at most 1))")
 
 
 def test_consent_record_holds_no_secret_and_replays() -> None:

@@ -25,7 +25,9 @@ a replay does not see. So the participant makes it once, live, inside ``step.dra
 is journaled as a ``dkd.consent`` record and a replay takes it from there, even if the config
 changed since; the limiter is fed from the journaled decision (:meth:`ConsentKeeper.note`,
 keyed by session, so live and replay count a request once) with the request's journaled
-arrival time. The decision holds no secret (verdict, reason, requester, time).
+arrival time, and at start-up from every ``dkd.consent`` record still inside the window
+(:meth:`ConsentKeeper.recall`), so a restart does not reset a requester's count. The decision
+holds no secret (verdict, reason, requester, time).
 
 Pure: no trio, no clock (the caller passes ``now``), no I/O.
 """
@@ -33,7 +35,7 @@ Pure: no trio, no clock (the caller passes ``now``), no I/O.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +44,8 @@ import msgspec
 from aura_node.config import DkdRule, DkdSection
 
 Verdict = Literal["answer", "refuse", "ask"]
+#: the journal record of a participant's verdict (the body is a :class:`ConsentDecision`)
+KIND_CONSENT = "dkd.consent"
 #: the refusal reason of a request over the rate limit starts with this
 RATE_LIMIT = "rate limit"
 
@@ -103,6 +107,20 @@ class ConsentKeeper:
             return
         self._counted.add(session)
         self._admitted.setdefault(decision.requester, deque()).append((decision.at, session))
+
+    def recall(self, records: Iterable[tuple[str, bytes]], *, now: float) -> int:
+        """Start-up: count the admitted requests of the journaled ``dkd.consent`` records
+        ``(session, body)`` (journal order) still inside the window at ``now``; how many."""
+        start, counted = now - self.section.rate_window_seconds, 0
+        for session, body in records:
+            try:
+                decision = decode_decision(body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # not ours to judge here: the session's replay reports it
+            if decision.at > start and decision.verdict != "refuse":
+                self.note(session, decision)
+                counted += 1
+        return counted
 
     def _window(self, requester: str, now: float) -> deque[tuple[float, str]]:
         q = self._admitted.setdefault(requester, deque())

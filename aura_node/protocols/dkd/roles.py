@@ -98,7 +98,12 @@ from aura_node.protocols.dkd.choreography import (
     RevealedPartial,
     SignedCommitment,
 )
-from aura_node.protocols.dkd.consent import ConsentDecision, decode_decision, encode_decision
+from aura_node.protocols.dkd.consent import (
+    KIND_CONSENT,
+    ConsentDecision,
+    decode_decision,
+    encode_decision,
+)
 from aura_node.protocols.dkd.witnesses import (
     CHOREOGRAPHY,
     COMMITMENT_DOMAIN,
@@ -126,8 +131,6 @@ KIND_EQUIVOCATION = "dkd.equivocation"
 #: the initiator's blinding scalar ``r``, sealed to its own device key (module doc)
 KIND_BLINDING = "dkd.blinding"
 BLINDING_PURPOSE = "dkd/blinding"
-#: a participant's consent verdict (``consent.ConsentDecision``), decided once and journaled
-KIND_CONSENT = "dkd.consent"
 #: the longest refusal reason an operator may give (it travels and is journaled)
 MAX_REASON = 500
 INITIATOR = "initiator"
