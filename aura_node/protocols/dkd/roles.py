@@ -9,11 +9,15 @@ class whose declarations are the whole of its dispatch::
     DkdInitiator:   Initializing --local, t = 1 [VerifiedReveals of its own reveal]--> Completed
                     Initializing --send DkdRequest, draws r (@unrepeatable)--> CommitmentPhase
                     CommitmentPhase --gather DkdCommitment [CollectedCommitments]--> RevealPhase
+                    CommitmentPhase --local, refusals leave < t holders--> Failed (refused)
                     RevealPhase --send DkdCollected--> RevealPhase          (once, on entry)
                     RevealPhase --gather DkdReveal [VerifiedReveals]--> Finalizing
                     Finalizing --send DkdComplete--> Completed
-    DkdParticipant: Initializing --recv DkdRequest--> CommitmentPhase
-                    CommitmentPhase --send DkdCommitment--> CommitmentPhase  (once, on entry)
+    DkdParticipant: Initializing --recv DkdRequest--> Consenting
+                    Consenting --local consult_policy (@unrepeatable: dkd.consent)--> Consenting
+                    Consenting --send DkdCommitment (commitment | signed refusal)--> CommitmentPhase
+                               (by the policy's verdict, or the operator's approve / refuse)
+                    CommitmentPhase --local, after a refusal--> Failed (refused, told to nobody)
                     CommitmentPhase --recv DkdCollected [CollectedCommitments]--> RevealPhase
                     RevealPhase --send DkdReveal--> Finalizing
                     Finalizing --recv DkdComplete [VerifiedReveals]--> Completed
@@ -52,8 +56,22 @@ the reveals whose proofs verified. Its facts carry the session's verification me
 often the pool is re-verified; a replay starts with an empty memo and checks again. A peer's
 bad input never aborts the session: a transition raises ``RemoteProtocolError`` (the kit
 journals ``dkd.rejected`` and keeps the value) or, where the message also taught something
-worth keeping, journals the rejection with ``step.reject`` and goes on. Participants answer
-only a request that passes the consent policy below (``receive_request``).
+worth keeping, journals the rejection with ``step.reject`` and goes on.
+
+Consent (``consent.py``): a participant takes a well-formed request (``receive_request``: a
+malformed one is rejected, unanswered) into ``Consenting`` and arms the session's deadline
+there. ``consult_policy`` asks the node's :class:`~aura_node.protocols.dkd.consent.
+ConsentKeeper` once, live, inside ``step.draw``: the verdict is journaled (``dkd.consent``) and
+replayed, never re-decided, since it depends on config and on other sessions (the rate
+limit). ``answer`` commits, ``refuse_by_policy`` sends a signed :class:`DkdRefusal` with the
+reason; ``ask`` parks the request for the operator's ``approve`` / ``refuse`` control actions
+(``ctl dkd approve|refuse``; a control action is a journaled input, so replay is exact), or
+the deadline. A refusing participant ends at once (``end_refused``: failed, code ``refused``,
+no abort: its refusal told the requester). The initiator checks each refusal's signature and
+keeps it; it goes on while the holders that did not refuse can still make ``t`` and ends
+(``give_up_refused``: failed, code ``refused``, naming each refuser and its reason; the abort
+tells the participants still waiting) as soon as they cannot. A late refusal, after the
+quorum, is kept as evidence and changes nothing.
 
 Pure: no trio, no I/O, no clock.
 """
