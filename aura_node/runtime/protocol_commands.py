@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -296,17 +296,6 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
             raise p.ConflictError(f"dkd session {session} has ended ({entry.outcome}{why})")
         return entry
 
-    async def _decide(session: str, action: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        _need_ready(node)
-        _parked(session)
-        try:
-            reply = await control_session(node, session, action, args)
-        except UnknownSessionError as exc:
-            raise p.ConflictError(exc.message) from None
-        if "error" in reply:
-            raise p.ConflictError(f"cannot {action} dkd session {session}: {reply['error']}")
-        return {"session": session, "state": reply.get("state", ""), **reply}
-
     async def dkd_pending(_args: dict[str, Any]) -> dict[str, Any]:
         from aura_node.protocols.dkd.roles import DkdParticipant
 
@@ -324,12 +313,12 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         return {"pending": sorted(out, key=lambda x: str(x["session"]))}
 
     async def dkd_approve(args: dict[str, Any]) -> dict[str, Any]:
-        return await _decide(str(args["session"]), "approve", {})
+        return await _act(str(args["session"]), "approve", {}, _parked)
 
     async def dkd_refuse(args: dict[str, Any]) -> dict[str, Any]:
         reason = args.get("reason")
-        return await _decide(str(args["session"]), "refuse",
-                             {} if reason is None else {"reason": str(reason)})
+        return await _act(str(args["session"]), "refuse",
+                          {} if reason is None else {"reason": str(reason)}, _parked)
 
     # --- guardian recovery ----------------------------------------------------------------
 
@@ -347,9 +336,14 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         return {"session": sid, "account": params["account"],
                 "guardians": list(params["guardians"]), "state": view["state"]}
 
-    async def _act(session: str, action: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def _act(session: str, action: str, args: Mapping[str, Any],
+                   check: Callable[[str], SessionEntry] | None = None) -> dict[str, Any]:
+        """An operator action on ``session`` after ``check`` (default: it is a recovery)."""
         _need_ready(node)
-        _recovery_entry(node, session)
+        if check is None:
+            _recovery_entry(node, session)
+        else:
+            check(session)
         try:
             reply = await control_session(node, session, action, args)
         except UnknownSessionError as exc:

@@ -19,16 +19,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from aura_node.config import DkdRule, NodeConfig
-from aura_node.errors import AuraError
 from aura_node.harness.cluster import Cluster, tune_for_tests
 from aura_node.harness.pytest_plugin import ClusterFactory, cluster_factory  # noqa: F401
+from tests.integration.test_protocols_e2e import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -52,21 +51,6 @@ def aura_ctl(c: Cluster, node: str, *argv: str) -> tuple[int, Any, str]:
         [sys.executable, "-m", "aura_node", "ctl", "--home", str(c.node(node).home), *argv],
         capture_output=True, text=True, timeout=60)
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else None, out.stderr
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except AuraError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
 def in_background(c: Cluster, context: str) -> tuple[threading.Thread, dict[str, Any]]:
