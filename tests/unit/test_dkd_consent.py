@@ -231,6 +231,25 @@ def test_a_forged_refusal_is_rejected_not_believed() -> None:
     assert "refusals" not in sim.status("d1", sid)
 
 
+def test_a_refusal_with_an_unprintable_reason_is_rejected() -> None:
+    from aura_node.protocols.dkd.roles import sign_refusal
+    from aura_node.protocols.envelope import encode_wire, seal
+
+    sim = world(2, 2)
+    sim.set_dkd_policy("d2", rules=[DkdRule(approval="operator")])
+    sid = start(sim)
+    sim.run(until=sim.now + 1.0)
+    d2 = sim.nodes["d2"]
+    refusal = sign_refusal(d2.services, sid, "no\n\x1b[31mfake log line")
+    env = seal(d2.key, choreography="dkd", session=sid, message=DkdCommitment(refusal=refusal))
+    sim.inject("d2", "d1", encode_wire(env))
+    sim.run(until=sim.now + 1.0)
+    ((code, reason),) = [(b.code, b.reason) for b in sim.nodes["d1"].rejections(sid)]
+    assert code == "dkd_bad_request" and "printable characters" in reason
+    # an honest refusal quoting a very long context is cut to fit, not rejected
+    assert len(sign_refusal(d2.services, sid, "x" * 10_000).reason) == 500
+
+
 def test_partial_refusal_goes_on_while_t_is_reachable_then_ends_with_every_reason() -> None:
     sim = world(3, 2)
     sim.set_dkd_policy("d2", rules=[ONLY_SSH])
@@ -278,8 +297,9 @@ def test_operator_refusal_carries_its_reason_to_the_requester() -> None:
     sim.set_dkd_policy("d2", rules=[DkdRule(approval="operator")])
     sid = start(sim)
     sim.run(until=sim.now + 1.0)
-    bad = sim.control("d2", sid, "refuse", {"reason": "x" * 501})
-    assert bad is not None and "at most 500" in bad["error"]
+    for given in ("x" * 441, "two\nlines"):
+        bad = sim.control("d2", sid, "refuse", {"reason": given})
+        assert bad is not None and "one line of at most 440 printable" in bad["error"], bad
     reply = sim.control("d2", sid, "refuse", {"reason": "not today"})
     assert reply is not None and reply["decision"] == "refused"
     sim.run()

@@ -290,8 +290,10 @@ class AskedFor:
 
 def sign_refusal(services: NodeServices, session: str, reason: str) -> DkdRefusal:
     """This device's signed refusal of ``session`` (Ed25519 is deterministic: a replay signs
-    the same bytes)."""
+    the same bytes); a reason longer than :data:`MAX_REASON` (a long context quoted in it) is
+    cut there, so the requester never rejects an honest refusal."""
     key = services.device_key
+    reason = reason[:MAX_REASON]
     sig = key.sign(REFUSAL_DOMAIN, statement_bytes(
         session_id=session, choreography=CHOREOGRAPHY, payload=refusal_payload(reason)))
     return DkdRefusal(session=session, device_id=key.device_id, reason=reason, signature=sig)
@@ -409,6 +411,10 @@ def _answer(msg: DkdCommitment, step: DkdStep) -> SignedCommitment | None:
         return msg.commitment
     refusal = _need(msg.refusal)
     _check_sender(step, refusal.device_id, "DkdRefusal")
+    if len(refusal.reason) > MAX_REASON or not refusal.reason.isprintable():
+        # it ends up in the requester's one-line error and log: printable, bounded text only
+        raise DkdRequestError(f"refusal from {step.sender}: the reason must be at most "
+                              f"{MAX_REASON} printable characters, got {refusal.reason[:60]!r}")
     if refusal.session != step.session:
         raise DkdRequestError(f"refusal from {step.sender} names session "
                               f"{refusal.session[:40]!r}, not {step.session}")
@@ -754,9 +760,10 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
         """``ctl dkd refuse SESSION [--reason TEXT]``: the operator refuses a parked request."""
         self._need_parked("refuse")
         given = args.get("reason")
-        if given is not None and (not isinstance(given, str) or len(given) > MAX_REASON):
-            raise LocalProtocolError(f"reason must be text of at most {MAX_REASON} characters, "
-                                     f"got {str(given)[:60]!r}")
+        if given is not None and (not isinstance(given, str) or len(given) > MAX_REASON - 60
+                                  or not given.isprintable()):
+            raise LocalProtocolError(f"reason must be one line of at most {MAX_REASON - 60} "
+                                     f"printable characters, got {str(given)[:60]!r}")
         reason = f"refused by the operator of {step.self_name}" + (f": {given}" if given else "")
         step.reply(session=step.session, state="Failed", decision="refused", reason=reason)
         return self._refuse(reason, step)
