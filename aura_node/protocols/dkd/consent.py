@@ -13,9 +13,9 @@ it needs for the derived key. So a participant answers only under a policy, per 
   refused, naming the account, requester and context.
 * An account no rule names (and no ``account = "*"`` rule): the default policy - the
   account's current devices may derive any context, answered at once; everyone else is
-  refused. So a fresh account and the demo need no configuration.
-* A per-requester rate limit (``[dkd] rate_limit`` requests per ``rate_window_seconds``):
-  over it, refused with the reason ``rate limit: ...``. Only admitted requests (answered or
+  refused. So a fresh account needs no configuration.
+* A per-requester rate limit (``[dkd] rate_limit`` requests per ``rate_window_seconds``; 0,
+  the default, is none): over it, refused with the reason ``rate limit: ...``. Only admitted requests (answered or
   parked) count: a refusal costs the requester nothing but does not help it either.
 
 Determinism: replay re-runs protocol code from journaled inputs and checks every send byte for
