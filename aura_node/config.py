@@ -20,6 +20,7 @@ every key of ``config/example.toml`` with out-of-range values).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -159,6 +160,77 @@ class ProtocolSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DkdSection:
+    """What a DKD participant answers (``aura_node.protocols.dkd.consent``): the per-requester
+    rate limit here, the per-account rules in ``[[dkd.policy]]`` (:class:`DkdRule`)."""
+
+    #: requests one requesting device may make of this node per window; 0 (the default): no
+    #: limit - bulk derivation (load, the benchmarks) would hit any fixed default, and a
+    #: device the policy lets derive everything gains little from being slowed down
+    rate_limit: int = _within(0, 0, 1_000_000)
+    rate_window_seconds: float = _seconds(60.0)
+
+
+Approval = Literal["auto", "operator"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DkdRule:
+    """One ``[[dkd.policy]]`` table: devices ``requesters`` may derive contexts matching one of
+    ``contexts`` (fnmatch globs, case-sensitive) of ``account`` ("*": every account), answered
+    at once (``approval = "auto"``) or after the operator's ``ctl dkd approve``."""
+
+    account: str = "*"
+    contexts: tuple[str, ...] = ("*",)
+    #: node names; ``None`` (key absent): the account's current devices
+    requesters: tuple[str, ...] | None = None
+    approval: Approval = "auto"
+
+    def matches(self, account_id: str) -> bool:
+        return self.account in ("*", account_id)
+
+    def allows_context(self, context: str) -> bool:
+        return any(fnmatch.fnmatchcase(context, pattern) for pattern in self.contexts)
+
+
+_RULE_KEYS = ("account", "contexts", "requesters", "approval")
+
+
+def _build_dkd_rule(table: object, where: str) -> DkdRule:
+    """One ``[[dkd.policy]]`` table, every key checked with one line naming it."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{where}] must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(_RULE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(_RULE_KEYS))})")
+    account = table.get("account", "*")
+    if not isinstance(account, str) or not account:
+        raise ConfigError(f"[{where}] account must be an account id or \"*\", got {account!r}")
+    approval = table.get("approval", "auto")
+    if approval not in ("auto", "operator"):
+        raise ConfigError(f"[{where}] approval must be one of auto, operator, got {approval!r}")
+
+    def strings(key: str, check: Any = None) -> tuple[str, ...] | None:
+        if key not in table:
+            return None
+        value = table[key]
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, str) and v for v in value):
+            raise ConfigError(f"[{where}] {key} must be a non-empty list of non-empty strings, "
+                              f"got {value!r}")
+        for v in value:
+            if check is not None:
+                check(v, what=f"[{where}] {key} entry")
+        return tuple(value)
+
+    contexts = strings("contexts") or ("*",)
+    requesters = strings("requesters", check_name)
+    return DkdRule(account=account, contexts=contexts, requesters=requesters,
+                   approval=approval)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ControlSection:
     """The control socket server (``aura_node.control.server``)."""
 
@@ -206,6 +278,9 @@ class NodeConfig:
     control: ControlSection = field(default_factory=ControlSection)
     sessions: SessionSection = field(default_factory=SessionSection)
     log: LogSection = field(default_factory=LogSection)
+    dkd: DkdSection = field(default_factory=DkdSection)
+    #: the ``[[dkd.policy]]`` rules in file order (none: the default policy, see DkdRule)
+    dkd_policy: tuple[DkdRule, ...] = ()
     peers: tuple[PeerConfig, ...] = ()
 
     def peer(self, name: str) -> PeerConfig:
@@ -227,6 +302,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "control": ControlSection,
     "sessions": SessionSection,
     "log": LogSection,
+    "dkd": DkdSection,
 }
 _ALLOWED: dict[str, tuple[object, ...]] = {
     "role": ("device", "guardian"),
@@ -316,6 +392,15 @@ def parse_config(text: str, *, source: str = "config.toml") -> NodeConfig:
     if "node" not in data:
         raise ConfigError(f"{source}: missing the [node] section")
     try:
+        dkd = data.get("dkd")
+        raw_rules: object = []
+        if isinstance(dkd, Mapping) and "policy" in dkd:
+            # [[dkd.policy]] tables sit inside [dkd]; the scalar keys are built as any section
+            raw_rules = dkd["policy"]
+            data = {**data, "dkd": {k: v for k, v in dkd.items() if k != "policy"}}
+        if not isinstance(raw_rules, list):
+            raise ConfigError("dkd.policy must be an array of tables ([[dkd.policy]])")
+        rules = tuple(_build_dkd_rule(r, f"dkd.policy.{i}") for i, r in enumerate(raw_rules))
         sections = {k: _build(cls, data[k], k) for k, cls in _SECTIONS.items() if k in data}
         raw_peers = data.get("peers", [])
         if not isinstance(raw_peers, list):
@@ -336,7 +421,7 @@ def parse_config(text: str, *, source: str = "config.toml") -> NodeConfig:
             seen.add(p.name)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from None
-    return NodeConfig(peers=peers, **sections)
+    return NodeConfig(peers=peers, dkd_policy=rules, **sections)
 
 
 def render_config(cfg: NodeConfig) -> str:
@@ -346,6 +431,11 @@ def render_config(cfg: NodeConfig) -> str:
         out.append(f"[{section}]")
         obj = getattr(cfg, section)
         out.extend(f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in fields(obj))
+        out.append("")
+    for rule in cfg.dkd_policy:
+        out.append("[[dkd.policy]]")
+        out.extend(f"{f.name} = {_toml_value(getattr(rule, f.name))}" for f in fields(rule)
+                   if getattr(rule, f.name) is not None)
         out.append("")
     for p in cfg.peers:
         out.append("[[peers]]")
@@ -361,6 +451,8 @@ def _toml_value(v: object) -> str:
         return repr(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot render {type(v).__name__} as TOML")
 
 

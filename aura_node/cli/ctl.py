@@ -178,7 +178,37 @@ def _account_reshare(a: argparse.Namespace) -> dict[str, Any]:
     return _with_timeout(a, args)
 
 
+#: ``ctl dkd ACTION`` of a participant's operator: they take a SESSION (not pending), no context
+_DKD_CONSENT = ("dkd.pending", "dkd.approve", "dkd.refuse")
+
+
+def _dkd_consent(a: argparse.Namespace) -> dict[str, Any]:
+    """``ctl dkd pending | approve SESSION | refuse SESSION [--reason TEXT]``."""
+    action = a.ctl_cmd.split(".", 1)[1]
+    for flag in ("context", "participants", "file", "out"):
+        if getattr(a, flag) is not None:
+            raise InvalidArgsError(f"--{flag} does not go with ctl dkd {action}")
+    if a.reason is not None and a.ctl_cmd != "dkd.refuse":
+        raise InvalidArgsError("--reason belongs to ctl dkd refuse")
+    if a.ctl_cmd == "dkd.pending":
+        if a.session is not None:
+            raise InvalidArgsError(f"ctl dkd pending takes no SESSION, got {a.session!r}")
+        return {}
+    if a.session is None:
+        raise InvalidArgsError(f"ctl dkd {action} needs the SESSION (see ctl dkd pending)")
+    args: dict[str, Any] = {"session": a.session}
+    if a.reason is not None:
+        args["reason"] = a.reason
+    return args
+
+
 def _dkd(a: argparse.Namespace) -> dict[str, Any]:
+    if a.ctl_cmd in _DKD_CONSENT:
+        return _dkd_consent(a)
+    if a.context is None:
+        raise InvalidArgsError(f"ctl {a.ctl_cmd.replace('.', ' ')} needs --context")
+    if a.session is not None or a.reason is not None:
+        raise InvalidArgsError("SESSION and --reason go with ctl dkd approve / refuse")
     args: dict[str, Any] = {"context": a.context}
     if a.participants is not None:
         args["participants"] = a.participants
@@ -214,7 +244,8 @@ def _call_args(a: argparse.Namespace) -> dict[str, Any]:
 
 
 class _DkdAction(argparse.Action):
-    """``ctl dkd [sign|export]``: the optional action picks the control command."""
+    """``ctl dkd [sign|export|pending|approve|refuse]``: the optional action picks the control
+    command."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
@@ -282,13 +313,21 @@ def register(sub: Any) -> None:
                    help="the new guardians (default: unchanged)")
     p.add_argument("--guardian-threshold", type=positive_int, default=None)
 
-    p = _leaf(csub, "dkd", "dkd", _dkd, "derive the account's key for a context (threshold)")
-    p.add_argument("--context", required=True, help="the context string, e.g. an app name")
+    p = _leaf(csub, "dkd", "dkd", _dkd, "derive the account's key for a context (threshold); "
+              "pending/approve/refuse: decide requests this node's policy parked")
+    p.add_argument("--context", default=None,
+                   help="the context string, e.g. an app name (dkd, dkd sign, dkd export)")
     p.add_argument("--participants", type=names, default=None,
                    help="devices to ask (default: all account devices)")
-    p.add_argument("action", nargs="?", choices=("sign", "export"), action=_DkdAction,
+    p.add_argument("action", nargs="?", choices=("sign", "export", "pending", "approve",
+                                                 "refuse"), action=_DkdAction,
                    help="sign: sign --file with the derived key (hex signature); export: "
-                        "write the derived key to --out as PKCS#8 PEM (0600, new file)")
+                        "write the derived key to --out as PKCS#8 PEM (0600, new file); "
+                        "pending: requests waiting for this node's operator; approve/refuse "
+                        "SESSION: answer one (refuse: a signed refusal with --reason)")
+    p.add_argument("session", nargs="?", default=None, metavar="SESSION",
+                   help="dkd approve / refuse: the session (from ctl dkd pending)")
+    p.add_argument("--reason", default=None, help="dkd refuse: why (sent to the requester)")
     p.add_argument("--file", default=None, help="dkd sign: the file to sign")
     p.add_argument("--out", default=None, help="dkd export: the PEM file to create")
 

@@ -79,6 +79,12 @@ dkd.sign          args    {context: str, file: str, participants?: names, timeou
                   result  session, context, fingerprint, public_key, signature
 dkd.export        args    {context: str, out: str, participants?: names, timeout?: number}
                   result  session, context, fingerprint, public_key, path
+dkd.pending       args    {}
+                  result  pending
+dkd.approve       args    {session: str}
+                  result  session, state, decision
+dkd.refuse        args    {session: str, reason?: str}
+                  result  session, state, decision, reason
 recovery.start    args    {account: str, guardians: names}
                   result  session, account, guardians, state
 recovery.approve  args    {session: str}
@@ -108,7 +114,11 @@ Shapes of the nested result fields (the runtime fills them):
   bytes; ``path`` the PKCS#8 PEM written (0600; ``conflict`` if it exists).
 * ``devices``/``guardians``/``participants``: lists of names; ``public_key``: hex;
   ``fingerprint``: hex; ``threshold``/``guardian_threshold``: integers (0 without guardians).
-* ``pending``: list of ``{"session", "account", "new_device"}`` awaiting this guardian.
+* ``pending``: list of ``{"session", "account", "new_device"}`` awaiting this guardian
+  (``recovery.pending``); list of ``{"session", "account", "requester", "context", "age"}``
+  DKD requests awaiting this node's operator (``dkd.pending``; ``age`` in seconds).
+* ``decision`` (``dkd.approve`` / ``dkd.refuse``): ``"approved"`` or ``"refused"``, once the
+  signed answer is journaled; ``reason`` is the refusal as the requester receives it.
 * ``epoch`` (account views, reshares): the account's epoch number (0 after genesis or
   recovery, one more per reshare); ``holders`` (reshares): ``{"devices": names, "guardians":
   names}`` of the new epoch.
@@ -326,6 +336,15 @@ COMMANDS: dict[str, CommandSpec] = {
                     ("session", "context", "fingerprint", "public_key", "path"),
                     "derive the context's key and write it as PKCS#8 PEM (0600, new file)",
                     long_running=True),
+        CommandSpec("dkd.pending", (), ("pending",),
+                    "dkd requests this node's policy parked for its operator"),
+        CommandSpec("dkd.approve", (ArgSpec("session", "str"),),
+                    ("session", "state", "decision"),
+                    "answer a parked dkd request (participant)"),
+        CommandSpec("dkd.refuse",
+                    (ArgSpec("session", "str"), ArgSpec("reason", "str", required=False)),
+                    ("session", "state", "decision", "reason"),
+                    "refuse a parked dkd request with a signed refusal (participant)"),
         CommandSpec("recovery.start", (ArgSpec("account", "str"), ArgSpec("guardians", "names")),
                     ("session", "account", "guardians", "state"),
                     "ask guardians to recover an account onto this device"),

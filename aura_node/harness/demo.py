@@ -7,7 +7,11 @@ exits non-zero if any act failed (a fingerprint or public key that does not matc
 failure). The cluster: devices d1..d3 (the account's), guardians g1..g3, and d4, a fresh device
 that recovers the account. The acts: pings around the device ring; account genesis on d1
 (2-of-3 devices, 2-of-3 guardians); a DKD for one context from two different device pairs with
-equal fingerprints; guardian recovery onto d4 (two guardians approve, the cooldown is cut to
+equal fingerprints; the requesting device signs a file with the derived key (``ctl dkd sign``),
+exports it (``ctl dkd export``) and ``openssl pkeyutl -verify`` checks the signature against the
+derived public key (``cryptography`` when ``openssl`` is not on PATH); a request outside d3's
+consent policy (the demo's config lets d3 answer ``demo/*`` contexts only) refused with its
+reason on both sides; guardian recovery onto d4 (two guardians approve, the cooldown is cut to
 :data:`DEMO_COOLDOWN_SECONDS` by the demo's config tuning - the default is 24 h); a DKD on d4
 that matches; a reshare from d4 (1-of-1 after the recovery) back to 2-of-3 and a DKD without d4
 that still matches; the journal invariants over every node.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from aura_node.config import NodeConfig
+from aura_node.config import DkdRule, NodeConfig
 from aura_node.errors import AuraError
 from aura_node.harness.cluster import Cluster, tune_for_tests
 from aura_node.harness.progress import Progress
@@ -35,6 +39,10 @@ from aura_node.harness.progress import Progress
 #: the recovery cooldown of the demo cluster (the shipped default is 24 h)
 DEMO_COOLDOWN_SECONDS = 4.0
 CONTEXT = "demo/mail"
+#: d3's consent policy in the demo: it answers these contexts only (``[[dkd.policy]]``)
+D3_CONTEXTS = ("demo/*",)
+#: a context outside it
+REFUSED_CONTEXT = "private/diary"
 ACCOUNT_DEVICES = ["d1", "d2", "d3"]
 GUARDIANS = ["g1", "g2", "g3"]
 NEW_DEVICE = "d4"
@@ -43,10 +51,13 @@ NEW_DEVICE = "d4"
 def demo_tune(cfg: NodeConfig) -> NodeConfig:
     """Harness link settings, and protocol deadlines short enough to watch."""
     cfg = tune_for_tests(cfg)
-    return replace(cfg, protocols=replace(
+    cfg = replace(cfg, protocols=replace(
         cfg.protocols, recovery_cooldown_seconds=DEMO_COOLDOWN_SECONDS,
         recovery_share_timeout_seconds=30.0, recovery_approval_timeout_seconds=60.0,
         dkd_timeout_seconds=10.0, genesis_timeout_seconds=20.0, reshare_timeout_seconds=20.0))
+    if cfg.node.name == "d3":  # the consent act: d3 answers demo/* contexts only
+        cfg = replace(cfg, dkd_policy=(DkdRule(contexts=D3_CONTEXTS),))
+    return cfg
 
 
 @dataclass(slots=True, kw_only=True)
@@ -135,6 +146,105 @@ def act_derive_two_pairs(ctx: DemoContext) -> bool:
     ctx.state["derived"] = a
     ctx.progress.incr("ok" if same else "failed")
     return same
+
+
+def _verify_signature(ctx: DemoContext, public_key_hex: str, doc: Path, sig: Path) -> bool:
+    """``openssl pkeyutl -verify`` of ``sig`` over ``doc`` against the derived public key (a
+    SubjectPublicKeyInfo PEM made from the hex ``ctl dkd`` printed); ``cryptography`` when
+    ``openssl`` is not on PATH."""
+    import subprocess
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
+    pub = doc.with_name("derived-public.pem")
+    pub.write_bytes(public.public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        try:
+            public.verify(sig.read_bytes(), doc.read_bytes())
+        except InvalidSignature:
+            ctx.say("  openssl is not on PATH; cryptography: signature does NOT verify")
+            return False
+        ctx.say("  openssl is not on PATH; verified with cryptography instead: OK")
+        return True
+    argv = [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(pub), "-rawin",
+            "-in", str(doc), "-sigfile", str(sig)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    said = (done.stdout + done.stderr).strip().splitlines()
+    ctx.say(f"  $ openssl pkeyutl -verify -pubin -inkey {pub.name} -rawin -in {doc.name} "
+            f"-sigfile {sig.name}")
+    ctx.say(f"  {said[0] if said else '(no output)'} (exit {done.returncode})")
+    return done.returncode == 0
+
+
+def act_use_derived_key(ctx: DemoContext) -> bool:
+    """d1 signs a file with the key it derived and exports it; openssl checks the signature."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    derived = ctx.state["derived"]
+    work = ctx.cluster.dir / "derived-key"
+    work.mkdir(exist_ok=True)
+    doc, sig, pem = work / "document.txt", work / "document.sig", work / "derived-key.pem"
+    doc.write_text(f"signed by the key of context {CONTEXT} (demo)\n")
+    signed = ctx.ctl("d1", "dkd.sign", context=CONTEXT, file=str(doc),
+                     participants=["d1", "d2"])
+    if signed is None:
+        return False
+    sig.write_bytes(bytes.fromhex(signed["signature"]))
+    ctx.say(f"  d1 dkd sign {doc.name}: signature {signed['signature'][:32]}... (key "
+            f"{signed['fingerprint']})")
+    exported = ctx.ctl("d1", "dkd.export", context=CONTEXT, out=str(pem),
+                       participants=["d1", "d2"])
+    if exported is None:
+        return False
+    key = serialization.load_pem_private_key(pem.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw).hex()
+    mode = pem.stat().st_mode & 0o777
+    ctx.say(f"  d1 dkd export: {pem.name} (PKCS#8, mode {mode:o}); its public key "
+            f"{'is' if raw == derived['public_key'] else 'is NOT'} the derived one")
+    ok = (signed["public_key"] == derived["public_key"] == raw and mode == 0o600
+          and _verify_signature(ctx, derived["public_key"], doc, sig))
+    ctx.progress.incr("ok" if ok else "failed")
+    return ok
+
+
+def act_policy_refusal(ctx: DemoContext) -> bool:
+    """d1 asks d3 for a context outside d3's policy: a signed refusal, with its reason, on both
+    sides, long before the deadline."""
+    ctx.say(f"  d3's [[dkd.policy]]: contexts {list(D3_CONTEXTS)}; d1 asks d3 for "
+            f"{REFUSED_CONTEXT!r}")
+    t0 = time.monotonic()
+    try:
+        ctx.cluster.node("d1").ctl("dkd", context=REFUSED_CONTEXT, participants=["d1", "d3"])
+    except AuraError as exc:
+        ctx.say(f"  d1: {getattr(exc, 'remote_code', exc.code)}: {exc.message} "
+                f"({time.monotonic() - t0:.2f} s)")
+    else:
+        ctx.say("  d1: DERIVED a key d3's policy does not allow")
+        ctx.progress.incr("failed")
+        return False
+    listed = ctx.ctl("d3", "sessions", all=True)
+    if listed is None:
+        return False
+    refused = []
+    for s in listed["sessions"]:
+        if s["protocol"] != "dkd":
+            continue
+        detail = ctx.ctl("d3", "session", session=s["session"])
+        error = (detail or {}).get("error") or {}
+        if error.get("code") == "refused":
+            refused.append(error)
+            ctx.say(f"  d3: session {s['session']} {error['code']}: {error['reason']}")
+    ok = len(refused) == 1
+    ctx.progress.incr("ok" if ok else "failed")
+    return ok
 
 
 def act_recover(ctx: DemoContext) -> bool:
@@ -255,6 +365,8 @@ ACTS: list[tuple[str, Act]] = [
     ("ping around the ring", act_ping_ring),
     ("account genesis on d1", act_create_account),
     ("threshold key derivation from two device pairs", act_derive_two_pairs),
+    ("the derived key in use: sign, export, openssl verify", act_use_derived_key),
+    ("a request outside d3's consent policy", act_policy_refusal),
     (f"guardian recovery onto {NEW_DEVICE}", act_recover),
     (f"key derivation on the recovered {NEW_DEVICE}", act_derive_on_new_device),
     (f"reshare from {NEW_DEVICE} back to 2-of-3", act_reshare_back),

@@ -83,7 +83,7 @@ from typing import Any
 
 import msgspec
 
-from aura_node.config import ProtocolSection
+from aura_node.config import DkdRule, DkdSection, ProtocolSection
 from aura_node.crypto import dkd
 from aura_node.crypto.dealing import Holder
 from aura_node.crypto.dealing import deal_account as deal_shares
@@ -106,6 +106,7 @@ from aura_node.protocols.account import (
     genesis_held_share,
     open_held_share,
 )
+from aura_node.protocols.dkd.consent import KIND_CONSENT, ConsentKeeper
 from aura_node.protocols.envelope import Envelope, decode_wire, encode_wire
 from aura_node.protocols.epochs import KIND_EPOCH_FACT
 from aura_node.protocols.services import NodeServices, PeerInfo, PeerRole
@@ -185,6 +186,10 @@ class SimNode:
     crashes: int = 0
     #: journal appends (group commits attempted) here: :meth:`Simulation.crash_at_append`
     appends: int = 0
+    #: the node's ``[dkd]`` section and ``[[dkd.policy]]`` rules (its config: kept across
+    #: restarts; the rate limiter's memory is not, as on a real node)
+    dkd: DkdSection = field(default_factory=DkdSection)
+    dkd_policy: tuple[DkdRule, ...] = ()
 
     @property
     def up(self) -> bool:
@@ -321,12 +326,23 @@ class Simulation:
         """The node's real session runtime; time and entropy come from this world."""
         services = NodeServices(self_name=node.name, self_role=node.role, device_key=node.key,
                                 peers=node.peers, accounts=node.accounts,
-                                protocols=node.protocols)
+                                protocols=node.protocols,
+                                dkd_consent=ConsentKeeper(section=node.dkd,
+                                                          rules=node.dkd_policy))
         return SessionRuntime(
             key=node.key, self_name=node.name,
             peers=PeerDirectory({n: p.public_key for n, p in node.peers.items()}),
             protocols=_protocols(), monitor_for=choreography_monitor, services=services,
             clock=lambda: self.now, entropy=self.rng.randbytes)
+
+    def set_dkd_policy(self, node: str, *, section: DkdSection | None = None,
+                       rules: Sequence[DkdRule] = ()) -> None:
+        """Configure ``node``'s DKD consent (as its config would); applies now and after
+        restarts."""
+        n = self.nodes[node]
+        n.dkd, n.dkd_policy = section or DkdSection(), tuple(rules)
+        if n.runtime is not None:
+            n.runtime.services.dkd_consent = ConsentKeeper(section=n.dkd, rules=n.dkd_policy)
 
     def note(self, text: str) -> None:
         self.log.append(f"{self.now:.6f} {text}")
@@ -509,6 +525,9 @@ class Simulation:
             (r.kind, r.body) for r in node.journal.records())
         rt = self._runtime(node)
         node.runtime = rt
+        rt.services.dkd_consent.recall(  # as the daemon does at start-up
+            ((sid, r.body) for sid, recs in by_session.items() for r in recs
+             if r.kind == KIND_CONSENT), now=self.now)
         steps = rt.rehydrate(by_session)
         self.note(f"{name} restart sessions {len(rt.sessions)} steps {len(steps)}")
         for step in steps:
@@ -985,6 +1004,7 @@ def scenario_dkd(sim: Simulation, shape: random.Random, heal: float
     account_id = est.account.account_id
     contexts = ("mail", "photos")
     runs = []
+    sids: list[str] = []
     for _ in range(shape.randint(1, 3)):
         initiator = shape.choice(devices)
         others = [d for d in devices if d != initiator]
@@ -1000,9 +1020,10 @@ def scenario_dkd(sim: Simulation, shape: random.Random, heal: float
 
             node = sim.nodes[initiator]
             p = session_params({"context": context, "participants": subset}, node.services)
-            sim.start(initiator, "dkd", roles=session_roles(p), params=p)
+            sids.append(sim.start(initiator, "dkd", roles=session_roles(p), params=p))
 
         sim.at(when, f"dkd on {initiator}", go)
+    policies = _consent_policies(sim, devices, sids)
 
     def check(problems: list[str]) -> None:
         refs = {c: reference_fingerprint(sim, account_id, c) for c in contexts}
@@ -1014,10 +1035,72 @@ def scenario_dkd(sim: Simulation, shape: random.Random, heal: float
                 if "fingerprint" in res and res["fingerprint"] != refs[str(res["context"])]:
                     problems.append(f"{node.name} derived {res['fingerprint'][:16]} for "
                                     f"{res['context']!r}, s·H gives {refs[res['context']][:16]}")
+        _consent_kept(sim, policies, problems)
 
     return ({"devices": n, "threshold": t, "sessions": [
-        {"initiator": i, "participants": s, "context": c} for i, s, c in runs]},
+        {"initiator": i, "participants": s, "context": c} for i, s, c in runs],
+        "consent": policies},
         check, SIM_PROTOCOLS.dkd_timeout_seconds + 5.0)
+
+
+def _consent_policies(sim: Simulation, devices: Sequence[str], sids: list[str]
+                      ) -> dict[str, str]:
+    """Some devices get a DKD consent policy: ``mail-only`` (photos refused), ``operator``
+    (every request parked; an operator action on each session at a random time, approve or
+    refuse) or ``rate-1`` (one request a minute). Drawn from a generator of its own, so the
+    rest of the scenario's shape is what it was before consent existed."""
+    rng = random.Random(f"dkd-consent/{sim.seed}")
+    out: dict[str, str] = {}
+    for d in devices:
+        kind = rng.choice(("none", "none", "mail-only", "operator", "rate-1"))
+        if kind == "none":
+            continue
+        out[d] = kind
+        if kind == "mail-only":
+            sim.set_dkd_policy(d, rules=[DkdRule(contexts=("mail",))])
+        elif kind == "rate-1":
+            sim.set_dkd_policy(d, section=DkdSection(rate_limit=1))
+        else:
+            sim.set_dkd_policy(d, rules=[DkdRule(approval="operator")])
+            for i in range(3):
+                action = rng.choice(("approve", "approve", "refuse"))
+
+                def decide(d: str = d, i: int = i, action: str = action) -> object:
+                    return sim.control(d, sids[i], action) if i < len(sids) else None
+
+                sim.at(sim.now + rng.uniform(0.5, 12.0), f"{action} on {d}", decide)
+    return out
+
+
+def _consent_kept(sim: Simulation, policies: Mapping[str, str], problems: list[str]) -> None:
+    """No participant's journal holds a commitment it sent against its policy: a ``mail-only``
+    device never commits to a photos request, an ``operator`` device only after an approve."""
+    from aura_node.protocols.dkd.choreography import DkdCommitment, DkdRequest
+
+    for name, kind in policies.items():
+        node = sim.nodes[name]
+        by_session: dict[str, list[jf.JournalRecord]] = {}
+        for rec in node.journal.records():
+            if rec.session:
+                by_session.setdefault(rec.session, []).append(rec)
+        for sid, recs in by_session.items():
+            evidence = eng.parse_evidence(recs)
+            asked = [eng.decode_message(ev.envelope, DkdRequest) for ev in evidence
+                     if isinstance(ev, eng.Received) and ev.envelope.step == "DkdRequest"]
+            if not asked:
+                continue
+            committed = any(
+                eng.decode_message(ev.envelope, DkdCommitment).commitment is not None
+                for ev in evidence
+                if isinstance(ev, eng.Sent) and ev.envelope.step == "DkdCommitment")
+            approved = any(isinstance(ev, eng.Controlled) and ev.action == "approve"
+                           for ev in evidence)
+            if committed and kind == "mail-only" and asked[0].context != "mail":
+                problems.append(f"{name} committed to {asked[0].context!r} in {sid[:8]} "
+                                "against its mail-only policy")
+            if committed and kind == "operator" and not approved:
+                problems.append(f"{name} committed in {sid[:8]} without its operator's "
+                                "approve")
 
 
 def scenario_recovery(sim: Simulation, shape: random.Random, heal: float

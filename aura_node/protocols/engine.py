@@ -199,6 +199,9 @@ class Complete:
 class Fail:
     code: str
     reason: str
+    #: tell every other role (the choreography's abort message); False: this role's own end
+    #: only, for a role whose last message already told the others (a DKD refusal)
+    tell_peers: bool = True
 
 
 Effect = Send | RecordEvidence | ArmTimer | CancelTimer | Reply | Complete | Fail

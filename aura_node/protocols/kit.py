@@ -331,9 +331,10 @@ class Step(Generic[P]):
         """End the session successfully with ``result`` (when the role reaches a final phase)."""
         self._effects.append(eng.Complete(result=result))
 
-    def fail(self, code: str, reason: str) -> None:
-        """End the session as failed (the runtime aborts it and tells every peer)."""
-        self._effects.append(eng.Fail(code=code, reason=reason))
+    def fail(self, code: str, reason: str, *, tell_peers: bool = True) -> None:
+        """End the session as failed (the runtime aborts it and tells every peer; with
+        ``tell_peers=False`` it ends this role only: its last message already said why)."""
+        self._effects.append(eng.Fail(code=code, reason=reason, tell_peers=tell_peers))
 
     def send(self, to: Sequence[str], message: msgspec.Struct) -> None:
         """An extra send inside a transition (prefer returning the message from a ``send``

@@ -23,6 +23,7 @@ from aura_node.crypto.keys import DeviceKey, DevicePublicKey
 from aura_node.crypto.shamir import Share
 from aura_node.errors import ProtocolError
 from aura_node.protocols.account import AccountRecord, AccountStore, HolderSet, OpenedShares
+from aura_node.protocols.dkd.consent import ConsentKeeper
 
 PeerRole = Literal["device", "guardian"]
 
@@ -46,6 +47,8 @@ class NodeServices:
     peers: Mapping[str, PeerInfo]
     accounts: AccountStore = field(default_factory=AccountStore)
     protocols: ProtocolSection = field(default_factory=ProtocolSection)
+    #: the DKD consent policy and rate limiter (``protocols.dkd.consent``)
+    dkd_consent: ConsentKeeper = field(default_factory=ConsentKeeper, compare=False)
     #: shares opened (HPKE) and Feldman-checked once per account; memory only, never logged
     opened_shares: OpenedShares = field(default_factory=OpenedShares, repr=False,
                                         compare=False)
@@ -66,6 +69,7 @@ class NodeServices:
             peers=peers,
             accounts=accounts if accounts is not None else AccountStore(),
             protocols=config.protocols,
+            dkd_consent=ConsentKeeper(section=config.dkd, rules=config.dkd_policy),
         )
 
     def open_share(self, account: AccountRecord, holder_set: HolderSet) -> Share:

@@ -56,6 +56,7 @@ from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
 from aura_node.protocols.account import KIND_ACCOUNT, AccountEstablished, AccountStore
+from aura_node.protocols.dkd.consent import KIND_CONSENT
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
 from aura_node.protocols.epochs import KIND_EPOCH_FACT, FactVerdict
 from aura_node.protocols.registry import registry_fingerprint
@@ -184,6 +185,10 @@ class Node:
             journal_records=journal.journal.session_records,
         )
         self.runtime = runtime
+        # the DKD rate limiter counts what this node admitted before it (re)started
+        runtime.services.dkd_consent.recall(
+            ((sid, r.body) for sid, recs in by_session.items() for r in recs
+             if r.kind == KIND_CONSENT), now=time.time())
         timers = TimerWheel(command_send)
         from aura_node.journal import JournalEntry
         from aura_node.journal.witness import STORE_NAME, PeerCheckpointStore

@@ -25,6 +25,14 @@ signature or the one PKCS#8 file the operator asked for (created 0600 with ``O_E
 over an existing file), and is derived afresh for the next request. Paths are absolute: the
 node's working directory is not the operator's.
 
+``dkd.pending`` / ``dkd.approve`` / ``dkd.refuse`` are the participant's side of consent: a
+request its policy parks for the operator (``approval = "operator"``) waits in the
+``Consenting`` phase; ``pending`` lists those, ``approve`` / ``refuse`` run the participant's
+``approve`` / ``refuse`` control action, whose reply comes once the signed answer (commitment
+or refusal) is journaled. An unknown session is ``not_found``; one that is not a DKD this node
+is asked in, has ended, or is not waiting for the operator is ``conflict``/``invalid_args``
+with the reason.
+
 Read-only views (``account.show``, ``recovery.pending``, ``recovery.status``) read the
 node's account store and session table directly: the session runtime is single-threaded, so a
 read between two steps is consistent, and the account store holds only accounts whose
@@ -41,7 +49,8 @@ session that fails answers with ``session_failed`` (or ``timeout``) and the driv
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +311,42 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
                 "fingerprint": seed.fingerprint, "public_key": seed.public_key.hex(),
                 "path": str(out)}
 
+    def _parked(session: str) -> SessionEntry:
+        entry = _entry(node, session)
+        if entry.choreography != "dkd":
+            raise p.InvalidArgsError(f"session {session} runs {entry.choreography}, not dkd")
+        if entry.role != "participants":
+            raise p.InvalidArgsError(f"this node requested dkd session {session}; only a "
+                                     "participant asked for its part approves or refuses")
+        if not entry.active:
+            why = f": {entry.error['code']}" if entry.error else ""
+            raise p.ConflictError(f"dkd session {session} has ended ({entry.outcome}{why})")
+        return entry
+
+    async def dkd_pending(_args: dict[str, Any]) -> dict[str, Any]:
+        from aura_node.protocols.dkd.roles import DkdParticipant
+
+        _need_ready(node)
+        assert node.runtime is not None
+        now = time.time()
+        out = []
+        for e in node.runtime.active_sessions():
+            value = getattr(e.driver, "value", None)
+            if isinstance(value, DkdParticipant) and value.awaiting_operator():
+                v = value.describe()
+                out.append({"session": e.id, "account": v["account"],
+                            "requester": v["requester"], "context": v["context"],
+                            "age": round(max(0.0, now - float(v["requested_at"])), 3)})
+        return {"pending": sorted(out, key=lambda x: str(x["session"]))}
+
+    async def dkd_approve(args: dict[str, Any]) -> dict[str, Any]:
+        return await _act(str(args["session"]), "approve", {}, _parked)
+
+    async def dkd_refuse(args: dict[str, Any]) -> dict[str, Any]:
+        reason = args.get("reason")
+        return await _act(str(args["session"]), "refuse",
+                          {} if reason is None else {"reason": str(reason)}, _parked)
+
     # --- guardian recovery ----------------------------------------------------------------
 
     async def recovery_start(args: dict[str, Any]) -> dict[str, Any]:
@@ -318,9 +363,14 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         return {"session": sid, "account": params["account"],
                 "guardians": list(params["guardians"]), "state": view["state"]}
 
-    async def _act(session: str, action: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    async def _act(session: str, action: str, args: Mapping[str, Any],
+                   check: Callable[[str], SessionEntry] | None = None) -> dict[str, Any]:
+        """An operator action on ``session`` after ``check`` (default: it is a recovery)."""
         _need_ready(node)
-        _recovery_entry(node, session)
+        if check is None:
+            _recovery_entry(node, session)
+        else:
+            check(session)
         try:
             reply = await control_session(node, session, action, args)
         except UnknownSessionError as exc:
@@ -382,6 +432,9 @@ def handlers(node: RunningNode) -> dict[str, Handler]:
         "dkd": dkd,
         "dkd.sign": dkd_sign,
         "dkd.export": dkd_export,
+        "dkd.pending": dkd_pending,
+        "dkd.approve": dkd_approve,
+        "dkd.refuse": dkd_refuse,
         "recovery.start": recovery_start,
         "recovery.approve": recovery_approve,
         "recovery.pending": recovery_pending,

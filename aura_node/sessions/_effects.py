@@ -94,7 +94,8 @@ class EffectApplication(SessionTable):
             elif isinstance(eff, eng.Fail):
                 step.records.append((eng.KIND_FAIL, eng.encode_body(
                     eng.FailBody(code=eff.code, reason=eff.reason))))
-                self._finish(entry, step, now, error={"code": eff.code, "reason": eff.reason})
+                self._finish(entry, step, now, error={"code": eff.code, "reason": eff.reason},
+                             tell_peers=eff.tell_peers)
                 break
             else:
                 raise eng.DriverError(f"unknown effect {type(eff).__name__}")
@@ -149,7 +150,7 @@ class EffectApplication(SessionTable):
     def _finish(
         self, entry: SessionEntry, step: Step, now: float, *,
         result: dict[str, Any] | None = None, error: dict[str, str] | None = None,
-        by_peer: str | None = None,
+        by_peer: str | None = None, tell_peers: bool = True,
     ) -> None:
         for name in list(entry.timers):
             step.actions.append(Disarm(session=entry.id, name=name))
@@ -168,7 +169,7 @@ class EffectApplication(SessionTable):
                 entry.driver.on_abort(error["reason"], by_peer=by_peer)
             except Exception as exc:  # the session is over either way
                 self._log.warning("driver_on_abort_raised", session=entry.id, reason=repr(exc))
-        if by_peer is None:
+        if by_peer is None and tell_peers:
             self._fan_out_abort(entry, step, f"{error['code']}: {error['reason']}")
         entry.outcome, entry.error = "failed", error
         self._track(entry)

@@ -79,12 +79,13 @@ def test_dkd_phases() -> None:
     ]
     # a participant only talks to the initiator and waits (with a deadline) for its relays
     part = DKD.project("participants", {"m": 5, "q": 3})
-    assert phases(part) == DKD_PHASES
+    # issue 11: a participant's consent (answer or refuse) is its own phase
+    assert phases(part) == DKD_PHASES | {"Consenting"}
     assert part.final == {"Completed", "Failed"}
     assert not [t for t in part.transitions if t.action == "gather"]
     assert explicit_run(part) == [
-        ("Initializing", "recv DkdRequest from initiator", "CommitmentPhase"),
-        ("CommitmentPhase", "send DkdCommitment to initiator", "CommitmentPhase"),
+        ("Initializing", "recv DkdRequest from initiator", "Consenting"),
+        ("Consenting", "send DkdCommitment to initiator", "CommitmentPhase"),
         ("CommitmentPhase", "recv DkdCollected from initiator", "RevealPhase"),
         ("RevealPhase", "send DkdReveal to initiator", "Finalizing"),
         ("Finalizing", "recv DkdComplete from initiator", "Completed"),

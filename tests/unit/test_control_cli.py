@@ -72,6 +72,11 @@ CASES: list[tuple[list[str], str, dict[str, Any]]] = [
      {"context": "mail", "out": "/tmp/k.pem"}),
     (["dkd", "--context", "mail", "--participants", "a,b", "--timeout", "30"], "dkd",
      {"context": "mail", "participants": ["a", "b"], "timeout": 30.0}),
+    (["dkd", "pending"], "dkd.pending", {}),
+    (["dkd", "approve", "s1"], "dkd.approve", {"session": "s1"}),
+    (["dkd", "refuse", "s1"], "dkd.refuse", {"session": "s1"}),
+    (["dkd", "refuse", "s1", "--reason", "not now"], "dkd.refuse",
+     {"session": "s1", "reason": "not now"}),
     (["recovery", "start", "--account", "acc1", "--guardians", "g1,g2,g3"], "recovery.start",
      {"account": "acc1", "guardians": ["g1", "g2", "g3"]}),
     (["recovery", "approve", "s1"], "recovery.approve", {"session": "s1"}),
@@ -172,6 +177,12 @@ def test_timeouts_reach_the_client(calls: list[Call], capsys: pytest.CaptureFixt
          "go together"),
         (["account", "create", "--devices", "a", "--threshold", "1", "--guardians", "g",
           "--guardian-threshold", "2"], "exceeds the 1 guardian"),
+        # --context is required by the derivations, not by pending/approve/refuse
+        (["dkd"], "ctl dkd needs --context"),
+        (["dkd", "approve"], "ctl dkd approve needs the SESSION"),
+        (["dkd", "pending", "--context", "c"], "--context does not go with ctl dkd pending"),
+        (["dkd", "approve", "s1", "--reason", "x"], "--reason belongs to ctl dkd refuse"),
+        (["dkd", "--context", "c", "--reason", "x"], "go with ctl dkd approve / refuse"),
     ],
 )
 def test_inconsistent_account_options_are_refused_before_sending(
@@ -189,7 +200,6 @@ def test_inconsistent_account_options_are_refused_before_sending(
         ["account", "create", "--devices", "a,a", "--threshold", "1"],
         ["account", "create", "--devices", "a", "--threshold", "0"],
         ["dkd", "--context", "c", "--timeout", "-1"],
-        ["dkd"],
         ["session"],
         ["recovery"],
         ["nope"],

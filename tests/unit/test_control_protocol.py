@@ -51,6 +51,7 @@ def test_contract_commands_are_all_in_the_table() -> None:
         "status", "peers", "sessions", "session", "shutdown", "reload", "ping",
         "account.create", "account.show", "dkd", "dkd.sign", "dkd.export",
         "account.add", "account.remove", "account.guardians", "account.reshare",
+        "dkd.pending", "dkd.approve", "dkd.refuse",
         "recovery.start", "recovery.approve",
         "recovery.pending", "recovery.veto", "recovery.status",
     }

@@ -15,8 +15,19 @@ holds anything ``K`` follows from.
 
 1. Initializing: the initiator sends ``DkdRequest`` (account, context, threshold, holder list,
    the blinded base ``B`` and its own signed commitment) to every participant.
-2. CommitmentPhase: each participant sends its signed ``DkdCommitment``; the initiator gathers
-   ``q``. With its own that is ``CollectedCommitments``.
+2. Consenting (participants): each participant's consent policy (``consent.py``) answers, refuses,
+   or parks the request for its operator (``ctl dkd approve|refuse``). Its answer is one
+   ``DkdCommitment``: its signed commitment, or its signed refusal (:class:`DkdRefusal`, with
+   the reason) - the participant's choice is the content of the one message every member sends
+   to the gather (the language's choices are made by one role for everyone; here each member
+   chooses for itself, and the monitor's "one answer per member" is exactly right for both).
+   A refusing participant's session ends there (failed, code ``refused``), telling nobody
+   else: its refusal is its last word.
+   CommitmentPhase: the initiator gathers ``q`` commitments. With its own that is
+   ``CollectedCommitments``. Refusals it collects as signed evidence; it goes on as long as
+   the participants that have not refused can still make ``q``, and fails with code
+   ``refused`` (every refusal's participant and reason) as soon as they cannot - not at its
+   deadline.
 3. RevealPhase: the initiator sends ``DkdCollected`` (the ``t`` signed commitments it counted
    and its own reveal ``P_i = s_i·B`` + DLEQ proof); a participant verifies its own
    ``CollectedCommitments`` from it and only then sends its ``DkdReveal`` (which names the
@@ -72,8 +83,23 @@ class DkdRequest(msgspec.Struct, frozen=True, kw_only=True):
     commitment: SignedCommitment
 
 
-class DkdCommitment(msgspec.Struct, frozen=True, kw_only=True):
-    commitment: SignedCommitment
+class DkdRefusal(msgspec.Struct, frozen=True, kw_only=True):
+    """``device_id`` refuses to answer ``session``, and why; ``signature`` by its device key
+    under the domain ``dkd/refusal`` over the reason (``witnesses.refusal_payload``), so the
+    refusal is evidence in the requester's journal, not only a line in a log."""
+
+    session: str
+    device_id: str
+    reason: str
+    signature: bytes
+
+
+class DkdCommitment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A participant's answer to the request: its signed commitment, or (``commitment`` absent)
+    its signed refusal. Exactly one is set (``check`` in ``roles``)."""
+
+    commitment: SignedCommitment | None = None
+    refusal: DkdRefusal | None = None
 
 
 class DkdCollected(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,8 +136,9 @@ def DKD(c: ChoreographyBuilder) -> None:
     c.send(initiator, participants, DkdRequest)
 
     c.phase(initiator, "CommitmentPhase")
-    c.phase(participants, "CommitmentPhase")
+    c.phase(participants, "Consenting")
     c.gather(participants, initiator, DkdCommitment, threshold=q, deadline="dkd_timeout")
+    c.phase(participants, "CommitmentPhase")
 
     c.phase(initiator, "RevealPhase")
     c.send(initiator, participants, DkdCollected, deadline="dkd_timeout")

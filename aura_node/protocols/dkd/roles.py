@@ -9,11 +9,15 @@ class whose declarations are the whole of its dispatch::
     DkdInitiator:   Initializing --local, t = 1 [VerifiedReveals of its own reveal]--> Completed
                     Initializing --send DkdRequest, draws r (@unrepeatable)--> CommitmentPhase
                     CommitmentPhase --gather DkdCommitment [CollectedCommitments]--> RevealPhase
+                    CommitmentPhase --local, refusals leave < t holders--> Failed (refused)
                     RevealPhase --send DkdCollected--> RevealPhase          (once, on entry)
                     RevealPhase --gather DkdReveal [VerifiedReveals]--> Finalizing
                     Finalizing --send DkdComplete--> Completed
-    DkdParticipant: Initializing --recv DkdRequest--> CommitmentPhase
-                    CommitmentPhase --send DkdCommitment--> CommitmentPhase  (once, on entry)
+    DkdParticipant: Initializing --recv DkdRequest--> Consenting
+                    Consenting --local consult_policy (@unrepeatable: dkd.consent)--> Consenting
+                    Consenting --send DkdCommitment (commitment | signed refusal)--> CommitmentPhase
+                               (by the policy's verdict, or the operator's approve / refuse)
+                    CommitmentPhase --local, after a refusal--> Failed (refused, told to nobody)
                     CommitmentPhase --recv DkdCollected [CollectedCommitments]--> RevealPhase
                     RevealPhase --send DkdReveal--> Finalizing
                     Finalizing --recv DkdComplete [VerifiedReveals]--> Completed
@@ -52,8 +56,22 @@ the reveals whose proofs verified. Its facts carry the session's verification me
 often the pool is re-verified; a replay starts with an empty memo and checks again. A peer's
 bad input never aborts the session: a transition raises ``RemoteProtocolError`` (the kit
 journals ``dkd.rejected`` and keeps the value) or, where the message also taught something
-worth keeping, journals the rejection with ``step.reject`` and goes on. Participants answer
-only a request that passes the consent policy below (``receive_request``).
+worth keeping, journals the rejection with ``step.reject`` and goes on.
+
+Consent (``consent.py``): a participant takes a well-formed request (``receive_request``: a
+malformed one is rejected, unanswered) into ``Consenting`` and arms the session's deadline
+there. ``consult_policy`` asks the node's :class:`~aura_node.protocols.dkd.consent.
+ConsentKeeper` once, live, inside ``step.draw``: the verdict is journaled (``dkd.consent``) and
+replayed, never re-decided, since it depends on config and on other sessions (the rate
+limit). ``answer`` commits, ``refuse_by_policy`` sends a signed :class:`DkdRefusal` with the
+reason; ``ask`` parks the request for the operator's ``approve`` / ``refuse`` control actions
+(``ctl dkd approve|refuse``; a control action is a journaled input, so replay is exact), or
+the deadline. A refusing participant ends at once (``end_refused``: failed, code ``refused``,
+no abort: its refusal told the requester). The initiator checks each refusal's signature and
+keeps it; it goes on while the holders that did not refuse can still make ``t`` and ends
+(``give_up_refused``: failed, code ``refused``, naming each refuser and its reason; the abort
+tells the participants still waiting) as soon as they cannot. A late refusal, after the
+quorum, is kept as evidence and changes nothing.
 
 Pure: no trio, no I/O, no clock.
 """
@@ -84,7 +102,7 @@ from aura_node.crypto.group import Point, Scalar, seeded_rng
 from aura_node.crypto.keys import DevicePublicKey
 from aura_node.crypto.memo import VerificationMemo
 from aura_node.crypto.seal import SealBinding, open_sealed, seal
-from aura_node.errors import ProtocolError, RemoteProtocolError, WitnessError
+from aura_node.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, WitnessError
 from aura_node.protocols import engine as eng
 from aura_node.protocols.account import AccountError, AccountRecord
 from aura_node.protocols.dkd.choreography import (
@@ -92,20 +110,30 @@ from aura_node.protocols.dkd.choreography import (
     DkdCollected,
     DkdCommitment,
     DkdComplete,
+    DkdRefusal,
     DkdRequest,
     DkdReveal,
     RevealedPartial,
     SignedCommitment,
 )
+from aura_node.protocols.dkd.consent import (
+    KIND_CONSENT,
+    ConsentDecision,
+    decode_decision,
+    encode_decision,
+)
 from aura_node.protocols.dkd.witnesses import (
     CHOREOGRAPHY,
     COMMITMENT_DOMAIN,
+    REFUSAL_DOMAIN,
     CollectedCommitments,
     DkdSessionFacts,
     RevealError,
     VerifiedReveals,
     check_commitment,
+    check_refusal,
     check_reveal,
+    refusal_payload,
 )
 from aura_node.protocols.kit import Decline, Step, protocol, unrepeatable
 from aura_node.protocols.services import NodeServices
@@ -121,6 +149,8 @@ KIND_EQUIVOCATION = "dkd.equivocation"
 #: the initiator's blinding scalar ``r``, sealed to its own device key (module doc)
 KIND_BLINDING = "dkd.blinding"
 BLINDING_PURPOSE = "dkd/blinding"
+#: the longest refusal reason an operator may give (it travels and is journaled)
+MAX_REASON = 500
 INITIATOR = "initiator"
 PARTICIPANTS = "participants"
 _PARTIAL_LABEL = b"dkd/partial-nonce"
@@ -177,6 +207,12 @@ class EquivocationError(RemoteProtocolError):
 @final
 class Initializing(Phase):
     """Initiator: nothing sent yet. Participant: waiting for the request."""
+
+
+@final
+class Consenting(Phase):
+    """Participant: the request is well formed; the consent policy answers, refuses, or waits
+    for the operator (``ctl dkd approve|refuse``)."""
 
 
 @final
@@ -237,6 +273,30 @@ def make_contribution(services: NodeServices, facts: DkdSessionFacts, entropy: b
     return OwnContribution(reveal=RevealedPartial(
         device_id=key.device_id, index=p.index, point=p.point.to_bytes(),
         proof=p.proof.to_bytes(), commitment=c))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AskedFor:
+    """A participant's view of the request it is deciding on (public values only)."""
+
+    account_id: str
+    requester: str
+    context: str
+    #: the request's journaled arrival time
+    at: float
+    #: the account's current devices by name (the default policy's requesters)
+    devices: tuple[str, ...]
+
+
+def sign_refusal(services: NodeServices, session: str, reason: str) -> DkdRefusal:
+    """This device's signed refusal of ``session`` (Ed25519 is deterministic: a replay signs
+    the same bytes); a reason longer than :data:`MAX_REASON` (a long context quoted in it) is
+    cut there, so the requester never rejects an honest refusal."""
+    key = services.device_key
+    reason = reason[:MAX_REASON]
+    sig = key.sign(REFUSAL_DOMAIN, statement_bytes(
+        session_id=session, choreography=CHOREOGRAPHY, payload=refusal_payload(reason)))
+    return DkdRefusal(session=session, device_id=key.device_id, reason=reason, signature=sig)
 
 
 def derive_from(witness: VerifiedReveals, facts: DkdSessionFacts,
@@ -340,6 +400,27 @@ def _result(facts: DkdSessionFacts, services: NodeServices, witness: VerifiedRev
             "fingerprint": key.fingerprint, "public_key": key.public_key.hex()}
 
 
+def _answer(msg: DkdCommitment, step: DkdStep) -> SignedCommitment | None:
+    """The commitment of a participant's answer, ``None`` for a refusal; exactly one of the two
+    and from the device that sent it, else the peer's message is rejected."""
+    if (msg.commitment is None) == (msg.refusal is None):
+        raise DkdRequestError(f"DkdCommitment from {step.sender} must carry exactly one of a "
+                              "commitment and a refusal")
+    if msg.commitment is not None:
+        _check_sender(step, msg.commitment.device_id, "DkdCommitment")
+        return msg.commitment
+    refusal = _need(msg.refusal)
+    _check_sender(step, refusal.device_id, "DkdRefusal")
+    if len(refusal.reason) > MAX_REASON or not refusal.reason.isprintable():
+        # it ends up in the requester's one-line error and log: printable, bounded text only
+        raise DkdRequestError(f"refusal from {step.sender}: the reason must be at most "
+                              f"{MAX_REASON} printable characters, got {refusal.reason[:60]!r}")
+    if refusal.session != step.session:
+        raise DkdRequestError(f"refusal from {step.sender} names session "
+                              f"{refusal.session[:40]!r}, not {step.session}")
+    return None
+
+
 def _time_out(step: DkdStep, timeout: float, phase: str) -> None:
     step.fail("timeout", f"dkd session {step.session} did not complete within {timeout:g} s "
                          f"(phase {phase})")
@@ -367,6 +448,8 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
     verified: VerifiedReveals | None
     #: the derived seed: memory only, this device only (``derived_seed``)
     key: DerivedSeed | None
+    #: verified signed refusals, one per participant that refused, in arrival order
+    refusals: tuple[DkdRefusal, ...]
 
     def __init__(self: DkdInitiator[Initializing], step: DkdStep) -> None:
         p, services = step.params, step.services
@@ -387,7 +470,7 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
                            context=p.context)
         self._begin(holders=holders, own=None, blinding=None, collected=None, verified=None,
                     key=None, timeout=p.timeout or services.protocols.dkd_timeout_seconds,
-                    pool=Pool(facts=facts))
+                    pool=Pool(facts=facts), refusals=())
 
     def derived_seed(self) -> DerivedSeed | None:
         """The derived key once the session completed here (for ``dkd.sign`` / ``dkd.export``
@@ -395,8 +478,13 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
         return self.key
 
     def describe(self) -> dict[str, Any]:
-        return {"participants": list(self.holders), "reveals": len(self.pool.reveals),
-                "commitments": len({c.device_id for c in self.pool.commitments})}
+        out: dict[str, Any] = {
+            "participants": list(self.holders), "reveals": len(self.pool.reveals),
+            "commitments": len({c.device_id for c in self.pool.commitments})}
+        if self.refusals:
+            out["refusals"] = [{"device_id": r.device_id, "reason": r.reason}
+                               for r in self.refusals]
+        return out
 
     @transition(source=Initializing, target=Completed, action="local")
     def derive_alone(self: DkdInitiator[Initializing], step: DkdStep) -> DkdInitiator[Completed]:
@@ -435,12 +523,43 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
     def gather_commitment(self: DkdInitiator[CommitmentPhase], msg: DkdCommitment,
                           step: DkdStep
                           ) -> DkdInitiator[CommitmentPhase] | DkdInitiator[RevealPhase]:
-        _check_sender(step, msg.commitment.device_id, "DkdCommitment")
-        pool = self.pool.add(msg.commitment, step)
+        """A participant's answer: its commitment (pooled; ``t`` make ``CollectedCommitments``)
+        or its signed refusal (kept; ``give_up_refused`` ends the session once the others
+        cannot make ``t`` any more)."""
+        commitment = _answer(msg, step)
+        if commitment is None:
+            return self._advance(DkdInitiator[CommitmentPhase],
+                                 refusals=self._with_refusal(_need(msg.refusal), step))
+        pool = self.pool.add(commitment, step)
         collected = pool.collected()
         if collected is None:
             return self._advance(DkdInitiator[CommitmentPhase], pool=pool)
         return self._advance(DkdInitiator[RevealPhase], pool=pool, collected=collected)
+
+    @transition(source=CommitmentPhase, target=Failed, action="local")
+    def give_up_refused(self: DkdInitiator[CommitmentPhase], step: DkdStep
+                        ) -> DkdInitiator[Failed]:
+        """Partial refusal: go on while the holders that have not refused (this device
+        included) can still make ``t``; end now, with every refusal's reason, once they
+        cannot (not at the deadline). The abort tells the participants still waiting."""
+        facts = self.pool.facts
+        refused = {r.device_id for r in self.refusals}
+        if len(self.holders) - len(refused) >= facts.threshold:
+            raise Decline
+        names = "; ".join(f"{step.services.name_of_device(r.device_id) or r.device_id} "
+                          f"refused: {r.reason}" for r in self.refusals)
+        step.cancel(DEADLINE_TIMER)
+        step.fail("refused", f"dkd of context {facts.context!r} needs {facts.threshold} of "
+                             f"{len(self.holders)} holders and {len(refused)} refused "
+                             f"({names})")
+        return self._advance(DkdInitiator[Failed])
+
+    def _with_refusal(self, refusal: DkdRefusal, step: DkdStep) -> tuple[DkdRefusal, ...]:
+        """``refusal`` checked (its signature, its signer) and kept once per device."""
+        check_refusal(refusal, self.pool.facts)
+        if any(r.device_id == refusal.device_id for r in self.refusals):
+            return self.refusals
+        return (*self.refusals, refusal)
 
     @transition(source=RevealPhase, target=RevealPhase, action="send", message=DkdCollected,
                 peer=PARTICIPANTS)
@@ -456,8 +575,11 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
     @transition(source=RevealPhase, target=RevealPhase, action="local", message=DkdCommitment)
     def pool_late_commitment(self: DkdInitiator[RevealPhase], msg: DkdCommitment,
                              step: DkdStep) -> DkdInitiator[RevealPhase]:
-        _check_sender(step, msg.commitment.device_id, "DkdCommitment")
-        return self._advance(DkdInitiator[RevealPhase], pool=self.pool.add(msg.commitment, step))
+        commitment = _answer(msg, step)
+        if commitment is None:  # a late refusal: kept as evidence, the quorum is already met
+            return self._advance(DkdInitiator[RevealPhase],
+                                 refusals=self._with_refusal(_need(msg.refusal), step))
+        return self._advance(DkdInitiator[RevealPhase], pool=self.pool.add(commitment, step))
 
     @transition(source=RevealPhase, target=Finalizing, action="gather", message=DkdReveal,
                 peer=PARTICIPANTS)
@@ -508,20 +630,45 @@ class DkdInitiator(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role
 class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", role=PARTICIPANTS,
                      initial=Initializing, abort=Failed):
     timeout: float
-    #: set when the request is taken (``CommitmentPhase`` on)
+    #: what was asked, by whom, when (``Consenting`` on; public values, shown by ``describe``)
+    asked: AskedFor | None
+    #: the consent policy's journaled verdict (``consult_policy``)
+    consent: ConsentDecision | None
+    #: this device's signed refusal, once it refused (it then ends, ``end_refused``)
+    refusal: DkdRefusal | None
+    #: set when the request is answered (``CommitmentPhase`` on)
     own: OwnContribution | None
     pool: Pool | None
 
     def __init__(self: DkdParticipant[Initializing], step: DkdStep) -> None:
-        self._begin(timeout=step.services.protocols.dkd_timeout_seconds, own=None, pool=None)
+        self._begin(timeout=step.services.protocols.dkd_timeout_seconds, asked=None,
+                    consent=None, refusal=None, own=None, pool=None)
 
-    @transition(source=Initializing, target=CommitmentPhase, action="recv", message=DkdRequest,
+    def describe(self) -> dict[str, Any]:
+        if self.asked is None:
+            return {}
+        out: dict[str, Any] = {"account": self.asked.account_id,
+                               "requester": self.asked.requester,
+                               "context": self.asked.context, "requested_at": self.asked.at}
+        if self.consent is not None:
+            out["consent"] = self.consent.verdict
+        if self.refusal is not None:
+            out["refused"] = self.refusal.reason
+        return out
+
+    def awaiting_operator(self) -> bool:
+        """Parked for ``ctl dkd approve`` / ``ctl dkd refuse`` (``ctl dkd pending``)."""
+        return (self.consent is not None and self.consent.verdict == "ask"
+                and self.own is None and self.refusal is None)
+
+    @transition(source=Initializing, target=Consenting, action="recv", message=DkdRequest,
                 peer=INITIATOR)
     def receive_request(self: DkdParticipant[Initializing], req: DkdRequest,
-                        step: DkdStep) -> DkdParticipant[CommitmentPhase]:
-        """The consent policy: answer only a request of an account this device holds, at its
-        threshold, from its first holder, naming this device, for a non-empty context, with
-        the initiator's own valid commitment."""
+                        step: DkdStep) -> DkdParticipant[Consenting]:
+        """Take a well-formed request: of an account this device holds, at its threshold,
+        from its first holder, naming this device, for a non-empty context, blinded, with the
+        initiator's own valid commitment. A malformed one is rejected (no answer: its sender
+        is broken or lying); a well-formed one gets an answer, the consent policy's."""
         me, services = step.self_name, step.services
         try:
             est = services.accounts.get(req.account_id)
@@ -565,17 +712,101 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
                                   f"{exc.message}") from None
         step.learn_roles({n: (INITIATOR if i == 0 else PARTICIPANTS)
                           for i, n in enumerate(req.holders)})
-        own = make_contribution(services, facts, step.entropy)
-        return self._advance(DkdParticipant[CommitmentPhase], own=own,
-                             pool=replace(pool, commitments=(*pool.commitments, own.commitment)))
-
-    @transition(source=CommitmentPhase, target=CommitmentPhase, action="send",
-                message=DkdCommitment, peer=INITIATOR)
-    def send_commitment(self: DkdParticipant[CommitmentPhase], step: DkdStep
-                        ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        # one deadline for the whole session here, a request parked for the operator included
         step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
-        return (self._advance(DkdParticipant[CommitmentPhase]),
-                DkdCommitment(commitment=_need(self.own).commitment))
+        return self._advance(DkdParticipant[Consenting], pool=pool, asked=AskedFor(
+            account_id=account.account_id, requester=step.sender, context=req.context,
+            at=step.now, devices=tuple(h.name for h in account.devices)))
+
+    @unrepeatable(record=KIND_CONSENT)
+    @transition(source=Consenting, target=Consenting, action="local")
+    def consult_policy(self: DkdParticipant[Consenting], step: DkdStep
+                       ) -> DkdParticipant[Consenting]:
+        """The consent policy's verdict, decided once, live, and journaled (``consent.py``:
+        it depends on config and other sessions, which a replay does not see)."""
+        asked, keeper = _need(self.asked), step.services.dkd_consent
+        decision = decode_decision(step.draw(lambda: encode_decision(keeper.decide(
+            account_id=asked.account_id, account_devices=asked.devices,
+            requester=asked.requester, context=asked.context, now=asked.at))))
+        keeper.note(step.session, decision)
+        return self._advance(DkdParticipant[Consenting], consent=decision)
+
+    @transition(source=Consenting, target=CommitmentPhase, action="send",
+                message=DkdCommitment, peer=INITIATOR)
+    def answer(self: DkdParticipant[Consenting], step: DkdStep
+               ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        """The policy allows it: commit to this device's blinded partial."""
+        if _need(self.consent).verdict != "answer":
+            raise Decline
+        return self._commit(step)
+
+    @transition(source=Consenting, target=CommitmentPhase, action="send",
+                message=DkdCommitment, peer=INITIATOR)
+    def refuse_by_policy(self: DkdParticipant[Consenting], step: DkdStep
+                         ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        """The policy (or the rate limit) says no: a signed refusal with its reason."""
+        consent = _need(self.consent)
+        if consent.verdict != "refuse":
+            raise Decline
+        return self._refuse(consent.reason, step)
+
+    @transition(source=Consenting, target=CommitmentPhase, action="send",
+                message=DkdCommitment, peer=INITIATOR, command="approve")
+    def approve(self: DkdParticipant[Consenting], args: Mapping[str, Any], step: DkdStep
+                ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        """``ctl dkd approve SESSION``: the operator answers a parked request."""
+        self._need_parked("approve")
+        step.reply(session=step.session, state="CommitmentPhase", decision="approved")
+        return self._commit(step)
+
+    @transition(source=Consenting, target=CommitmentPhase, action="send",
+                message=DkdCommitment, peer=INITIATOR, command="refuse")
+    def refuse(self: DkdParticipant[Consenting], args: Mapping[str, Any], step: DkdStep
+               ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        """``ctl dkd refuse SESSION [--reason TEXT]``: the operator refuses a parked request."""
+        self._need_parked("refuse")
+        given = args.get("reason")
+        if given is not None and (not isinstance(given, str) or len(given) > MAX_REASON - 60
+                                  or not given.isprintable()):
+            raise LocalProtocolError(f"reason must be one line of at most {MAX_REASON - 60} "
+                                     f"printable characters, got {str(given)[:60]!r}")
+        reason = f"refused by the operator of {step.self_name}" + (f": {given}" if given else "")
+        step.reply(session=step.session, state="Failed", decision="refused", reason=reason)
+        return self._refuse(reason, step)
+
+    @transition(source=CommitmentPhase, target=Failed, action="local")
+    def end_refused(self: DkdParticipant[CommitmentPhase], step: DkdStep
+                    ) -> DkdParticipant[Failed]:
+        """A refusal is this device's last word: its session ends (failed, ``refused``),
+        telling nobody else - the refusal already told the requester."""
+        if self.refusal is None:
+            raise Decline
+        step.cancel(DEADLINE_TIMER)
+        step.fail("refused", f"this device refused dkd for {_need(self.asked).requester}: "
+                             f"{self.refusal.reason}", tell_peers=False)
+        return self._advance(DkdParticipant[Failed])
+
+    def _need_parked(self, action: str) -> None:
+        consent = _need(self.consent)
+        if consent.verdict != "ask":
+            raise LocalProtocolError(
+                f"dkd session is not waiting for the operator: the policy decided "
+                f"({consent.verdict}: {consent.reason}); nothing to {action}")
+
+    def _commit(self: DkdParticipant[Consenting], step: DkdStep
+                ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        pool = _need(self.pool)
+        own = make_contribution(step.services, pool.facts, step.entropy)
+        return self._advance(
+            DkdParticipant[CommitmentPhase], own=own,
+            pool=replace(pool, commitments=(*pool.commitments, own.commitment)),
+        ), DkdCommitment(commitment=own.commitment)
+
+    def _refuse(self: DkdParticipant[Consenting], reason: str, step: DkdStep
+                ) -> tuple[DkdParticipant[CommitmentPhase], DkdCommitment]:
+        refusal = sign_refusal(step.services, step.session, reason)
+        return (self._advance(DkdParticipant[CommitmentPhase], refusal=refusal),
+                DkdCommitment(refusal=refusal))
 
     @transition(source=CommitmentPhase, target=RevealPhase, action="recv", message=DkdCollected,
                 peer=INITIATOR)

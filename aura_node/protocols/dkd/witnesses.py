@@ -47,9 +47,10 @@ from aura_node.crypto.dleq import DleqProof
 from aura_node.crypto.group import Point
 from aura_node.crypto.keys import DevicePublicKey
 from aura_node.crypto.memo import VerificationMemo
+from aura_node.crypto.transcript import transcript
 from aura_node.errors import CryptoError, WitnessError
 from aura_node.protocols.account import AccountRecord
-from aura_node.protocols.dkd.choreography import RevealedPartial, SignedCommitment
+from aura_node.protocols.dkd.choreography import DkdRefusal, RevealedPartial, SignedCommitment
 from aura_node.session.witness import (
     SignedStatement,
     ThresholdEvidence,
@@ -60,16 +61,21 @@ from aura_node.session.witness import (
 
 CHOREOGRAPHY = "dkd"
 COMMITMENT_DOMAIN = "dkd/commitment"
+#: a participant's signed refusal (``choreography.DkdRefusal``) is good for nothing else
+REFUSAL_DOMAIN = "dkd/refusal"
 
 __all__ = [
     "COMMITMENT_DOMAIN",
+    "REFUSAL_DOMAIN",
     "CollectedCommitments",
     "DkdSessionFacts",
     "RevealError",
     "VerifiedReveals",
     "check_commitment",
+    "check_refusal",
     "check_reveal",
     "commitment_statement",
+    "refusal_payload",
 ]
 
 
@@ -128,6 +134,24 @@ def commitment_statement(c: SignedCommitment, facts: DkdSessionFacts) -> SignedS
         )
     return SignedStatement(signer=key, session_id=c.session, choreography=CHOREOGRAPHY,
                            payload=c.digest, signature=c.signature)
+
+
+def refusal_payload(reason: str) -> bytes:
+    """What a refusal signs (``statement_bytes`` adds the session and the choreography)."""
+    return transcript(REFUSAL_DOMAIN, "refuse", reason)
+
+
+def check_refusal(r: DkdRefusal, facts: DkdSessionFacts) -> SignedStatement:
+    """A participant's refusal is signed by a holder of this session, for this session."""
+    key = facts.members.get(r.device_id)
+    if key is None:
+        raise WitnessError(f"{REFUSAL_DOMAIN}: device {r.device_id[:40]} is not a holder taking "
+                           f"part in dkd session {facts.session_id}")
+    st = SignedStatement(signer=key, session_id=r.session, choreography=CHOREOGRAPHY,
+                         payload=refusal_payload(r.reason), signature=r.signature)
+    verify_statement(st, members=facts.members, session_id=facts.session_id,
+                     choreography=CHOREOGRAPHY, domain=REFUSAL_DOMAIN)
+    return st
 
 
 def check_commitment(c: SignedCommitment, facts: DkdSessionFacts) -> SignedStatement:
