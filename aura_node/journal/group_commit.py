@@ -30,8 +30,10 @@ pipeline would have overlapped), and that sync was quick (``INLINE_MAX_SYNC_SECO
 the preparer writes and fdatasyncs the batch itself, blocking the loop for that one sync:
 the latency of a sequential ping or a control action drops by the two hand-offs. Under a
 stream of appends (message intake, concurrent sessions) batches follow each other within the
-idle window, so they go through the thread and keep the overlap; a slow disk never blocks the
-loop. Either way the same ``commit_batch`` runs, in prepare order, one at a time.
+idle window, so they go through the thread and keep the overlap. Once a sync took longer than
+``INLINE_MAX_SYNC_SECONDS`` every batch goes through the thread until one is quick again, so
+a slow disk blocks the loop at most once. Either way the same ``commit_batch`` runs, in
+prepare order, one at a time.
 
 An append returns its ``JournalRecord`` only after the fsync covering its checkpoint. If the
 waiting task is cancelled, its entries may still be (or become) durable: cancellation cannot
