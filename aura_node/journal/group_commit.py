@@ -20,21 +20,6 @@ At most ``PIPELINE_DEPTH`` (2) batches are with the thread: batch N+1 is encoded
 while batch N syncs (the GIL is released during fdatasync), and requests arriving meanwhile
 form the batch after that: the slower the disk, the larger the batches.
 
-*A lone append is committed in the event loop thread.* The pipeline pays two thread hand-offs
-per batch (wake the commit thread, wake the event loop back), which on a busy 2-core machine
-cost as much as the fsync itself; they buy overlap, which a lone append has nothing to
-overlap with. So when the journal has been idle (nothing with the thread, no other request
-queued) for ``INLINE_IDLE_SECONDS`` and for at least as long as the last sync took (appends
-arrive more slowly than the disk syncs: blocking the loop for one sync delays nothing a
-pipeline would have overlapped), and that sync was quick (``INLINE_MAX_SYNC_SECONDS``),
-the preparer writes and fdatasyncs the batch itself, blocking the loop for that one sync:
-the latency of a sequential ping or a control action drops by the two hand-offs. Under a
-stream of appends (message intake, concurrent sessions) batches follow each other within the
-idle window, so they go through the thread and keep the overlap. Once a sync took longer than
-``INLINE_MAX_SYNC_SECONDS`` every batch goes through the thread until one is quick again, so
-a slow disk blocks the loop at most once. Either way the same ``commit_batch`` runs, in
-prepare order, one at a time.
-
 An append returns its ``JournalRecord`` only after the fsync covering its checkpoint. If the
 waiting task is cancelled, its entries may still be (or become) durable: cancellation cannot
 un-write a record. The commit thread is never abandoned: on shutdown (or cancellation) it
@@ -95,11 +80,6 @@ class PendingAppend:
 #: prepared batches handed to the commit thread and not yet delivered back: one syncing, one
 #: waiting (encoded and signed while the first one syncs)
 PIPELINE_DEPTH = 2
-#: a batch is committed in the event loop thread (no hand-off) when the journal has been idle
-#: this long: appends further apart than this are latency-bound, not a stream to overlap
-INLINE_IDLE_SECONDS = 0.001
-#: ... and only when the last sync took at most this long (never block the loop on a slow disk)
-INLINE_MAX_SYNC_SECONDS = 0.010
 
 
 @dataclass(slots=True, eq=False)
@@ -135,16 +115,11 @@ class GroupCommitJournal:
         #: batches committed (one write + one fdatasync each); for tests and metrics
         self.batches = 0
         self.appended = 0
-        #: seconds spent in ``commit_batch`` (write + fdatasync + the GIL waits around them)
-        #: and bytes written: ``aura-node bench journal`` compares them with the wall time
-        #: and with raw writes to say where an append's time goes
+        #: seconds the commit thread spent in ``commit_batch`` (write + fdatasync + the GIL
+        #: waits around them) and bytes it wrote: ``aura-node bench journal`` compares them
+        #: with the wall time and with raw writes to say where an append's time goes
         self.commit_seconds = 0.0
         self.committed_bytes = 0
-        #: batches committed in the event loop thread (the journal was idle; see the module doc)
-        self.inline_batches = 0
-        #: when the last batch was delivered (nothing in flight since), and its sync's duration
-        self._idle_since = time.perf_counter()
-        self._last_sync = 0.0
 
     @classmethod
     @asynccontextmanager
@@ -261,35 +236,9 @@ class GroupCommitJournal:
                     batch.append(req)
                     count += len(req.entries)
                 for prepared in self._prepare(batch):
-                    if self._idle():
-                        self._commit_inline(prepared)
-                        continue
                     # at most PIPELINE_DEPTH batches handed to the thread and not delivered
                     await self._in_flight.acquire()
                     commits.put(prepared)
-
-    def _idle(self) -> bool:
-        """Nothing to overlap a sync with: nothing with the thread, no request waiting, none
-        delivered within ``INLINE_IDLE_SECONDS``, and the disk syncs quickly."""
-        return (
-            self._in_flight.value == PIPELINE_DEPTH
-            and self._last_sync <= INLINE_MAX_SYNC_SECONDS
-            and time.perf_counter() - self._idle_since
-            >= max(INLINE_IDLE_SECONDS, self._last_sync)
-            and self._receive.statistics().current_buffer_used == 0
-        )
-
-    def _commit_inline(self, item: _Prepared) -> None:
-        """Write + fdatasync ``item`` in the event loop thread (the journal was idle), then
-        wake its waiters, exactly as the commit thread would."""
-        self._in_flight.acquire_nowait()  # _deliver releases it, as for a threaded commit
-        self.inline_batches += 1
-        try:
-            records = self._timed_commit(item)
-        except Exception as exc:
-            self._deliver(item, None, exc)
-        else:
-            self._deliver(item, records, None)
 
     def _prepare(self, batch: list[_Request]) -> list[_Prepared]:
         """Encode and sign ``batch`` (in the event loop thread, while the previous batch is
@@ -321,31 +270,22 @@ class GroupCommitJournal:
             item = commits.get()
             if item is None:
                 return
+            t0 = time.perf_counter()
             try:
-                records = self._timed_commit(item)
+                records = self.journal.commit_batch(item.encoded)
             except Exception as exc:
                 token.run_sync_soon(self._deliver, item, None, exc)
             else:
+                # written only by this thread, read by the event loop after the fact
+                self.commit_seconds += time.perf_counter() - t0
+                self.committed_bytes += len(item.encoded.data)
                 token.run_sync_soon(self._deliver, item, records, None)
-
-    def _timed_commit(self, item: _Prepared) -> list[JournalRecord]:
-        """``commit_batch`` with its counters. Runs in the commit thread, or in the event loop
-        when nothing is with the thread: never in both at once (the counters are written by
-        whichever runs, read by the event loop after the fact)."""
-        t0 = time.perf_counter()
-        records = self.journal.commit_batch(item.encoded)
-        self._last_sync = dt = time.perf_counter() - t0
-        self.commit_seconds += dt
-        self.committed_bytes += len(item.encoded.data)
-        return records
 
     def _deliver(
         self, item: _Prepared, records: list[JournalRecord] | None, error: Exception | None
     ) -> None:
         """Event loop side of a commit: wake the waiters of ``item``."""
         self._in_flight.release()
-        if self._in_flight.value == PIPELINE_DEPTH:
-            self._idle_since = time.perf_counter()
         if error is not None or records is None:
             if isinstance(error, JournalFailedError):
                 self._failure = self._failure or error

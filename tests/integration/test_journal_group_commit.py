@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import trio.testing
 
 from aura_node.crypto.keys import DeviceKey
 from aura_node.errors import JournalError, JournalFailedError
-from aura_node.journal import Journal, JournalEntry, JournalRecord, group_commit, verify_journal
+from aura_node.journal import Journal, JournalEntry, JournalRecord, verify_journal
 from aura_node.journal.group_commit import GroupCommitJournal
 
 KEY = DeviceKey.from_seed(b"\x09" * 32)
@@ -182,75 +181,27 @@ async def test_run_can_be_started_in_a_nursery_around_an_open_journal(tmp_path: 
             await gcj.aclose()
 
 
-class ThreadRecordingSync:
-    """``os.fdatasync`` that notes which thread called it."""
-
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-        self.real = os.fdatasync
-
-    def __call__(self, fd: int) -> None:
-        self.threads.append(threading.get_ident())
-        self.real(fd)
-
-
-async def test_a_lone_append_is_committed_in_the_loop_and_a_stream_through_the_thread(
+async def test_submitted_batches_commit_in_order_and_wait_returns_once_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Appends further apart than a sync skip the two thread hand-offs; back-to-back appends
-    keep the pipeline (the sync overlaps with encoding the next batch)."""
-    # a loaded CI disk may sync slowly; what is tested here is the idle rule, not the disk
-    monkeypatch.setattr(group_commit, "INLINE_MAX_SYNC_SECONDS", 60.0)
-    sync = ThreadRecordingSync()
+    """``submit_many`` queues without waiting (the executor queues batch N+1 while N syncs);
+    batches keep the order they were submitted in, and ``wait`` returns only after the fsync
+    covering them."""
+    sync = CountingSync()
     monkeypatch.setattr(os, "fdatasync", sync)
-    loop_thread = threading.get_ident()
-    async with GroupCommitJournal.open(tmp_path, KEY, max_batch=4) as gcj:
-        lone: list[JournalRecord] = []
-        for i in range(5):
-            # idle for longer than the last sync took (and than INLINE_IDLE_SECONDS)
-            await trio.sleep(max(0.005, 2 * gcj._last_sync))
-            before = len(sync.threads)
-            lone.append(await gcj.append(session="l", kind="t/l", body=b"%d" % i, ts=0.0))
-            assert sync.threads[before:] == [loop_thread]  # synced before the append returned
-        assert gcj.inline_batches >= 5
-        inline_before = gcj.inline_batches
-        synced_before = len(sync.threads)
-
-        async def appender(i: int) -> None:
-            await gcj.append(session="s", kind="t/s", body=b"%d" % i, ts=0.0)
-
-        async with trio.open_nursery() as nursery:
-            for i in range(40):
-                nursery.start_soon(appender, i)
-        stream = sync.threads[synced_before:]
-        # at most the first batch of the burst finds the journal idle; the rest queue up
-        # behind it and go through the commit thread
-        assert gcj.inline_batches - inline_before <= 1
-        assert len([t for t in stream if t != loop_thread]) >= len(stream) - 1 >= 9
+    async with GroupCommitJournal.open(tmp_path, KEY, max_batch=3) as gcj:
+        pending = [
+            await gcj.submit_many([JournalEntry(session="o", kind="t/o", body=b"%d.%d" % (i, k),
+                                                ts=0.0) for k in range(3)])
+            for i in range(4)
+        ]
+        done = [await p.wait() for p in pending]
+        assert sync.calls == gcj.batches == 4  # max_batch=3: one group commit each
+        seqs = [r.seq for batch in done for r in batch]
+        assert seqs == sorted(seqs)
+        assert [r.body for batch in done for r in batch] == [
+            b"%d.%d" % (i, k) for i in range(4) for k in range(3)]
+        assert await (await gcj.submit_many([])).wait() == []
     with Journal.open(tmp_path, KEY) as j:
-        assert j.session_records("l") == lone
-        assert len(j.session_records("s")) == 40
-
-
-async def test_an_inline_commit_that_fails_fails_the_journal_like_a_threaded_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(group_commit, "INLINE_MAX_SYNC_SECONDS", 60.0)
-    async with GroupCommitJournal.open(tmp_path, KEY) as gcj:
-        await gcj.append(session="a", kind="t/ok", body=b"ok", ts=0.0)
-        calls: list[int] = []
-
-        def broken(fd: int) -> None:
-            calls.append(threading.get_ident())
-            raise OSError(errno.EIO, "Input/output error")
-
-        monkeypatch.setattr(os, "fdatasync", broken)
-        await trio.sleep(max(0.005, 2 * gcj._last_sync))
-        with pytest.raises(JournalFailedError, match="Input/output error"):
-            await gcj.append(session="b", kind="t/x", body=b"x", ts=0.0)
-        assert calls == [threading.get_ident()]  # the inline path, and never retried
-        assert gcj.failure is not None
-        await trio.sleep(0.005)
-        with pytest.raises(JournalFailedError, match="Input/output error"):
-            await gcj.append(session="c", kind="t/late", body=b"", ts=0.0)
-        assert len(calls) == 1
+        assert [r.body for r in j.session_records("o")] == [
+            b"%d.%d" % (i, k) for i in range(4) for k in range(3)]
