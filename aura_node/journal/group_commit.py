@@ -58,25 +58,6 @@ class _Request:
     error: BaseException | None = None
 
 
-class PendingAppend:
-    """A queued append (``GroupCommitJournal.submit_many``): ``wait`` for its records."""
-
-    __slots__ = ("_req",)
-
-    def __init__(self, req: _Request) -> None:
-        self._req = req
-
-    async def wait(self) -> list[JournalRecord]:
-        """The records, once the fsync covering their checkpoint returned; raises what the
-        commit raised (``JournalFailedError`` after a write/fsync failure)."""
-        req = self._req
-        await req.done.wait()
-        if req.error is not None:
-            raise req.error
-        assert req.records is not None
-        return req.records
-
-
 #: prepared batches handed to the commit thread and not yet delivered back: one syncing, one
 #: waiting (encoded and signed while the first one syncs)
 PIPELINE_DEPTH = 2
@@ -172,25 +153,20 @@ class GroupCommitJournal:
     async def append_many(self, entries: Sequence[JournalEntry]) -> list[JournalRecord]:
         """Append ``entries`` in order, all in the same group commit; returns their records
         once durable. Raises ``JournalFailedError`` after a write/fsync failure."""
-        return await (await self.submit_many(entries)).wait()
-
-    async def submit_many(self, entries: Sequence[JournalEntry]) -> PendingAppend:
-        """Queue ``entries`` as one request (after every request queued before it) and return
-        without waiting for the fsync; ``await pending.wait()`` returns the records once
-        durable. Lets a caller queue its next batch while this one syncs (the effect executor
-        does: journal before send still holds, it acts on a batch only after ``wait``)."""
         self._check_open()
-        req = _Request(entries=entries)
         if not entries:
-            req.records = []
-            req.done.set()
-            return PendingAppend(req)
+            return []
+        req = _Request(entries=entries)
         try:
             await self._send.send(req)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._check_open()
             raise JournalError("journal group commit stopped") from None
-        return PendingAppend(req)
+        await req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.records is not None
+        return req.records
 
     def _check_open(self) -> None:
         if self._failure is not None:

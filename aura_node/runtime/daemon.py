@@ -170,18 +170,11 @@ class Node:
             await journal.append_many(
                 [JournalEntry(session=s, kind=k, body=b, ts=ts) for s, k, b in records])
 
-        async def submit(records: Sequence[tuple[str, str, bytes]], ts: float) -> Any:
-            from aura_node.journal import JournalEntry
-
-            return await journal.submit_many(
-                [JournalEntry(session=s, kind=k, body=b, ts=ts) for s, k, b in records])
-
         # the account store learns an account only once its record is durable (genesis
-        # holders and dealer, a recovered new device): the executor's post-commit hook.
-        # ``submit``: the executor queues batch N+1 while batch N syncs (pipelined)
+        # holders and dealer, a recovered new device): the executor's post-commit hook
         executor = EffectExecutor(effects=effect_recv, append=append, network=network,
                                   timers=timers, max_steps=cfg.journal.max_batch,
-                                  on_durable=learn, submit=submit)
+                                  on_durable=learn)
         self.executor = executor
         control = ControlServer(self.home.control_socket, control_handlers(self), log=self.log,
                                 max_connections=cfg.control.max_connections,

@@ -14,17 +14,6 @@ because the only code that runs actions is after the ``await`` of the append.
 Steps of one session are produced in order by the single session-runtime task and consumed in
 order here, so the journal order of a session equals the order its steps happened in.
 
-*Pipelined* (with ``submit``, as the daemon runs it): the journal is handed batch N+1 while
-batch N syncs, so the fsyncs follow each other without a round trip through this task in
-between. Two tasks: the *committer* takes the waiting steps and queues their records with the
-journal (``submit``: queued in order, not yet durable), then passes the batch to the *actor*,
-which waits until that batch is durable and only then runs its actions, batch after batch in
-the order they were queued. Journal before send is unchanged: an action still runs only after
-the append of its own records returned. The hand-over is unbuffered, so at most two batches
-are with the journal (one syncing, one queued); steps arriving meanwhile wait in the effect
-channel and form the next batch. With ``append`` alone the executor is one task that appends
-and then acts, batch by batch.
-
 ``on_durable`` (optional) sees every batch's records right after the append returned and
 before any action runs: state that is a fold over durable evidence (the node's account store,
 from ``account.established`` records) is updated there, never earlier, and is up to date before
@@ -54,17 +43,6 @@ AppendBatch = Callable[[Sequence[tuple[str, str, bytes]], float], Awaitable[None
 DurableHook = Callable[[Sequence[tuple[str, str, bytes]]], None]
 
 
-class PendingBatch(Protocol):
-    """A batch queued with the journal; ``wait`` returns once it is durable."""
-
-    async def wait(self) -> object: ...
-
-
-#: queue (session, kind, body) records + the batch timestamp with the journal, after every batch
-#: queued before; returns without waiting for the fsync (``GroupCommitJournal.submit_many``)
-SubmitBatch = Callable[[Sequence[tuple[str, str, bytes]], float], Awaitable[PendingBatch]]
-
-
 class PeerSender(Protocol):
     """``aura_node.transport.PeerNetwork``'s sending side."""
 
@@ -84,11 +62,9 @@ class EffectExecutor:
         send_wait: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_durable: DurableHook | None = None,
-        submit: SubmitBatch | None = None,
     ) -> None:
         self._effects = effects
         self._append = append
-        self._submit = submit
         self._network = network
         self._timers = timers
         self._max_steps = max_steps
@@ -103,27 +79,19 @@ class EffectExecutor:
 
     async def run(self) -> None:
         """Run until the effect channel is closed and drained (graceful shutdown)."""
-        if self._submit is not None:
-            await self._run_pipelined(self._submit)
-            return
         async with self._effects:
-            while (batch := await self._take()) is not None:
+            while True:
+                try:
+                    first = await self._effects.receive()
+                except trio.EndOfChannel:
+                    return
+                batch = [first]
+                while len(batch) < self._max_steps:
+                    try:
+                        batch.append(self._effects.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
                 await self.execute(batch)
-
-    async def _take(self) -> list[Step] | None:
-        """The next batch: the first waiting step and every step already queued behind it
-        (up to ``max_steps``); None once the channel is closed and drained."""
-        try:
-            first = await self._effects.receive()
-        except trio.EndOfChannel:
-            return None
-        batch = [first]
-        while len(batch) < self._max_steps:
-            try:
-                batch.append(self._effects.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        return batch
 
     async def execute(self, batch: Sequence[Step]) -> None:
         records = [(s.session, kind, body) for s in batch for kind, body in s.records]
@@ -132,60 +100,16 @@ class EffectExecutor:
             # leave the device unsure whether it committed.
             with trio.CancelScope(shield=True):
                 await self._append(records, self._clock())
-            self._durable(records)
-        await self._act_all(batch)
-
-    def _durable(self, records: Sequence[tuple[str, str, bytes]]) -> None:
-        """A batch's records are durable: count them, let ``on_durable`` fold them."""
-        self.records += len(records)
-        self.batches += 1
-        if self._on_durable is not None:
-            try:
-                self._on_durable(records)
-            except Exception:  # a fold bug must not stop the sends of this batch
-                self._log.error("on_durable_failed", records=len(records), exc_info=True)
-
-    async def _act_all(self, batch: Sequence[Step]) -> None:
+            self.records += len(records)
+            self.batches += 1
+            if self._on_durable is not None:
+                try:
+                    self._on_durable(records)
+                except Exception:  # a fold bug must not stop the sends of this batch
+                    self._log.error("on_durable_failed", records=len(records), exc_info=True)
         for step in batch:
             for action in step.actions:
                 await self._act(action, step.session)
-
-    # --- pipelined: queue batch N+1 with the journal while batch N syncs -------------------
-
-    _Queued = tuple[Sequence[Step], list[tuple[str, str, bytes]], PendingBatch | None]
-
-    async def _run_pipelined(self, submit: SubmitBatch) -> None:
-        # unbuffered: the committer hands batch N+1 over only once the actor is done with
-        # batch N, so at most two batches are with the journal
-        to_actor, from_committer = trio.open_memory_channel[EffectExecutor._Queued](0)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._actor, from_committer)
-                async with to_actor, self._effects:
-                    while (batch := await self._take()) is not None:
-                        records = [(s.session, kind, body) for s in batch
-                                   for kind, body in s.records]
-                        pending = None
-                        if records:
-                            # shielded like ``execute``: a queued group commit is seen through
-                            with trio.CancelScope(shield=True):
-                                pending = await submit(records, self._clock())
-                        await to_actor.send((batch, records, pending))
-        except BaseExceptionGroup as group:
-            # one failure (a failed append) propagates as itself, as from ``execute``
-            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0],
-                                                             BaseExceptionGroup):
-                raise group.exceptions[0] from None
-            raise
-
-    async def _actor(self, queued: trio.MemoryReceiveChannel[EffectExecutor._Queued]) -> None:
-        async with queued:
-            async for batch, records, pending in queued:
-                if pending is not None:
-                    with trio.CancelScope(shield=True):
-                        await pending.wait()  # journal before send: nothing acts before this
-                    self._durable(records)
-                await self._act_all(batch)
 
     async def _act(self, action: Transmit | Arm | Disarm | Resolve, session: str) -> None:
         if isinstance(action, Transmit):

@@ -179,29 +179,3 @@ async def test_run_can_be_started_in_a_nursery_around_an_open_journal(tmp_path: 
             rec = await gcj.append(session="n", kind="t/n", body=b"1", ts=2.0)
             assert journal.session_records("n") == [rec]
             await gcj.aclose()
-
-
-async def test_submitted_batches_commit_in_order_and_wait_returns_once_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``submit_many`` queues without waiting (the executor queues batch N+1 while N syncs);
-    batches keep the order they were submitted in, and ``wait`` returns only after the fsync
-    covering them."""
-    sync = CountingSync()
-    monkeypatch.setattr(os, "fdatasync", sync)
-    async with GroupCommitJournal.open(tmp_path, KEY, max_batch=3) as gcj:
-        pending = [
-            await gcj.submit_many([JournalEntry(session="o", kind="t/o", body=b"%d.%d" % (i, k),
-                                                ts=0.0) for k in range(3)])
-            for i in range(4)
-        ]
-        done = [await p.wait() for p in pending]
-        assert sync.calls == gcj.batches == 4  # max_batch=3: one group commit each
-        seqs = [r.seq for batch in done for r in batch]
-        assert seqs == sorted(seqs)
-        assert [r.body for batch in done for r in batch] == [
-            b"%d.%d" % (i, k) for i in range(4) for k in range(3)]
-        assert await (await gcj.submit_many([])).wait() == []
-    with Journal.open(tmp_path, KEY) as j:
-        assert [r.body for r in j.session_records("o")] == [
-            b"%d.%d" % (i, k) for i in range(4) for k in range(3)]
