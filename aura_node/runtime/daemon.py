@@ -47,7 +47,7 @@ from aura_node.errors import AuraError, JournalFailedError
 from aura_node.logs import get_logger
 from aura_node.protocols.account import KIND_ACCOUNT, AccountStore, decode_established
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
-from aura_node.protocols.registry import registry_fingerprint
+from aura_node.protocols.registry import advertised_choreographies, registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
 from aura_node.runtime.handlers import control_handlers
@@ -81,6 +81,8 @@ class Node:
         self.log = get_logger("aura_node.node", node=self.name)
         self.protocols = load_protocols(self.plugins)
         self.registry_hash = registry_fingerprint()
+        #: the choreography versions this node holds (its hello says so; sessions check them)
+        self.choreographies = advertised_choreographies()
         self.ready = False
         self.listen: tuple[str, int] | None = None
         self.started = time.time()
@@ -160,9 +162,11 @@ class Node:
         )
         self.runtime = runtime
         timers = TimerWheel(command_send)
-        network = PeerNetwork(key=self.key, config=cfg, registry_hash=self.registry_hash,
+        network = PeerNetwork(key=self.key, config=cfg, choreographies=self.choreographies,
                               inbound=event_send)
         self.network = network
+        runtime.advertised = self.choreographies
+        runtime.peer_choreographies = network.peer_choreographies
 
         async def append(records: Sequence[tuple[str, str, bytes]], ts: float) -> None:
             from aura_node.journal import JournalEntry

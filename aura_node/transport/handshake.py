@@ -11,9 +11,11 @@ A connection becomes a link in three steps, all under the caller's ``trio.fail_a
    key of the certificate TLS verified is compared with the pin again (belt and braces: the
    preface is unauthenticated).
 3. **Hello**: TLS 1.3 reports a refused client certificate only at the first read, so a link is
-   up only after ``Hello`` -> ``HelloAck``, which also checks the protocol version, the device
-   id and the hash of the choreography registry. A refusal is sent to the peer as
-   ``HelloReject`` carrying the same code and message (both hashes, for a registry mismatch).
+   up only after ``Hello`` -> ``HelloAck``, which also checks the protocol version and the device
+   id, and tells each side the choreography versions the other holds (kept in
+   :class:`Established`; the session layer decides per choreography whether a session may
+   run, so a node that upgraded one protocol still links with every peer). A refusal is sent
+   to the peer as ``HelloReject`` carrying the same code and message.
 
 Every refusal raises a :class:`~aura_node.errors.HandshakeError` subclass with a code; the
 caller logs it and closes the stream.
@@ -43,12 +45,12 @@ from aura_node.transport.errors import (
     PeerKeyMismatchError,
     PeerRefusedError,
     ProtocolVersionError,
-    RegistryMismatchError,
     TlsHandshakeError,
     UnexpectedFrameError,
     UnknownPeerError,
 )
 from aura_node.transport.framing import (
+    ChoreographyVersion,
     Close,
     Frame,
     FrameDecoder,
@@ -75,7 +77,8 @@ class LocalIdentity:
     node_name: str
     device_id: str
     tls: tls.TlsIdentity
-    registry_hash: bytes
+    #: every choreography version this node can take part in (sent in the hello)
+    choreographies: tuple[ChoreographyVersion, ...]
     max_frame_bytes: int
 
 
@@ -89,6 +92,8 @@ class Established:
     dialer_device_id: str
     #: holds any frames the peer sent right after its HelloAck
     decoder: FrameDecoder
+    #: the choreography versions the peer's hello says it holds
+    peer_choreographies: tuple[ChoreographyVersion, ...] = ()
 
 
 async def _receive_exactly(stream: trio.SocketStream, n: int, what: str) -> bytes:
@@ -175,11 +180,6 @@ def _check_hello(local: LocalIdentity, peer: PinnedPeer, hello: Hello | HelloAck
             f"peer {peer.name} claims device id {hello.device_id}, "
             f"its pinned key gives {peer.device_id}"
         )
-    if hello.registry_hash != local.registry_hash:
-        raise RegistryMismatchError(
-            f"choreography registry mismatch: {local.node_name} runs "
-            f"{local.registry_hash.hex()}, peer {peer.name} runs {hello.registry_hash.hex()}"
-        )
 
 
 async def dial_handshake(
@@ -228,7 +228,7 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
                 version=PROTOCOL_VERSION,
                 device_id=local.device_id,
                 node_name=local.node_name,
-                registry_hash=local.registry_hash,
+                choreographies=local.choreographies,
             )
         )
     )
@@ -243,7 +243,8 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
             f"expected HelloAck or HelloReject from peer {peer.name}, got {type(reply).__name__}"
         )
     _check_hello(local, peer, reply)
-    return Established(stream=stream, peer=peer, dialer_device_id=local.device_id, decoder=decoder)
+    return Established(stream=stream, peer=peer, dialer_device_id=local.device_id, decoder=decoder,
+                       peer_choreographies=reply.choreographies)
 
 
 async def accept_handshake(
@@ -302,8 +303,9 @@ async def accept_handshake(
                 version=PROTOCOL_VERSION,
                 device_id=local.device_id,
                 node_name=local.node_name,
-                registry_hash=local.registry_hash,
+                choreographies=local.choreographies,
             )
         )
     )
-    return Established(stream=stream, peer=peer, dialer_device_id=peer.device_id, decoder=decoder)
+    return Established(stream=stream, peer=peer, dialer_device_id=peer.device_id, decoder=decoder,
+                       peer_choreographies=hello.choreographies)
