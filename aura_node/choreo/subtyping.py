@@ -239,7 +239,10 @@ class _Walk:
                 if same:
                     return same
                 if not _may_anticipate(x, y):
-                    return f"the new version does {x} where the old one first does {y}"
+                    if (x.out, x.peer) == (y.out, y.peer):
+                        return f"the new version does {x} where the old one does {y}"
+                    return (f"the new version does {x} before {y}, which the old one does "
+                            f"first and which {x} may not overtake")
             if found is None:
                 return ahead, behind  # not matched yet: the old side must go on
             ahead, behind = ahead[1:], behind[:found] + behind[found + 1:]

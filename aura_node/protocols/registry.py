@@ -104,7 +104,6 @@ def register_choreography(chor: Choreography) -> Choreography:
             f"{current.version}); an upgrade must declare a higher version, got {chor.version}")
     _OLDER[(current.name, current.version)] = current
     _PLUGINS[chor.name] = chor
-    _advertised_cache.clear()
     return chor
 
 
@@ -124,7 +123,6 @@ def declare_older_version(chor: Choreography) -> Choreography:
     known = _OLDER.setdefault((chor.name, chor.version), chor)
     if known is not chor and choreography_hash(known) != choreography_hash(chor):
         raise ChoreographyError(f"two different definitions of {chor.name} v{chor.version}")
-    _advertised_cache.clear()
     return chor
 
 
@@ -142,12 +140,13 @@ def node_versions() -> Mapping[tuple[str, int], Choreography]:
     return dict(sorted(out.items()))
 
 
-#: (id of the running version, id of the older one) -> proven compatible
-_advertised_cache: dict[tuple[int, int], bool] = {}
+#: (hash of the running version, hash of the older one) -> proven compatible (by content,
+#: not identity: the check is a pure function of the two definitions)
+_advertised_cache: dict[tuple[bytes, bytes], bool] = {}
 
 
 def _stands_in(new: Choreography, old: Choreography) -> bool:
-    key = (id(new), id(old))
+    key = (choreography_hash(new), choreography_hash(old))
     found = _advertised_cache.get(key)
     if found is None:
         found = _advertised_cache[key] = compatibility(new, old).ok
