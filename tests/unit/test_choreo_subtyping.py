@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_node.choreo import Choreography, ChoreographyBuilder, choreography
@@ -18,6 +18,7 @@ from aura_node.choreo.subtyping import (
     wire_incompatibility,
 )
 from aura_node.protocols.registry import REGISTRY
+from tests.unit.test_choreo_random import Plan, build, plans
 
 
 class A(msgspec.Struct, frozen=True, kw_only=True):
@@ -251,3 +252,17 @@ def test_version_must_be_a_positive_integer() -> None:
         choreography("x", abort=Abort, version=0)
     assert _probe(3, PingV1, Reply).version == 3
     assert REGISTRY["ping"].version == 1
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan=plans())
+def test_every_role_of_a_random_choreography_stands_in_for_itself(plan: Plan) -> None:
+    from aura_node.choreo.subtyping import _Walk
+
+    chor = build(plan)
+    for role in chor.roles:
+        local = chor.project(role)
+        v = _Walk(local, local, 8, 50_000).run()
+        assert v.ok, v.describe()
+    assert compatibility(chor, chor).ok
