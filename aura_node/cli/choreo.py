@@ -70,10 +70,17 @@ def _registry(args: argparse.Namespace) -> tuple[Mapping[str, Choreography], str
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from aura_node.protocols.registry import advertised_choreographies
+
     registry, digest = _registry(args)
+    advertised = advertised_choreographies()
     for name, c in registry.items():
         roles = ", ".join(f"{r.name}[{r.size}]" if r.is_set else r.name for r in c.decl.roles)
-        print(f"{name:10} roles: {roles}; {len(c.messages)} messages")
+        print(f"{name:10} roles: {roles}; {len(c.messages)} messages; v{c.version}")
+        older = [v for n, v, _h in advertised if n == name and v != c.version]
+        if older:
+            # what the hello advertises besides: peers on these versions still run sessions
+            print(f"{'':10} stands in for v{', v'.join(map(str, older))} (proven compatible)")
     print(f"registry hash {digest}")
     return 0
 

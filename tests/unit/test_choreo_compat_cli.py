@@ -77,3 +77,21 @@ def test_a_registered_name_and_a_module_with_no_common_choreography(
     assert "compatible: ping v1 can stand in for ping v1" in capsys.readouterr().out
     assert main(["choreo", "compat", "dkd", "ping"]) == 1
     assert "share no choreography name" in capsys.readouterr().err
+
+
+def test_list_shows_versions_and_what_an_upgrade_stands_in_for(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aura_node.protocols import registry
+    from aura_node.protocols.ping.choreography import Pong
+    from tests.unit.kit_support import registrations_undone
+    from tests.unit.test_registry_versions import ping_version
+
+    with registrations_undone():
+        registry._PLUGINS.clear()  # other test modules register plugins in this process
+        registry.register_choreography(ping_version(2, Pong))
+        assert main(["choreo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "ping       roles: initiator, responder; 3 messages; v2\n" in out
+    assert "stands in for v1 (proven compatible)" in out
+    assert "dkd        roles: initiator, participants[m]; 6 messages; v1\n" in out
