@@ -2,20 +2,21 @@
 
 Theory of operation
 -------------------
-``choreographies`` lists the (name, version, hash) of every choreography version the node can
-take part in (``protocols.registry.advertised_choreographies``): links come up whatever they
-are, and the session layer decides per choreography whether two peers may run a session.
-
 Inside the TLS stream a link carries *frames*: a 4-byte big-endian body length followed by a
 msgpack body. The body is one of a closed set of frame types (a msgspec tagged union, encoded
 as a msgpack array whose first element is the tag)::
 
     Hello(version, device_id, node_name, choreographies)    dialer -> acceptor, first frame
     HelloAck(version, device_id, node_name, choreographies) acceptor -> dialer: link is up
-    HelloReject(code, reason)                              acceptor -> dialer: refused, closes
-    Data(payload)                                          opaque bytes for the layer above
-    Keepalive()                                            sent when idle; proves liveness
-    Close(code, reason)                                    orderly end, with why
+    HelloReject(code, reason)                               acceptor -> dialer: refused, closes
+    Data(payload)                                           opaque bytes for the layer above
+    Keepalive()                                             sent when idle; proves liveness
+    Close(code, reason)                                     orderly end, with why
+
+A hello's ``choreographies`` lists the (name, version, hash) of every choreography version the
+node can take part in (``protocols.registry.advertised_choreographies``): links come up
+whatever they are, and the session layer decides per choreography whether two peers may run a
+session.
 
 :class:`FrameDecoder` takes bytes in arbitrary chunks (``feed``) and hands back whole frames
 (``next_frame`` / ``frames``); it never buffers more than one maximum-size frame plus one
