@@ -266,3 +266,11 @@ def test_every_role_of_a_random_choreography_stands_in_for_itself(plan: Plan) ->
         v = _Walk(local, local, 8, 50_000).run()
         assert v.ok, v.describe()
     assert compatibility(chor, chor).ok
+
+
+def test_a_walk_deeper_than_the_stack_is_not_proven_rather_than_a_crash() -> None:
+    steps = 3000
+    old = "; ".join(f"{i} !p.a {i + 1}" for i in range(steps))
+    new = old + f"; {steps} !p.b {steps + 1}"  # differs only at the very end
+    v = is_subtype(lt(new), lt(old))
+    assert not v.ok and "not proven" in v.reason
