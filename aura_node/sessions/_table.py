@@ -33,7 +33,7 @@ from aura_node.errors import LocalProtocolError, ProtocolError
 from aura_node.logs import get_logger
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import Envelope
-from aura_node.protocols.registry import session_refusal
+from aura_node.protocols.registry import Advertised, session_refusal
 from aura_node.protocols.services import NodeServices
 from aura_node.sessions._steps import Outcome
 
@@ -58,10 +58,6 @@ class IncompatibleVersionError(LocalProtocolError):
     of it (the message names the choreography and both versions)."""
 
     code = "incompatible_version"
-
-
-#: (name, version, hash) of one choreography version, as a link hello advertises it
-Advertised = tuple[str, int, bytes]
 
 
 class RoleMonitor(Protocol):
