@@ -18,6 +18,10 @@ for the smallest complete example. Import from here, not from the private module
   rejected and journaled, the session goes on), :class:`WitnessError`, :class:`ParamsError`;
 * registration: :func:`protocol` (conformance-checked against the projection), :class:`NoParams`,
   and :func:`command` for the control commands that start a session (``ctl call NAME``).
+* versions: ``choreography(name, version=N)``; :func:`protocol` with a higher version of a
+  registered choreography upgrades it on this node, and :func:`declare_older_version` keeps
+  another older version declared (peers still running it keep running sessions with this node
+  when the new version is proven to stand in for it; see ``aura-node choreo compat``).
 
 This module only re-exports; it is pure (no trio).
 """
@@ -28,6 +32,7 @@ from aura_node.choreo import ALL, ChoreographyBuilder, Role, Threshold, choreogr
 from aura_node.errors import RemoteProtocolError, WitnessError
 from aura_node.protocols.engine import ParamsError
 from aura_node.protocols.kit import NondeterminismError, NoParams, Protocol, Step, command, protocol
+from aura_node.protocols.registry import declare_older_version
 from aura_node.session.typestate import (
     ChoreographicProtocol,
     Phase,
@@ -64,6 +69,7 @@ __all__ = [
     "WitnessError",
     "choreography",
     "command",
+    "declare_older_version",
     "phase_of",
     "protocol",
     "requires",
