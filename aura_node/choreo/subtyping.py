@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 DEFAULT_BOUND: Final = 8
 #: most pair-of-states steps one check may take before giving up as "not proven"
 DEFAULT_BUDGET: Final = 50_000
+#: longest path of pairs of states one check follows (the walk recurses: this keeps it well
+#: inside Python's default stack whatever the caller's recursion limit)
+MAX_DEPTH: Final = 250
 
 _KNOWN_ACTIONS: Final = frozenset({"send", "recv", "gather", "timeout", "abort"})
 
@@ -252,8 +255,9 @@ class _Walk:
         try:
             failure = self._go(self.new.initial, self.old.initial, (), (), ())
         except RecursionError:
-            # a path longer than Python's stack: bounded like the rest, never a crash
-            failure = ((), "not proven: the walk is deeper than the checker allows")
+            # MAX_DEPTH keeps the walk shallow; a caller deep in its own stack still gets an
+            # answer, never a crash
+            failure = ((), "not proven: the walk is deeper than the stack allows")
         if failure is None:
             return Verdict(role=self.new.role, ok=True)
         trace, reason = failure
@@ -272,6 +276,8 @@ class _Walk:
         self.budget -= 1
         if self.budget < 0:
             return trace, "not proven within the step budget (the check is bounded)"
+        if len(self.path) >= MAX_DEPTH:
+            return trace, f"not proven: the walk is deeper than {MAX_DEPTH} steps"
         if len(ahead) > self.bound or len(behind) > self.bound:
             return trace, (f"not proven within bound {self.bound}: one side runs more than "
                            f"{self.bound} actions ahead of the other")
