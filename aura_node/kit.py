@@ -21,6 +21,10 @@ for the smallest complete example. Import from here, not from the private module
 * declarations beside ``@transition``: :func:`unrepeatable` (a send whose content is drawn
   live and journaled, replayed from the journal) and :func:`polled` (a gather another input
   can complete).
+* versions: ``choreography(name, version=N)``; :func:`protocol` with a higher version of a
+  registered choreography upgrades it on this node, and :func:`declare_older_version` keeps
+  another older version declared (peers still running it keep running sessions with this node
+  when the new version is proven to stand in for it; see ``aura-node choreo compat``).
 
 This module only re-exports; it is pure (no trio).
 """
@@ -40,6 +44,7 @@ from aura_node.protocols.kit import (
     protocol,
     unrepeatable,
 )
+from aura_node.protocols.registry import declare_older_version
 from aura_node.session.typestate import (
     ChoreographicProtocol,
     Phase,
@@ -76,6 +81,7 @@ __all__ = [
     "WitnessError",
     "choreography",
     "command",
+    "declare_older_version",
     "phase_of",
     "polled",
     "protocol",

@@ -57,7 +57,7 @@ async def _tls_receiver(seed: bytes, tx_pk: str, count: int) -> None:
     # tx's address is unknown here: rx never reaches it (port 1) and tx dials rx instead.
     cfg = _config("rx", "127.0.0.1:0", "tx", tx_pk, 1)
     send, recv = trio.open_memory_channel[InboundData](4096)
-    net = PeerNetwork(key=key, config=cfg, registry_hash=b"bench", inbound=send)
+    net = PeerNetwork(key=key, config=cfg, choreographies=(("bench", 1, bytes(32)),), inbound=send)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(net.serve)
         print(port, flush=True)
@@ -171,7 +171,8 @@ async def _measure(
     cfg = _config("tx", "127.0.0.1:0", "rx", rx_pk, tls_port)
     send, recv = trio.open_memory_channel[InboundData](16)
     net = PeerNetwork(
-        key=DeviceKey.from_seed(tx_seed), config=cfg, registry_hash=b"bench", inbound=send
+        key=DeviceKey.from_seed(tx_seed), config=cfg, choreographies=(("bench", 1, bytes(32)),),
+        inbound=send,
     )
     encoder = FrameEncoder(max_frame_bytes=cfg.transport.max_frame_bytes)
     raw: list[float] = []

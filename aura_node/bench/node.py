@@ -230,7 +230,7 @@ def accepted_rate(root: Path, n: int) -> float:
     from aura_node.crypto.keys import DeviceKey
     from aura_node.harness import bench_protocol
     from aura_node.protocols.envelope import encode_wire, seal
-    from aura_node.protocols.registry import registry_fingerprint
+    from aura_node.protocols.registry import advertised_choreographies
     from aura_node.transport import PeerNetwork
 
     recv = BenchNode(root, "recv", plugins=("aura_node.harness.bench_protocol",))
@@ -250,7 +250,7 @@ def accepted_rate(root: Path, n: int) -> float:
 
         async def main() -> float:
             send, _recv = trio.open_memory_channel[Any](1024)
-            net = PeerNetwork(key=key, config=cfg, registry_hash=registry_fingerprint(),
+            net = PeerNetwork(key=key, config=cfg, choreographies=advertised_choreographies(),
                               inbound=send)
             async with trio.open_nursery() as nursery:
                 await nursery.start(net.serve)

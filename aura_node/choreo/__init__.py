@@ -13,7 +13,9 @@ Public surface (everything else is private to the package):
 Pure code: no Trio, no sockets, no clock, no disk. Modules from the bottom up (each imports
 only those before it): ``errors``, ``local``, ``syntax`` (the AST), ``projection``,
 ``wellformed``, ``dsl`` (builder, decorator, :class:`Choreography`); ``monitor`` needs
-only ``errors`` and ``local``; ``render`` and ``simulate`` come last.
+only ``errors`` and ``local``; ``render`` and ``simulate`` come last. ``subtyping`` (is a new
+version of a choreography compatible with an old one?) reads only ``local`` types (and
+``dsl`` for whole choreographies).
 """
 
 from aura_node.choreo.dsl import Choreography, ChoreographyBuilder, choreography

@@ -119,6 +119,10 @@ class Choreography:
         return self.decl.name
 
     @property
+    def version(self) -> int:
+        return self.decl.version
+
+    @property
     def roles(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.decl.roles)
 
@@ -312,8 +316,10 @@ class LoopHandle(_Draft):
 class ChoreographyBuilder:
     """Records the statements of one choreography; see the module docstring for the vocabulary."""
 
-    def __init__(self, name: str, *, abort: type, abort_phase: str, where: str) -> None:
+    def __init__(self, name: str, *, abort: type, abort_phase: str, where: str,
+                 version: int = 1) -> None:
         self.name = name
+        self.version = version
         self._abort = abort
         self._abort_phase = abort_phase
         self._where = where
@@ -475,18 +481,27 @@ class ChoreographyBuilder:
                 abort_phase=self._abort_phase,
                 body=_freeze_block(self._top),
                 where=self._where,
+                version=self.version,
             )
         )
 
 
 def choreography(
-    name: str, *, abort: type, abort_phase: str = "Failed"
+    name: str, *, abort: type, abort_phase: str = "Failed", version: int = 1
 ) -> Callable[[Callable[[ChoreographyBuilder], None]], Choreography]:
-    """Decorator: run the declaring function once and return the frozen :class:`Choreography`."""
+    """Decorator: run the declaring function once and return the frozen :class:`Choreography`.
+
+    ``version`` (a positive integer, default 1) numbers the releases of one protocol: a node
+    advertises it in its link hello, and a session starts only between peers whose versions
+    are the same or proven compatible (``aura_node.choreo.subtyping``)."""
     where = caller_where()
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"choreography {name!r}: version must be a positive integer, "
+                         f"got {version!r}")
 
     def wrap(fn: Callable[[ChoreographyBuilder], None]) -> Choreography:
-        builder = ChoreographyBuilder(name, abort=abort, abort_phase=abort_phase, where=where)
+        builder = ChoreographyBuilder(name, abort=abort, abort_phase=abort_phase, where=where,
+                                      version=version)
         fn(builder)
         return builder.build()
 

@@ -214,6 +214,9 @@ class Declaration:
     abort_phase: str
     body: Block
     where: str
+    #: the choreography's version (``choreography(name, version=N)``): peers holding different
+    #: versions run a session only when the newer one is proven to stand in for the older
+    version: int = 1
 
 
 def is_message_type(t: object) -> bool:

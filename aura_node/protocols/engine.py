@@ -615,8 +615,11 @@ class ProtocolSpec:
 PROTOCOLS: dict[str, ProtocolSpec] = {}
 
 
-def register_protocol(spec: ProtocolSpec) -> ProtocolSpec:
-    if spec.choreography in PROTOCOLS and PROTOCOLS[spec.choreography] is not spec:
+def register_protocol(spec: ProtocolSpec, *, supersede: bool = False) -> ProtocolSpec:
+    """Register ``spec`` under its choreography's name; ``supersede``: replace the one there
+    (an upgrade to a higher version of the choreography, checked by the caller)."""
+    if (not supersede and spec.choreography in PROTOCOLS
+            and PROTOCOLS[spec.choreography] is not spec):
         raise DriverError(f"protocol {spec.choreography!r} is registered twice")
     PROTOCOLS[spec.choreography] = spec
     return spec

@@ -908,8 +908,13 @@ def protocol(
     """
     name = chor.name
     known = node_registry().get(name)
-    if known is not None and known is not chor:
-        raise eng.DriverError(f"a choreography named {name!r} is registered already")
+    # a higher version of a registered choreography is an upgrade: it replaces the protocol
+    # on this node (the older version stays declared, see protocols.registry)
+    upgrade = known is not None and known is not chor and chor.version > known.version
+    if known is not None and known is not chor and not upgrade:
+        raise eng.DriverError(f"a choreography named {name!r} is registered already"
+                              + (f" (version {known.version}; an upgrade declares a higher "
+                                 f"version)" if chor.version == known.version else ""))
     by_role: dict[str, type[RoleValue]] = {}
     for cls in roles:
         if cls.choreography != name:
@@ -964,7 +969,7 @@ def protocol(
         validate_params=validate,
         bindings=bindings or _default_bindings(chor),
         commands=tuple(commands),
-    ))
+    ), supersede=upgrade)
     register_choreography(chor)  # one registration: the spec above and the choreography
     proto = Protocol(choreography=chor, roles=by_role, params=params, spec=spec,
                      drivers=drivers, control=control)

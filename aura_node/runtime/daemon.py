@@ -59,7 +59,7 @@ from aura_node.protocols.account import KIND_ACCOUNT, AccountEstablished, Accoun
 from aura_node.protocols.dkd.consent import KIND_CONSENT
 from aura_node.protocols.engine import EvidenceRecord, load_protocols
 from aura_node.protocols.epochs import KIND_EPOCH_FACT, FactVerdict
-from aura_node.protocols.registry import registry_fingerprint
+from aura_node.protocols.registry import advertised_choreographies, registry_fingerprint
 from aura_node.protocols.services import NodeServices
 from aura_node.runtime.executor import DurableHook, EffectExecutor
 from aura_node.runtime.handlers import control_handlers, session_wait_expired
@@ -98,6 +98,8 @@ class Node:
         self.log = get_logger("aura_node.node", node=self.name)
         self.protocols = load_protocols(self.plugins)
         self.registry_hash = registry_fingerprint()
+        #: the choreography versions this node holds (its hello says so; sessions check them)
+        self.choreographies = advertised_choreographies()
         self.ready = False
         self.listen: tuple[str, int] | None = None
         self.started = time.time()
@@ -206,9 +208,11 @@ class Node:
         witness.on_resolved = self._release_held
         self.witness = witness
         self.wait_deadlines = WaitDeadlines(session_wait_expired)
-        network = PeerNetwork(key=self.key, config=cfg, registry_hash=self.registry_hash,
+        network = PeerNetwork(key=self.key, config=cfg, choreographies=self.choreographies,
                               inbound=event_send, witness=witness)
         self.network = network
+        runtime.advertised = self.choreographies
+        runtime.peer_choreographies = network.peer_choreographies
 
         async def append(records: Sequence[tuple[str, str, bytes]], ts: float) -> None:
             from aura_node.journal import JournalEntry

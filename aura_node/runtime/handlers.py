@@ -24,6 +24,7 @@ from aura_node.runtime.executor import EffectExecutor
 from aura_node.runtime.timers import WaitDeadlines
 from aura_node.sessions import (
     Command,
+    IncompatibleVersionError,
     Outcome,
     SessionControl,
     SessionFailedError,
@@ -257,8 +258,8 @@ def control_handlers(node: RunningNode) -> dict[str, Handler]:
             sid = await start_session(node, "ping", roles={node.name: "initiator",
                                                              peer: "responder"},
                                       params={"timeout": timeout})
-        except SessionFailedError:
-            raise
+        except (SessionFailedError, IncompatibleVersionError):
+            raise  # the session or the peer's ping version, not the operator's arguments
         except AuraError as exc:
             raise p.InvalidArgsError(exc.message) from None
         # the driver's own deadline fails the session at ``timeout``; the extra second only

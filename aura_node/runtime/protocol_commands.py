@@ -67,7 +67,12 @@ from aura_node.runtime.handlers import (
     start_session,
     wait_session,
 )
-from aura_node.sessions import SessionEntry, SessionFailedError, UnknownSessionError
+from aura_node.sessions import (
+    IncompatibleVersionError,
+    SessionEntry,
+    SessionFailedError,
+    UnknownSessionError,
+)
 
 if TYPE_CHECKING:
     from aura_node.protocols.reshare.roles import Operation
@@ -91,8 +96,8 @@ async def _start(node: RunningNode, choreography: str, roles: Mapping[str, str],
     """Start a session; operator errors (params, unknown peers) become ``invalid_args``."""
     try:
         return await start_session(node, choreography, roles=roles, params=params)
-    except SessionFailedError:
-        raise
+    except (SessionFailedError, IncompatibleVersionError):
+        raise  # not the operator's arguments: the session itself (or the peer's version)
     except AuraError as exc:
         raise p.InvalidArgsError(exc.message) from None
 

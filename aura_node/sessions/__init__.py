@@ -42,6 +42,7 @@ from aura_node.sessions._steps import (
     Transmit,
 )
 from aura_node.sessions._table import (
+    IncompatibleVersionError,
     MonitorFactory,
     PeerDirectory,
     RoleMonitor,
@@ -58,6 +59,7 @@ __all__ = [
     "Command",
     "Disarm",
     "DriverObjectionError",
+    "IncompatibleVersionError",
     "InboundPayload",
     "MonitorFactory",
     "Outcome",

@@ -40,7 +40,7 @@ from aura_node.protocols.envelope import (
 )
 from aura_node.sessions._effects import EffectApplication, _start_record
 from aura_node.sessions._steps import Step, Transmit
-from aura_node.sessions._table import SessionEntry
+from aura_node.sessions._table import IncompatibleVersionError, SessionEntry
 
 
 class DriverObjectionError(RemoteProtocolError):
@@ -105,6 +105,9 @@ class InboundDelivery(EffectApplication):
                 self._log.info("unknown_session", session=env.session, peer=peer,
                                step=env.step, choreography=env.choreography)
                 return None
+            refused = self.version_refusal(env.choreography, (peer,))
+            if refused is not None:
+                return self._refuse_session(env, peer, refused, now)
             return self._open_responder(spec, opener, peer, opened.message, env,
                                         opened.digest, now)
 
@@ -167,6 +170,18 @@ class InboundDelivery(EffectApplication):
         self._log.info("replay_answered", session=env.session, peer=peer,
                        resent=len(step.actions), from_journal=True)
         return step if step.actions else None
+
+    def _refuse_session(self, env: Envelope, peer: str, reason: str, now: float) -> Step:
+        """A peer opened a session of a choreography version this node cannot run with it:
+        no session, a ``<choreography>.rejected`` record with the reason (evidence, not a
+        session: rehydration skips it), other sessions untouched."""
+        self.rejected += 1
+        self._log.warning("session_refused", session=env.session, peer=peer,
+                          code=IncompatibleVersionError.code, reason=reason)
+        record = eng.rejection(f"{env.choreography}.rejected", peer=peer,
+                               code=IncompatibleVersionError.code,
+                               reason=f"refused to open session: {reason}")
+        return Step(session=env.session, ts=now, records=[(record.kind, record.body)])
 
     def _open_responder(
         self, spec: eng.ProtocolSpec, opener: eng.Opener, peer: str,

@@ -29,7 +29,12 @@ from aura_node.sessions._steps import (
     TimerExpired,
     Transmit,
 )
-from aura_node.sessions._table import SessionEntry, SessionFailedError, UnknownSessionError
+from aura_node.sessions._table import (
+    IncompatibleVersionError,
+    SessionEntry,
+    SessionFailedError,
+    UnknownSessionError,
+)
 
 
 class SessionRuntime(InboundDelivery, Rehydration):
@@ -91,6 +96,10 @@ class SessionRuntime(InboundDelivery, Rehydration):
                 )
             if cmd.session in self.sessions or self._journaled(cmd.session) is not None:
                 raise eng.ParamsError(f"session {cmd.session} exists already")
+            refused = self.version_refusal(
+                cmd.choreography, sorted(n for n in cmd.roles if n != self.self_name))
+            if refused is not None:
+                raise IncompatibleVersionError(f"cannot start {cmd.choreography}: {refused}")
             roles = dict(cmd.roles)  # one copy, shared by the Start and the table entry
             start = eng.Start(
                 session=cmd.session, choreography=cmd.choreography, role=spec.initiator_role,

@@ -21,7 +21,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from aura_node.errors import LocalProtocolError, ProtocolError
 from aura_node.logs import get_logger
 from aura_node.protocols import engine as eng
 from aura_node.protocols.envelope import Envelope
+from aura_node.protocols.registry import Advertised, session_refusal
 from aura_node.protocols.services import NodeServices
 from aura_node.sessions._steps import Outcome
 
@@ -50,6 +51,13 @@ class SessionFailedError(ProtocolError):
 
 class UnknownSessionError(LocalProtocolError):
     code = "unknown_session"
+
+
+class IncompatibleVersionError(LocalProtocolError):
+    """A session of a choreography cannot start with a peer holding an incompatible version
+    of it (the message names the choreography and both versions)."""
+
+    code = "incompatible_version"
 
 
 class RoleMonitor(Protocol):
@@ -163,6 +171,10 @@ class PeerDirectory:
         return name in self._by_name
 
 
+def _unknown_peer(_name: str) -> Sequence[Advertised] | None:
+    return None
+
+
 def peer_directory(cfg: NodeConfig) -> PeerDirectory:
     return PeerDirectory({p.name: DevicePublicKey.from_hex(p.public_key) for p in cfg.peers})
 
@@ -213,6 +225,11 @@ class SessionTable:
         self._log = get_logger("aura_node.runtime.sessions", node=self_name)
         self.accepted = 0
         self.rejected = 0
+        #: the choreography versions this node advertises in its hello; empty: no version
+        #: check (a table driven without a transport, e.g. the simulation)
+        self.advertised: Sequence[Advertised] = ()
+        #: what a peer's last hello advertised (None: never linked); the daemon sets it
+        self.peer_choreographies: Callable[[str], Sequence[Advertised] | None] = _unknown_peer
         self.duplicates = 0
 
     # --- queries (read-only, safe from any task: single-threaded) -----------------------------
@@ -316,6 +333,21 @@ class SessionTable:
         if end is not None:
             out["ended"] = last_ts
         return out
+
+    def version_refusal(self, choreography: str, peers: Iterable[str]) -> str | None:
+        """Why a session of ``choreography`` cannot run with ``peers`` (the first incompatible
+        one), or ``None``. A peer never linked since this node started is not judged here:
+        its own node refuses the session's first message if the versions do not fit."""
+        if not self.advertised:
+            return None
+        for peer in peers:
+            theirs = self.peer_choreographies(peer)
+            if theirs is None:
+                continue
+            why = session_refusal(choreography, self.advertised, theirs, peer=peer)
+            if why is not None:
+                return why
+        return None
 
     def get(self, session: str) -> SessionEntry:
         entry = self.sessions.get(session)

@@ -6,7 +6,7 @@ Inside the TLS stream a link carries *frames*: a 4-byte big-endian body length f
 msgpack body. The body is one of a closed set of frame types (a msgspec tagged union, encoded
 as a msgpack array whose first element is the tag)::
 
-    Hello(version, device_id, node_name, registry_hash,
+    Hello(version, device_id, node_name, choreographies,
           checkpoint, your_checkpoint)                     dialer -> acceptor, first frame
     HelloAck(... the same fields ...)                      acceptor -> dialer: link is up
     HelloReject(code, reason)                              acceptor -> dialer: refused, closes
@@ -14,6 +14,11 @@ as a msgpack array whose first element is the tag)::
     Keepalive()                                            sent when idle; proves liveness
     CheckpointNote(checkpoint)                             the sender's newer journal checkpoint
     Close(code, reason)                                    orderly end, with why
+
+A hello's ``choreographies`` lists the (name, version, hash) of every choreography version the
+node can take part in (``protocols.registry.advertised_choreographies``): links come up
+whatever they are, and the session layer decides per choreography whether two peers may run a
+session.
 
 ``checkpoint`` is the sender's newest signed journal checkpoint and ``your_checkpoint`` the
 newest checkpoint of the *receiver's* journal the sender holds (both msgpack-encoded
@@ -52,11 +57,30 @@ DATA_OVERHEAD: Final = 16
 
 DeviceIdText = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
 NodeName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-RegistryHash = Annotated[bytes, msgspec.Meta(min_length=1, max_length=64)]
+ChoreographyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ChoreographyHash = Annotated[bytes, msgspec.Meta(min_length=1, max_length=64)]
+#: a node runs a few dozen choreographies; the cap bounds what an unauthenticated-until-now
+#: hello can make the acceptor hold
+MAX_CHOREOGRAPHIES: Final = 512
 Code = Annotated[str, msgspec.Meta(max_length=64)]
 Reason = Annotated[str, msgspec.Meta(max_length=4096)]
 #: an encoded journal checkpoint (``journal.witness.MAX_CHECKPOINT_BYTES``), or empty
 CheckpointBytes = Annotated[bytes, msgspec.Meta(max_length=512)]
+
+
+class ChoreographyVersion(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, forbid_unknown_fields=True
+):
+    """One entry of a hello's ``choreographies``: a version of a choreography and its hash."""
+
+    name: ChoreographyName
+    version: Annotated[int, msgspec.Meta(ge=1)]
+    hash: ChoreographyHash
+
+
+Choreographies = Annotated[
+    tuple[ChoreographyVersion, ...], msgspec.Meta(max_length=MAX_CHOREOGRAPHIES)
+]
 
 
 class Hello(
@@ -70,7 +94,7 @@ class Hello(
     version: int
     device_id: DeviceIdText
     node_name: NodeName
-    registry_hash: RegistryHash
+    choreographies: Choreographies
     checkpoint: CheckpointBytes = b""
     your_checkpoint: CheckpointBytes = b""
 
@@ -86,7 +110,7 @@ class HelloAck(
     version: int
     device_id: DeviceIdText
     node_name: NodeName
-    registry_hash: RegistryHash
+    choreographies: Choreographies
     checkpoint: CheckpointBytes = b""
     your_checkpoint: CheckpointBytes = b""
 

@@ -11,9 +11,11 @@ A connection becomes a link in three steps, all under the caller's ``trio.fail_a
    key of the certificate TLS verified is compared with the pin again (belt and braces: the
    preface is unauthenticated).
 3. **Hello**: TLS 1.3 reports a refused client certificate only at the first read, so a link is
-   up only after ``Hello`` -> ``HelloAck``, which also checks the protocol version, the device
-   id and the hash of the choreography registry. A refusal is sent to the peer as
-   ``HelloReject`` carrying the same code and message (both hashes, for a registry mismatch).
+   up only after ``Hello`` -> ``HelloAck``, which also checks the protocol version and the device
+   id, and tells each side the choreography versions the other holds (kept in
+   :class:`Established`; the session layer decides per choreography whether a session may
+   run, so a node that upgraded one protocol still links with every peer). A refusal is sent
+   to the peer as ``HelloReject`` carrying the same code and message.
 
 The hellos also exchange journal checkpoints (rollback detection, ``journal.witness``): each
 side sends its own newest one and the newest one of the other side's journal it holds, taken
@@ -49,12 +51,12 @@ from aura_node.transport.errors import (
     PeerKeyMismatchError,
     PeerRefusedError,
     ProtocolVersionError,
-    RegistryMismatchError,
     TlsHandshakeError,
     UnexpectedFrameError,
     UnknownPeerError,
 )
 from aura_node.transport.framing import (
+    ChoreographyVersion,
     Close,
     Frame,
     FrameDecoder,
@@ -93,7 +95,8 @@ class LocalIdentity:
     node_name: str
     device_id: str
     tls: tls.TlsIdentity
-    registry_hash: bytes
+    #: every choreography version this node can take part in (sent in the hello)
+    choreographies: tuple[ChoreographyVersion, ...]
     max_frame_bytes: int
     checkpoints: CheckpointSource | None = None
 
@@ -114,6 +117,8 @@ class Established:
     dialer_device_id: str
     #: holds any frames the peer sent right after its HelloAck
     decoder: FrameDecoder
+    #: the choreography versions the peer's hello says it holds
+    peer_choreographies: tuple[ChoreographyVersion, ...] = ()
     #: from the peer's hello: its newest checkpoint, and the newest of ours it holds
     peer_checkpoint: bytes = b""
     your_checkpoint: bytes = b""
@@ -203,11 +208,6 @@ def _check_hello(local: LocalIdentity, peer: PinnedPeer, hello: Hello | HelloAck
             f"peer {peer.name} claims device id {hello.device_id}, "
             f"its pinned key gives {peer.device_id}"
         )
-    if hello.registry_hash != local.registry_hash:
-        raise RegistryMismatchError(
-            f"choreography registry mismatch: {local.node_name} runs "
-            f"{local.registry_hash.hex()}, peer {peer.name} runs {hello.registry_hash.hex()}"
-        )
 
 
 async def dial_handshake(
@@ -257,7 +257,7 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
                 version=PROTOCOL_VERSION,
                 device_id=local.device_id,
                 node_name=local.node_name,
-                registry_hash=local.registry_hash,
+                choreographies=local.choreographies,
                 checkpoint=ours,
                 your_checkpoint=held,
             )
@@ -275,7 +275,8 @@ async def dial_hello(stream: LinkStream, *, local: LocalIdentity, peer: PinnedPe
         )
     _check_hello(local, peer, reply)
     return Established(stream=stream, peer=peer, dialer_device_id=local.device_id, decoder=decoder,
-                       peer_checkpoint=reply.checkpoint, your_checkpoint=reply.your_checkpoint)
+                       peer_checkpoint=reply.checkpoint, your_checkpoint=reply.your_checkpoint,
+                       peer_choreographies=reply.choreographies)
 
 
 async def accept_handshake(
@@ -335,11 +336,12 @@ async def accept_handshake(
                 version=PROTOCOL_VERSION,
                 device_id=local.device_id,
                 node_name=local.node_name,
-                registry_hash=local.registry_hash,
+                choreographies=local.choreographies,
                 checkpoint=ours,
                 your_checkpoint=held,
             )
         )
     )
     return Established(stream=stream, peer=peer, dialer_device_id=peer.device_id, decoder=decoder,
-                       peer_checkpoint=hello.checkpoint, your_checkpoint=hello.your_checkpoint)
+                       peer_checkpoint=hello.checkpoint, your_checkpoint=hello.your_checkpoint,
+                       peer_choreographies=hello.choreographies)

@@ -42,9 +42,10 @@ import errno
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import trio
 
 from aura_node.config import NodeConfig, PeerConfig, parse_address
@@ -61,7 +62,12 @@ from aura_node.transport.errors import (
     ListenError,
     UnknownPeerNameError,
 )
-from aura_node.transport.framing import FrameEncoder, max_data_payload
+from aura_node.transport.framing import (
+    Choreographies,
+    ChoreographyVersion,
+    FrameEncoder,
+    max_data_payload,
+)
 from aura_node.transport.handshake import (
     Established,
     LinkStream,
@@ -152,6 +158,9 @@ class _PeerSlot:
         self.last_error: str | None = None
         self.dialer: trio.CancelScope | None = None
         self.removed = False
+        #: what the peer's last hello said it holds (kept while the link is down: the
+        #: session layer judges new sessions by it; None until a link first came up)
+        self.choreographies: tuple[tuple[str, int, bytes], ...] | None = None
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -195,22 +204,27 @@ class PeerNetwork:
         *,
         key: DeviceKey,
         config: NodeConfig,
-        registry_hash: bytes,
+        choreographies: Sequence[tuple[str, int, bytes]],
         inbound: trio.MemorySendChannel[InboundData],
         keepalive_seconds: float = KEEPALIVE_SECONDS,
         reconnect_base_seconds: float = RECONNECT_BASE_SECONDS,
         rng: Callable[[], float] = random.random,
         witness: NetworkWitness | None = None,
     ) -> None:
-        if not 1 <= len(registry_hash) <= 64:
-            raise TransportError(f"registry hash must be 1..64 bytes, got {len(registry_hash)}")
+        try:
+            advertised = tuple(ChoreographyVersion(name=n, version=v, hash=h)
+                               for n, v, h in choreographies)
+            # the peer's decoder enforces the wire limits: refuse here what it would refuse
+            msgspec.convert(msgspec.to_builtins(advertised), Choreographies)
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            raise TransportError(f"choreographies to advertise are not valid: {exc}") from None
         self._config = config
         self._transport = config.transport
         self._local = LocalIdentity(
             node_name=config.node.name,
             device_id=key.device_id,
             tls=tls.tls_identity(key),
-            registry_hash=registry_hash,
+            choreographies=advertised,
             max_frame_bytes=config.transport.max_frame_bytes,
             checkpoints=witness,
         )
@@ -278,6 +292,12 @@ class PeerNetwork:
             return slot.queue.put_nowait(payload)
         except trio.ClosedResourceError:
             raise UnknownPeerNameError(f"peer {peer_name!r} is no longer pinned") from None
+
+    def peer_choreographies(self, peer_name: str) -> tuple[tuple[str, int, bytes], ...] | None:
+        """(name, version, hash) of every choreography version ``peer_name``'s last hello
+        advertised; ``None`` for an unknown peer or one never linked since this node started."""
+        slot = self._slots.get(peer_name)
+        return None if slot is None else slot.choreographies
 
     def link_states(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
@@ -525,6 +545,8 @@ class PeerNetwork:
             log=self._log,
             witness=self._witness,
         )
+        slot.choreographies = tuple((c.name, c.version, c.hash)
+                                    for c in established.peer_choreographies)
         loser = slot.attach(link)
         self._log.info(
             "link up",

@@ -6,7 +6,7 @@
   ``AURA_TEST_PLUGIN`` selects what it installs:
 
   ``extra-choreography``  registers an additional choreography ``echo`` (changes the registry
-                          hash: peers without it refuse the link, naming both hashes);
+                          hash; peers without it still link: the hello carries versions);
   ``faulty-responder``    replaces the ping responder driver with one that raises when the
                           session was opened by the device named ``c`` (a driver bug confined
                           to some sessions).

@@ -23,7 +23,7 @@ from aura_node.config import NodeConfig, NodeSection, PeerConfig
 from aura_node.crypto.keys import DeviceKey
 from aura_node.protocols.envelope import encode_wire, seal
 from aura_node.protocols.ping.choreography import Ping, Pong
-from aura_node.protocols.registry import registry_hash
+from aura_node.protocols.registry import advertised_choreographies
 from aura_node.transport import PeerNetwork
 from tests.integration.nodeproc import NodeProc, cluster, free_port
 
@@ -57,7 +57,8 @@ async def _as_pinned_peer(node: NodeProc, key: DeviceKey, port: int,
                                        address=f"127.0.0.1:{node.port}"),))
     send, _recv = trio.open_memory_channel[Any](100)
     # the peer node runs the shipped protocols only; this process may hold test registrations
-    net = PeerNetwork(key=key, config=cfg, registry_hash=registry_hash(), inbound=send)
+    net = PeerNetwork(key=key, config=cfg, choreographies=advertised_choreographies(),
+                      inbound=send)
     async with trio.open_nursery() as nursery:
         await nursery.start(net.serve)
         with trio.fail_after(15):

@@ -192,7 +192,7 @@ def test_choreo_commands_show_a_plugins_choreography() -> None:
     assert plain.returncode == listed.returncode == 0
     assert "bench-notice" not in plain.stdout
     assert "bench-notice roles: sender, receiver; 2 messages" in listed.stdout
-    # the plugin changes the registry hash a node sends in its hello
+    # the plugin changes the registry hash (the fingerprint of every choreography it runs)
     assert plain.stdout.splitlines()[-1] != listed.stdout.splitlines()[-1]
 
     shown = aura("choreo", "show", "bench-notice", "--plugin", str(BENCH_PROTOCOL))

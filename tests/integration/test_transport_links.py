@@ -118,27 +118,25 @@ async def test_mismatched_pinned_key_is_refused() -> None:
     assert state(a, "b")["state"] != "up" and state(b, "a")["state"] != "up"
 
 
-async def test_registry_hash_mismatch_names_both_hashes_on_both_sides() -> None:
-    with capture_logs() as logs:
-        a, b = node("a", 1), node("b", 2)
-        b.registry = b"\xee" * 32
-        async with trio.open_nursery() as n:
-            await a.start(n)
-            await b.start(n)
-            a.set_peers(a.pin_node(b))
-            b.set_peers(b.pin_node(a))
-            await wait_until(lambda: bool(events(logs, "a", "outbound connection refused")))
-            await wait_until(lambda: bool(events(logs, "b", "outbound connection refused")))
-            n.cancel_scope.cancel()
-    ours, theirs = a.registry.hex(), b.registry.hex()
-    for side in ("a", "b"):
-        for ev in ("outbound connection refused", "inbound connection refused"):
-            for e in events(logs, side, ev):
-                assert "registry_mismatch" in (e["code"] + e["reason"])
-                assert ours in e["reason"] and theirs in e["reason"], e
-    assert events(logs, "a", "inbound connection refused")[0]["code"] == "registry_mismatch"
-    assert events(logs, "a", "outbound connection refused")[0]["code"] == "refused_by_peer"
-    assert ours in str(state(a, "b")["last_error"]) and theirs in str(state(a, "b")["last_error"])
+async def test_different_choreographies_still_link_and_each_side_learns_the_others() -> None:
+    """An upgraded node (another version of a choreography, or one more) links with a peer
+    that did not upgrade: the hello carries the versions, the session layer judges them."""
+    a, b = node("a", 1), node("b", 2)
+    b.registry = (("test", 2, b"\xee" * 32), ("test", 1, bytes(range(32))),
+                  ("plugin-only", 1, b"\x01" * 32))
+    async with trio.open_nursery() as n:
+        await a.start(n)
+        await b.start(n)
+        a.set_peers(a.pin_node(b))
+        b.set_peers(b.pin_node(a))
+        await wait_until(lambda: settled(a, b))
+        assert a.net is not None and b.net is not None
+        assert a.net.peer_choreographies("b") == b.registry
+        assert b.net.peer_choreographies("a") == a.registry
+        await a.net.send("b", b"after an upgrade")
+        assert (await b.receive()).payload == b"after an upgrade"
+        n.cancel_scope.cancel()
+    assert a.net.peer_choreographies("nobody") is None
 
 
 async def test_reconnect_after_peer_restart_and_queued_messages_wait() -> None:
@@ -245,7 +243,7 @@ async def test_protocol_violations_drop_only_that_link() -> None:
         "frame_too_large": (5000).to_bytes(4, "big") + b"\x00" * 10,
         "frame_invalid": (3).to_bytes(4, "big") + b"\xc1\xc1\xc1",
         "unexpected_frame": big.encode(
-            Hello(version=1, device_id="0" * 32, node_name="r", registry_hash=b"x")
+            Hello(version=1, device_id="0" * 32, node_name="r", choreographies=())
         ),
     }
     for code, wire in cases.items():

@@ -11,17 +11,19 @@ import trio
 from aura_node.config import NodeConfig, NodeSection, PeerConfig, TransportSection
 from aura_node.crypto.keys import DeviceKey
 from aura_node.transport import InboundData, PeerNetwork
+from aura_node.transport.framing import ChoreographyVersion
 from aura_node.transport.handshake import LocalIdentity, PinnedPeer, dial_handshake
 from aura_node.transport.tls import tls_identity
 
-REGISTRY = bytes(range(32))
+#: what the test nodes advertise in their hello
+REGISTRY: tuple[tuple[str, int, bytes], ...] = (("test", 1, bytes(range(32))),)
 
 
 @dataclass
 class Node:
     name: str
     key: DeviceKey
-    registry: bytes = REGISTRY
+    registry: tuple[tuple[str, int, bytes], ...] = REGISTRY
     transport: TransportSection = field(default_factory=TransportSection)
     port: int = 0
     peers: tuple[PeerConfig, ...] = ()
@@ -45,7 +47,8 @@ class Node:
     async def start(self, nursery: trio.Nursery, **kwargs: Any) -> None:
         send, recv = trio.open_memory_channel[InboundData](1000)
         self.net = PeerNetwork(
-            key=self.key, config=self.config(), registry_hash=self.registry, inbound=send, **kwargs
+            key=self.key, config=self.config(), choreographies=self.registry, inbound=send,
+            **kwargs,
         )
         self.inbox = recv
         self.scope = trio.CancelScope()
@@ -127,7 +130,8 @@ async def raw_link(
         node_name=me.name,
         device_id=me.key.device_id,
         tls=tls_identity(me.key),
-        registry_hash=me.registry,
+        choreographies=tuple(ChoreographyVersion(name=n, version=v, hash=h)
+                             for n, v, h in me.registry),
         max_frame_bytes=max_frame_bytes,
     )
     peer = PinnedPeer(

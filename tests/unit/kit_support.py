@@ -53,13 +53,15 @@ def records(*items: tuple[str, msgspec.Struct]) -> list[Rec]:
 def registrations_undone() -> Iterator[None]:
     """Protocols and choreographies registered inside are unregistered afterwards: the
     process's registry hash stays the shipped one for tests that compare it with a node's."""
-    saved = (dict(eng.PROTOCOLS), dict(REGISTERED), dict(registry._PLUGINS))
+    saved = (dict(eng.PROTOCOLS), dict(REGISTERED), dict(registry._PLUGINS),
+             dict(registry._OLDER))
     try:
         yield
     finally:
-        for table, before in zip((eng.PROTOCOLS, REGISTERED, registry._PLUGINS), saved,
-                                 strict=True):
+        for table, before in zip(
+            (eng.PROTOCOLS, REGISTERED, registry._PLUGINS, registry._OLDER), saved, strict=True
+        ):
             table.clear()
-            table.update(before)  # type: ignore[arg-type]
+            table.update(before)  # type: ignore[attr-defined]
         monitors._project.cache_clear()
         monitors._template.cache_clear()

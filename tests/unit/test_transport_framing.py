@@ -11,6 +11,7 @@ from aura_node.transport import preface
 from aura_node.transport.errors import FrameTooLargeError, PrefaceError
 from aura_node.transport.framing import (
     CheckpointNote,
+    ChoreographyVersion,
     Close,
     Data,
     Frame,
@@ -28,20 +29,25 @@ LIMIT = 4096
 hexid = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
 names = st.text(alphabet="abcdefghij-_0123", min_size=1, max_size=32)
 short = st.text(max_size=60)
+choreographies = st.lists(
+    st.builds(ChoreographyVersion, name=names, version=st.integers(1, 2**31),
+              hash=st.binary(min_size=1, max_size=64)),
+    max_size=4,
+).map(tuple)
 frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(
         Hello,
         version=st.integers(0, 2**31),
         device_id=hexid,
         node_name=names,
-        registry_hash=st.binary(min_size=1, max_size=64),
+        choreographies=choreographies,
     ),
     st.builds(
         HelloAck,
         version=st.integers(0, 2**31),
         device_id=hexid,
         node_name=names,
-        registry_hash=st.binary(min_size=1, max_size=64),
+        choreographies=choreographies,
     ),
     st.builds(HelloReject, code=st.text(max_size=20), reason=short),
     st.builds(Data, payload=st.binary(max_size=300)),
@@ -124,10 +130,20 @@ def test_encoder_refuses_oversized_frames_and_keeps_the_buffer() -> None:
 
 def test_hello_fields_are_validated() -> None:
     enc = FrameEncoder(max_frame_bytes=LIMIT)
-    bad = enc.encode(Hello(version=1, device_id="XYZ", node_name="a", registry_hash=b"h"))
+    bad = enc.encode(Hello(version=1, device_id="XYZ", node_name="a", choreographies=()))
     dec = FrameDecoder(max_frame_bytes=LIMIT)
     dec.feed(bad)
     with pytest.raises(FrameError, match=r"matching regex .* at `\$\[2\]`"):
+        dec.next_frame()
+
+
+def test_hello_choreography_entries_are_validated() -> None:
+    enc = FrameEncoder(max_frame_bytes=LIMIT)
+    zero = ChoreographyVersion(name="ping", version=0, hash=b"h")
+    bad = enc.encode(Hello(version=1, device_id="0" * 32, node_name="a", choreographies=(zero,)))
+    dec = FrameDecoder(max_frame_bytes=LIMIT)
+    dec.feed(bad)
+    with pytest.raises(FrameError, match=r">= 1"):
         dec.next_frame()
 
 
