@@ -78,5 +78,5 @@ def test_the_responder_refuses_an_incompatible_opener_with_a_journaled_rejection
 def test_a_node_without_versions_checks_nothing() -> None:
     rt = runtime("a", Clock())
     assert rt.version_refusal("ping", ["b"]) is None
-    assert advertised_choreographies()[0][0] == "dkd"  # name order, running version first
+    assert advertised_choreographies()[0][0] == "account-sync"  # name order, running first
 
