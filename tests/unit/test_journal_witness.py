@@ -259,9 +259,9 @@ def test_head_at_reads_the_chain_head_at_any_count_across_segments(tmp_path: Pat
 def test_hello_checkpoint_fields_are_optional_and_bounded() -> None:
     enc = FrameEncoder(max_frame_bytes=4096)
     cp = encode_checkpoint(_cp(KEY, 3))
-    hello = Hello(version=1, device_id="ab" * 16, node_name="a", registry_hash=b"h",
+    hello = Hello(version=1, device_id="ab" * 16, node_name="a", choreographies=(),
                   checkpoint=cp, your_checkpoint=b"")
-    old = msgspec.msgpack.encode(["hello", 1, "ab" * 16, "a", b"h"])  # a hello without them
+    old = msgspec.msgpack.encode(["hello", 1, "ab" * 16, "a", []])  # a hello without them
     dec = FrameDecoder(max_frame_bytes=4096)
     dec.feed(enc.encode(hello) + len(old).to_bytes(4, "big") + old
              + enc.encode(CheckpointNote(checkpoint=cp)))
