@@ -347,6 +347,15 @@ def register(sub: Any) -> None:
         p.add_argument("session", metavar="SESSION")
     _leaf(rsub, "pending", "recovery.pending", _no_args, "recoveries awaiting this guardian")
 
+    journal = csub.add_parser("journal", help="the running node's journal")
+    jsub = journal.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
+    p = _leaf(jsub, "accept-rollback", "journal.accept_rollback",
+              lambda a: {"code": a.code, **({"reason": a.reason} if a.reason else {})},
+              "accept the loss a rolled-back or forked journal shows (same as `aura-node "
+              "journal accept-rollback`)")
+    p.add_argument("--code", required=True, help="the code `journal verify --peers` shows")
+    p.add_argument("--reason", default=None, help="why (journaled and logged)")
+
     p = _leaf(csub, "call", "", _call_args,
               "call any control command the node serves (built-in or a plugin's) with "
               "--args as its arguments; --timeout is how long ctl waits (default: the "

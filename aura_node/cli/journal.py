@@ -152,7 +152,8 @@ def cmd_accept_rollback(args: argparse.Namespace) -> int:
     home, _ = _public_key(args)
     try:
         result = client.call(home.control_socket, "journal.accept_rollback",
-                             {"code": args.code, "reason": args.reason}, timeout=30.0)
+                             {"code": args.code, **({"reason": args.reason} if args.reason
+                                                    else {})}, timeout=30.0)
     except NodeNotRunningError:
         raise NodeNotRunningError(
             f"the node is not running: start it (`aura-node run --home {home.root}`; it "

@@ -95,6 +95,9 @@ recovery.veto     args    {session: str}
                   result  session, state
 recovery.status   args    {session: str}
                   result  session, account, state, approvals
+journal.accept_rollback
+                  args    {code: str, reason?: str}
+                  result  accepted, code, state
 
 .. command-table-end
 
@@ -355,6 +358,11 @@ COMMANDS: dict[str, CommandSpec] = {
                     "veto a recovery during its cooldown (account device)"),
         CommandSpec("recovery.status", (ArgSpec("session", "str"),),
                     ("session", "account", "state", "approvals"), "state of a recovery session"),
+        CommandSpec("journal.accept_rollback",
+                    (ArgSpec("code", "str"), ArgSpec("reason", "str", required=False)),
+                    ("accepted", "code", "state"),
+                    "accept the loss a rolled-back/forked journal shows (the code of `journal "
+                    "verify --peers`)"),
     )
 }
 
@@ -396,7 +404,11 @@ def render_command_table() -> str:
     for spec in COMMANDS.values():
         args = _wrap(_args_text(spec), _TABLE_WIDTH)
         result = _wrap(", ".join(spec.result), _TABLE_WIDTH)
-        lines.append(f"{spec.name:<18}args    {args[0]}")
+        if len(spec.name) >= 18:  # a long name gets its own line
+            lines.append(spec.name)
+            lines.append(f"{'':<18}args    {args[0]}")
+        else:
+            lines.append(f"{spec.name:<18}args    {args[0]}")
         lines.extend(f"{'':<18}        {c}" for c in args[1:])
         lines.append(f"{'':<18}result  {result[0]}")
         lines.extend(f"{'':<18}        {c}" for c in result[1:])

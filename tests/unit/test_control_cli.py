@@ -83,6 +83,10 @@ CASES: list[tuple[list[str], str, dict[str, Any]]] = [
     (["recovery", "pending"], "recovery.pending", {}),
     (["recovery", "veto", "s1"], "recovery.veto", {"session": "s1"}),
     (["recovery", "status", "s1"], "recovery.status", {"session": "s1"}),
+    (["journal", "accept-rollback", "--code", "c0de"], "journal.accept_rollback",
+     {"code": "c0de"}),
+    (["journal", "accept-rollback", "--code", "c0de", "--reason", "restored"],
+     "journal.accept_rollback", {"code": "c0de", "reason": "restored"}),
 ]
 
 

@@ -53,7 +53,7 @@ def test_contract_commands_are_all_in_the_table() -> None:
         "account.add", "account.remove", "account.guardians", "account.reshare",
         "dkd.pending", "dkd.approve", "dkd.refuse",
         "recovery.start", "recovery.approve",
-        "recovery.pending", "recovery.veto", "recovery.status",
+        "recovery.pending", "recovery.veto", "recovery.status", "journal.accept_rollback",
     }
     assert set(COMMANDS["status"].result) >= {"name", "device_id", "ready", "peers", "sessions"}
     for reshare in ("account.add", "account.remove", "account.guardians", "account.reshare"):
