@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aura_node.bench import Figure, best_rate
+from aura_node.bench import Figure, best_rate, node_cpu_seconds
 
 FRAME = 300
 
@@ -234,7 +234,6 @@ def accepted_rate(root: Path, n: int) -> tuple[float, float | None]:
     the node's CPU seconds per message over the same interval (None without ``/proc``)."""
     import trio
 
-    from aura_node.bench.dkd import node_cpu_seconds
     from aura_node.config import NodeConfig, NodeSection, PeerConfig
     from aura_node.crypto.keys import DeviceKey
     from aura_node.harness import bench_protocol
