@@ -8,6 +8,7 @@ object per figure: ``{"name", "value", "unit", "floor", "ratio"}`` (plus ``targe
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,17 @@ def best_rate(fn: Callable[[], int], *, repeats: int = 3) -> float:
         rates.append(n / dt if dt > 0 else float("inf"))
     rates.sort()
     return rates[len(rates) // 2]
+
+
+def node_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (``/proc/PID/stat``), all their threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
 
 
 def render_table(figures: list[Figure]) -> str:

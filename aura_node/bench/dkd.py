@@ -78,7 +78,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aura_node.bench import Figure
+from aura_node.bench import Figure, node_cpu_seconds
 from aura_node.bench.crypto import DkdCryptoFloor, dkd_crypto_floor
 
 if TYPE_CHECKING:
@@ -240,17 +240,6 @@ class ClusterResults:
     rates: dict[int, float]
     #: CPU seconds (user + system) the three node processes spent per session, by concurrency
     cpu_per_session: dict[int, float] = field(default_factory=dict)
-
-
-def node_cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` so far (``/proc/PID/stat``)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / tick
 
 
 def run_cluster(root: Path, sizes: Sizes) -> ClusterResults:

@@ -10,6 +10,13 @@ Figures, each against a floor measured in the same run on the same machine:
     records journaled (group commit). Timed until the node's ``ctl status`` counts them all.
     Floor: Ed25519 verifications/s of one core (target >= 0.7x).
 
+``receiving node CPU per accepted message``
+    The same run seen from the receiving node's side: its user + system CPU time (all its
+    threads: event loop and journal commit thread) over the intake, per message, against one
+    Ed25519 verify (a ratio, lower is better; 0.7x accepted/s is 1.43x here). On a shared
+    machine wall-clock rates move with the share of a core the node gets; its CPU per message
+    moves much less, so this row tells a code change from a load change.
+
 ``ping round trips/s``
     ``ctl ping`` between two node processes, one after the other (control socket included).
     Floor: a composite of what one round trip cannot avoid, each part timed in this run: a raw
@@ -36,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aura_node.bench import Figure, best_rate
+from aura_node.bench import Figure, best_rate, node_cpu_seconds
 
 FRAME = 300
 
@@ -222,8 +229,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def accepted_rate(root: Path, n: int) -> float:
-    """Signed messages/s accepted by a node process, sent pre-signed over a real link."""
+def accepted_rate(root: Path, n: int) -> tuple[float, float | None]:
+    """Signed messages/s accepted by a node process, sent pre-signed over a real link, and
+    the node's CPU seconds per message over the same interval (None without ``/proc``)."""
     import trio
 
     from aura_node.config import NodeConfig, NodeSection, PeerConfig
@@ -248,7 +256,16 @@ def accepted_rate(root: Path, n: int) -> float:
             for i in range(n)
         ]
 
-        async def main() -> float:
+        assert recv.proc is not None
+        pid = recv.proc.pid
+
+        def cpu_now() -> float | None:
+            try:
+                return node_cpu_seconds([pid])
+            except OSError:  # no /proc (not Linux): the row is left out
+                return None
+
+        async def main() -> tuple[float, float | None]:
             send, _recv = trio.open_memory_channel[Any](1024)
             net = PeerNetwork(key=key, config=cfg, choreographies=advertised_choreographies(),
                               inbound=send)
@@ -256,6 +273,7 @@ def accepted_rate(root: Path, n: int) -> float:
                 await nursery.start(net.serve)
                 await trio.to_thread.run_sync(recv.wait_link, "bench")
                 base = (await trio.to_thread.run_sync(recv.ctl, "status"))["messages"]
+                cpu0 = cpu_now()
                 t0 = time.perf_counter()
                 for p in payloads:
                     if not net.send_nowait("recv", p):
@@ -267,11 +285,13 @@ def accepted_rate(root: Path, n: int) -> float:
                         break
                     await trio.sleep(0.005)
                 elapsed = time.perf_counter() - t0
+                cpu1 = cpu_now()
                 nursery.cancel_scope.cancel()
             if os.environ.get("AURA_BENCH_DEBUG"):
                 print(f"sent all in {sent:.3f} s, accepted all in {elapsed:.3f} s",
                       file=sys.stderr)
-            return n / elapsed
+            cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / n
+            return n / elapsed, cpu
 
         return trio.run(main)
     finally:
@@ -338,7 +358,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
         # averaged: on a shared machine the load drifts within a run.
         nv = 500 if quick else 3000
         verify_before = verify_rate(nv)
-        accepted = accepted_rate(root, 2000 if quick else 20000)
+        accepted, intake_cpu = accepted_rate(root, 2000 if quick else 20000)
         verify = (verify_before + verify_rate(nv)) / 2
         parts_before = _ping_floor_parts(root, quick)
         seq, conc = ping_rates(root, 100 if quick else 500)
@@ -352,6 +372,11 @@ def run(args: argparse.Namespace) -> list[Figure]:
         Figure(name="signed messages accepted/s (receiving node)", value=accepted,
                unit="msgs/s", floor=verify, floor_name="Ed25519 verify/s, 1 core",
                target=">= 0.7"),
+        *([] if intake_cpu is None else [Figure(
+            name="receiving node CPU per accepted message (user+sys, all threads)",
+            value=intake_cpu * 1e6, unit="us", floor=1e6 / verify,
+            floor_name="one Ed25519 verify, 1 core", target="(info; 0.7x accepted/s = 1.43x)",
+            higher_is_better=False)]),
         Figure(name="ping round trips/s (sequential, via ctl)", value=seq, unit="rt/s",
                floor=composite,
                floor_name="raw TCP rt + 5 sign + 2 verify + 3 fdatasync", target=">= 0.6"),

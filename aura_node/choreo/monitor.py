@@ -60,6 +60,7 @@ _Key = tuple[str, str, type]
 class Monitor:
     __slots__ = (
         "_abort_state",
+        "_auto",
         "_counting",
         "_final",
         "_gathers",
@@ -105,6 +106,7 @@ class Monitor:
         for t in lt.transitions:
             if t.action == "gather" and t.message is not None:
                 self._gathers.setdefault(t.source, []).append((t.peer, t.message))
+        self._auto = self._auto_steps(lt)
         # gather in progress: (peer, message) -> members counted so far
         self._counting: dict[tuple[str, type], set[Hashable]] = {}
         # closed gathers: (peer, message) -> [members already heard, stragglers still allowed]
@@ -119,6 +121,28 @@ class Monitor:
         self.connected: set[str] = set()
         self.state = ""  # _enter records nothing when leaving ""
         self._enter(start)
+
+    @staticmethod
+    def _auto_steps(lt: LocalType) -> dict[str, str]:
+        """State -> the state it moves on to at once, for the states that are done on
+        arrival: a gather over an empty role set (k = all, n = 0), or a lone send to an empty
+        role set (genesis without guardians: nobody can be sent to, so the sender's next step
+        must not wait for it). Precomputed: ``_enter`` runs on every message."""
+        auto: dict[str, str] = {}
+        for s in lt.states:
+            gather = next((t for t in lt.outgoing(s)
+                           if t.action == "gather" and (t.threshold or 0) <= 0), None)
+            if gather is not None:
+                auto[s] = gather.target
+                continue
+            explicit = lt.explicit(s)
+            if (
+                len(explicit) == 1
+                and explicit[0].action == "send"
+                and lt.set_sizes.get(explicit[0].peer) == 0
+            ):
+                auto[s] = explicit[0].target
+        return auto
 
     @staticmethod
     def _later_inputs(lt: LocalType) -> dict[str, frozenset[tuple[str, type]]]:
@@ -280,20 +304,9 @@ class Monitor:
                 self._stragglers[key] = (counted, [max(n - len(counted), 0)])
             self._counting = {}
         self.state = state
-        # a gather over an empty role set (k = all, n = 0) is complete on arrival
-        for t in self.local_type.outgoing(state):
-            if t.action == "gather" and (t.threshold or 0) <= 0:
-                self._enter(t.target)
-                return
-        # likewise a send to an empty role set (genesis without guardians) is done at once:
-        # nobody can be sent to, so the sender's next step must not wait for it
-        explicit = self.local_type.explicit(state)
-        if (
-            len(explicit) == 1
-            and explicit[0].action == "send"
-            and self.local_type.set_sizes.get(explicit[0].peer) == 0
-        ):
-            self._enter(explicit[0].target)
+        nxt = self._auto.get(state)
+        if nxt is not None:
+            self._enter(nxt)
 
     def _describe_expected(self) -> str:
         parts = []

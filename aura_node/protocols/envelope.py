@@ -233,13 +233,15 @@ def open_envelope(
             f"choreography {envelope.choreography!r} has no message {envelope.step[:40]!r} "
             f"(has: {known})"
         )
-    signed = envelope.signed_bytes  # built once: verify and digest share it
+    # built once: verify and digest share them
+    signed = signed_bytes(choreography=envelope.choreography, session=envelope.session,
+                          step=envelope.step, sender=envelope.sender, body=envelope.body)
+    domain = signature_domain(envelope.choreography, envelope.step)
     try:
-        _verifier(link_key.raw).verify(
-            envelope.signature, signing_input(envelope.domain, signed))
+        _verifier(link_key.raw).verify(envelope.signature, signing_input(domain, signed))
     except (InvalidSignature, ValueError):
         raise BadSignatureError(
-            f"bad {envelope.domain!r} signature for device {link_key.device_id} on "
+            f"bad {domain!r} signature for device {link_key.device_id} on "
             f"{envelope.choreography}/{envelope.step} in session {envelope.session}"
         ) from None
     try:

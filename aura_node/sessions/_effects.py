@@ -58,10 +58,13 @@ class EffectApplication(SessionTable):
         """Turn driver effects into journal records + actions (mutates ``step`` and ``entry``;
         on an exception the caller discards ``step`` and aborts the session)."""
         assert entry.driver is not None and entry.monitor is not None
-        pending_sent: list[tuple[tuple[str, ...], Envelope]] = []
-        groups = SendGroups()
+        # made on the first Send: most steps send nothing (a responder's start, a completion)
+        pending_sent: list[tuple[tuple[str, ...], Envelope]] | None = None
+        groups: SendGroups | None = None
         for eff in effects:
             if isinstance(eff, eng.Send):
+                if groups is None or pending_sent is None:
+                    groups, pending_sent = SendGroups(), []
                 self._send(entry, eff, step, pending_sent, groups)
             elif isinstance(eff, eng.RecordEvidence):
                 if eff.kind in eng.RUNTIME_KINDS:
@@ -99,7 +102,8 @@ class EffectApplication(SessionTable):
                 break
             else:
                 raise eng.DriverError(f"unknown effect {type(eff).__name__}")
-        entry.sent.extend(pending_sent)
+        if pending_sent:
+            entry.sent.extend(pending_sent)
 
     def _log_rejection(self, entry: SessionEntry, eff: eng.RecordEvidence) -> None:
         """One clear line per peer message a driver rejected (``*.rejected``) or per
@@ -152,10 +156,11 @@ class EffectApplication(SessionTable):
         result: dict[str, Any] | None = None, error: dict[str, str] | None = None,
         by_peer: str | None = None, tell_peers: bool = True,
     ) -> None:
-        for name in list(entry.timers):
-            step.actions.append(Disarm(session=entry.id, name=name))
-        entry.timers.clear()
-        entry.early.clear()
+        if entry.timers:
+            step.actions.extend(Disarm(session=entry.id, name=name) for name in entry.timers)
+            entry.timers.clear()
+        if entry.early:
+            entry.early.clear()
         entry.ended = now
         if error is None:
             entry.outcome, entry.result = "completed", result or {}

@@ -215,8 +215,11 @@ class InboundDelivery(EffectApplication):
             return self._abort(entry, scratch.records[:1], exc, now)
         if not entry.active:
             return scratch
-        return self._deliver(entry, peer, message, env, digest, now, scratch.records,
-                             scratch.actions)
+        # the opening message goes into the start's own step (what ``_deliver`` does, without
+        # copying the start's records and actions into a second Step)
+        if self._deliver_one(entry, peer, message, env, digest, now, scratch):
+            self._retry_early(entry, now, scratch)
+        return scratch
 
     def _deliver(
         self, entry: SessionEntry, peer: str, message: msgspec.Struct, env: Envelope,
@@ -253,12 +256,13 @@ class InboundDelivery(EffectApplication):
         if not entry.active:
             return False
         sender_role = entry.driver.roles.get(peer)
+        is_abort = entry.monitor.is_abort(message)  # by type: the same before and after
         try:
             if sender_role is None:
                 raise RemoteProtocolError(
                     f"{peer!r} has no role in session {entry.id} "
                     f"(roles: {dict(entry.driver.roles)})")
-            if entry.monitor.is_abort(message) and not entry.driver.accepts_abort_from(
+            if is_abort and not entry.driver.accepts_abort_from(
                     peer, sender_role):
                 # this role may not end the session here (the driver says why it matters);
                 # nothing changes, so nothing is journaled and the monitor is not stepped
@@ -290,7 +294,7 @@ class InboundDelivery(EffectApplication):
         entry.last_activity = now
         rec = (eng.KIND_IN, eng.encode_body(eng.InBody(
             sender=peer, sender_role=sender_role, envelope=encode_envelope(env), now=now)))
-        if entry.monitor.is_abort(message):
+        if is_abort:
             # the choreography's abort message: the session ends everywhere
             reason = str(getattr(message, "reason", "")) or "no reason given"
             step.records.append(rec)

@@ -78,28 +78,40 @@ class SessionMonitor:
 
 
 #: Monitor's per-session (mutable) slots; every other slot is derived from the local type
-#: alone and can be shared between sessions
-_SESSION_SLOTS = frozenset({"_counting", "_stragglers", "state"})
+#: alone and can be shared between sessions. ``connected`` is a set the monitor adds to (the
+#: optional roles this session knows about): shared, one session's roles would leak into all
+#: the others of the same template
+_SESSION_SLOTS = frozenset({"_counting", "_stragglers", "connected", "state"})
 _CLONABLE = _SESSION_SLOTS <= set(Monitor.__slots__)
 
 
 @lru_cache(maxsize=1024)
-def _template(choreography: str, role: str, bindings: tuple[tuple[str, int], ...]) -> Monitor:
-    return Monitor(_project(choreography, role, bindings))
+def _template(choreography: str, role: str, bindings: tuple[tuple[str, int], ...]
+              ) -> tuple[Monitor, tuple[tuple[str, Any], ...]]:
+    """The monitor in its initial state and its shared slots as (name, value) pairs, read
+    once here rather than per session."""
+    m = Monitor(_project(choreography, role, bindings))
+    return m, _shared_slots(m)
 
 
-def _fresh_monitor(template: Monitor) -> Monitor:
+def _shared_slots(template: Monitor) -> tuple[tuple[str, Any], ...]:
+    return tuple((slot, getattr(template, slot)) for slot in Monitor.__slots__
+                 if slot not in _SESSION_SLOTS)
+
+
+def _fresh_monitor(template: Monitor, shared: tuple[tuple[str, Any], ...] | None = None
+                   ) -> Monitor:
     """A monitor in the template's initial state without re-deriving its tables (building a
     Monitor walks the whole local type: ~20 us, per session). Shares the immutable tables,
     copies nothing mutable. Falls back to the constructor if Monitor's layout changed."""
     if not _CLONABLE:
         return Monitor(template.local_type)
     m = Monitor.__new__(Monitor)
-    for slot in Monitor.__slots__:
-        if slot not in _SESSION_SLOTS:
-            setattr(m, slot, getattr(template, slot))
+    for slot, value in shared if shared is not None else _shared_slots(template):
+        setattr(m, slot, value)
     m._counting = {}
     m._stragglers = {}
+    m.connected = set()
     m.state = template.state
     return m
 
@@ -108,5 +120,5 @@ def choreography_monitor(
     choreography: str, role: str, bindings: Mapping[str, int]
 ) -> SessionMonitor:
     """A fresh monitor for ``role`` of ``choreography`` (projected once per bindings)."""
-    key = tuple(sorted(bindings.items()))
-    return SessionMonitor(_fresh_monitor(_template(choreography, role, key)))
+    key = tuple(sorted(bindings.items())) if bindings else ()
+    return SessionMonitor(_fresh_monitor(*_template(choreography, role, key)))

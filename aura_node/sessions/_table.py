@@ -295,9 +295,10 @@ class SessionTable:
         for it (or no journal is given)."""
         if self._journal_records is None:
             return None
-        records = sorted(self._journal_records(session), key=lambda r: r.seq)
-        if not records:
-            return None
+        found = self._journal_records(session)
+        if not found:
+            return None  # the common case: every new session's opener asks
+        records = sorted(found, key=lambda r: r.seq)
         evidence = eng.parse_evidence(records)
         if not any(isinstance(e, eng.Started) for e in evidence):
             return None

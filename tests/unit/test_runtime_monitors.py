@@ -65,6 +65,14 @@ def test_clones_do_not_share_session_state() -> None:
     assert a.state() != b.state()
 
 
+def test_clones_do_not_share_the_connected_roles() -> None:
+    # ``connected`` is added to as optional roles join: one set per session, not per template
+    a = monitors.choreography_monitor("ping", "responder", {})
+    b = monitors.choreography_monitor("ping", "responder", {})
+    a._monitor.connected.add("guardian")
+    assert "guardian" not in b._monitor.connected
+
+
 def test_a_plugin_choreography_changes_the_registry_hash() -> None:
     from aura_node.choreo import ChoreographyBuilder, choreography
 
