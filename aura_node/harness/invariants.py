@@ -32,8 +32,10 @@ violation they find rather than stopping at the first:
     for every account, every node that holds or held a share of it ends at the same current
     epoch fact (``AccountStore`` folded over its journal's ``account.established`` and
     ``account.epoch`` records, as the node itself does at start-up): no split epoch after
-    resharing, however the faults fell. With ``dkd_agreement`` comparing keys by account and
-    context whatever the epoch, this also says every epoch derives the same keys.
+    resharing, however the faults fell. Only nodes of one lineage are compared (their fact
+    chains meet): a guardian recovery starts a lineage of its own at its epoch 0. With
+    ``dkd_agreement`` comparing keys by account and context whatever the epoch, this also says
+    every epoch derives the same keys.
 """
 
 from __future__ import annotations
@@ -208,8 +210,12 @@ def check_invariants(
 
 def _check_epochs(account_records: Mapping[str, Sequence[tuple[str, bytes]]],
                   violations: list[Violation], checked: dict[str, int]) -> None:
-    #: account id -> (epoch, fact digest) -> nodes at it
-    current: dict[str, dict[tuple[int, str], list[str]]] = {}
+    """Nodes of one lineage of an account (their chains of facts, from the current one back
+    through the facts they hold, share a fact) must be at the same current fact. A guardian
+    recovery starts a lineage of its own (its own epoch 0), which the original devices do not
+    adopt: nodes whose chains share nothing are not compared."""
+    #: account id -> node -> (its current (epoch, digest), the digests of its chain)
+    at: dict[str, dict[str, tuple[tuple[int, bytes], set[bytes]]]] = {}
     for node, records in sorted(account_records.items()):
         store = AccountStore()
         for kind, body in records:
@@ -221,16 +227,29 @@ def _check_epochs(account_records: Mapping[str, Sequence[tuple[str, bytes]]],
                     detail=f"journaled {kind} record does not fold: {exc.message}"))
         for account_id in store.accounts():
             fact = store.epochs.current(account_id)
-            at = (-1, "none") if fact is None else (fact.epoch, fact.digest().hex()[:16])
-            current.setdefault(account_id, {}).setdefault(at, []).append(node)
-    for account_id, by_fact in sorted(current.items()):
+            if fact is None:
+                continue
+            held = {f.digest(): f for f in store.epochs.facts(account_id)}
+            chain, f = set(), fact
+            while True:
+                chain.add(f.digest())
+                if f.epoch == 0 or f.previous not in held:
+                    break
+                f = held[f.previous]
+            at.setdefault(account_id, {})[node] = ((fact.epoch, fact.digest()), chain)
+    for account_id, nodes in sorted(at.items()):
         checked["epoch_agreement"] += 1
-        if len(by_fact) > 1:
-            shown = "; ".join(f"epoch {e} ({d}) on {', '.join(nodes)}"
-                              for (e, d), nodes in sorted(by_fact.items()))
+        names = sorted(nodes)
+        split = {(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+                 if nodes[a][1] & nodes[b][1] and nodes[a][0] != nodes[b][0]}
+        if split:
+            shown = "; ".join(f"{a} at epoch {nodes[a][0][0]} ({nodes[a][0][1].hex()[:16]}), "
+                              f"{b} at epoch {nodes[b][0][0]} ({nodes[b][0][1].hex()[:16]})"
+                              for a, b in sorted(split)[:6])
             violations.append(Violation(
                 invariant="epoch_agreement",
-                detail=f"account {account_id}: the holders are at different epochs: {shown}"))
+                detail=f"account {account_id}: holders of one lineage are at different "
+                       f"epochs: {shown}"))
 
 
 def _read_verified(

@@ -125,7 +125,7 @@ def test_a_split_epoch_is_caught(tmp_path: Path) -> None:
             nodes[n].entries.append(JournalEntry(session="", kind=kind, body=body, ts=2.0))
     report = _report(nodes)
     [v] = report.failed("epoch_agreement")
-    assert "epoch 0" in v.detail and "on d3" in v.detail and "epoch 1" in v.detail, v.detail
+    assert "d1 at epoch 1" in v.detail and "d3 at epoch 0" in v.detail, v.detail
     assert report.checked["epoch_agreement"] == 1
     for kind, body in epoch_records(fact, est["d3"]):
         nodes["d3"].entries.append(JournalEntry(session="", kind=kind, body=body, ts=3.0))
