@@ -33,8 +33,9 @@ def _add_chaos_arguments(p: argparse.ArgumentParser) -> None:
                    help="operations in flight at once (default 4)")
     p.add_argument("--quiet-period", type=float, default=20.0,
                    help="seconds without faults after the last heal (default 20)")
-    p.add_argument("--load", choices=("dkd", "ping"), default="dkd",
-                   help="the operation the load runs (default dkd)")
+    p.add_argument("--load", choices=("dkd", "dkd-reshare", "ping"), default="dkd-reshare",
+                   help="the operation the load runs: dkd-reshare (default) mixes reshares "
+                   "(a device removed and added back) into the DKD load")
     p.add_argument("--op-timeout", type=float, default=10.0,
                    help="each operation's session timeout in seconds (default 10)")
     p.add_argument("--keep", action="store_true", help="keep the temp directory after a clean run")

@@ -4,7 +4,9 @@ Theory of operation (``aura-node cluster chaos``, :func:`run_chaos`):
 
 1. **Start** a cluster of real node processes (``harness/cluster.py``; every link crosses the
    fault proxy) and **prepare** the load (DKD: account genesis on d1 with every device,
-   threshold ``ceil(n/2)`` but at least 2; ping: nothing).
+   threshold ``ceil(n/2)`` but at least 2; ``dkd-reshare``, the default: the same, and about
+   one operation in six is a reshare that removes or adds back the last device; ping:
+   nothing).
 2. **Chaos** for ``duration`` seconds: ``concurrency`` load workers (``harness/load.py``) run
    operations from random initiators with random subsets, each bounded by its timeout, while
    the nemesis (``harness/nemesis.py``) applies the fault schedule drawn from the seed: kill +
@@ -19,8 +21,9 @@ Theory of operation (``aura-node cluster chaos``, :func:`run_chaos`):
 5. **Check**: the nodes are stopped (SIGTERM) and the invariant checkers
    (``harness/invariants.py``) read every journal: each verifies, every journaled envelope is
    signed by its sender, no equivocation, every completed DKD of an (account, context) has the
-   same fingerprint on every node, every session started ended, within the session deadline
-   after ``max(its start, the last heal)``.
+   same fingerprint on every node whatever the epoch, every holder of an account ends at the
+   same epoch, every session started ended, within the session deadline (a reshare's own,
+   longer one for reshares) after ``max(its start, the last heal)``.
 
 Failed operations under faults are expected and never a violation: correctness is what the
 journals prove, liveness is "every session ended in time once the faults stopped".
@@ -59,7 +62,13 @@ from aura_node.harness.invariants import (
     check_invariants,
     journals_of_cluster,
 )
-from aura_node.harness.load import LoadOperation, LoadRunner, OpOutcome, load_named
+from aura_node.harness.load import (
+    DkdReshareLoad,
+    LoadOperation,
+    LoadRunner,
+    OpOutcome,
+    load_named,
+)
 from aura_node.harness.nemesis import (
     AppliedFault,
     Nemesis,
@@ -81,7 +90,7 @@ class ChaosConfig:
     seed: int = 0
     concurrency: int = 4
     quiet_period: float = 20.0
-    load: str = "dkd"
+    load: str = "dkd-reshare"
     op_timeout: float = 10.0
     #: ``--plugin`` arguments every node runs with (see ``aura_node.plugins``)
     plugins: tuple[str, ...] = ()
@@ -90,6 +99,18 @@ class ChaosConfig:
     @property
     def session_deadline(self) -> float:
         return self.op_timeout + SESSION_GRACE_SECONDS
+
+    @property
+    def session_deadlines(self) -> dict[str, float]:
+        """Choreographies whose sessions may run longer than one operation's deadline: a
+        reshare participant that signed waits ``OUTCOME_WAIT_DEADLINES`` of the reshare's
+        phase deadline for the outcome, after one for the deal (``protocols/reshare``)."""
+        if self.load != "dkd-reshare":
+            return {}
+        from aura_node.protocols.reshare.roles import OUTCOME_WAIT_DEADLINES
+
+        phase = DkdReshareLoad(timeout=self.op_timeout).reshare_timeout
+        return {"reshare": (OUTCOME_WAIT_DEADLINES + 2) * phase + SESSION_GRACE_SECONDS}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -155,6 +176,9 @@ def render_report(r: ChaosReport) -> str:
     ]
     for reason, n in ops["failed_by_reason"].items():
         lines.append(f"  failed {reason:<22} {n}")
+    if ops.get("reshares"):
+        lines.append("  of them reshares: " + ", ".join(
+            f"{k} {v}" for k, v in ops["reshares"].items()))
     lines.append("sessions by outcome per node (from the journals):")
     for node, outcomes in r.sessions.items():
         shown = ", ".join(f"{k} {v}" for k, v in outcomes.items()) or "none"
@@ -361,8 +385,8 @@ def run_chaos(
             if not runner.join(config.op_timeout + 15.0):
                 say("  some load operations did not return in time (control waits)")
             left = max(0.0, config.quiet_period - (time.monotonic() - t_quiet))
-            still = _wait_sessions_idle(
-                cluster, time.monotonic() + max(left, config.session_deadline))
+            still = _wait_sessions_idle(cluster, time.monotonic() + max(
+                left, config.session_deadline, *config.session_deadlines.values()))
             if still:
                 say(f"  sessions still active when the wait ended: {still}")
             timings["quiet"] = time.monotonic() - t_quiet
@@ -376,7 +400,8 @@ def run_chaos(
             cluster.stop()
         journals = journals_of_cluster(directory)
         report = check_invariants(journals, session_deadline=config.session_deadline,
-                                  last_heal=last_heal)
+                                  last_heal=last_heal,
+                                  session_deadlines=config.session_deadlines)
         sessions = sessions_by_outcome(journals)
         timings["total"] = time.monotonic() - t_start
         progress.counts["phase"] = "done"

@@ -25,14 +25,24 @@ violation they find rather than stopping at the first:
 ``sessions_end``
     every session a node started has ended on that node (``session.complete`` or
     ``session.fail``; a veto ends as a failure with its code), and, when a deadline is given,
-    ended no later than the deadline after its start or after the last heal, whichever is later.
+    ended no later than the deadline after its start or after the last heal, whichever is later
+    (a choreography may have a deadline of its own: a reshare participant that signed waits
+    several of its phase deadlines for the outcome).
+``epoch_agreement``
+    for every account, every node that holds or held a share of it ends at the same current
+    epoch fact (``AccountStore`` folded over its journal's ``account.established`` and
+    ``account.epoch`` records, as the node itself does at start-up): no split epoch after
+    resharing, however the faults fell. Only nodes of one lineage are compared (their fact
+    chains meet): a guardian recovery starts a lineage of its own at its epoch 0. With
+    ``dkd_agreement`` comparing keys by account and context whatever the epoch, this also says
+    every epoch derives the same keys.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +52,9 @@ from aura_node.errors import AuraError
 from aura_node.journal import JournalRecord, verify_journal
 from aura_node.journal.store import read_records
 from aura_node.protocols import engine as eng
+from aura_node.protocols.account import KIND_ACCOUNT, AccountStore
 from aura_node.protocols.envelope import Envelope, verify_journaled
+from aura_node.protocols.epochs import KIND_EPOCH_FACT
 
 INVARIANTS = (
     "journal_verifies",
@@ -50,6 +62,7 @@ INVARIANTS = (
     "no_equivocation",
     "dkd_agreement",
     "sessions_end",
+    "epoch_agreement",
 )
 
 
@@ -136,11 +149,13 @@ def check_invariants(
     session_deadline: float | None = None,
     last_heal: float | None = None,
     repeatable_steps: Collection[tuple[str, str]] = (),
+    session_deadlines: Mapping[str, float] | None = None,
 ) -> InvariantReport:
     """Run every checker (see the module doc) over ``journals``.
 
     ``session_deadline`` (seconds) bounds how long after ``max(start, last_heal)`` a session
-    may take to end; ``repeatable_steps`` holds ``(choreography, step)`` pairs exempt from the
+    may take to end, ``session_deadlines`` (choreography -> seconds) overrides it for a
+    choreography; ``repeatable_steps`` holds ``(choreography, step)`` pairs exempt from the
     equivocation check (steps a choreography sends more than once by design).
     """
     violations: list[Violation] = []
@@ -151,9 +166,14 @@ def check_invariants(
     sessions: dict[tuple[str, str], _SessionOnNode] = {}
     choreo_of: dict[str, str] = {}
 
+    #: node -> its (kind, body) account records, in journal order
+    account_records: dict[str, list[tuple[str, bytes]]] = {}
+
     for j in journals:
         records = _read_verified(j, violations, checked)
         for rec in records:
+            if rec.kind in (KIND_ACCOUNT, KIND_EPOCH_FACT):
+                account_records.setdefault(j.name, []).append((rec.kind, rec.body))
             try:
                 ev = eng.parse_record(rec)
             except AuraError as exc:
@@ -182,8 +202,54 @@ def check_invariants(
 
     _check_equivocation(said, keys, choreo_of, repeatable_steps, violations, checked)
     _check_dkd(sessions.values(), violations, checked)
-    _check_ends(sessions.values(), session_deadline, last_heal, violations, checked)
+    _check_ends(sessions.values(), session_deadline, last_heal, violations, checked,
+                session_deadlines or {})
+    _check_epochs(account_records, violations, checked)
     return InvariantReport(checked=checked, violations=tuple(violations))
+
+
+def _check_epochs(account_records: Mapping[str, Sequence[tuple[str, bytes]]],
+                  violations: list[Violation], checked: dict[str, int]) -> None:
+    """Nodes of one lineage of an account (their chains of facts, from the current one back
+    through the facts they hold, share a fact) must be at the same current fact. A guardian
+    recovery starts a lineage of its own (its own epoch 0), which the original devices do not
+    adopt: nodes whose chains share nothing are not compared."""
+    #: account id -> node -> (its current (epoch, digest), the digests of its chain)
+    at: dict[str, dict[str, tuple[tuple[int, bytes], set[bytes]]]] = {}
+    for node, records in sorted(account_records.items()):
+        store = AccountStore()
+        for kind, body in records:
+            try:
+                store.fold(kind, body)
+            except AuraError as exc:
+                violations.append(Violation(
+                    invariant="epoch_agreement", node=node,
+                    detail=f"journaled {kind} record does not fold: {exc.message}"))
+        for account_id in store.accounts():
+            fact = store.epochs.current(account_id)
+            if fact is None:
+                continue
+            held = {f.digest(): f for f in store.epochs.facts(account_id)}
+            chain, f = set(), fact
+            while True:
+                chain.add(f.digest())
+                if f.epoch == 0 or f.previous not in held:
+                    break
+                f = held[f.previous]
+            at.setdefault(account_id, {})[node] = ((fact.epoch, fact.digest()), chain)
+    for account_id, nodes in sorted(at.items()):
+        checked["epoch_agreement"] += 1
+        names = sorted(nodes)
+        split = {(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+                 if nodes[a][1] & nodes[b][1] and nodes[a][0] != nodes[b][0]}
+        if split:
+            shown = "; ".join(f"{a} at epoch {nodes[a][0][0]} ({nodes[a][0][1].hex()[:16]}), "
+                              f"{b} at epoch {nodes[b][0][0]} ({nodes[b][0][1].hex()[:16]})"
+                              for a, b in sorted(split)[:6])
+            violations.append(Violation(
+                invariant="epoch_agreement",
+                detail=f"account {account_id}: holders of one lineage are at different "
+                       f"epochs: {shown}"))
 
 
 def _read_verified(
@@ -286,6 +352,7 @@ def _check_ends(
     last_heal: float | None,
     violations: list[Violation],
     checked: dict[str, int],
+    deadlines: Mapping[str, float] | None = None,
 ) -> None:
     for s in sessions:
         if s.started_ts is None or not s.session:
@@ -295,10 +362,10 @@ def _check_ends(
             violations.append(Violation(
                 invariant="sessions_end", node=s.node, session=s.session,
                 detail=f"{s.choreography} session started at {s.started_ts:.3f} never ended"))
-        elif deadline is not None:
-            due = max(s.started_ts, last_heal or 0.0) + deadline
+        elif (limit := (deadlines or {}).get(s.choreography, deadline)) is not None:
+            due = max(s.started_ts, last_heal or 0.0) + limit
             if s.ended_ts > due:
                 violations.append(Violation(
                     invariant="sessions_end", node=s.node, session=s.session,
                     detail=f"{s.choreography} session ended {s.ended_ts - due:.3f} s after its "
-                           f"deadline ({deadline} s after start or last heal)"))
+                           f"deadline ({limit} s after start or last heal)"))

@@ -176,12 +176,108 @@ class DkdLoad:
         )
 
 
+#: one operation in this many is a reshare (when none is in flight), the rest are DKDs
+RESHARE_EVERY = 6
+
+
+@dataclass(slots=True, kw_only=True)
+class DkdReshareLoad:
+    """The DKD load with account lifecycle mixed in: about one operation in
+    :data:`RESHARE_EVERY` (never two at once) reshares the account from a random stable
+    device, alternately ``account.remove`` and ``account.add`` of one *churn* device (the last
+    one). Which of the two comes next is read from the coordinator's ``account.show`` (a reshare
+    whose reply was lost to a fault may still have completed); DKDs ask the churn device only
+    while the load believes it is a device of the account. The DKD keys derived in every epoch
+    must agree (``dkd_agreement`` compares by account and context, whatever the epoch), and
+    every holder must end at the same epoch (``epoch_agreement``)."""
+
+    timeout: float = 10.0
+    threshold: int | None = None
+    name: str = "dkd-reshare"
+    dkd: DkdLoad = field(default_factory=DkdLoad)
+    churn: str = ""
+    #: does the churn device hold a share of the current epoch (as far as the load knows)
+    churn_in: bool = True
+    _resharing: threading.Lock = field(default_factory=threading.Lock)
+    _state: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def reshare_timeout(self) -> float:
+        """Each reshare phase's deadline: a quarter of an operation's, so that a participant waiting
+        out a lost outcome (``OUTCOME_WAIT_DEADLINES`` of them) ends about when a DKD would."""
+        return self.timeout / 4
+
+    def prepare(self, cluster: Cluster) -> dict[str, Any]:
+        self.dkd = DkdLoad(timeout=self.timeout, threshold=self.threshold)
+        out = self.dkd.prepare(cluster)
+        if len(self.dkd.devices) - 1 < self.dkd.t:
+            raise HarnessError(f"a reshare load needs more devices than the threshold "
+                               f"{self.dkd.t} (one comes and goes), got {len(self.dkd.devices)}")
+        self.churn = self.dkd.devices[-1]
+        return {**out, "load": self.name, "churn": self.churn,
+                "reshare_timeout": self.reshare_timeout}
+
+    def _devices(self) -> list[str]:
+        with self._state:
+            return [d for d in self.dkd.devices if self.churn_in or d != self.churn]
+
+    def request(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+        """The next DKD (the reshares depend on the cluster's answers: :meth:`run_one`)."""
+        initiator = rng.choice(self._devices())
+        others = [d for d in self._devices() if d != initiator]
+        size = rng.randint(self.dkd.t, len(others) + 1)
+        participants = [initiator, *rng.sample(others, size - 1)]
+        context = f"chaos-{rng.randrange(self.dkd.contexts)}"
+        return initiator, "dkd", {"context": context, "participants": participants,
+                                  "timeout": self.timeout}
+
+    def run_one(self, cluster: Cluster, rng: random.Random) -> OpOutcome:
+        if rng.randrange(RESHARE_EVERY) == 0 and self._resharing.acquire(blocking=False):
+            try:
+                return self._reshare(cluster, rng)
+            finally:
+                self._resharing.release()
+        initiator, cmd, args = self.request(rng)
+        reply, reason, t0, t1 = _call(cluster, initiator, cmd, args)
+        return OpOutcome(
+            ok=reply is not None, reason=reason, initiator=initiator, started=t0, ended=t1,
+            session=None if reply is None else str(reply["session"]),
+            detail={"context": args["context"], "participants": args["participants"],
+                    **({} if reply is None else {"fingerprint": reply.get("fingerprint")})},
+        )
+
+    def _reshare(self, cluster: Cluster, rng: random.Random) -> OpOutcome:
+        coordinator = rng.choice([d for d in self.dkd.devices if d != self.churn])
+        t0 = time.time()
+        try:
+            shown = cluster.node(coordinator).ctl("account.show", wait=5.0)
+        except AuraError as exc:
+            return OpOutcome(ok=False, reason=failure_reason(exc), initiator=coordinator,
+                             started=t0, ended=time.time(), detail={"reshare": "show"})
+        inside = self.churn in shown.get("holders", [])
+        with self._state:
+            self.churn_in = inside
+        cmd = "account.remove" if inside else "account.add"
+        reply, reason, t0, t1 = _call(cluster, coordinator, cmd, {
+            "name": self.churn, "timeout": self.reshare_timeout})
+        if reply is not None:
+            with self._state:
+                self.churn_in = not inside
+        return OpOutcome(
+            ok=reply is not None, reason=reason, initiator=coordinator, started=t0, ended=t1,
+            session=None if reply is None else str(reply["session"]),
+            detail={"reshare": cmd, "device": self.churn,
+                    **({} if reply is None else {"epoch": reply.get("epoch")})})
+
+
 def load_named(name: str, *, timeout: float) -> LoadOperation:
     if name == "ping":
         return PingLoad(timeout=timeout)
     if name == "dkd":
         return DkdLoad(timeout=timeout)
-    raise HarnessError(f"unknown load {name!r} (known: dkd, ping)")
+    if name == "dkd-reshare":
+        return DkdReshareLoad(timeout=timeout)
+    raise HarnessError(f"unknown load {name!r} (known: dkd, dkd-reshare, ping)")
 
 
 @dataclass(slots=True)
@@ -192,6 +288,8 @@ class LoadStats:
     by_initiator: dict[str, Counter[str]] = field(default_factory=dict)
     #: (context -> fingerprints seen in replies): a cheap live cross-check of agreement
     fingerprints: dict[str, set[str]] = field(default_factory=dict)
+    #: reshares of the ``dkd-reshare`` load by outcome ("completed" or the failure reason)
+    reshares: Counter[str] = field(default_factory=Counter)
 
     @property
     def failed_total(self) -> int:
@@ -201,7 +299,8 @@ class LoadStats:
         return {"started": self.started, "completed": self.completed,
                 "failed": self.failed_total, "failed_by_reason": dict(sorted(
                     self.failed.items())),
-                "by_initiator": {k: dict(v) for k, v in sorted(self.by_initiator.items())}}
+                "by_initiator": {k: dict(v) for k, v in sorted(self.by_initiator.items())},
+                **({"reshares": dict(sorted(self.reshares.items()))} if self.reshares else {})}
 
 
 class LoadRunner:
@@ -272,6 +371,8 @@ class LoadRunner:
                 else:
                     s.failed[out.reason] += 1
                 s.by_initiator.setdefault(out.initiator, Counter())[out.reason] += 1
+                if "reshare" in out.detail:
+                    s.reshares["completed" if out.ok else out.reason] += 1
                 self.outcomes.append(out)
             if self.on_outcome is not None:
                 self.on_outcome(out, self.stats)

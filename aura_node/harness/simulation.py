@@ -1165,9 +1165,10 @@ def scenario_recovery(sim: Simulation, shape: random.Random, heal: float
 def scenario_reshare(sim: Simulation, shape: random.Random, heal: float
                      ) -> tuple[dict[str, Any], Callable[[list[str]], None], float]:
     """An account of d1..d3 (and 0..2 guardians) reshared once under faults: a device removed,
-    one added, or the threshold changed. Checks: the participants never split over the epoch
-    (all at the new one when any completed, all at the old one otherwise), and the devices of
-    the newest epoch derive the same DKD key as the original ones."""
+    one added, or the threshold changed, then (after every deadline) the holders' epoch-fact
+    sync. Checks: every holder, old or new, is at the same epoch (the new one only if the
+    coordinator completed), each new holder uses its share of it, and the devices of the
+    newest epoch derive the same DKD key as the original ones."""
     from aura_node.protocols.reshare import roles as rr
     from aura_node.protocols.reshare.choreography import ReshPlan
 
@@ -1200,41 +1201,68 @@ def scenario_reshare(sim: Simulation, shape: random.Random, heal: float
                               roles=rr.session_roles(params, coordinator), params=params))
 
     sim.at(sim.now + shape.uniform(0.0, 2.0), f"{op} on {coordinator}", go)
+    # once every deadline of the session has passed (a participant that signed waits four),
+    # the links come up as the daemon's do: each holder syncs its epoch facts with the others
+    timeout = SIM_PROTOCOLS.reshare_timeout_seconds
+    sim.at(heal + (rr.OUTCOME_WAIT_DEADLINES + 3) * timeout, "account-sync",
+           lambda: sync_accounts(sim))
 
     def check(problems: list[str]) -> None:
         if not sids:
             problems.append("the reshare never started")
             return
-        participants = {*(h.name for h in plan[0].devices), *(h.name for h in plan[0].guardians),
-                        *(d.name for d in plan[0].dealers)}
-        done = {n for n in participants
-                if (s := sim.nodes[n].session(sids[0])) is not None and s.outcome == "completed"}
-        epochs = {n: (sim.nodes[n].accounts.accounts()[orig.account_id].epoch
-                      if orig.account_id in sim.nodes[n].accounts.accounts() else -1)
-                  for n in participants}
-        # A participant the network never delivered the announcement to (a drop with no link
-        # bounce: the daemon's links re-send an open session's messages when they come back,
-        # the simulated network just loses it) ends at its deadline on the old epoch; the
-        # epoch-fact exchange between holders is what catches it up. Anything else that
-        # leaves a participant behind is a split.
-        lost = {n for n in participants
-                if any(line.split()[1:4] == ["drop", f"{coordinator}->{n}",
-                                             "reshare/EpochAnnounce"]
-                       and sids[0][:8] in line for line in sim.log)}
-        behind = {n for n, e in epochs.items() if e != 1}
-        if done and behind - lost:
-            problems.append(f"split epoch: {sorted(done)} completed, epochs {epochs}")
-        if not done and any(e > 0 for e in epochs.values()):
-            problems.append(f"a participant moved without a completed reshare: {epochs}")
-        if done:
-            current = [h.name for h in plan[0].devices if h.name not in behind]
-            got = reference_fingerprint(_among(sim, current), orig.account_id, "mail")
-            if got != want:
-                problems.append("the new epoch's devices derive another DKD key")
+        everyone = {*devices, *(h.name for h in plan[0].devices),
+                    *(h.name for h in plan[0].guardians), *guardians}
+        # after the sync every holder old or new agrees on the epoch (a participant the
+        # announcement never reached, or that restarted after the coordinator stopped
+        # waiting, holds its share from when it signed, and the synced fact makes it current)
+        current = {n: sim.nodes[n].accounts.current_epoch(orig.account_id) for n in everyone}
+        if len(set(current.values())) != 1:
+            problems.append(f"split epoch after account-sync: {current}")
+            return
+        if set(current.values()) == {0}:
+            return  # aborted: the old epoch stays, checked by the DKD below only if it moved
+        holders = [h.name for h in (*plan[0].devices, *plan[0].guardians)]
+        for n in holders:
+            try:
+                est = sim.nodes[n].accounts.get(orig.account_id)
+            except AuraError as exc:
+                problems.append(f"{n} holds no usable share of the new epoch: {exc.message}")
+                continue
+            if est.epoch != current[n]:
+                problems.append(f"{n} uses epoch {est.epoch}, the current one is {current[n]}")
+        coordinator_end = sim.nodes[coordinator].session(sids[0])
+        if coordinator_end is None or coordinator_end.outcome != "completed":
+            problems.append("the epoch moved without the coordinator completing its session")
+        new_devices = [h.name for h in plan[0].devices]
+        got = reference_fingerprint(_among(sim, new_devices), orig.account_id, "mail")
+        if got != want:
+            problems.append("the new epoch's devices derive another DKD key")
 
     return ({"threshold": t, "guardians": len(guardians), "guardian_threshold": tg,
              "operation": op, "args": args, "coordinator": coordinator}, check,
             3 * SIM_PROTOCOLS.reshare_timeout_seconds + 10.0)
+
+
+def sync_accounts(sim: Simulation, names: Sequence[str] | None = None) -> list[str]:
+    """What the daemons do when their links come up: every up node of ``names`` (default:
+    all) starts an ``account-sync`` with each up peer ``sync_peers`` names (one session per
+    pair). Returns the session ids; run the simulation to let them finish."""
+    from aura_node.protocols.account_sync.roles import CHOREOGRAPHY, sync_peers
+
+    sids: list[str] = []
+    pairs: set[frozenset[str]] = set()
+    for name in names or list(sim.nodes):
+        node = sim.nodes[name]
+        if not node.up:
+            continue
+        for peer in sync_peers(node.accounts, node.peers):
+            if not sim.nodes[peer].up or frozenset((name, peer)) in pairs:
+                continue
+            pairs.add(frozenset((name, peer)))
+            sids.append(sim.start(name, CHOREOGRAPHY, roles={name: "initiator",
+                                                             peer: "responder"}, params={}))
+    return sids
 
 
 class _View:

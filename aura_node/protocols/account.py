@@ -181,10 +181,18 @@ class AccountStore:
     (:meth:`get`): its record and this device's share of it. A device that is not a holder of
     the current epoch has no usable share: :meth:`get` (and so every protocol that needs the
     share or the record: DKD, resharing) raises ``this device was removed from account X at
-    epoch E``. An account whose facts say nothing beyond epoch 0 (no reshare yet, or an
-    epoch whose fact has not arrived) is used as its newest ``account.established`` record
-    says, as before epochs existed; a later epoch-0 record for the same account id replaces
-    the earlier one only if its public key is the same (an account id is a hash of ``S``).
+    epoch E``. An account whose facts say nothing beyond epoch 0 (no reshare yet) is used as
+    its epoch-0 ``account.established`` record says, as before epochs existed; a later epoch-0
+    record for the same account id replaces the earlier one only if its public key is the same
+    (an account id is a hash of ``S``).
+
+    A record of a later epoch is used only once the fully signed fact it names
+    (``fact_digest``) is current. A reshare participant journals its new share as soon as it
+    verified its sub-shares and signed (``protocols/reshare``), before it knows whether the
+    epoch will be acknowledged, so a record of an aborted attempt (a fact that never gets
+    every signature) never becomes usable, and records of several attempts at one epoch are
+    kept side by side, keyed by the fact they name: whichever attempt's fact becomes current
+    selects its own record, whatever the journal order.
 
     Epoch facts come in two ways besides the journal of this device's own reshare sessions:
     a fact whose predecessor the store lacks is *anchored* when this device journaled its own
@@ -197,8 +205,9 @@ class AccountStore:
     def __init__(self) -> None:
         #: account id -> its newest epoch-0 record (genesis or recovery)
         self._accounts: dict[str, AccountEstablished] = {}
-        #: account id -> epoch -> this device's record of it (epochs >= 1: reshares)
-        self._by_epoch: dict[str, dict[int, AccountEstablished]] = {}
+        #: account id -> epoch -> digest of the fact it names -> this device's record of it
+        #: (epochs >= 1: reshares; several attempts at one epoch may each have left one)
+        self._by_epoch: dict[str, dict[int, dict[bytes, AccountEstablished]]] = {}
         self.epochs = EpochStore()
 
     @classmethod
@@ -233,8 +242,7 @@ class AccountStore:
     def add(self, established: AccountEstablished) -> None:
         acct = established.account
         acct.check()
-        known = self._accounts.get(acct.account_id) or next(
-            iter(self._by_epoch.get(acct.account_id, {}).values()), None)
+        known = self._accounts.get(acct.account_id) or self._newest(acct.account_id)
         if known is not None and known.account.public_key != acct.public_key:
             raise AccountError(f"account {acct.account_id} re-established with another key")
         if established.epoch < 0:
@@ -244,11 +252,26 @@ class AccountStore:
             self._accounts[acct.account_id] = established
             self.epochs.add_root(root_fact(acct))
             return
-        self._by_epoch.setdefault(acct.account_id, {})[established.epoch] = established
+        self._by_epoch.setdefault(acct.account_id, {}).setdefault(
+            established.epoch, {})[established.fact_digest] = established
         # the fact of this epoch may have come first and be waiting for its predecessor
         for fact in self.epochs.pending():
-            if fact.epoch == established.epoch and fact.account == acct:
+            if self._mine(fact) is established:
                 self.epochs.anchor(fact)
+
+    def _mine(self, fact: EpochFact) -> AccountEstablished | None:
+        """This device's record of ``fact``'s very epoch attempt: the one naming its digest
+        (a record without a digest: the one with its record)."""
+        attempts = self._by_epoch.get(fact.account.account_id, {}).get(fact.epoch, {})
+        mine = attempts.get(fact.digest()) or attempts.get(b"")
+        return mine if mine is not None and mine.account == fact.account else None
+
+    def _newest(self, account_id: str) -> AccountEstablished | None:
+        """The newest later-epoch record this device journaled (usable or not), if any."""
+        later = self._by_epoch.get(account_id, {})
+        if not later:
+            return None
+        return next(reversed(later[max(later)].values()))
 
     def learn_fact(self, fact: EpochFact) -> FactVerdict:
         """Offer an epoch fact (see the class doc for anchoring); the verdict says what it
@@ -260,10 +283,8 @@ class AccountStore:
         checks a message's facts against), anchoring it when this device holds a share of
         its very epoch and record."""
         verdict = epochs.offer(fact)
-        if verdict.outcome == "pending":
-            mine = self._by_epoch.get(fact.account.account_id, {}).get(fact.epoch)
-            if mine is not None and mine.account == fact.account:
-                return epochs.anchor(fact)
+        if verdict.outcome == "pending" and self._mine(fact) is not None:
+            return epochs.anchor(fact)
         return verdict
 
     def current_epoch(self, account_id: str) -> int:
@@ -283,19 +304,21 @@ class AccountStore:
             )
         fact = self.epochs.current(account_id)
         if fact is None or fact.epoch == 0:
-            # no acknowledged fact beyond genesis (yet): the newest record this device holds
-            if later:
-                return later[max(later)]
-            assert base is not None
-            return base
-        mine = later.get(fact.epoch)
-        if mine is not None and mine.account == fact.account:
-            return mine
+            # no acknowledged fact beyond genesis (yet): a later record is of an attempt whose
+            # fact is not current (still running, aborted, or its fact not arrived here yet)
+            if base is not None:
+                return base
+            raise AccountError(f"this device holds no share of account {account_id} yet: the "
+                               "reshare that made it a holder has not completed here (its "
+                               "signed epoch fact has not arrived)")
+        mine = self._mine(fact)
         if mine is not None:
-            raise AccountError(f"this device's share of account {account_id} is of a concurrent "
-                               f"epoch-{fact.epoch} reshare that lost to fact "
-                               f"{fact.digest().hex()[:16]} (see conflicts)")
+            return mine
         if self._device_ids() & holder_ids(fact.account):
+            if later.get(fact.epoch):
+                raise AccountError(f"this device's share of account {account_id} is of another "
+                                   f"epoch-{fact.epoch} reshare attempt than fact "
+                                   f"{fact.digest().hex()[:16]} (see conflicts)")
             # still a holder, and the epoch's own record has not been journaled here yet
             raise AccountError(f"this device holds no share of account {account_id} at its "
                                f"current epoch {fact.epoch} yet")
@@ -307,7 +330,8 @@ class AccountStore:
         holders whose index and set match a held share)."""
         out: set[str] = set()
         for est in (*self._accounts.values(),
-                    *(e for by in self._by_epoch.values() for e in by.values())):
+                    *(e for by in self._by_epoch.values() for attempts in by.values()
+                      for e in attempts.values())):
             for held in est.shares:
                 for h in est.account.holders(held.holder_set):
                     if h.index == held.index:
@@ -378,11 +402,10 @@ class AccountStore:
         not: :meth:`get` says whether it is)."""
         out: dict[str, AccountEstablished] = {}
         for account_id in self._known():
-            later = self._by_epoch.get(account_id, {})
             try:
                 out[account_id] = self.get(account_id)
             except AccountError:
-                out[account_id] = later[max(later)] if later else self._accounts[account_id]
+                out[account_id] = self._newest(account_id) or self._accounts[account_id]
         return out
 
     def __len__(self) -> int:

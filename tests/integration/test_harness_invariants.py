@@ -10,12 +10,17 @@ from pathlib import Path
 
 import msgspec
 
+from aura_node.crypto.group import Scalar
 from aura_node.crypto.keys import DeviceKey
 from aura_node.harness.invariants import InvariantReport, NodeJournal, check_invariants
+from aura_node.harness.simulation import dealt_account
 from aura_node.harness.trace import build_trace, render_mermaid, render_text
 from aura_node.journal import Journal, JournalEntry
 from aura_node.protocols import engine as eng
+from aura_node.protocols.account import KIND_ACCOUNT, encode_established
 from aura_node.protocols.envelope import Envelope, encode_envelope, seal
+from aura_node.protocols.epochs import root_fact
+from tests.epoch_support import epoch_records, reshared
 
 
 class Commit(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,8 +102,46 @@ def test_clean_journals_pass_and_every_checker_ran(tmp_path: Path) -> None:
     assert report.ok, report.to_json()
     assert report.checked == {
         "journal_verifies": 3, "evidence_signed": 8, "no_equivocation": 4,
-        "dkd_agreement": 4, "sessions_end": 4,
+        "dkd_agreement": 4, "sessions_end": 4, "epoch_agreement": 0,
     }
+
+
+def test_a_split_epoch_is_caught(tmp_path: Path) -> None:
+    """d1 and d2 journaled epoch 1 of the account, d3 (still a holder) never learnt it: the
+    holders disagree until d3 journals the fact too."""
+    nodes = _nodes(tmp_path, "d1", "d2", "d3")
+    keys = {n: x.key for n, x in nodes.items()}
+    secret = Scalar.from_int(4242)
+    genesis = dealt_account({n: k.public for n, k in keys.items()}, 2, {}, 0, secret=secret,
+                            session_id="genesis")
+    for n, first in genesis.items():
+        nodes[n].entries.append(JournalEntry(session="genesis", kind=KIND_ACCOUNT,
+                                             body=encode_established(first), ts=1.0))
+    record = genesis["d1"].account
+    fact, est = reshared(root_fact(record), secret=secret, dealers=[keys["d1"], keys["d2"]],
+                         devices=keys, t=3)
+    for n in ("d1", "d2"):
+        for kind, body in epoch_records(fact, est[n]):
+            nodes[n].entries.append(JournalEntry(session="", kind=kind, body=body, ts=2.0))
+    report = _report(nodes)
+    [v] = report.failed("epoch_agreement")
+    assert "d1 at epoch 1" in v.detail and "d3 at epoch 0" in v.detail, v.detail
+    assert report.checked["epoch_agreement"] == 1
+    for kind, body in epoch_records(fact, est["d3"]):
+        nodes["d3"].entries.append(JournalEntry(session="", kind=kind, body=body, ts=3.0))
+    assert not _report(nodes).failed("epoch_agreement")
+
+
+def test_a_choreography_may_have_its_own_session_deadline(tmp_path: Path) -> None:
+    nodes = _nodes(tmp_path, "d1")
+    s = secrets.token_hex(16)
+    nodes["d1"].start(s, "participants", {"d1": "participants"}, 1.0, choreography="reshare")
+    nodes["d1"].add(s, eng.KIND_FAIL, eng.FailBody(code="timeout", reason="x"), 40.0)
+    nodes["d1"].flush()
+    journals = [nodes["d1"].journal]
+    assert check_invariants(journals, session_deadline=20.0).failed("sessions_end")
+    assert check_invariants(journals, session_deadline=20.0,
+                            session_deadlines={"reshare": 45.0}).ok
 
 
 def test_planted_equivocation_is_caught(tmp_path: Path) -> None:

@@ -163,8 +163,8 @@ def lost_phone(c: Cluster, *, kills: bool) -> tuple[dict[str, Any], str]:
     bad = ctl_error(c, "d1", "dkd", context="mail", participants=["d1", "d3", "d2"])
     assert remote_code(bad) == "invalid_args" and "'d3' is not a device" in bad.message
     # d3 still holds its old share, but knows it was removed: its own DKD is refused on the
-    # spot, with the reason (a stale d3 that had not learnt it is refused by the current
-    # holders: tests/unit/test_account_sync.py)
+    # spot, with the reason (a stale d3 that had not learnt it gets the current holders'
+    # signed refusal naming the epoch: tests/unit/test_reshare_protocol.py)
     err = ctl_error(c, "d3", "dkd", context="mail", participants=["d3", "d1"], timeout=3.0)
     assert "removed from account" in err.message, err
     return acct, f

@@ -136,7 +136,8 @@ def test_a_bad_fact_from_a_peer_is_rejected_with_evidence_and_the_sync_goes_on()
 
 def test_a_removed_device_refuses_a_dkd_request_with_the_reason() -> None:
     """A requester that has not heard of epoch 1 yet (d2 here holds only genesis) asks d3:
-    d3 knows it was removed and refuses the request as evidence naming why; no key results."""
+    d3 knows it was removed and answers with a signed refusal naming why, which ends d2's
+    session with that reason (not a timeout); no key results."""
     from aura_node.protocols.dkd.roles import session_params, session_roles
 
     sim = Simulation(11, dict.fromkeys(("d1", "d2", "d3", "d4"), "device"))
@@ -153,10 +154,11 @@ def test_a_removed_device_refuses_a_dkd_request_with_the_reason() -> None:
                        sim.nodes["d2"].services)
     sid = sim.start("d2", "dkd", roles=session_roles(p), params=p)
     sim.run()
-    assert sim.describe("d2", sid)["outcome"] == "failed"
-    reasons = [r.reason for r in sim.nodes["d3"].rejections(sid)]
-    assert any(f"removed from account {record.account_id} at epoch 1" in r
-               for r in reasons), reasons
+    error = sim.describe("d2", sid)["error"]
+    assert error["code"] == "refused", error
+    removed = f"this device was removed from account {record.account_id} at epoch 1"
+    assert f"d3 refused: {removed}" in error["reason"], error
+    assert not sim.nodes["d3"].rejections(sid)
     assert not [r for r in sim.nodes["d2"].records(sid) if r.kind == eng.KIND_COMPLETE]
 
 

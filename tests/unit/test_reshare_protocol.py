@@ -13,10 +13,11 @@ import pytest
 from aura_node.crypto import reshare as rs
 from aura_node.crypto.group import Scalar
 from aura_node.crypto.shamir import Share, reconstruct
-from aura_node.harness.simulation import CRASH_MODES, Simulation
+from aura_node.harness.simulation import CRASH_MODES, Simulation, sync_accounts
 from aura_node.protocols import engine as eng
-from aura_node.protocols.account import open_held_share
+from aura_node.protocols.account import AccountError, AccountStore, open_held_share
 from aura_node.protocols.dkd import roles as dkd_roles
+from aura_node.protocols.envelope import decode_wire
 from aura_node.protocols.epochs import KIND_EPOCH_FACT, EpochFact
 from aura_node.protocols.reshare import roles as rr
 
@@ -125,11 +126,16 @@ def test_lost_phone_story_keeps_every_derived_key() -> None:
     d1_share = open_held_share(d1_new.account, d1_new.shares[0], sim.nodes["d1"].key)
     assert reconstruct([d3_share, d1_share]) != s
 
-    # the removed device's DKD is refused by the current holders, with the reason
+    # the removed device's DKD (it has not learnt of its removal: no sync yet) is refused by
+    # the current holders with a signed refusal naming the epoch; its session ends with it,
+    # at once, not at its deadline
+    started = sim.now
     ok, res = dkd(sim, "d3", ["d3", "d1"])
-    assert not ok
-    rejected = sim.nodes["d1"].rejections()
-    assert any("not a device" in r.reason and "epoch 3" in r.reason for r in rejected), rejected
+    assert not ok and res["code"] == "refused", res
+    assert "d1" in res["reason"] and "d3: not a device of account" in res["reason"], res
+    assert "current epoch 3" in res["reason"], res
+    assert sim.now - started < sim.nodes["d3"].protocols.dkd_timeout_seconds / 2
+    assert not sim.nodes["d1"].rejections(), sim.nodes["d1"].rejections()
     # a DKD on a current device that asks d3 is refused before it starts
     with pytest.raises(eng.ParamsError, match="'d3' is not a device"):
         dkd_roles.session_params({"context": "mail", "participants": ["d1", "d3", "d2"]},
@@ -199,6 +205,124 @@ def test_after_recovery_a_single_holder_reshares_back_to_a_threshold() -> None:
     assert set(epochs(sim, account).values()) == {1}
     ok, res = dkd(sim, "d4", ["d4", "d5"])
     assert ok and res["fingerprint"] == before["fingerprint"]
+
+
+def _drop(sim: Simulation, step: str, src: str, dst: str) -> list[str]:
+    """Lose every ``reshare/step`` message from ``src`` to ``dst`` for good (no link bounce,
+    no re-send); returns a log of what was dropped."""
+    dropped: list[str] = []
+
+    def intercept(s: str, d: str, payload: bytes) -> bytes | None:
+        env = decode_wire(payload).envelope
+        if (s, d, env.choreography, env.step) == (src, dst, "reshare", step):
+            dropped.append(env.session)
+            return None
+        return payload
+
+    sim.intercept = intercept
+    return dropped
+
+
+def _current(sim: Simulation, account: str, names: Sequence[str]) -> dict[str, int]:
+    return {n: sim.nodes[n].accounts.current_epoch(account) for n in names}
+
+
+HOLDERS_AFTER_ADD = ("d1", "d2", "d3", "d4", "g1", "g2", "g3")
+
+
+def test_a_participant_that_never_gets_the_announcement_catches_up_by_account_sync() -> None:
+    sim, account = world(6)
+    ok, before = dkd(sim, "d1", ["d1", "d2"])
+    assert ok
+    dropped = _drop(sim, "EpochAnnounce", "d1", "d4")
+    sid = reshare(sim, "d1", "add-device", name="d4")
+    sim.run()
+    assert dropped == [sid]
+    end = ending(sim, "d1", sid)
+    assert end is not None and end[0] and end[1]["unconfirmed"] == ["d4"], end
+    # d4 signed, so its share is journaled; the fact has not reached it: not usable yet
+    assert sim.nodes["d4"].accounts.current_epoch(account) == 0
+    with pytest.raises(AccountError, match="holds no share of account .* yet"):
+        sim.nodes["d4"].accounts.get(account)
+
+    sim.intercept = None
+    sync_accounts(sim)
+    sim.run()
+    assert set(_current(sim, account, HOLDERS_AFTER_ADD).values()) == {1}
+    assert {n: e for n, e in epochs(sim, account).items() if n != "d3"} == dict.fromkeys(
+        ("d1", "d2", "d4", "g1", "g2", "g3"), 1)
+    for who in (["d4", "d1"], ["d2", "d4"]):
+        ok, res = dkd(sim, who[0], who)
+        assert ok and res["fingerprint"] == before["fingerprint"], (who, res)
+    assert sim.check().ok, sim.check().violations
+
+
+def test_a_participant_that_crashed_after_signing_catches_up_after_its_restart() -> None:
+    sim, account = world(7)
+    ok, before = dkd(sim, "d1", ["d1", "d2"])
+    assert ok
+    sid = reshare(sim, "d1", "add-device", name="d4")
+    # d2 (a dealer) goes down as its signature leaves, until the coordinator has stopped
+    # waiting for its confirmation: nobody re-sends the announcement after its restart
+    down = 4 * sim.nodes["d1"].protocols.reshare_timeout_seconds
+
+    def intercept(s: str, d: str, payload: bytes) -> bytes | None:
+        if (s, decode_wire(payload).envelope.step) == ("d2", "EpochSigned"):
+            sim.intercept = None  # once: its restart re-sends the signature
+            sim.at(sim.now, "crash d2", lambda: sim.crash("d2", downtime=down))
+        return payload
+
+    sim.intercept = intercept
+    sim.run()
+    sim.intercept = None
+    assert sim.nodes["d2"].up and sim.nodes["d2"].crashes == 1
+    end = ending(sim, "d1", sid)
+    assert end is not None and end[0] and end[1]["unconfirmed"] == ["d2"], end
+    assert sim.nodes["d2"].accounts.current_epoch(account) == 0
+    sync_accounts(sim)
+    sim.run()
+    assert set(_current(sim, account, HOLDERS_AFTER_ADD).values()) == {1}
+    assert sim.nodes["d2"].accounts.get(account).epoch == 1
+    ok, res = dkd(sim, "d2", ["d2", "d4"])
+    assert ok and res["fingerprint"] == before["fingerprint"], res
+    assert sim.check().ok, sim.check().violations
+
+
+def test_an_aborted_attempts_share_never_becomes_current() -> None:
+    """Every participant signs, one signature is lost: the session aborts with the shares of
+    epoch 1 journaled on the participants. They stay unused; the next attempt's epoch is 1
+    again, and its records (not the aborted ones) are what every holder uses, in a store
+    rebuilt from the journal too."""
+    sim, account = world(8)
+    ok, before = dkd(sim, "d1", ["d1", "d2"])
+    assert ok
+    _drop(sim, "EpochSigned", "g1", "d1")
+    first = reshare(sim, "d1", "add-device", name="d4")
+    sim.run()
+    for n in ("d1", "d2", "d4", "g1"):
+        end = ending(sim, n, first)
+        assert end is not None and not end[0], (n, end)
+    aborted = [r for r in sim.nodes["d4"].records(first) if r.kind == "account.established"]
+    assert len(aborted) == 1  # d4 signed: its share of the attempt is journaled
+    assert set(_current(sim, account, HOLDERS_AFTER_ADD).values()) == {0}
+    assert {n: sim.nodes[n].accounts.get(account).epoch for n in HOLDERS_AFTER_ADD
+            if n != "d4"} == dict.fromkeys(("d1", "d2", "d3", "g1", "g2", "g3"), 0)
+    with pytest.raises(AccountError, match="holds no share of account .* yet"):
+        sim.nodes["d4"].accounts.get(account)
+
+    sim.intercept = None
+    second = reshare(sim, "d1", "add-device", name="d4")
+    sim.run()
+    end = ending(sim, "d1", second)
+    assert end is not None and end[0] and end[1]["epoch"] == 1, end
+    for node in ("d4", "d2"):
+        for store in (sim.nodes[node].accounts, AccountStore.from_records(
+                (r.kind, r.body) for r in sim.nodes[node].journal.records())):
+            est = store.get(account)
+            assert est.epoch == 1 and est.shares[0].session_id == second, node
+    ok, res = dkd(sim, "d4", ["d4", "d1"])
+    assert ok and res["fingerprint"] == before["fingerprint"], res
+    assert sim.check().ok, sim.check().violations
 
 
 def _appends(seed: int) -> Iterator[int]:

@@ -71,7 +71,11 @@ no abort: its refusal told the requester). The initiator checks each refusal's s
 keeps it; it goes on while the holders that did not refuse can still make ``t`` and ends
 (``give_up_refused``: failed, code ``refused``, naming each refuser and its reason; the abort
 tells the participants still waiting) as soon as they cannot. A late refusal, after the
-quorum, is kept as evidence and changes nothing.
+quorum, is kept as evidence and changes nothing. A request that is addressed to this device but
+names a device that is not one of the account's current epoch (a device a reshare removed, or
+a requester that has not learnt of the reshare yet), or asks this device after a reshare
+removed it, is decided on arrival as a signed refusal naming the epoch (no policy draw), so
+the requester ends with that reason rather than at its deadline.
 
 Pure: no trio, no I/O, no clock.
 """
@@ -670,16 +674,26 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
         initiator's own valid commitment. A malformed one is rejected (no answer: its sender
         is broken or lying); a well-formed one gets an answer, the consent policy's."""
         me, services = step.self_name, step.services
+        addressed = bool(req.holders) and req.holders[0] == step.sender \
+            and me in req.holders[1:]
         try:
             est = services.accounts.get(req.account_id)
         except AccountError as exc:
+            # an account this device held but holds no usable share of now (removed by a
+            # reshare the requester has not learnt of): the requester gets the reason, signed
+            if addressed and req.account_id in services.accounts.accounts():
+                return self._refuse_on_arrival(req, exc.message, step)
             raise DkdRequestError(exc.message) from None
         account = est.account
-        # a device a reshare removed still holds its old record: name why it is refused
+        # a device a reshare removed still holds its old record and may not know yet: it gets
+        # a signed refusal naming the epoch (ends its session with the reason, not a timeout)
         strangers = sorted(set(req.holders) - {h.name for h in account.devices})
         if strangers:
-            raise DkdRequestError(f"{', '.join(strangers)}: not a device of account "
-                                  f"{account.account_id} in its current epoch {est.epoch}")
+            reason = (f"{', '.join(strangers)}: not a device of account {account.account_id} "
+                      f"in its current epoch {est.epoch}")
+            if not addressed:
+                raise DkdRequestError(reason)
+            return self._refuse_on_arrival(req, reason, step)
         if req.threshold != account.threshold:
             raise DkdRequestError(f"request says threshold {req.threshold}, account "
                                   f"{account.account_id} has {account.threshold}")
@@ -718,12 +732,30 @@ class DkdParticipant(ChoreographicProtocol[DkdMarker, S], choreography="dkd", ro
             account_id=account.account_id, requester=step.sender, context=req.context,
             at=step.now, devices=tuple(h.name for h in account.devices)))
 
+    def _refuse_on_arrival(self: DkdParticipant[Initializing], req: DkdRequest, reason: str,
+                           step: DkdStep) -> DkdParticipant[Consenting]:
+        """A request that names devices that are not devices of the account's current epoch
+        (a removed device asking, or a requester that has not learnt of a reshare yet), or
+        asks this device after a reshare removed it: decided here, without the policy (no
+        ``dkd.consent`` draw), as a refusal with ``reason``, so ``refuse_by_policy`` sends it
+        signed and the requester's session ends with it instead of timing out."""
+        step.learn_roles({n: (INITIATOR if i == 0 else PARTICIPANTS)
+                          for i, n in enumerate(req.holders)})
+        step.arm(DEADLINE_TIMER, at=step.now + self.timeout)
+        return self._advance(DkdParticipant[Consenting], asked=AskedFor(
+            account_id=req.account_id, requester=step.sender, context=req.context,
+            at=step.now, devices=()), consent=ConsentDecision(
+                verdict="refuse", reason=reason, requester=step.sender, at=step.now))
+
     @unrepeatable(record=KIND_CONSENT)
     @transition(source=Consenting, target=Consenting, action="local")
     def consult_policy(self: DkdParticipant[Consenting], step: DkdStep
                        ) -> DkdParticipant[Consenting]:
         """The consent policy's verdict, decided once, live, and journaled (``consent.py``:
-        it depends on config and other sessions, which a replay does not see)."""
+        it depends on config and other sessions, which a replay does not see). Declines when
+        the request was decided on arrival (``_refuse_stranger``)."""
+        if self.consent is not None:
+            raise Decline
         asked, keeper = _need(self.asked), step.services.dkd_consent
         decision = decode_decision(step.draw(lambda: encode_decision(keeper.decide(
             account_id=asked.account_id, account_devices=asked.devices,

@@ -20,8 +20,9 @@ participant: a new holder, and a dealer too when the plan names it. Phases::
     participants: Invited --recv ReshareRequest--> Joining
                   Joining --send Joined (a dealer's dealing drawn: @unrepeatable)--> AwaitingDeal
                   AwaitingDeal --recv ReshareDeal [VerifiedSubShares]--> Signing
-                  Signing --send EpochSigned--> Adopting
-                  Adopting --recv EpochAnnounce [EpochSignatures, adopts]--> Confirming
+                  Signing --send EpochSigned (own new share sealed: @unrepeatable)--> Adopting
+                  Adopting --recv EpochAnnounce [EpochSignatures, journals the fact]-->
+                  Confirming
                   Confirming --send EpochAdopted--> Completed
     (abort / timeout -> Failed, declared once with abort=Failed)
 
@@ -39,22 +40,30 @@ dealer and the new record is the one the dealings define; :class:`EpochSignature
 ``dealer`` signature of every dealer and ``holder`` signature of every new holder over the new
 epoch fact. A participant signs only with a ``VerifiedSubShares``; a role adopts the epoch
 (journals ``account.established`` with ``epoch = E`` and its new share sealed to itself, and
-``account.epoch`` with the signed fact) only with an ``EpochSignatures``. The new epoch number
-``E`` is one above every participant's (``Joined.epoch_held``): after a guardian recovery
-the recovered device is at epoch 0 while the guardians may be further on.
+``account.epoch`` with the signed fact) only with an ``EpochSignatures`` (a participant's
+share record is journaled when it signs and is usable only with that fact: below). The new
+epoch number ``E`` is one above every participant's (``Joined.epoch_held``): after a guardian
+recovery the recovered device is at epoch 0 while the guardians may be further on.
 
 Never a split epoch: the coordinator adopts in the one step that completes its signature
 gather, and from then on it never aborts (``accepts_abort_from``); before that, any abort
 reaches every participant, nobody has adopted, and the current epoch stays fully usable
-(sub-shares of an aborted session are never combined). A participant journals its new share
-only once it holds the whole signed fact. After adopting, the coordinator keeps the session open
-until every participant confirmed (``EpochAdopted``) or its deadline passed, so a participant
-that crashed before the announcement reached it gets it again when its link comes back (the
-runtime re-sends an open session's messages on link-up). A participant that signed cannot tell
-whether the coordinator has every signature, so it waits :data:`OUTCOME_WAIT_DEADLINES` of the
-coordinator's deadlines before it gives up (adopting nothing); only a message lost for good
-with no link bounce leaves it behind, and the epoch-fact exchange between holders is what
-catches it up.
+(no fact of an aborted session ever gets every signature). A participant journals its new
+share (``account.established`` of epoch ``E``, sealed to itself, naming the digest of the fact
+it signed) in the step its signature leaves in, before it knows the outcome; the account store
+uses that record only once the fully signed fact it names is current (``AccountStore.get``), so
+an aborted attempt's record never is, and a later attempt at the same epoch keeps its own record
+beside it. The announcement then only adds the fact. After adopting, the coordinator keeps the
+session open until every participant confirmed (``EpochAdopted``) or its deadline passed, so a
+participant that crashed before the announcement reached it gets it again when its link comes
+back (the runtime re-sends an open session's messages on link-up). A participant that signed
+cannot tell whether the coordinator has every signature, so it waits
+:data:`OUTCOME_WAIT_DEADLINES` of the coordinator's deadlines before its session gives up; if
+the announcement never reaches it (lost with no link bounce, or it restarted after the
+coordinator stopped waiting), the signed fact the holders exchange (``account-sync``) later
+finds its share already journaled, and it is at the new epoch like every other holder.
+Sealing to itself draws from the OS, so signing is ``@unrepeatable`` too (the draw is the
+``account.established`` record; replay takes it from the journal).
 
 Pure: no trio, no I/O.
 """
@@ -612,15 +621,13 @@ def sign_epoch(plan: ReshPlan, w: VerifiedSubShares, services: NodeServices, ses
     return EpochSigned(signatures=tuple(sigs))
 
 
-def adopt(plan: ReshPlan, w: VerifiedSubShares, signed: EpochSignatures, step: Step[Any]
-          ) -> dict[str, Any]:
-    """Journal the new epoch on this device: ``account.established`` (epoch ``E``, the new
-    record, each new share sealed to this device's own key) and ``account.epoch`` (the signed
-    fact). Returns the session's result."""
-    services, session = step.services, step.session
-    fact = signed.fact
-    if (fact.account, fact.epoch) != (w.deal.account, w.deal.epoch):
-        raise WitnessError("the announced fact is not the epoch this device verified")
+def sealed_to_self(plan: ReshPlan, w: VerifiedSubShares, services: NodeServices, session: str
+                   ) -> AccountEstablished:
+    """This device's ``account.established`` record of the new epoch: the record the deal
+    defines, each new share combined and sealed (HPKE: OS randomness) to this device's own key,
+    and the digest of the epoch fact it belongs to (signatures are not part of it, so it is
+    known before they are). ``AccountStore`` uses it only once that fact, fully signed, is
+    current."""
     key = services.device_key
     held = []
     for holder_set, index in w.positions:
@@ -632,10 +639,28 @@ def adopt(plan: ReshPlan, w: VerifiedSubShares, signed: EpochSignatures, step: S
                               sealed=seal_share(share, key.public, binding),
                               purpose=binding.purpose, session_id=session))
         del share
-    if held:
-        step.record(KIND_ACCOUNT, encode_established(AccountEstablished(
-            account=fact.account, shares=tuple(held), epoch=fact.epoch,
-            fact_digest=fact.digest())))
+    return AccountEstablished(
+        account=w.deal.account, shares=tuple(held), epoch=w.deal.epoch,
+        fact_digest=epoch_fact(plan, w.deal.account, w.deal.epoch, session).digest())
+
+
+def check_announced(w: VerifiedSubShares, signed: EpochSignatures) -> EpochFact:
+    fact = signed.fact
+    if (fact.account, fact.epoch) != (w.deal.account, w.deal.epoch):
+        raise WitnessError("the announced fact is not the epoch this device verified")
+    return fact
+
+
+def adopt(plan: ReshPlan, w: VerifiedSubShares, signed: EpochSignatures, step: Step[Any]
+          ) -> dict[str, Any]:
+    """The coordinator adopts the new epoch: journals ``account.established`` (epoch ``E``, the
+    new record, each new share sealed to itself) and ``account.epoch`` (the signed fact) in the
+    step that completes its signature gather. Returns the session's result. (A participant
+    journals its share when it signs and the fact when it is announced: ``ReshareParticipant``.)"""
+    fact = check_announced(w, signed)
+    est = sealed_to_self(plan, w, step.services, step.session)
+    if est.shares:
+        step.record(KIND_ACCOUNT, encode_established(est))
     step.record(KIND_EPOCH_FACT, msgspec.msgpack.encode(fact))
     return result_view(fact)
 
@@ -941,11 +966,21 @@ class ReshareParticipant(ChoreographicProtocol[ReshareChoreography, S],
                                     f"{exc.message}") from None
         return self._advance(ReshareParticipant[Signing], verified=verified)
 
+    @unrepeatable(record=KIND_ACCOUNT)
     @transition(source=Signing, target=Adopting, action="send", message=EpochSigned,
                 peer="coordinator")
     def sign(self: ReshareParticipant[Signing], step: Step[NoParams]
              ) -> tuple[ReshareParticipant[Adopting], EpochSigned]:
         assert self.plan is not None and self.verified is not None
+        plan, verified = self.plan, self.verified
+        if verified.positions:
+            # its new share, sealed to itself, journaled in the step its signature leaves in:
+            # if the announcement never reaches it (lost, or it restarted after the
+            # coordinator stopped waiting), the signed fact that account-sync brings later
+            # finds the share here (module doc). Sealing draws from the OS: replay takes the
+            # journaled record instead.
+            step.draw(lambda: encode_established(sealed_to_self(
+                plan, verified, step.services, step.session)))
         # signed: it cannot tell whether the coordinator has every signature, so it waits
         # well past the coordinator's deadlines before it gives up (module doc)
         step.cancel(DEADLINE_TIMER)
@@ -960,14 +995,16 @@ class ReshareParticipant(ChoreographicProtocol[ReshareChoreography, S],
                          step: Step[NoParams]) -> ReshareParticipant[Confirming]:
         assert self.plan is not None and self.verified is not None
         try:
-            signed = EpochSignatures.verify(self.plan, m.fact)
+            fact = check_announced(self.verified, EpochSignatures.verify(self.plan, m.fact))
         except WitnessError as exc:
             raise ReshareError(f"EpochAnnounce from {step.sender}: {exc.message}") from None
         if m.fact.session_id != step.session or m.fact.previous != self.plan.previous:
             raise ReshareError(f"EpochAnnounce from {step.sender} is for another session or "
                                "epoch")
         step.cancel(DEADLINE_TIMER)
-        step.complete(**adopt(self.plan, self.verified, signed, step))
+        # its share was journaled when it signed; the fact makes it current
+        step.record(KIND_EPOCH_FACT, msgspec.msgpack.encode(fact))
+        step.complete(**result_view(fact))
         return self._advance(ReshareParticipant[Confirming])
 
     @transition(source=Confirming, target=Completed, action="send", message=EpochAdopted,
