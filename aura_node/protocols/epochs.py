@@ -265,14 +265,16 @@ def check_signatures(fact: EpochFact, *, known: frozenset[tuple[str, str]] = fro
 
 
 def check_extends(fact: EpochFact, previous: EpochFact) -> None:
-    """``fact`` is a valid successor of ``previous``: same account and key, the next epoch,
-    dealt by a quorum of one of ``previous``'s holder sets (module doc). Raises EpochError."""
+    """``fact`` is a valid successor of ``previous``: same account and key, a later epoch
+    (usually the next; a reshare from a recovered device numbers its epoch above every
+    participant's, so it may skip numbers that another lineage used), dealt by a quorum of one
+    of ``previous``'s holder sets (module doc). Raises EpochError."""
     old, new = previous.account, fact.account
     if (old.account_id, old.public_key) != (new.account_id, new.public_key):
         raise EpochError(f"{_label(fact)} changes the account key (a reshare keeps S)")
-    if fact.epoch != previous.epoch + 1:
+    if fact.epoch <= previous.epoch:
         raise EpochError(f"{_label(fact)} extends an epoch-{previous.epoch} fact; expected "
-                         f"epoch {previous.epoch + 1}")
+                         f"an epoch above {previous.epoch}")
     dealers = set(fact.dealers)
     for holders, t, what in ((old.devices, old.threshold, "devices"),
                              (old.guardians, old.guardian_threshold, "guardians")):

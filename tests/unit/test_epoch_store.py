@@ -355,3 +355,17 @@ def test_concurrent_epochs_show_conflicts_and_the_losing_share_is_refused() -> N
             s.get(aid)
     else:
         assert s.get(aid).account == u.e1a.account
+
+
+def test_a_successor_epoch_must_be_later_and_may_skip_numbers() -> None:
+    # a reshare from a recovered device numbers its epoch above every participant's, so its
+    # fact may extend epoch 0 with epoch 4; never an equal or earlier epoch
+    u = universe()
+    from aura_node.protocols.epochs import EpochError, check_extends
+
+    check_extends(msgspec.structs.replace(u.e1a, epoch=4), u.root)
+    for epoch in (0, -1):
+        with pytest.raises(EpochError, match="expected an epoch above 0"):
+            check_extends(msgspec.structs.replace(u.e1a, epoch=epoch), u.root)
+    with pytest.raises(EpochError, match="expected an epoch above 1"):
+        check_extends(msgspec.structs.replace(u.e2, epoch=1), u.e1a)
