@@ -46,7 +46,8 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -161,8 +162,9 @@ class Node:
         from aura_node.transport import PeerNetwork
 
         cfg = self.config
-        by_session, accounts, rollback_records = await trio.to_thread.run_sync(
-            _read_journal, journal.journal)
+        startup = await trio.to_thread.run_sync(_read_journal, journal.journal)
+        by_session, accounts, rollback_records = (startup.by_session, startup.accounts,
+                                                  startup.rollback)
 
         command_send, command_recv = trio.open_memory_channel[Command](COMMAND_CAPACITY)
         event_send, event_recv = trio.open_memory_channel[Any](EVENT_CAPACITY)
@@ -188,9 +190,7 @@ class Node:
         )
         self.runtime = runtime
         # the DKD rate limiter counts what this node admitted before it (re)started
-        runtime.services.dkd_consent.recall(
-            ((sid, r.body) for sid, recs in by_session.items() for r in recs
-             if r.kind == KIND_CONSENT), now=time.time())
+        runtime.services.dkd_consent.recall(startup.consent, now=time.time())
         timers = TimerWheel(command_send)
         from aura_node.journal import JournalEntry
         from aura_node.journal.witness import STORE_NAME, PeerCheckpointStore
@@ -469,23 +469,35 @@ def account_folder(store: AccountStore, log: Any,
     return learn
 
 
-def _read_journal(
-    journal: Any,
-) -> tuple[Mapping[str, list[EvidenceRecord]], list[tuple[str, bytes]], list[tuple[str, bytes]]]:
-    """One pass over the journal: records grouped by session (in journal order), the (kind,
-    body) of the ``account.established`` and ``account.epoch`` records in journal order (the
-    account store's fold), and the (kind, body) of the rollback witness's records."""
-    out: dict[str, list[EvidenceRecord]] = defaultdict(list)
-    accounts: list[tuple[str, bytes]] = []
-    rollback: list[tuple[str, bytes]] = []
+@dataclass(slots=True)
+class StartupRecords:
+    """What start-up needs from the journal, gathered in one pass (:func:`_read_journal`)."""
+
+    #: every session's records, in journal order
+    by_session: dict[str, list[EvidenceRecord]] = field(
+        default_factory=lambda: defaultdict(list))
+    #: (kind, body) of the ``account.established`` / ``account.epoch`` records (the account
+    #: store's fold)
+    accounts: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (kind, body) of the rollback witness's records
+    rollback: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (session, body) of the ``dkd.consent`` records (the DKD rate limiter's count)
+    consent: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _read_journal(journal: Any) -> StartupRecords:
+    """One pass over the journal for everything start-up folds (journal order kept)."""
+    out = StartupRecords()
     for rec in journal.records():
         if rec.session:
-            out[rec.session].append(rec)
+            out.by_session[rec.session].append(rec)
+            if rec.kind == KIND_CONSENT:
+                out.consent.append((rec.session, rec.body))
         elif rec.kind.startswith("rollback."):
-            rollback.append((rec.kind, rec.body))
+            out.rollback.append((rec.kind, rec.body))
         if rec.kind in (KIND_ACCOUNT, KIND_EPOCH_FACT):
-            accounts.append((rec.kind, rec.body))
-    return out, accounts, rollback
+            out.accounts.append((rec.kind, rec.body))
+    return out
 
 
 def run_node(home: NodeHome, *, plugins: Sequence[str] = ()) -> int:
