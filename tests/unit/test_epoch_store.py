@@ -351,7 +351,7 @@ def test_concurrent_epochs_show_conflicts_and_the_losing_share_is_refused() -> N
     current = s.epochs.current(aid)
     assert current is not None and current.epoch == 1
     if current.digest() == u.e1b.digest():  # d2's share is of E1a: it lost
-        with pytest.raises(AccountError, match="concurrent epoch-1 reshare that lost"):
+        with pytest.raises(AccountError, match="is of another epoch-1 reshare attempt than fact"):
             s.get(aid)
     else:
         assert s.get(aid).account == u.e1a.account
